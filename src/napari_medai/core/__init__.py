@@ -1,0 +1,4 @@
+"""Pure-Python core: volumes with geometry, IO, models, inference, training.
+
+Nothing here imports napari, Qt or magicgui (checked by import-linter).
+"""

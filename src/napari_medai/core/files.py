@@ -1,0 +1,70 @@
+"""Atomic, non-clobbering file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from napari_medai.core.errors import OutputExistsError
+
+
+def compound_suffix(path: Path) -> str:
+    """The file type suffix, keeping ``.nii.gz`` whole."""
+    suffixes = Path(path).suffixes
+    if len(suffixes) >= 2 and suffixes[-1].lower() == ".gz":
+        return "".join(suffixes[-2:]).lower()
+    return Path(path).suffix.lower()
+
+
+def check_can_write(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless ``overwrite`` is set."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; choose another name or allow overwrite")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it in place.
+
+    The temporary file keeps ``path``'s suffix so format-guessing writers
+    (SimpleITK) pick the right format. A failed write leaves nothing behind.
+    """
+    path = Path(path)
+    check_can_write(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=compound_suffix(path), dir=path.parent
+    )
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` that replaces it on success."""
+    path = Path(path)
+    check_can_write(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, backup / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

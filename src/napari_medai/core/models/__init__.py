@@ -1,0 +1,1 @@
+"""Model packages, model sources and network construction."""

@@ -1,0 +1,29 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from napari_medai.core.phantom import make_phantom
+
+#: Real third-party test files live beside the project, never inside it.
+SHARED_DATA = Path(
+    os.environ.get("NAPARI_MEDAI_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The ``../shared/data`` folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (only present beside the dev repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    """A small synthetic CT and its organ labels (fixed seed)."""
+    return make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)

@@ -1,0 +1,37 @@
+"""A model ready to run, whatever file it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from napari_medai.core.models.card import ModelCard
+
+#: Whole-volume predictor: (1, C, z, y, x) normalised input in model space ->
+#: (1, K, z, y, x) class probabilities. Used instead of sliding-window inference
+#: by models with their own two-stage pipeline (e.g. deepbet's crop-then-segment).
+VolumePredictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LoadedModel:
+    """A network plus the card that says how to feed it.
+
+    ``source`` is a registry name or a file path, ``sha256`` the hash of the
+    weights file(s) for provenance.
+    """
+
+    card: ModelCard
+    network: torch.nn.Module
+    source: str
+    sha256: str
+    predict_volume: VolumePredictor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The card's model name."""
+        return self.card.name

@@ -11,7 +11,9 @@ from napari_medai.core.phantom import make_phantom
 
 #: Real third-party test files live beside the project, never inside it.
 SHARED_DATA = Path(
-    os.environ.get("NAPARI_MEDAI_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    os.environ.get(
+        "NAPARI_MEDAI_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
 ).resolve()
 
 

@@ -54,4 +54,3 @@ def scaled(job: Job[T], start: float, stop: float) -> Job[T]:
             yield Progress(start + span * event.fraction, event.message, event.payload)
     finally:
         job.close()
-

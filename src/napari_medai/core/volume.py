@@ -49,9 +49,7 @@ class Volume:
     def with_array(self: V, array: np.ndarray, **metadata: Any) -> V:
         """A copy on the same grid holding ``array`` (spatial shape must match)."""
         if array.shape[-3:] != self.spatial_shape:
-            raise GeometryError(
-                f"array shape {array.shape} does not fit grid {self.spatial_shape}"
-            )
+            raise GeometryError(f"array shape {array.shape} does not fit grid {self.spatial_shape}")
         return replace(self, array=array, metadata={**self.metadata, **metadata})
 
 

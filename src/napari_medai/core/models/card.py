@@ -57,7 +57,9 @@ class ModelCard:
         if kind not in INTENSITY_KINDS:
             raise ModelLoadError(f"model card: unknown intensity normalisation {kind!r}")
         if self.spatial_dims not in (2, 3):
-            raise ModelLoadError(f"model card: spatial_dims must be 2 or 3, not {self.spatial_dims}")
+            raise ModelLoadError(
+                f"model card: spatial_dims must be 2 or 3, not {self.spatial_dims}"
+            )
         if len(self.patch_size) != 3:
             raise ModelLoadError("model card: patch_size needs three numbers (z, y, x)")
 

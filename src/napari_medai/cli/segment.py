@@ -1,0 +1,177 @@
+"""``napari-medai segment``: segment scans with a model, save masks on the source grid.
+
+Each input gives ``<name>_<model>_seg.nii.gz`` (``.nrrd``/``.mha`` when the
+input is NRRD/MetaImage) in the input's exact geometry, a JSON sidecar with the
+provenance and the volume of every label, and with ``--probabilities`` the
+foreground probability map. Everything runs through the same core jobs and
+``SegmentConfig`` as the Segment widget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from napari_medai.cli.progress import run_with_bar
+from napari_medai.core.errors import MedaiError, UnreadableFileError
+from napari_medai.core.files import atomic_write, check_can_write, compound_suffix
+from napari_medai.core.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.reading import can_read, read_volume_job
+from napari_medai.core.volume import Volume, volume_to_sitk
+from napari_medai.core.writing import write_label_map
+
+#: Input formats whose own format the outputs keep (else NIfTI).
+_KEEP_FORMAT = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` sub-command."""
+    parser = subparsers.add_parser(
+        "segment", help="segment scans with a model and save each mask on its scan's grid"
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="NIfTI/NRRD/MHA file, DICOM file, folder or .zip"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a name from 'napari-medai models', or a model package, TorchScript file or bundle",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
+    parser.add_argument("--tta", action="store_true", help="average over flipped copies")
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also save the foreground probability map"
+    )
+    parser.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow a MONAI bundle (its configs run Python code; only for authors you trust)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every input; stop at the first bad one (MedaiError, handled by main)."""
+    inputs = [Path(p) for p in args.inputs]
+    for path in inputs:
+        _check_input(path)
+    model = load_model(args.model, trusted=args.trust_bundle)
+    config = SegmentConfig(device=args.device, tta=args.tta, probabilities=args.probabilities)
+    plans = [_outputs(path, model, Path(args.out)) for path in inputs]
+    if len({plan["labels"] for plan in plans}) != len(plans):
+        raise MedaiError("two inputs have the same name; their outputs would overwrite each other")
+    for plan in plans:
+        for key in ("labels", "sidecar") + (("probability",) if args.probabilities else ()):
+            check_can_write(plan[key], args.overwrite)
+    for path, plan in zip(inputs, plans):
+        # sys.stderr looked up now: run_with_bar's default was bound when it was imported.
+        volume = run_with_bar(read_volume_job(path), f"reading {path.name}", sys.stderr)
+        job = segment_job(volume, model, config)
+        result = run_with_bar(job, f"segmenting {path.name}", sys.stderr)
+        volumes = _save(path, volume, result, model, config, plan, args.overwrite)
+        summary = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
+        print(f"{plan['labels']} ({summary})" if summary else str(plan["labels"]))
+    return 0
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise UnreadableFileError(f'Cannot open "{path}": no such file or folder')
+    if not can_read(path):
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": not a scan napari-medai reads (NIfTI, NRRD, MetaImage, '
+            "FreeSurfer MGH, a DICOM file, or a folder or .zip of DICOM files)"
+        )
+
+
+def _outputs(path: Path, model: LoadedModel, out: Path) -> dict[str, Path]:
+    """Output paths: ``<name>_<model>_seg<ext>``, its ``.json`` sidecar, ``..._prob<ext>``."""
+    suffix = compound_suffix(path) if path.is_file() else ""
+    name = path.name[: -len(suffix)] if suffix else path.name
+    ext = _KEEP_FORMAT.get(suffix, ".nii.gz")
+    base = f"{_safe(name)}_{_safe(model.card.name)}"
+    return {
+        "labels": out / f"{base}_seg{ext}",
+        "sidecar": out / f"{base}_seg.json",
+        "probability": out / f"{base}_prob{ext}",
+    }
+
+
+def _safe(text: str) -> str:
+    """A file-name-safe token: letters, digits, '.', '_' and '-' only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
+
+
+def _label_volumes_ml(result: SegmentResult) -> dict[str, float]:
+    """Volume of each named foreground label in mL (voxel count x voxel volume)."""
+    labels = result.labels
+    counts = np.bincount(labels.array.ravel(), minlength=max(labels.label_names, default=0) + 1)
+    voxel_ml = labels.geometry.voxel_volume_ml()
+    return {
+        name: round(float(counts[value]) * voxel_ml, 3)
+        for value, name in sorted(labels.label_names.items())
+        if value != 0
+    }
+
+
+def _write_probability(probability: Volume, path: Path, overwrite: bool) -> None:
+    # writing.py saves label maps only; a float map goes through the one SimpleITK converter.
+    image = volume_to_sitk(probability)
+
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:
+            raise MedaiError(f'Cannot save "{path.name}": the file could not be written') from error
+
+    atomic_write(path, write, overwrite=overwrite)
+
+
+def _save(
+    source: Path,
+    volume: Volume,
+    result: SegmentResult,
+    model: LoadedModel,
+    config: SegmentConfig,
+    plan: dict[str, Path],
+    overwrite: bool,
+) -> dict[str, float]:
+    """Write the mask, the optional probability map and the sidecar; return label volumes."""
+    write_label_map(result.labels, plan["labels"], overwrite=overwrite)
+    outputs = {"labels": plan["labels"].name}
+    if result.probability is not None:
+        _write_probability(result.probability, plan["probability"], overwrite)
+        outputs["probability"] = plan["probability"].name
+    volumes = _label_volumes_ml(result)
+    sidecar: dict[str, Any] = {
+        "input": source.name,
+        "outputs": outputs,
+        "model": {
+            "name": model.card.name,
+            "source": model.source,
+            "sha256": model.sha256,
+            "format": model.extra.get("format"),
+        },
+        "settings": asdict(config),
+        "time": result.provenance.get("time"),
+        "label_names": {str(k): v for k, v in sorted(result.labels.label_names.items())},
+        "volumes_ml": volumes,
+        "voxel_volume_ml": volume.geometry.voxel_volume_ml(),
+        "geometry_zyx_lps_mm": volume.geometry.to_dict(),
+        "provenance": result.provenance,
+    }
+    text = json.dumps(sidecar, indent=2, default=str)
+    atomic_write(plan["sidecar"], lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite)
+    return volumes

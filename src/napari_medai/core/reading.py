@@ -1,0 +1,467 @@
+"""Open CT/MRI files as :class:`Volume` / :class:`LabelMap`, dispatching on the file type.
+
+Folders, ``.zip`` files and DICOM files go to :mod:`napari_medai.core.dicom`; NIfTI,
+NRRD, MetaImage and NIfTI/Analyze pairs are read by SimpleITK; FreeSurfer ``.mgz``/``.mgh``
+(which SimpleITK cannot read) by nibabel when it is installed. Every SimpleITK image becomes
+a volume through :func:`volume_from_sitk`, the one conversion.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
+from napari_medai.core.files import compound_suffix
+from napari_medai.core.jobs import Job, Progress, run_job
+from napari_medai.core.volume import (
+    LabelMap,
+    Volume,
+    label_map_from_sitk,
+    volume_from_sitk,
+    volume_to_sitk,
+)
+from napari_medai.core.writing import smallest_label_dtype
+
+logger = logging.getLogger(__name__)
+
+#: File types SimpleITK reads, by (compound) suffix, with a name for messages.
+SITK_FORMATS = {
+    ".nii": "NIfTI",
+    ".nii.gz": "NIfTI",
+    ".hdr": "NIfTI/Analyze header",
+    ".hdr.gz": "NIfTI/Analyze header",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD header",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage header",
+}
+#: FreeSurfer volumes: SimpleITK has no reader for them, nibabel has.
+NIBABEL_FORMATS = {".mgz": "FreeSurfer MGH", ".mgh": "FreeSurfer MGH"}
+_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
+
+#: Air is -1000 HU; MR magnitudes are never negative. A minimum at or below this marks CT.
+CT_AIR_THRESHOLD = -900
+#: MetaImage ``Modality`` values and the DICOM modality they stand for.
+_METAIMAGE_MODALITIES = {
+    "MET_MOD_CT": "CT",
+    "MET_MOD_MR": "MR",
+    "MET_MOD_NM": "NM",
+    "MET_MOD_US": "US",
+}
+#: Grids closer than this (mm) are one grid: above NIfTI's float32 rounding of a
+#: DICOM-derived origin (about 1e-5 mm), far below any voxel size.
+SAME_GRID_TOLERANCE = 1e-4
+#: A gzip member is at least a 10-byte header and an 8-byte trailer (RFC 1952).
+_GZIP_MINIMUM_SIZE = 18
+#: How many folder entries :func:`can_read` sniffs before deciding a folder holds no DICOM.
+_FOLDER_SNIFF_LIMIT = 64
+
+_SUPPORTED = (
+    "NIfTI (.nii, .nii.gz, .hdr), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), "
+    "FreeSurfer (.mgz, .mgh), a DICOM file, or a folder or .zip of DICOM files"
+)
+
+
+def read_volume_job(path: str | Path, series_uid: str | None = None) -> Job[Volume]:
+    """Read an image file, DICOM folder, ``.zip`` or DICOM file, yielding progress.
+
+    ``series_uid`` picks one DICOM series; it is refused for single-image formats.
+    Raises :class:`UnreadableFileError` naming the file and the problem.
+    """
+    path = Path(path)
+    kind = _kind_of(path)
+    if kind == "dicom":
+        from napari_medai.core.dicom import read_dicom_job
+
+        return (yield from read_dicom_job(path, series_uid))
+    if series_uid is not None:
+        raise SeriesSelectionError(
+            f'"{path.name}" is a single image file, not DICOM: there is no series to choose'
+        )
+    yield Progress(0.0, f"Reading {path.name}")
+    image, info = _read_image(path, kind)
+    yield Progress(0.9, f"Converting {path.name}")
+    volume = _image_to_volume(image, path, info)
+    yield Progress(1.0, f"Read {path.name}")
+    return volume
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Blocking form of :func:`read_volume_job`."""
+    return run_job(read_volume_job(path, series_uid))
+
+
+def read_label_map(path: str | Path, reference: Volume | None = None) -> LabelMap:
+    """Read an integer label map from a NIfTI/NRRD/MetaImage/MGH file.
+
+    Floating-point files whose values are all whole numbers are converted to the
+    smallest integer type; others are refused. With ``reference``, a label map on
+    the reference grid (within :data:`SAME_GRID_TOLERANCE`) takes its geometry
+    exactly; one on another grid is resampled onto it with nearest neighbour, so
+    label values never mix; labels that fall outside are reported in
+    ``metadata["warnings"]``.
+    """
+    path = Path(path)
+    kind = _kind_of(path)
+    if kind == "dicom":
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}" as a label map: label maps are read from NIfTI, NRRD, '
+            "MetaImage or FreeSurfer files"
+        )
+    image, info = _read_image(path, kind)
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}" as a label map: it has {_describe_shape(image)}; '
+            "a label map is a single 3D grid of integers"
+        )
+    image = _as_integer_labels(image, path)
+    warnings = list(info["warnings"])
+    if reference is not None and not _same_grid(image, reference):
+        image, dropped = _resample_labels(image, reference)
+        warnings.append(
+            f'"{path.name}" was on a different grid; it was resampled onto the image grid '
+            "(nearest neighbour, label values unchanged)"
+        )
+        if dropped:
+            warnings.append(f"labels {sorted(dropped)} lie outside the image grid and were dropped")
+    label_map = label_map_from_sitk(image)
+    if reference is not None:
+        # On the reference grid up to file rounding, or resampled onto it: take it exactly.
+        label_map.geometry = reference.geometry
+    label_map.metadata.update(name=_stem(path), source=path.name, warnings=warnings)
+    return label_map
+
+
+def can_read(path: str | Path) -> bool:
+    """Cheap check whether :func:`read_volume_job` handles ``path``; never raises."""
+    try:
+        path = Path(path)
+        if path.is_dir():
+            return _folder_may_hold_dicom(path)
+        suffix = compound_suffix(path)
+        if suffix in SITK_FORMATS or suffix in NIBABEL_FORMATS or suffix in (".zip", ".dcm"):
+            return True
+        return path.is_file() and _looks_like_dicom(path)
+    except Exception:  # the contract is "never raises": napari calls this on any dropped path
+        logger.debug("can_read(%s) failed", path, exc_info=True)
+        return False
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    # Imported here so that importing this module (napari's reader lookup, the CLI)
+    # does not pay for pydicom.
+    from napari_medai.core.dicom import looks_like_dicom
+
+    return looks_like_dicom(path)
+
+
+def _folder_may_hold_dicom(folder: Path) -> bool:
+    for count, entry in enumerate(folder.rglob("*")):
+        if count >= _FOLDER_SNIFF_LIMIT:
+            return False
+        if entry.is_file() and _looks_like_dicom(entry):
+            return True
+    return False
+
+
+def _kind_of(path: Path) -> str:
+    """Which reader: "dicom", "sitk" or "nibabel"; raises for missing, empty, unknown files."""
+    if not path.exists():
+        raise UnreadableFileError(f'Cannot open "{path}": no such file or folder')
+    if path.is_dir():
+        return "dicom"
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(f'Cannot open "{path.name}": the file is empty (0 bytes)')
+    suffix = compound_suffix(path)
+    if suffix in (".zip", ".dcm"):
+        return "dicom"
+    if suffix in SITK_FORMATS:
+        return "sitk"
+    if suffix in NIBABEL_FORMATS:
+        return "nibabel"
+    if _looks_like_dicom(path):
+        return "dicom"
+    raise UnreadableFileError(
+        f'Cannot open "{path.name}": not a supported image file; napari-medai opens {_SUPPORTED}'
+    )
+
+
+def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
+    """The file as a SimpleITK image plus ``{"modality": ..., "warnings": [...]}``."""
+    if kind == "nibabel":
+        return _read_with_nibabel(path), {"modality": "", "warnings": []}
+    suffix = compound_suffix(path)
+    file_type = SITK_FORMATS[suffix]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": not a valid {file_type} file (damaged, truncated '
+            "or another format under this name)"
+        ) from error
+    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+    warnings = []
+    if suffix in _NIFTI_SUFFIXES:
+        _check_nifti_data_complete(path, header)
+        if header.get("qform_code", "0") == "0" and header.get("sform_code", "0") == "0":
+            warnings.append(
+                f'"{path.name}" stores no orientation (NIfTI qform and sform codes are 0): '
+                "left/right and position in the scanner are unknown; shown with an identity "
+                "direction at the origin"
+            )
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": the image data is incomplete or damaged '
+            "(truncated file, or a missing data file beside the header?)"
+        ) from error
+    return image, {"modality": _modality_from_header(header), "warnings": warnings}
+
+
+def _check_nifti_data_complete(path: Path, header: dict[str, str]) -> None:
+    """Refuse NIfTI files that end before their image data does.
+
+    SimpleITK's NIfTI reader fills a truncated file with zeros and raises nothing,
+    so the size the header promises is checked here (hand-written: no library
+    offers this check without reading the whole file).
+    """
+    try:
+        ndim = int(header["dim[0]"])
+        voxels = int(np.prod([int(header[f"dim[{axis}]"]) for axis in range(1, ndim + 1)]))
+        expected = int(float(header["vox_offset"])) + voxels * int(header["bitpix"]) // 8
+    except (KeyError, ValueError):
+        return
+    data_file = _nifti_data_file(path)
+    if data_file is None:
+        return
+    if data_file.name.lower().endswith(".gz"):
+        complete = _gzip_holds_at_least(data_file, expected)
+    else:
+        complete = data_file.stat().st_size >= expected
+    if not complete:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": the file is truncated (it ends before all the image '
+            "data its header describes; was a download or copy interrupted?)"
+        )
+
+
+def _nifti_data_file(path: Path) -> Path | None:
+    """The file holding the voxels: the file itself, or the ``.img`` of a header/image pair."""
+    suffix = compound_suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        return path
+    base = path.name[: -len(suffix)]
+    order = (".img.gz", ".img") if suffix.endswith(".gz") else (".img", ".img.gz")
+    return next(
+        (path.with_name(base + ext) for ext in order if path.with_name(base + ext).exists()), None
+    )
+
+
+def _gzip_holds_at_least(path: Path, expected: int) -> bool:
+    """Whether the gzip file decompresses to at least ``expected`` bytes.
+
+    The gzip trailer stores the uncompressed size modulo 2**32 (RFC 1952), a
+    4-byte read. Only when it disagrees (a truncated file, or several gzip
+    members) is the stream decompressed to count.
+    """
+    if path.stat().st_size < _GZIP_MINIMUM_SIZE:
+        return False
+    with path.open("rb") as stream:
+        stream.seek(-4, 2)
+        if int.from_bytes(stream.read(4), "little") == expected % 2**32:
+            return True
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return False
+    return total >= expected
+
+
+def _read_with_nibabel(path: Path) -> sitk.Image:
+    """Read a FreeSurfer MGH/MGZ volume with nibabel into a SimpleITK image.
+
+    Hand-written bridge: SimpleITK has no MGH reader. nibabel's affine maps
+    (i, j, k) voxel indices to RAS mm; ITK's grid is LPS, so x and y flip sign.
+    """
+    try:
+        import nibabel
+    except ImportError:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": FreeSurfer .mgz/.mgh files need the nibabel package '
+            "(pip install nibabel)"
+        ) from None
+    try:
+        loaded = nibabel.load(path)
+        array = np.asarray(loaded.dataobj)
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": not a valid FreeSurfer MGH file ({error})'
+        ) from error
+    if array.ndim not in (3, 4):
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": it has {array.ndim} dimensions; 3D and 4D are supported'
+        )
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)
+    image = sitk.GetImageFromArray(array.T)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(loaded.affine, dtype=np.float64)[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    direction = lps[:, :3] / spacing
+    extra = array.ndim - 3
+    image.SetSpacing([*spacing, *[1.0] * extra])
+    image.SetOrigin([*lps[:, 3], *[0.0] * extra])
+    full_direction = np.eye(array.ndim)
+    full_direction[:3, :3] = direction
+    try:
+        image.SetDirection(full_direction.ravel().tolist())
+    except RuntimeError as error:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": its voxel axes are not perpendicular (sheared affine)'
+        ) from error
+    return image
+
+
+def _image_to_volume(image: sitk.Image, path: Path, info: dict[str, Any]) -> Volume:
+    """2D -> one slice, 3D scalar or vector -> (z, y, x) or (c, z, y, x), 4D -> (t, z, y, x)."""
+    metadata: dict[str, Any] = {"name": _stem(path), "source": path.name}
+    dimension = image.GetDimension()
+    components = image.GetNumberOfComponentsPerPixel()
+    if dimension == 2:
+        # A one-slice volume: z spacing 1 mm, direction extended with the identity.
+        image = sitk.JoinSeries(image)
+        dimension = 3
+    if dimension == 3:
+        volume = volume_from_sitk(image, metadata)
+        if components > 1:
+            volume.metadata["channel_axis_name"] = "channel"
+    elif dimension == 4 and components == 1:
+        volume = _volume_from_4d(image, metadata)
+    else:
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": it has {_describe_shape(image)}; napari-medai opens '
+            "2D, 3D and 4D (time or channel) images"
+        )
+    volume.metadata["modality"] = info["modality"] or _modality_from_intensities(volume.array)
+    volume.metadata["warnings"] = list(info["warnings"])
+    return volume
+
+
+def _volume_from_4d(image: sitk.Image, metadata: dict[str, Any]) -> Volume:
+    """A 4D image as (t, z, y, x); a single time point becomes a 3D volume."""
+    array = sitk.GetArrayFromImage(image)
+    # The spatial grid comes from a one-voxel 3D extract, converted the one way.
+    extract = sitk.ExtractImageFilter()
+    extract.SetSize([1, 1, 1, 0])
+    extract.SetIndex([0, 0, 0, 0])
+    extract.SetDirectionCollapseToStrategy(extract.DIRECTIONCOLLAPSETOSUBMATRIX)
+    geometry = volume_from_sitk(extract.Execute(image)).geometry
+    if array.shape[0] == 1:
+        return Volume(array[0], geometry, metadata)
+    return Volume(array, geometry, {**metadata, "channel_axis_name": "time"})
+
+
+def _modality_from_header(header: dict[str, str]) -> str:
+    """The modality a MetaImage or dcm2niix NRRD header states, or ""."""
+    stated = _METAIMAGE_MODALITIES.get(header.get("Modality", ""), "")
+    for key, value in header.items():
+        if key.endswith("0008_0060_Modality"):
+            stated = value.strip()
+    return stated
+
+
+def _modality_from_intensities(array: np.ndarray) -> str:
+    """Modality guess: "CT" for a signed 3D image reaching air (<= -900), else "" (unknown).
+
+    Looks at every 4th voxel along each axis: cheap on big volumes, and air or the
+    scanner's padding value fills whole regions, so the sample finds it.
+    """
+    if array.ndim != 3 or array.dtype.kind not in "if":
+        return ""
+    sample = array[::4, ::4, ::4]
+    return "CT" if sample.size and float(sample.min()) <= CT_AIR_THRESHOLD else ""
+
+
+def _as_integer_labels(image: sitk.Image, path: Path) -> sitk.Image:
+    """Integer images pass; whole-number float images are cast; others are refused."""
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype.kind in "iu":
+        return image
+    if not (np.all(np.isfinite(values)) and np.array_equal(values, np.round(values))):
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}" as a label map: it holds fractional values '
+            "(a probability or intensity image, not labels)"
+        )
+    dtype = smallest_label_dtype(values)
+    integer = sitk.GetImageFromArray(values.astype(dtype))
+    integer.CopyInformation(image)
+    return integer
+
+
+def _sitk_grid(reference: Volume) -> sitk.Image:
+    """A one-voxel SimpleITK image carrying ``reference``'s geometry (converted the one way)."""
+    return volume_to_sitk(Volume(np.zeros((1, 1, 1), np.uint8), reference.geometry))
+
+
+def _same_grid(image: sitk.Image, reference: Volume) -> bool:
+    grid = _sitk_grid(reference)
+    return tuple(image.GetSize()) == tuple(reference.spatial_shape[::-1]) and all(
+        np.allclose(a, b, atol=SAME_GRID_TOLERANCE, rtol=0)
+        for a, b in (
+            (image.GetSpacing(), grid.GetSpacing()),
+            (image.GetOrigin(), grid.GetOrigin()),
+            (image.GetDirection(), grid.GetDirection()),
+        )
+    )
+
+
+def _resample_labels(image: sitk.Image, reference: Volume) -> tuple[sitk.Image, set[int]]:
+    """Nearest-neighbour resample onto ``reference``'s grid; also the labels lost."""
+    grid = _sitk_grid(reference)
+    resampled = sitk.Resample(
+        image,
+        list(reference.spatial_shape[::-1]),
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        grid.GetOrigin(),
+        grid.GetSpacing(),
+        grid.GetDirection(),
+        0,
+        image.GetPixelID(),
+    )
+    before = _label_values(sitk.GetArrayViewFromImage(image))
+    after = _label_values(sitk.GetArrayViewFromImage(resampled))
+    return resampled, before - after - {0}
+
+
+def _label_values(array: np.ndarray) -> set[int]:
+    """The distinct values of an integer array (bincount for small unsigned types: fast)."""
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
+        return {int(v) for v in np.flatnonzero(np.bincount(array.ravel()))}
+    return {int(v) for v in np.unique(array)}
+
+
+def _describe_shape(image: sitk.Image) -> str:
+    size = "x".join(str(n) for n in image.GetSize())
+    components = image.GetNumberOfComponentsPerPixel()
+    extra = f" with {components} values per voxel" if components > 1 else ""
+    return f"{image.GetDimension()} dimensions ({size}){extra}"
+
+
+def _stem(path: Path) -> str:
+    """The file name without its (compound) suffix: ``ct.nii.gz`` -> ``ct``."""
+    suffix = compound_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name

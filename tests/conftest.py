@@ -29,3 +29,11 @@ def shared_data() -> Path:
 def phantom():
     """A small synthetic CT and its organ labels (fixed seed)."""
     return make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)
+
+
+@pytest.fixture(scope="session")
+def napari_plugins():
+    """Let napari find installed plugins (ours) as it does at start-up."""
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()

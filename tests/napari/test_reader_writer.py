@@ -90,7 +90,7 @@ def test_extent_labels_are_resampled_onto_the_scan(make_napari_viewer, phantom_f
     labels = viewer.layers[-1]
     assert labels.data.shape != image_layer.data.shape  # a different grid
     centre = np.array(image_layer.data.shape) // 2
-    world = image_layer.data_to_world(centre)
+    world = np.asarray(image_layer.data_to_world(centre))
     labels.data[tuple(np.round(labels.world_to_data(world)).astype(int))] = 3
     out = tmp_path / "extent.nii.gz"
     labels.save(str(out), plugin="napari-medai")
@@ -98,7 +98,7 @@ def test_extent_labels_are_resampled_onto_the_scan(make_napari_viewer, phantom_f
     assert saved.shape == image_layer.data.shape
     hits = np.argwhere(saved == 3)
     assert len(hits) >= 1
-    distance = np.linalg.norm(image_layer.data_to_world(hits.mean(axis=0)) - world)
+    distance = np.linalg.norm(np.asarray(image_layer.data_to_world(hits.mean(axis=0))) - world)
     assert distance <= np.max(image_layer.scale) * 2
 
 
@@ -118,7 +118,8 @@ def _bad_inputs(tmp_path):
 
 def test_bad_input_raises_clearly_and_keeps_layers(phantom, tmp_path):
     viewer = ViewerModel()
-    viewer.add_layer(Image(*image_layer_data(phantom[0])[:2]))
+    data, kwargs, _ = image_layer_data(phantom[0])
+    viewer.add_layer(Image(data, **kwargs))
     before = [layer.name for layer in viewer.layers]
     for path in _bad_inputs(tmp_path):
         with pytest.raises(Exception) as info:

@@ -38,6 +38,7 @@ def test_atomic_write_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_pat
     target = tmp_path / "mask.nii.gz"
     atomic_write(target, lambda tmp: tmp.write_text("first"))
     assert target.read_text() == "first"
+    assert target.stat().st_mode & 0o777 == 0o644
     with pytest.raises(OutputExistsError):
         atomic_write(target, lambda tmp: tmp.write_text("second"))
 

@@ -42,6 +42,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = Fa
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved mask is for others to read
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import napari
 import numpy as np
 from napari.layers import Image, Labels
 
-import napari
 from napari_medai._napari.layers import label_map_from_layer, layer_geometry, stored_geometry
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.resample import resample_label_map

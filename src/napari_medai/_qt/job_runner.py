@@ -1,0 +1,294 @@
+"""The one way a widget runs a core generator job: progress bar, Cancel, errors as notifications.
+
+:class:`JobRunner` drives a job (see :mod:`napari_medai.core.jobs`) in a
+worker thread through napari's ``create_worker``, forwards its
+:class:`~napari_medai.core.jobs.Progress` events to the GUI thread, and hands
+the result to a callback on the GUI thread, where layers may be touched.
+Errors become napari notifications and no result; Cancel closes the job at
+its next yield, running its ``finally`` in the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from superqt.utils import GeneratorWorker
+
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import Job, Progress
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+#: Resolution of the progress bar (fractions are shown to 0.1 %).
+_STEPS = 1000
+#: Warnings meant for developers, not shown as notifications (still logged).
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+class JobOutcome(str, Enum):
+    """How a job ended, passed to ``on_finished``."""
+
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class _JobRuntimeError(Exception):
+    """Carries a job's ``RuntimeError`` to ``errored``.
+
+    superqt's worker takes a ``RuntimeError`` from the generator for "worker
+    deleted" and then never emits ``finished``; torch raises plenty of them.
+    """
+
+
+class _JobWorker(GeneratorWorker):
+    """superqt's generator worker that closes the job in the worker thread.
+
+    On ``quit()`` superqt stops iterating but leaves the generator open, so its
+    ``finally`` would run whenever it is garbage collected, maybe on the GUI
+    thread. Closing it here runs the cleanup at once, before ``finished``.
+    """
+
+    def work(self) -> Any:
+        try:
+            return super().work()
+        finally:
+            self._gen.close()
+
+
+def _drive(job_factory: Callable[[], Job[T]]) -> Job[T]:
+    """Make the job (in the worker thread) and relay its events and result."""
+    try:
+        return (yield from job_factory())
+    except RuntimeError as exc:
+        raise _JobRuntimeError(str(exc)) from exc
+
+
+def _quit_all(workers: set[GeneratorWorker]) -> None:
+    for worker in list(workers):
+        worker.quit()
+
+
+def _call(callback: Callable[..., None], *args: Any) -> Exception | None:
+    """Call a widget's callback; return its exception instead of letting it escape."""
+    try:
+        callback(*args)
+    except Exception as exc:  # reported to the user and logged by the caller
+        return exc
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short message for the user: a :class:`MedaiError` as written, else its type too."""
+    if isinstance(exc, MedaiError):
+        return str(exc)
+    text = f"unexpected {type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@dataclass
+class _Run:
+    """State of the job in flight."""
+
+    title: str
+    worker: GeneratorWorker
+    on_result: Callable[[Any], None]
+    on_progress: Callable[[Progress], None] | None
+    on_finished: Callable[[JobOutcome], None] | None
+    cancel_requested: bool = False
+    error: BaseException | None = None
+    has_result: bool = False
+    result: Any = None
+    warned: set[str] = field(default_factory=set)
+
+
+class JobRunner(QWidget):
+    """Progress bar, message and Cancel button that run one job at a time.
+
+    The owning widget calls :meth:`start` from its Run button and disables
+    that button while :attr:`running` (connect :attr:`runningChanged`).
+    """
+
+    #: Emitted with True when a job starts and False when it has ended.
+    runningChanged = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._bar = QProgressBar()
+        self._bar.setRange(0, _STEPS)
+        self._bar.setValue(0)
+        self._cancel = QPushButton("Cancel")
+        self._cancel.setEnabled(False)
+        self._cancel.clicked.connect(self.cancel)
+        self._message = QLabel("")
+        self._message.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self._bar, 1)
+        row.addWidget(self._cancel)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self._message)
+        self._run: _Run | None = None
+        self._outcome: JobOutcome | None = None
+        # A job outliving its widget (dock closed, viewer closed) is stopped.
+        # A finalizer, not a slot on ``destroyed``: the garbage collector may
+        # clear a Python slot before Qt calls it, which crashes the process.
+        self._workers: set[GeneratorWorker] = set()
+        weakref.finalize(self, _quit_all, self._workers)
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is in flight (from :meth:`start` until it has ended)."""
+        return self._run is not None
+
+    @property
+    def outcome(self) -> JobOutcome | None:
+        """How the last job ended; None before the first one ends."""
+        return self._outcome
+
+    @property
+    def cancel_button(self) -> QPushButton:
+        """The Cancel button (enabled only while a job runs)."""
+        return self._cancel
+
+    @property
+    def fraction(self) -> float:
+        """The fraction shown by the progress bar (0..1)."""
+        return self._bar.value() / _STEPS
+
+    @property
+    def message(self) -> str:
+        """The text under the progress bar."""
+        return self._message.text()
+
+    def start(
+        self,
+        job_factory: Callable[[], Job[T]],
+        on_result: Callable[[T], None],
+        on_progress: Callable[[Progress], None] | None = None,
+        on_finished: Callable[[JobOutcome], None] | None = None,
+        *,
+        title: str = "Job",
+    ) -> None:
+        """Run ``job_factory()`` in a worker thread.
+
+        ``job_factory`` is called in the worker thread and returns the job
+        generator (e.g. ``functools.partial(segment_job, volume, config)``).
+        All callbacks run on the GUI thread: ``on_progress`` for every event,
+        ``on_result`` with the job's return value only if it completed and was
+        not cancelled, ``on_finished`` last, always, with the outcome.
+        ``title`` names the job in messages ("Segment failed: ...").
+        Raises RuntimeError if a job is already running.
+        """
+        if self._run is not None:
+            raise RuntimeError(f"{self._run.title} is still running; cancel it first")
+        worker = create_worker(
+            _drive, job_factory, _worker_class=_JobWorker, _start_thread=False, _ignore_errors=True
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.warned.connect(self._on_warned)
+        worker.finished.connect(self._on_finished)
+        self._run = _Run(title, worker, on_result, on_progress, on_finished)
+        self._workers.add(worker)
+        self._bar.setValue(0)
+        self._message.setText(f"{title}: starting")
+        self._cancel.setEnabled(True)
+        self.runningChanged.emit(True)
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next yield; no result will be delivered."""
+        run = self._run
+        if run is None or run.cancel_requested:
+            return
+        run.cancel_requested = True
+        run.worker.quit()
+        self._cancel.setEnabled(False)
+        self._message.setText(f"{run.title}: cancelling")
+
+    def _on_yielded(self, event: Progress) -> None:
+        run = self._run
+        if run is None:
+            return
+        self._bar.setValue(round(min(max(float(event.fraction), 0.0), 1.0) * _STEPS))
+        if event.message:
+            self._message.setText(event.message)
+        if run.on_progress is not None:
+            error = _call(run.on_progress, event)
+            if error is not None:
+                run.error = run.error or error
+                self.cancel()
+
+    def _on_returned(self, result: Any) -> None:
+        if self._run is not None:
+            self._run.has_result = True
+            self._run.result = result
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, _JobRuntimeError) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        if self._run is not None:
+            self._run.error = self._run.error or exc
+
+    def _on_warned(self, showwarning_args: tuple) -> None:
+        message, category = showwarning_args[0], showwarning_args[1]
+        run = self._run
+        title = run.title if run is not None else "Job"
+        logger.warning("%s: %s", title, message)
+        text = str(message)
+        if run is None or issubclass(category, _DEVELOPER_WARNINGS) or text in run.warned:
+            return
+        run.warned.add(text)
+        show_warning(f"{title}: {text}")
+
+    def _on_finished(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        self._workers.discard(run.worker)
+        self._cancel.setEnabled(False)
+        completed = run.has_result and not run.cancel_requested
+        if completed and run.error is None:
+            self._bar.setValue(_STEPS)
+            self._message.setText(f"{run.title}: done")
+            run.error = _call(run.on_result, run.result)
+        if run.error is not None:
+            outcome = JobOutcome.FAILED
+            self._report(run.title, run.error)
+        elif completed:
+            outcome = JobOutcome.DONE
+        else:
+            outcome = JobOutcome.CANCELLED
+            self._message.setText(f"{run.title}: cancelled")
+        self._outcome = outcome
+        if self._run is None:  # on_result may have started the next job
+            self.runningChanged.emit(False)
+        if run.on_finished is not None:
+            error = _call(run.on_finished, outcome)
+            if error is not None:
+                self._report(run.title, error)
+
+    def _report(self, title: str, error: BaseException) -> None:
+        """Tell the user in one line (notification and label); log the details."""
+        text = describe_error(error)
+        if isinstance(error, MedaiError):
+            logger.warning("%s failed: %s", title, text)
+        else:
+            logger.error("%s failed", title, exc_info=(type(error), error, error.__traceback__))
+        if self._run is None:
+            self._message.setText(f"{title} failed: {text}")
+        show_error(f"{title} failed: {text}")

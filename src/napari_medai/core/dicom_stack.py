@@ -1,0 +1,206 @@
+"""Where the slices of one series lie: sort along the slice normal, check regularity.
+
+Slices are sorted by their position along the normal of the image plane
+(cross product of the ImageOrientationPatient row and column cosines), never
+by InstanceNumber or file name. A stack is *regular* when every
+ImagePositionPatient lies on one straight line along the normal at equal steps;
+otherwise (gantry tilt, uneven or missing slices) it must be resampled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_medai.core.dicom_headers import SliceRef
+from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.geometry import Geometry
+
+log = logging.getLogger(__name__)
+
+#: Slices closer than this (mm) along the normal share one location (4D series).
+SAME_LOCATION_MM = 0.05
+
+NO_POSITION_WARNING = (
+    "the images carry no patient position or orientation: they are stacked by instance "
+    "number with 1 mm spacing, and their position in the patient is unknown"
+)
+
+
+def tolerance(step: float) -> float:
+    """Positions within this (mm) of a regular grid count as on it (DS rounding)."""
+    return max(1e-3, 1e-2 * abs(step))
+
+
+@dataclass(frozen=True, eq=False)
+class Stack:
+    """The slices of one series sorted along the normal, and where each one lies.
+
+    Vectors are DICOM (x, y, z) LPS. ``phases`` holds one sorted slice list per
+    time point/channel (one for an ordinary series). ``depth`` is each slice's
+    distance along ``normal`` from the first slice; ``shift`` its in-plane
+    offset from the first slice along (``column``, ``row``), in mm.
+    """
+
+    phases: tuple[tuple[SliceRef, ...], ...]
+    row: np.ndarray
+    column: np.ndarray
+    normal: np.ndarray
+    pixel_spacing: np.ndarray
+    origin: np.ndarray
+    depth: np.ndarray
+    shift: np.ndarray
+    thickness: float
+    warnings: tuple[str, ...]
+
+    @property
+    def n_slices(self) -> int:
+        """Slices per phase."""
+        return len(self.depth)
+
+    def regular_step(self) -> float | None:
+        """The slice step (mm) if the stack is regular, else None."""
+        if self.n_slices == 1:
+            return self.thickness
+        step = float(self.depth[-1] / (self.n_slices - 1))
+        on_line = np.abs(self.depth - step * np.arange(self.n_slices)).max() <= tolerance(step)
+        in_plane = np.abs(self.shift).max() <= tolerance(float(self.pixel_spacing.min()))
+        return step if on_line and in_plane else None
+
+    def step_variation(self) -> float:
+        """Largest deviation of a slice-to-slice distance from their mean, relative to it."""
+        if self.n_slices < 3:
+            return 0.0
+        steps = np.hypot(np.diff(self.depth), np.linalg.norm(np.diff(self.shift, axis=0), axis=1))
+        return float(np.abs(steps - steps.mean()).max() / steps.mean())
+
+    def geometry(self, step: float, in_plane_offset: np.ndarray | None = None) -> Geometry:
+        """A grid on the slice axes (normal, column, row) with ``step`` between planes.
+
+        ``in_plane_offset`` (mm along column, row) moves the origin off slice 0's corner.
+        """
+        origin = self.origin
+        if in_plane_offset is not None:
+            origin = origin + in_plane_offset[0] * self.column + in_plane_offset[1] * self.row
+        direction_xyz = np.column_stack([self.normal, self.column, self.row])
+        return Geometry(
+            spacing=(step, *self.pixel_spacing),
+            origin=origin[::-1],
+            direction=direction_xyz[::-1, :],
+        )
+
+
+def _orthonormal_axes(orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, column and normal unit vectors from IOP (Gram-Schmidt absorbs DS rounding)."""
+    row = orientation[:3] / np.linalg.norm(orientation[:3])
+    column = orientation[3:] - (orientation[3:] @ row) * row
+    column = column / np.linalg.norm(column)
+    return row, column, np.cross(row, column)
+
+
+def _deduplicate(slices: list[SliceRef]) -> list[SliceRef]:
+    """Drop copies of the same instance (same SOPInstanceUID and frame)."""
+    seen, unique = set(), []
+    for ref in slices:
+        key = (ref.sop_instance, ref.frame)
+        if ref.sop_instance and key in seen:
+            log.debug("dropping a duplicate of instance %s", ref.instance)
+            continue
+        seen.add(key)
+        unique.append(ref)
+    return unique
+
+
+def _consistent(slices: list[SliceRef]) -> tuple[list[SliceRef], list[str]]:
+    """The largest group of slices sharing size and orientation (localizers left out)."""
+
+    def key(ref: SliceRef) -> tuple:
+        orientation = None if ref.orientation is None else tuple(np.round(ref.orientation, 3))
+        return (ref.rows, ref.columns, ref.samples, orientation)
+
+    counts = Counter(key(ref) for ref in slices)
+    best = max(counts, key=lambda k: counts[k])
+    kept = [ref for ref in slices if key(ref) == best]
+    left_out = len(slices) - len(kept)
+    if not left_out:
+        return kept, []
+    return kept, [
+        f"{left_out} image(s) of this series have another size or orientation "
+        "(for example localizers) and were left out"
+    ]
+
+
+def _phases(sorted_slices: list[SliceRef], depth: np.ndarray, name: str) -> list[list[SliceRef]]:
+    """Split slices sharing a location into phases (time points, echoes...)."""
+    groups: list[list[int]] = [[0]]
+    for index in range(1, len(sorted_slices)):
+        if depth[index] - depth[groups[-1][0]] <= SAME_LOCATION_MM:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    sizes = {len(group) for group in groups}
+    if len(sizes) > 1:
+        raise UnreadableFileError(
+            f"the series {name} holds {len(sorted_slices)} images at {len(groups)} locations "
+            "in unequal numbers (repeated or overlapping slices); it cannot be stacked "
+            "into one volume"
+        )
+    per_location = sizes.pop()
+    if per_location > 1 and sorted_slices[0].samples > 1:
+        raise UnreadableFileError(
+            f"the series {name} is a colour series with several images per location; "
+            "napari-medai cannot open it"
+        )
+    ordered = [
+        sorted((sorted_slices[i] for i in group), key=lambda r: (r.order, r.instance))
+        for group in groups
+    ]
+    return [[location[phase] for location in ordered] for phase in range(per_location)]
+
+
+def build_stack(slices: list[SliceRef], name: str) -> Stack:
+    """Sort the slices of one series along its normal and measure where they lie."""
+    slices, warnings = _consistent(_deduplicate(slices))
+    first = slices[0]
+    spacing = first.pixel_spacing
+    if spacing is None:
+        spacing = np.ones(2)
+        warnings.append("the images carry no pixel spacing: 1 mm pixels assumed")
+    thickness = first.thickness or 1.0
+    if any(ref.position is None or ref.orientation is None for ref in slices):
+        ordered = sorted(slices, key=lambda r: (r.instance, r.order))
+        depth = np.arange(len(ordered), dtype=float) * thickness
+        return Stack(
+            phases=(tuple(ordered),),
+            row=np.array([1.0, 0.0, 0.0]),
+            column=np.array([0.0, 1.0, 0.0]),
+            normal=np.array([0.0, 0.0, 1.0]),
+            pixel_spacing=spacing,
+            origin=np.zeros(3),
+            depth=depth,
+            shift=np.zeros((len(ordered), 2)),
+            thickness=thickness,
+            warnings=(*warnings, NO_POSITION_WARNING),
+        )
+    row, column, normal = _orthonormal_axes(first.orientation)
+    along = np.array([ref.position @ normal for ref in slices])
+    order = np.argsort(along, kind="stable")
+    sorted_slices = [slices[i] for i in order]
+    phases = _phases(sorted_slices, along[order] - along[order][0], name)
+    positions = np.array([ref.position for ref in phases[0]])
+    offsets = positions - positions[0]
+    return Stack(
+        phases=tuple(tuple(phase) for phase in phases),
+        row=row,
+        column=column,
+        normal=normal,
+        pixel_spacing=spacing,
+        origin=positions[0],
+        depth=offsets @ normal,
+        shift=np.column_stack([offsets @ column, offsets @ row]),
+        thickness=thickness,
+        warnings=tuple(warnings),
+    )

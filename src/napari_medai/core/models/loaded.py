@@ -11,8 +11,9 @@ import torch
 from napari_medai.core.models.card import ModelCard
 
 #: Whole-volume predictor: (1, C, z, y, x) normalised input in model space ->
-#: (1, K, z, y, x) class logits (or log-probabilities; inference applies softmax). Used instead of sliding-window inference
-#: by models with their own two-stage pipeline (e.g. deepbet's crop-then-segment).
+#: (1, K, z, y, x) class logits or log-probabilities (inference applies softmax).
+#: Used instead of sliding-window inference by models with their own two-stage
+#: pipeline (e.g. deepbet's crop-then-segment).
 VolumePredictor = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -1,0 +1,530 @@
+"""Segmentation inference as a generator job.
+
+Pipeline: map the scan into the model's space (``core.preprocessing``), run
+the network over sliding windows (3D models) or slice by slice along z (2D and
+2.5D models), or call the model's whole-volume predictor, average softmax over
+flips for test-time augmentation, stitch with Gaussian weights, map the class
+probabilities back onto the source grid and take the argmax there.
+
+Only the non-background class probabilities are stitched (background is one
+minus their sum), so a two-class model needs one full-size float32 array.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers import Merger
+
+from napari_medai.core.devices import (
+    CPU,
+    Placement,
+    autocast,
+    choose_device,
+    is_out_of_memory,
+    next_fallback,
+    release_memory,
+)
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import Job, Progress, scaled
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.preprocessing import (
+    CHUNK_VOXELS,
+    ModelSpace,
+    Normaliser,
+    SourceGrid,
+    model_space,
+    to_model_space,
+)
+from napari_medai.core.volume import LabelMap, Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentConfig:
+    """How to run a model; the widget and the CLI fill in the same object."""
+
+    device: str = "auto"  # auto | cpu | cuda | mps
+    tta: bool = False  # flip test-time augmentation
+    probabilities: bool = False  # also return the foreground probability map
+    uncertainty: bool = False  # also return a per-voxel uncertainty map
+    overlap: float = 0.25
+    #: Windows per network call; ``None`` picks 4 on a GPU and 1 on the CPU,
+    #: where one call of four 96^3 windows takes seconds and would make
+    #: Cancel (which acts between calls) slow.
+    window_batch: int | None = None
+
+
+@dataclass
+class SegmentResult:
+    """Outputs on the source grid, plus how they were made.
+
+    ``probability`` is the foreground probability (1 - p(background));
+    ``uncertainty`` the entropy of the class probabilities divided by
+    log(classes), so in [0, 1]; with TTA instead the flips' disagreement: their
+    mutual information (entropy of the mean minus the mean entropy, divided
+    the same way), which is 0 where every flip predicts the same.
+    """
+
+    labels: LabelMap
+    probability: Volume | None
+    uncertainty: Volume | None
+    provenance: dict
+
+
+def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Job[SegmentResult]:
+    """Segment ``volume`` with ``model``; a job yielding progress per window batch.
+
+    Checks the input and the device at once (raising :class:`MedaiError`), so
+    the caller learns about a bad choice before any work starts.
+    """
+    if not 0.0 <= config.overlap < 1.0:
+        raise MedaiError(f"window overlap must be at least 0 and below 1, not {config.overlap}")
+    if config.window_batch is not None and config.window_batch < 1:
+        raise MedaiError(f"window batch must be at least 1, not {config.window_batch}")
+    _check_input(volume, model.card)
+    device = choose_device(config.device)
+    return _segment(volume, model, config, device)
+
+
+def _check_input(volume: Volume, card: ModelCard) -> None:
+    if card.num_classes < 2:
+        raise MedaiError(f"the model '{card.name}' names no foreground label to segment")
+    channels = volume.array.shape[0] if volume.array.ndim == 4 else 1
+    wanted = card.in_channels
+    if card.spatial_dims == 2 and card.context_slices > 0:
+        if channels != 1 or wanted != 2 * card.context_slices + 1:
+            raise MedaiError(
+                f"the 2.5D model '{card.name}' takes {wanted} channels, which must be "
+                f"{2 * card.context_slices + 1} neighbouring slices of a single-channel image"
+            )
+    elif channels != wanted:
+        raise MedaiError(
+            f"the model '{card.name}' takes {wanted} input channel(s) but the image has {channels}"
+        )
+
+
+def _segment(
+    volume: Volume, model: LoadedModel, config: SegmentConfig, device: torch.device
+) -> Job[SegmentResult]:
+    card = model.card
+    started = time.perf_counter()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    home = _parameter_device(model.network)
+    runner = _Runner(model, config, device)
+    durations: dict[str, float] = {}
+    data = merged = None
+    try:
+        yield Progress(0.0, "mapping the scan into the model's space")
+        space = model_space(volume, card)
+        data = to_model_space(volume, card, space)
+        normaliser = Normaliser.from_card(card.intensity, data)
+        durations["to_model_space"] = time.perf_counter() - started
+        yield Progress(0.05, f"running {card.name} on {runner.placement.compute}")
+
+        mark = time.perf_counter()
+        model.network.eval().to(runner.placement.compute)
+        if model.predict_volume is not None:
+            predicted = runner.whole_volume(data, normaliser)
+        else:
+            predicted = runner.sliding_windows(data, normaliser)
+        merged = yield from scaled(predicted, 0.05, 0.9)
+        data = None
+        durations["inference"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        outputs = yield from scaled(_to_source(merged, space, volume, runner), 0.9, 1.0)
+        merged = None
+        durations["to_source"] = time.perf_counter() - mark
+        durations["total"] = time.perf_counter() - started
+        provenance = {
+            "model": card.name,
+            "source": model.source,
+            "sha256": model.sha256,
+            "config": asdict(config),
+            "device": str(runner.placement.compute),
+            "fallbacks": list(runner.fallbacks),
+            "time": when,
+            "durations": {key: round(value, 3) for key, value in durations.items()},
+            "model_space": space.describe(),
+            "normalisation": {**card.intensity, "statistics": normaliser.describe()},
+        }
+        result = _wrap(outputs, volume, card, provenance)
+        yield Progress(1.0, "done")
+        return result
+    finally:
+        data = merged = None
+        model.network.to(home)
+        for used in {device, runner.placement.compute}:
+            release_memory(used)
+
+
+def _parameter_device(network: torch.nn.Module) -> torch.device:
+    parameter = next(iter(network.parameters()), None)
+    return parameter.device if parameter is not None else CPU
+
+
+def _flips(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
+    """No flip, plus every combination of flipped spatial axes when ``tta``."""
+    axes = range(2, 2 + spatial_dims)
+    if not tta:
+        return [()]
+    return [
+        dims for count in range(spatial_dims + 1) for dims in itertools.combinations(axes, count)
+    ]
+
+
+def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy over the class axis (1) divided by log(classes), so in [0, 1]."""
+    logs = probabilities.clamp_min(1e-12).log_()
+    return -(probabilities * logs).sum(1, keepdim=True) / math.log(probabilities.shape[1])
+
+
+class _Runner:
+    """Runs the network where the current :class:`Placement` says, stepping down on OOM."""
+
+    def __init__(self, model: LoadedModel, config: SegmentConfig, device: torch.device) -> None:
+        self.model = model
+        self.card = model.card
+        self.config = config
+        batch = config.window_batch or (1 if device.type == "cpu" else 4)
+        self.placement = Placement(device, device, batch)
+        self.fallbacks: list[str] = []
+        self.disagreement = config.uncertainty and config.tta
+
+    @property
+    def channels(self) -> int:
+        """Stitched channels: classes 1..K-1, plus the TTA disagreement when asked for."""
+        return self.card.num_classes - 1 + int(self.disagreement)
+
+    def _fall_back(self, merger: _GaussianMerger | None) -> str:
+        step = next_fallback(self.placement)
+        if step is None:
+            raise MedaiError(
+                f"not enough memory to run '{self.card.name}' even one window at a time on the "
+                "CPU; close other programs or use a smaller model"
+            )
+        previous, (self.placement, message) = self.placement, step
+        if merger is not None:
+            merger.to(self.placement.merge)
+        if self.placement.compute != previous.compute:
+            self.model.network.to(self.placement.compute)
+        release_memory(previous.compute)
+        release_memory(previous.merge)
+        self.fallbacks.append(message)
+        logger.warning(message)
+        return message
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        classes = self.card.num_classes
+        if logits.shape[1] == 1 and classes == 2:
+            foreground = torch.sigmoid(logits)
+            return torch.cat([1.0 - foreground, foreground], dim=1)
+        if logits.shape[1] != classes:
+            raise MedaiError(
+                f"the model '{self.card.name}' gave {logits.shape[1]} output channels but its "
+                f"card names {classes} labels"
+            )
+        return torch.softmax(logits, dim=1)
+
+    def _predict(
+        self, predictor: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
+    ) -> torch.Tensor:
+        """Stitched channels for a normalised batch, averaged over the TTA flips."""
+        flips = _flips(batch.ndim - 2, self.config.tta)
+        mean = entropy = None
+        for dims in flips:
+            probabilities = predictor(batch.flip(dims) if dims else batch)
+            if probabilities.shape[2:] != batch.shape[2:]:
+                raise MedaiError(
+                    f"the model '{self.card.name}' returned shape {tuple(probabilities.shape[2:])}"
+                    f" for input {tuple(batch.shape[2:])}; its patch size may not suit it"
+                )
+            if dims:
+                probabilities = probabilities.flip(dims)
+            mean = probabilities if mean is None else mean.add_(probabilities)
+            if self.disagreement:
+                term = _entropy(probabilities)
+                entropy = term if entropy is None else entropy.add_(term)
+            del probabilities
+        mean.div_(len(flips))
+        if entropy is None:
+            return mean[:, 1:].contiguous()
+        information = _entropy(mean).sub_(entropy.div_(len(flips))).clamp_min_(0.0)
+        return torch.cat([mean[:, 1:], information], dim=1)
+
+    def _network(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._probabilities(self.model.network(batch))
+
+    def _volume_predictor(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._probabilities(self.model.predict_volume(batch))  # type: ignore[misc]
+
+    def whole_volume(self, data: np.ndarray, normaliser: Normaliser) -> Job[torch.Tensor]:
+        """The model's own whole-volume predictor, as one step."""
+        self.placement = Placement(self.placement.compute, CPU, 1)
+        while True:
+            yield Progress(0.0, f"running {self.card.name} on the whole volume")
+            try:
+                batch = torch.from_numpy(np.array(data, dtype=np.float32)[np.newaxis])
+                batch = normaliser(batch.to(self.placement.compute))
+                with torch.no_grad(), autocast(self.placement.compute):
+                    merged = self._predict(self._volume_predictor, batch)[0].to(CPU)
+                yield Progress(1.0, "model finished")
+                return merged
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+            batch = None
+            yield Progress(0.0, self._fall_back(None))
+
+    def sliding_windows(self, data: np.ndarray, normaliser: Normaliser) -> Job[torch.Tensor]:
+        """Windows of the card's patch size (slices for 2D models), one batch per step."""
+        layout = _WindowLayout(self.card, data.shape[1:], self.config.overlap)
+        windows = layout.windows()
+        merger = None
+        try:
+            while merger is None:
+                try:
+                    merger = _GaussianMerger(self.channels, layout, self.placement.merge)
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                if merger is None:
+                    yield Progress(0.0, self._fall_back(None))
+            done = 0
+            while done < len(windows):
+                starts = windows[done : done + self.placement.batch]
+                placement = self.placement
+                values = None
+                try:
+                    # One name for the batch, so only its normalised form is alive in the network.
+                    batch = layout.pad(normaliser(layout.read(data, starts, placement.compute)))
+                    with torch.no_grad(), autocast(placement.compute):
+                        output = self._predict(self._network, batch)
+                        values = merger.weigh(layout.crop(output)).to(placement.merge)
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                batch = output = None
+                if values is None:
+                    yield Progress(done / len(windows), self._fall_back(merger))
+                    continue
+                for start, window in zip(starts, values):
+                    merger.aggregate(window[None], start)
+                values = None
+                done += len(starts)
+                yield Progress(
+                    done / len(windows), f"window {done}/{len(windows)} on {placement.compute}"
+                )
+            return merger.finalize().to(CPU)
+        finally:
+            merger = None
+
+
+class _WindowLayout:
+    """Window positions as MONAI's sliding-window inferer places them.
+
+    Each axis gets ``dense_patch_slices`` starts with the interval
+    ``int(patch * (1 - overlap))`` (the rule of ``sliding_window_inference``),
+    windows are every combination, and an axis shorter than the patch holds one
+    window padded with zeros at its end. Hand-written instead of MONAI's
+    SlidingWindowSplitter, which pads the whole input to a multiple of the
+    step: a full-size copy plus windows beyond the image.
+    """
+
+    def __init__(self, card: ModelCard, shape: Sequence[int], overlap: float) -> None:
+        self.two_d = card.spatial_dims == 2
+        self.context = card.context_slices
+        self.shape = tuple(int(n) for n in shape)
+        patch = [int(n) for n in card.patch_size]
+        self.patch = (1, *patch[1:]) if self.two_d else tuple(patch)
+        if any(n < 1 for n in self.patch):
+            raise MedaiError(f"the model '{card.name}' has an invalid patch size {card.patch_size}")
+        self.block = tuple(min(p, n) for p, n in zip(self.patch, self.shape))
+        self.starts: list[list[int]] = []
+        for size, patch_size in zip(self.shape, self.patch):
+            padded = max(size, patch_size)
+            interval = (
+                patch_size if patch_size == padded else max(int(patch_size * (1 - overlap)), 1)
+            )
+            slices = dense_patch_slices((padded,), (patch_size,), (interval,))
+            self.starts.append([int(window[0].start) for window in slices])
+
+    def windows(self) -> list[tuple[int, ...]]:
+        """Start (z, y, x) of every window, z slowest."""
+        return list(itertools.product(*self.starts))
+
+    def read(
+        self, data: np.ndarray, starts: Sequence[tuple[int, ...]], device: torch.device
+    ) -> torch.Tensor:
+        """The raw windows at ``starts`` as one float32 batch on ``device`` (not yet padded)."""
+        depth, rows, cols = self.block
+        blocks = []
+        for z, y, x in starts:
+            rows_cols = (slice(y, y + rows), slice(x, x + cols))
+            if not self.two_d:
+                blocks.append(data[(slice(None), slice(z, z + depth), *rows_cols)])
+            elif self.context:
+                # 2.5D: neighbouring slices as channels, repeating the edge slices.
+                neighbours = np.arange(z - self.context, z + self.context + 1)
+                neighbours = np.clip(neighbours, 0, self.shape[0] - 1)
+                blocks.append(data[(0, neighbours, *rows_cols)])
+            else:
+                blocks.append(data[(slice(None), z, *rows_cols)])
+        return torch.from_numpy(np.stack(blocks).astype(np.float32, copy=False)).to(device)
+
+    def pad(self, batch: torch.Tensor) -> torch.Tensor:
+        """Zero-pad normalised windows at their end up to the patch size."""
+        spatial = self.patch[1:] if self.two_d else self.patch
+        missing = [p - n for p, n in zip(spatial, batch.shape[2:])]
+        if not any(missing):
+            return batch
+        return F.pad(batch, [amount for m in reversed(missing) for amount in (0, m)])
+
+    def crop(self, values: torch.Tensor) -> torch.Tensor:
+        """Network output back to the windows' extent inside the image, as (B, C, z, y, x)."""
+        if self.two_d:
+            values = values.unsqueeze(2)
+        depth, rows, cols = self.block
+        return values[..., :depth, :rows, :cols]
+
+
+class _GaussianMerger(Merger):
+    """Gaussian-weighted average of overlapping windows, stitched in place.
+
+    Hand-written because MONAI's AvgMerger weighs all voxels of a window alike
+    and keeps a full-size count map. Here each window's weight is the product
+    of MONAI's 1D Gaussian importance maps along z, y and x; as the windows are
+    every combination of per-axis starts, the sum of weights at a voxel is the
+    product of three 1D sums, so normalising needs no full-size array.
+    """
+
+    def __init__(self, channels: int, layout: _WindowLayout, device: torch.device) -> None:
+        super().__init__(merged_shape=(channels, *layout.shape), device=device)
+        profiles = [
+            compute_importance_map((patch,), mode="gaussian")[:block]
+            for patch, block in zip(layout.patch, layout.block)
+        ]
+        self.weight = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2]
+        self.sums = []
+        for profile, starts, size in zip(profiles, layout.starts, layout.shape):
+            total = torch.zeros(size, dtype=torch.float32)
+            for start in starts:
+                total[start : start + profile.shape[0]] += profile
+            self.sums.append(total)
+        self.values = torch.zeros(self.merged_shape, dtype=torch.float32, device=device)
+
+    def to(self, device: torch.device) -> None:
+        """Move the running sums to ``device`` (the OOM ladder's first step)."""
+        self.values = self.values.to(device)
+        self.device = device
+
+    def weigh(self, values: torch.Tensor) -> torch.Tensor:
+        """Multiply (B, C, z, y, x) window outputs by the window weight, in place."""
+        return values.mul_(self.weight.to(values.device))
+
+    def aggregate(self, values: torch.Tensor, location: Sequence[int]) -> None:
+        """Add one weighted (1, C, z, y, x) window whose first voxel is at ``location``."""
+        region = tuple(slice(s, s + n) for s, n in zip(location, values.shape[2:]))
+        self.values[(slice(None), *region)] += values[0].to(self.values.device)
+
+    def finalize(self) -> torch.Tensor:
+        """Divide by the summed weights, one axis at a time, in place."""
+        if not self.is_finalized:
+            depth, rows, cols = (total.to(self.values.device) for total in self.sums)
+            self.values.div_(depth[:, None, None]).div_(rows[:, None]).div_(cols)
+            self.is_finalized = True
+        return self.values
+
+
+def _to_source(
+    merged: torch.Tensor, space: ModelSpace, volume: Volume, runner: _Runner
+) -> Job[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Labels, probability and uncertainty arrays on the source grid."""
+    channels = merged.numpy()
+    if not space.identity:
+        grid = SourceGrid(space, volume.geometry, volume.spatial_shape)
+        source = np.empty((channels.shape[0], *volume.spatial_shape), dtype=np.float32)
+        for index, channel in enumerate(channels):
+            yield Progress(index / len(channels), "mapping the result back onto the scan's grid")
+            source[index] = grid.resample(channel)
+        channels = source
+    yield Progress(0.9, "labelling")
+    return _decide(
+        channels,
+        runner.card.num_classes,
+        runner.config.probabilities,
+        runner.config.uncertainty,
+        runner.disagreement,
+    )
+
+
+def _decide(
+    channels: np.ndarray, classes: int, probability: bool, uncertainty: bool, disagreement: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Argmax labels (and the optional maps) from stitched classes 1..K-1, in z chunks."""
+    rest = classes - 1
+    shape = channels.shape[1:]
+    labels = np.empty(shape, dtype=np.uint8 if classes <= 256 else np.uint16)
+    foreground = None
+    if probability:
+        # Two classes: the stitched channel is the foreground itself (no copy).
+        foreground = channels[0] if rest == 1 else np.empty(shape, dtype=np.float32)
+    spread = np.empty(shape, dtype=np.float32) if uncertainty else None
+    step = max(1, CHUNK_VOXELS // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, shape[0], step):
+        chunk = slice(start, start + step)
+        others = channels[:rest, chunk]
+        background = 1.0 - others.sum(axis=0)
+        if rest == 1:
+            labels[chunk] = others[0] > background
+        else:
+            labels[chunk] = np.argmax(np.concatenate([background[None], others]), axis=0)
+        if spread is not None and disagreement:
+            np.clip(channels[rest, chunk], 0.0, 1.0, out=spread[chunk])
+        elif spread is not None:
+            every = np.clip(np.concatenate([background[None], others]), 1e-12, 1.0)
+            entropy = -(every * np.log(every)).sum(axis=0) / np.log(classes)
+            np.clip(entropy, 0.0, 1.0, out=spread[chunk])
+        if foreground is not None:
+            np.clip(others.sum(axis=0), 0.0, 1.0, out=foreground[chunk])
+    return labels, foreground, spread
+
+
+def _wrap(
+    outputs: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
+    volume: Volume,
+    card: ModelCard,
+    provenance: dict[str, Any],
+) -> SegmentResult:
+    labels, foreground, spread = outputs
+    name = f"{volume.metadata.get('name', 'image')} ({card.name})"
+    return SegmentResult(
+        labels=LabelMap(
+            labels,
+            volume.geometry,
+            {"name": name, "provenance": provenance},
+            dict(card.label_names),
+        ),
+        probability=None
+        if foreground is None
+        else Volume(foreground, volume.geometry, {"name": f"{name} probability"}),
+        uncertainty=None
+        if spread is None
+        else Volume(spread, volume.geometry, {"name": f"{name} uncertainty"}),
+        provenance=provenance,
+    )

@@ -23,6 +23,7 @@ from napari.viewer import current_viewer
 from npe2 import PluginManager, PluginManifest
 from qtpy.QtGui import QGuiApplication
 
+from napari_medai._qt import launch
 from napari_medai._qt.launch import has_display, main
 from napari_medai.core.phantom import make_phantom
 
@@ -94,8 +95,11 @@ def require_sample() -> None:
         pytest.skip("the phantom sample (napari_medai._napari.sample_data) is not there yet")
 
 
-def test_launcher_screenshot_option(qtbot, tmp_path, capsys):
+def test_launcher_screenshot_option(make_napari_viewer, monkeypatch, tmp_path, capsys):
+    """The launcher's own steps, on napari's test viewer (a second real Viewer
+    in one process would register every plugin's commands twice)."""
     require_sample()
+    monkeypatch.setattr(launch, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))
     shot = tmp_path / "window.png"
     assert main(["--screenshot", str(shot)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"Screenshot saved to {shot}"]

@@ -1,0 +1,169 @@
+"""Segmentation on napari layers: the image in, the result out as layers.
+
+The outputs of one image and one model are tagged in their metadata, so a
+second run finds them and replaces their data (keeping the user's colormap,
+opacity and visibility) instead of adding more layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.components import ViewerModel
+from napari.layers import Image, Labels, Layer
+from napari.types import LayerDataTuple
+
+from napari_medai._napari.layers import (
+    METADATA_KEY,
+    image_layer_data,
+    labels_layer_data,
+    volume_from_layer,
+)
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.jobs import Job, Progress, scaled
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.volume import Volume
+
+#: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.
+OUTPUT_TAG = "segmentation"
+#: Layer class for each layer type string of a LayerDataTuple.
+_LAYER_TYPES: dict[str, type[Layer]] = {"labels": Labels, "image": Image}
+#: Share of the progress bar given to loading the model.
+_LOADING_SHARE = 0.05
+#: Display of the optional float maps, both in [0, 1].
+_MAP_DISPLAY = {
+    "probability": {"colormap": "magma", "blending": "additive", "opacity": 0.6},
+    "uncertainty": {"colormap": "viridis", "blending": "additive", "opacity": 0.6},
+}
+
+
+@dataclass(frozen=True)
+class SegmentationTarget:
+    """Which image and model a run used; its outputs are found again by these.
+
+    ``image_id`` is the image layer's ``unique_id`` (survives renaming),
+    ``model_source`` the registry name or path the model was loaded from.
+    """
+
+    image_id: str
+    image_name: str
+    model_source: str
+
+    @classmethod
+    def of(cls, image: Layer, model_source: str) -> SegmentationTarget:
+        """The target for ``image`` segmented by the model at ``model_source``."""
+        return cls(str(image.unique_id), image.name, str(model_source))
+
+    def tag(self, output: str) -> dict[str, str]:
+        """The metadata tag of this run's ``output`` ("labels", "probability", ...)."""
+        return {"image": self.image_id, "model": self.model_source, "output": output}
+
+
+def is_segmentable(layer: Layer) -> bool:
+    """Whether ``layer`` is a greyscale 3D (or 4D channel) image held in memory."""
+    return (
+        isinstance(layer, Image) and not layer.rgb and not layer.multiscale and layer.ndim in (3, 4)
+    )
+
+
+def segmentation_input(layer: Layer) -> Volume:
+    """The Volume behind an image layer, on the grid the layer is shown on."""
+    if not is_segmentable(layer):
+        raise MedaiError(
+            f"layer '{layer.name}' cannot be segmented: pick a greyscale 3D image layer "
+            "(not RGB, not multiscale)"
+        )
+    volume = volume_from_layer(layer)
+    return replace(volume, metadata={**volume.metadata, "name": layer.name})
+
+
+def load_and_segment_job(
+    source: str, trusted: bool, volume: Volume, config: SegmentConfig
+) -> Job[tuple[LoadedModel, SegmentResult]]:
+    """Load the model, then segment; both in the job so a slow load never blocks the GUI."""
+    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    model = load_model(source, trusted=trusted)
+    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    result = yield from scaled(segment_job(volume, model, config), _LOADING_SHARE, 1.0)
+    return model, result
+
+
+def _tagged(kwargs: dict[str, Any], tag: dict[str, str]) -> dict[str, Any]:
+    kwargs["metadata"][METADATA_KEY][OUTPUT_TAG] = tag
+    return kwargs
+
+
+def result_layer_data(
+    result: SegmentResult, target: SegmentationTarget, model_name: str
+) -> list[LayerDataTuple]:
+    """Layer tuples for a result: labels first, then the probability/uncertainty maps.
+
+    Every layer is named "<image> – <model>" (plus the map's kind), lies on the
+    result's grid (the image's) and keeps the run's provenance in
+    ``metadata[METADATA_KEY]["provenance"]``.
+    """
+    base = f"{target.image_name} – {model_name}"
+    provenance = {**result.provenance, "image": target.image_name}
+    labels = replace(result.labels, metadata=provenance)
+    data, kwargs, kind = labels_layer_data(labels, base)
+    layers = [(data, _tagged(kwargs, target.tag("labels")), kind)]
+    for output, volume in (
+        ("probability", result.probability),
+        ("uncertainty", result.uncertainty),
+    ):
+        if volume is None:
+            continue
+        data, kwargs, kind = image_layer_data(replace(volume, metadata=provenance))
+        kwargs.update(name=f"{base} {output}", contrast_limits=(0.0, 1.0), **_MAP_DISPLAY[output])
+        layers.append((data, _tagged(kwargs, target.tag(output)), kind))
+    return layers
+
+
+def find_output_layer(
+    viewer: ViewerModel, tag: dict[str, str], kind: str, shape: tuple[int, ...]
+) -> Layer | None:
+    """The newest layer with ``tag`` that can take data of ``kind`` and ``shape``."""
+    for layer in reversed(viewer.layers):
+        info = layer.metadata.get(METADATA_KEY, {})
+        if (
+            info.get(OUTPUT_TAG) == tag
+            and isinstance(layer, _LAYER_TYPES[kind])
+            and tuple(np.shape(layer.data)) == tuple(shape)
+        ):
+            return layer
+    return None
+
+
+def _update(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
+    """Replace a layer's data, grid and metadata; its display settings stay the user's."""
+    layer.metadata = {**layer.metadata, **kwargs["metadata"]}
+    if "features" in kwargs:
+        layer.features = kwargs["features"]
+    if not np.allclose(layer.affine.affine_matrix, kwargs["affine"]):
+        layer.affine = kwargs["affine"]
+    layer.data = data
+
+
+def show_segmentation(
+    viewer: ViewerModel, layer_data: list[LayerDataTuple], new_layer: bool = False
+) -> list[Layer]:
+    """Put result layers into ``viewer``: update this run's earlier outputs, or add.
+
+    With ``new_layer`` every output becomes a new layer. Returns the layers
+    shown, in the order of ``layer_data``.
+    """
+    shown = []
+    for data, kwargs, kind in layer_data:
+        tag = kwargs["metadata"][METADATA_KEY][OUTPUT_TAG]
+        existing = None if new_layer else find_output_layer(viewer, tag, kind, data.shape)
+        if existing is None:
+            existing = viewer.add_layer(Layer.create(data, kwargs, kind))
+        else:
+            _update(existing, data, kwargs)
+        shown.append(existing)
+    return shown

@@ -23,16 +23,12 @@ import torch
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.geometry import GEOMETRY_TOLERANCE, Geometry
 from napari_medai.core.models.card import ModelCard
+from napari_medai.core.resample import reference_image
 from napari_medai.core.volume import Volume, volume_from_sitk, volume_to_sitk
 from napari_medai.core.windows import subsample
 
 #: Voxels per chunk when statistics are accumulated over a whole volume.
 CHUNK_VOXELS = 1 << 20
-
-
-def _reference_image(geometry: Geometry, shape: tuple[int, ...]) -> sitk.Image:
-    """A uint8 image carrying only a grid, to resample onto (via the one converter)."""
-    return volume_to_sitk(Volume(np.zeros(shape, dtype=np.uint8), geometry))
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class ModelSpace:
 
 def _reoriented_grid(geometry: Geometry, shape: tuple[int, int, int], code: str) -> Volume:
     try:
-        header = sitk.DICOMOrient(_reference_image(geometry, shape), code)
+        header = sitk.DICOMOrient(reference_image(geometry, shape), code)
     except RuntimeError as error:
         raise MedaiError(
             f"the model card's orientation {code!r} is not an orientation code such as "
@@ -106,7 +102,7 @@ def to_model_space(volume: Volume, card: ModelCard, space: ModelSpace) -> np.nda
     out = np.empty((channels.shape[0], *space.shape), dtype=np.float32)
     # Resampling works in world space, so with a spacing the source goes straight onto
     # the (already reoriented) model grid; a pure reorientation is an exact axis flip.
-    reference = _reference_image(space.geometry, space.shape) if card.spacing else None
+    reference = reference_image(space.geometry, space.shape) if card.spacing else None
     for index, channel in enumerate(channels):
         image = volume_to_sitk(Volume(channel, volume.geometry))
         if reference is not None:
@@ -125,7 +121,7 @@ class SourceGrid:
 
     def __init__(self, space: ModelSpace, source: Geometry, shape: tuple[int, int, int]) -> None:
         self.space = space
-        self.reference = _reference_image(source, shape)
+        self.reference = reference_image(source, shape)
 
     def resample(self, channel: np.ndarray) -> np.ndarray:
         """One float32 model-space channel resampled onto the source grid.

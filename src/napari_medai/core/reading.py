@@ -20,12 +20,12 @@ import SimpleITK as sitk
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.files import compound_suffix
 from napari_medai.core.jobs import Job, Progress, run_job
+from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import (
     LabelMap,
     Volume,
     label_map_from_sitk,
     volume_from_sitk,
-    volume_to_sitk,
 )
 from napari_medai.core.writing import smallest_label_dtype
 
@@ -123,18 +123,24 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> LabelMa
             f'Cannot open "{path.name}" as a label map: it has {_describe_shape(image)}; '
             "a label map is a single 3D grid of integers"
         )
-    image = _as_integer_labels(image, path)
+    label_map = label_map_from_sitk(_as_integer_labels(image, path))
     warnings = list(info["warnings"])
-    if reference is not None and not _same_grid(image, reference):
-        image, dropped = _resample_labels(image, reference)
-        warnings.append(
-            f'"{path.name}" was on a different grid; it was resampled onto the image grid '
-            "(nearest neighbour, label values unchanged)"
-        )
-        if dropped:
-            warnings.append(f"labels {sorted(dropped)} lie outside the image grid and were dropped")
-    label_map = label_map_from_sitk(image)
     if reference is not None:
+        on_grid = label_map.spatial_shape == reference.spatial_shape and (
+            label_map.geometry.is_close(reference.geometry, SAME_GRID_TOLERANCE)
+        )
+        if not on_grid:
+            before = _label_values(label_map.array)
+            label_map = resample_label_map(label_map, reference.geometry, reference.spatial_shape)
+            warnings.append(
+                f'"{path.name}" was on a different grid; it was resampled onto the image grid '
+                "(nearest neighbour, label values unchanged)"
+            )
+            dropped = before - _label_values(label_map.array) - {0}
+            if dropped:
+                warnings.append(
+                    f"labels {sorted(dropped)} lie outside the image grid and were dropped"
+                )
         # On the reference grid up to file rounding, or resampled onto it: take it exactly.
         label_map.geometry = reference.geometry
     label_map.metadata.update(name=_stem(path), source=path.name, warnings=warnings)
@@ -409,42 +415,6 @@ def _as_integer_labels(image: sitk.Image, path: Path) -> sitk.Image:
     integer = sitk.GetImageFromArray(values.astype(dtype))
     integer.CopyInformation(image)
     return integer
-
-
-def _sitk_grid(reference: Volume) -> sitk.Image:
-    """A one-voxel SimpleITK image carrying ``reference``'s geometry (converted the one way)."""
-    return volume_to_sitk(Volume(np.zeros((1, 1, 1), np.uint8), reference.geometry))
-
-
-def _same_grid(image: sitk.Image, reference: Volume) -> bool:
-    grid = _sitk_grid(reference)
-    return tuple(image.GetSize()) == tuple(reference.spatial_shape[::-1]) and all(
-        np.allclose(a, b, atol=SAME_GRID_TOLERANCE, rtol=0)
-        for a, b in (
-            (image.GetSpacing(), grid.GetSpacing()),
-            (image.GetOrigin(), grid.GetOrigin()),
-            (image.GetDirection(), grid.GetDirection()),
-        )
-    )
-
-
-def _resample_labels(image: sitk.Image, reference: Volume) -> tuple[sitk.Image, set[int]]:
-    """Nearest-neighbour resample onto ``reference``'s grid; also the labels lost."""
-    grid = _sitk_grid(reference)
-    resampled = sitk.Resample(
-        image,
-        list(reference.spatial_shape[::-1]),
-        sitk.Transform(),
-        sitk.sitkNearestNeighbor,
-        grid.GetOrigin(),
-        grid.GetSpacing(),
-        grid.GetDirection(),
-        0,
-        image.GetPixelID(),
-    )
-    before = _label_values(sitk.GetArrayViewFromImage(image))
-    after = _label_values(sitk.GetArrayViewFromImage(resampled))
-    return resampled, before - after - {0}
 
 
 def _label_values(array: np.ndarray) -> set[int]:

@@ -9,7 +9,8 @@ from napari_medai.core.geometry import Geometry
 from napari_medai.core.volume import LabelMap, Volume, volume_from_sitk, volume_to_sitk
 
 
-def _reference_image(geometry: Geometry, shape: tuple[int, int, int]) -> sitk.Image:
+def reference_image(geometry: Geometry, shape: tuple[int, ...]) -> sitk.Image:
+    """An empty SimpleITK image on a grid, to resample onto."""
     return volume_to_sitk(Volume(np.zeros(shape, dtype=np.uint8), geometry))
 
 
@@ -24,7 +25,7 @@ def resample_label_map(
         return label_map
     resampled = sitk.Resample(
         volume_to_sitk(label_map),
-        _reference_image(geometry, shape),
+        reference_image(geometry, shape),
         sitk.Transform(),
         sitk.sitkNearestNeighbor,
         0,

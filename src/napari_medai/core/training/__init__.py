@@ -1,0 +1,1 @@
+"""Train segmentation models on sparse user annotations (see :mod:`.trainer`)."""

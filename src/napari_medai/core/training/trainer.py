@@ -1,0 +1,624 @@
+"""Train a segmentation model on what the user annotated, as a generator job.
+
+:func:`train_job` yields a :class:`Progress` after every optimizer step (a
+fraction of a second), with the loss and, every few seconds, the validation
+Dice in its payload (``None`` payloads mark progress during validation).
+Stopping the iteration (``close()``) runs the ``finally`` block, which writes
+the last model and keeps the best one validated so far (the current one if
+none was validated yet), so nothing learnt is lost. At the end of the budget
+the final weights are validated once more before that.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+import torch._dynamo  # noqa: F401  (see below)
+from monai.inferers import sliding_window_inference
+from monai.metrics import DiceMetric
+from monai.utils import set_determinism
+
+from napari_medai.core.devices import autocast, choose_device
+from napari_medai.core.errors import MedaiError, ModelLoadError
+from napari_medai.core.files import check_can_write
+from napari_medai.core.jobs import Job, Progress
+from napari_medai.core.models.card import CARD_FILE, ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import load_model_package, save_model_package
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.training.annotations import choose_dimensionality
+from napari_medai.core.training.checkpoints import (
+    LAST,
+    load_optimizer_state,
+    read_state,
+    save_checkpoint,
+)
+from napari_medai.core.training.dataset import (
+    Augmenter,
+    PatchSampler,
+    TrainingData,
+    choose_intensity,
+    prepare_pairs,
+)
+from napari_medai.core.training.loss import MaskedDiceCELoss
+from napari_medai.core.volume import LabelMap, Volume
+
+# torch imports its compiler (torch._dynamo, seconds) the first time an optimizer
+# is built; the import above pays that when this module loads, not from the
+# user's training-time budget.
+
+DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
+#: Patch edges are multiples of this (the UNet halves the size three times).
+PATCH_MULTIPLE = 16
+#: Largest default patch: whole slices up to 192 pixels for slice models, and
+#: (z, y, x) blocks for 3D models, sized so one CPU step stays well under a second.
+SLICE_PATCH_MAX = 192
+VOLUME_PATCH_MAX = (32, 96, 96)
+#: A small MONAI UNet: fast enough on a laptop CPU to learn an organ in seconds.
+UNET_ARGS = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}
+VALIDATION_OVERLAP = 0.25
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the widget and the CLI fill in the same object.
+
+    ``out_dir`` receives the best model as a model package (what Predict and
+    ``napari-medai segment --model`` run). The last model, the optimizer state
+    and the history go to ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``
+    beside it), from where ``resume`` continues. Budgets count this session:
+    ``max_time_s`` seconds of training (time the consumer holds the job between
+    progress events is not counted) and ``max_iters`` optimizer steps; with
+    neither, training runs until stopped. ``init`` fine-tunes a loaded model
+    (or a model source path) instead of starting from scratch. ``patch_size``
+    and ``batch_size`` of ``None`` are chosen from the data and the network.
+    ``unlabelled_value`` marks voxels the user leaves open inside a painted
+    slice; ``dense`` declares every voxel annotated. Validation runs every
+    ``validation_every_s`` seconds (less often when it is slow); a resumed run
+    compares new scores with the best score saved before.
+    """
+
+    out_dir: Path
+    dimensionality: str = "auto"
+    max_time_s: float | None = 60.0
+    max_iters: int | None = None
+    seed: int | None = None
+    init: LoadedModel | str | Path | None = None
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    patch_size: tuple[int, int, int] | None = None
+    validation_fraction: float = 0.2
+    validation_every_s: float = 2.0
+    checkpoint_every_s: float = 30.0
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    num_threads: int | None = None  # None: the free cores (see training_threads)
+    context_slices: int = 1
+    unlabelled_value: int | None = None
+    dense: bool = False
+    name: str | None = None
+    checkpoint_dir: Path | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where the last checkpoint and the training state live."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        out = Path(self.out_dir)
+        return out.with_name(out.name + ".checkpoints")
+
+
+@dataclass
+class TrainResult:
+    """Paths of the best and last model packages, the history, and the best model's card.
+
+    ``history`` has one dict per optimizer step: ``iteration``, ``elapsed_s``,
+    ``loss``, plus ``val_dice`` and ``val_held_out`` when validated.
+    """
+
+    best_path: Path
+    last_path: Path
+    history: list[dict[str, Any]]
+    card: ModelCard
+
+
+def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[TrainResult]:
+    """Train on ``pairs`` (each image with labels painted on its grid) as a job.
+
+    Checks the configuration, the outputs and the device at once (raising
+    :class:`MedaiError`), so the caller learns about a bad choice before any
+    work starts. The label arrays are only read.
+    """
+    _check_config(config)
+    if not pairs:
+        raise MedaiError("no training data: give at least one image with its labels")
+    if not config.resume:
+        check_can_write(Path(config.out_dir), config.overwrite)
+        check_can_write(config.checkpoints, config.overwrite)
+    device = choose_device(config.device)
+    return _train(list(pairs), config, device)
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.dimensionality not in DIMENSIONALITIES:
+        raise MedaiError(
+            f"unknown dimensionality {config.dimensionality!r}; "
+            f"choose one of {', '.join(DIMENSIONALITIES)}"
+        )
+    if config.max_time_s is not None and config.max_time_s <= 0:
+        raise MedaiError(f"the time budget must be positive, not {config.max_time_s} s")
+    if config.max_iters is not None and config.max_iters < 1:
+        raise MedaiError(f"the iteration budget must be at least 1, not {config.max_iters}")
+    if not 0.0 <= config.validation_fraction < 1.0:
+        raise MedaiError(
+            f"the validation fraction must be at least 0 and below 1, "
+            f"not {config.validation_fraction}"
+        )
+    if config.batch_size is not None and config.batch_size < 1:
+        raise MedaiError(f"the batch size must be at least 1, not {config.batch_size}")
+    if config.learning_rate <= 0:
+        raise MedaiError(f"the learning rate must be positive, not {config.learning_rate}")
+    if config.resume and config.init is not None:
+        raise MedaiError("resume continues the last checkpoint; do not also give a start model")
+    if config.patch_size is not None and (
+        len(config.patch_size) != 3
+        or any(int(n) < 1 for n in config.patch_size)
+        or any(int(n) % PATCH_MULTIPLE for n in config.patch_size[1:])
+    ):
+        raise MedaiError(
+            f"the patch size {config.patch_size} must be three numbers (z, y, x) with y and x "
+            f"multiples of {PATCH_MULTIPLE} (and z too for 3D models)"
+        )
+    if config.context_slices < 0:
+        raise MedaiError(f"context slices must be 0 or more, not {config.context_slices}")
+
+
+class _Clock:
+    """Training time: runs inside the job, paused while the consumer holds a progress event."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.total = 0.0
+        self.mark: float | None = time.perf_counter()
+
+    def carry_over(self, seconds: float) -> None:
+        """Count ``seconds`` of earlier sessions in :meth:`elapsed` (not in the budget)."""
+        self.offset = seconds
+        self.total += seconds
+
+    def pause(self) -> None:
+        if self.mark is not None:
+            self.total += time.perf_counter() - self.mark
+            self.mark = None
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self.mark if self.mark is not None else 0.0
+        return self.total + running
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _default_patch(shapes: list[tuple[int, ...]], slice_model: bool) -> list[int]:
+    largest = np.max(np.array(shapes), axis=0)
+    if slice_model:
+        return [1, *(min(_round_up(n, PATCH_MULTIPLE), SLICE_PATCH_MAX) for n in largest[1:])]
+    return [min(_round_up(n, PATCH_MULTIPLE), cap) for n, cap in zip(largest, VOLUME_PATCH_MAX)]
+
+
+def _choose_kind(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> tuple[str, str]:
+    if config.dimensionality != "auto":
+        return config.dimensionality, "chosen by the user"
+    choices = [
+        choose_dimensionality(labels.array, config.unlabelled_value, config.dense)
+        for _, labels in pairs
+    ]
+    chosen = next((c for c in choices if c.kind == "3d"), choices[0])
+    return chosen.kind, chosen.reason
+
+
+def _kind_of(card: ModelCard) -> str:
+    if card.spatial_dims == 3:
+        return "3d"
+    return "2.5d" if card.context_slices else "2d"
+
+
+def _new_card(
+    pairs: list[tuple[Volume, LabelMap]],
+    config: TrainConfig,
+    kind: str,
+    classes: list[int],
+    intensity: dict[str, Any],
+) -> ModelCard:
+    slice_model = kind != "3d"
+    context = config.context_slices if kind == "2.5d" else 0
+    patch = list(
+        config.patch_size or _default_patch([v.spatial_shape for v, _ in pairs], slice_model)
+    )
+    if slice_model:
+        patch[0] = 1
+    elif patch[0] % PATCH_MULTIPLE:
+        raise MedaiError(f"a 3D model's patch depth must be a multiple of {PATCH_MULTIPLE}")
+    return ModelCard(
+        name=config.name or "",
+        architecture="UNet",
+        architecture_args=copy.deepcopy(UNET_ARGS),
+        label_names={0: "background", **{c: f"label {c}" for c in classes}},
+        patch_size=patch,
+        spatial_dims=2 if slice_model else 3,
+        in_channels=2 * context + 1,
+        context_slices=context,
+        intensity=intensity,
+    )
+
+
+def _init_model(init: LoadedModel | str | Path) -> tuple[ModelCard, torch.nn.Module, dict]:
+    """A trainable copy of the start model (the caller's model is left as it was)."""
+    if not isinstance(init, LoadedModel):
+        init = load_model(init)
+    card = init.card
+    if card.spacing is not None or card.orientation is not None:
+        raise MedaiError(
+            f"the model '{card.name}' runs at a fixed spacing or orientation; fine-tuning "
+            "such models is not supported yet (start from scratch or from a model trained here)"
+        )
+    try:
+        network = build_network(card)
+        network.load_state_dict(init.network.state_dict())
+    except (ModelLoadError, RuntimeError) as error:
+        raise MedaiError(
+            f"the model '{card.name}' cannot be fine-tuned: napari-medai can only train "
+            "the architectures a model card names (MONAI UNet, BasicUNet, SegResNet, ...)"
+        ) from error
+    return card, network, {"name": card.name, "source": str(init.source), "sha256": init.sha256}
+
+
+def _check_classes(card: ModelCard, classes: list[int]) -> None:
+    unknown = [c for c in classes if c >= card.num_classes]
+    if unknown:
+        raise MedaiError(
+            f"the model '{card.name}' predicts labels 0..{card.num_classes - 1}, but the "
+            f"annotations use {unknown}; start a new model to learn new labels"
+        )
+
+
+@dataclass
+class _State:
+    """What a session carries forward: counts, history and the best score."""
+
+    iteration: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_dice: float = -1.0
+    best_iteration: int = 0
+    best_saved: bool = False
+
+
+class _Session:
+    """Everything one training run needs; the job below drives it."""
+
+    def __init__(
+        self, pairs: list[tuple[Volume, LabelMap]], config: TrainConfig, device: torch.device
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.state = _State()
+        self.init_info: dict[str, Any] | None = None
+        rng = np.random.default_rng(config.seed)
+        if config.seed is not None:
+            set_determinism(seed=config.seed)
+        optimizer_state = None
+        if config.resume:
+            saved = read_state(config.checkpoints)
+            card, network = load_model_package(config.checkpoints / LAST)
+            self.state = _State(
+                iteration=int(saved["iteration"]),
+                elapsed_s=float(saved["elapsed_s"]),
+                history=list(saved["history"]),
+                best_val_dice=float(saved["best_val_dice"]),
+                best_iteration=int(saved["best_iteration"]),
+                best_saved=Path(config.out_dir).is_dir(),
+            )
+            self.init_info = saved.get("init")
+            optimizer_state = load_optimizer_state(config.checkpoints, saved)
+            self.reason = "resumed"
+        elif config.init is not None:
+            card, network, self.init_info = _init_model(config.init)
+            self.reason = "fine-tuning"
+        else:
+            kind, self.reason = _choose_kind(pairs, config)
+            card, network = None, None
+        intensity = (
+            card.intensity if card is not None else choose_intensity(pairs, config.unlabelled_value)
+        )
+        self.data: TrainingData = prepare_pairs(
+            pairs,
+            intensity,
+            config.validation_fraction,
+            rng,
+            config.unlabelled_value,
+            config.dense,
+        )
+        if card is None:
+            card = _new_card(pairs, config, kind, self.data.classes, intensity)
+            network = build_network(card)
+        else:
+            if config.dimensionality not in ("auto", _kind_of(card)):
+                raise MedaiError(
+                    f"the model '{card.name}' is a {_kind_of(card)} model; "
+                    f"it cannot continue as {config.dimensionality}"
+                )
+            _check_classes(card, self.data.classes)
+        names = {**card.label_names, **self.data.label_names}
+        default_name = " + ".join(names[c] for c in self.data.classes)
+        self.card = replace(
+            card,
+            label_names=names,
+            name=config.name or card.name or f"{default_name} ({_kind_of(card)})",
+        )
+        self.kind = _kind_of(self.card)
+        self.network = network.to(device).train()
+        seed = config.seed if config.seed is not None else int(rng.integers(2**31))
+        self.sampler = PatchSampler(
+            self.data,
+            tuple(self.card.patch_size),
+            self.card.spatial_dims,
+            self.card.context_slices,
+            rng,
+        )
+        self.augment = Augmenter(self.card.spatial_dims, seed)
+        self.loss = MaskedDiceCELoss(self.data.classes)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.batch_size = config.batch_size or (8 if self.card.spatial_dims == 2 else 2)
+        self.metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+        self.validated_at = -1
+
+    def step(self) -> float:
+        """One optimizer step on an augmented batch; returns the loss."""
+        image, target, mask = self.augment(*self.sampler.batch(self.batch_size))
+        image, target, mask = (t.to(self.device) for t in (image, target, mask))
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device):
+            logits = self.network(image)
+        loss = self.loss(logits.float(), target, mask)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.iteration += 1
+        return float(loss.detach())
+
+    def _predict_slice(self, image: np.ndarray, z: int) -> np.ndarray:
+        """Labels of axial slice ``z`` predicted as inference would (sliding windows)."""
+        card = self.card
+        if card.spatial_dims == 2:
+            c = card.context_slices
+            zs = np.clip(np.arange(z - c, z + c + 1), 0, len(image) - 1)
+            batch, roi, pick = image[zs][None], card.patch_size[1:], None
+        else:
+            depth = min(card.patch_size[0], len(image))
+            start = int(np.clip(z - depth // 2, 0, len(image) - depth))
+            batch, roi, pick = image[None, None, start : start + depth], card.patch_size, z - start
+        with torch.no_grad(), autocast(self.device):
+            logits = sliding_window_inference(
+                torch.from_numpy(np.ascontiguousarray(batch)).to(self.device),
+                roi,
+                4,
+                self.network,
+                overlap=VALIDATION_OVERLAP,
+                mode="gaussian",
+            )
+        labels = logits.float().argmax(dim=1)[0]
+        return (labels if pick is None else labels[pick]).cpu().numpy()
+
+    def validation(self) -> Generator[None, None, float]:
+        """Dice over the validation voxels (all slices pooled), mean over the trained classes.
+
+        A generator that pauses after every slice, so a stop request is seen
+        within a slice's inference even when validation is long (3D models).
+        """
+        self.network.eval()
+        predicted, truth = [], []
+        try:
+            for pair in self.data.pairs:
+                for z in pair.val_slices:
+                    mask = pair.val_mask[z]
+                    predicted.append(self._predict_slice(pair.image, z)[mask])
+                    truth.append(pair.target[z][mask])
+                    yield
+        finally:
+            self.network.train()
+        predicted_all, truth_all = np.concatenate(predicted), np.concatenate(truth)
+        classes = self.data.classes
+        as_one_hot = lambda values: torch.from_numpy(  # noqa: E731
+            np.stack([values == c for c in classes])[None, :, :, None].astype(np.float32)
+        )
+        self.metric.reset()
+        self.metric(as_one_hot(predicted_all), as_one_hot(truth_all))
+        self.validated_at = self.state.iteration
+        return float(self.metric.aggregate().item())
+
+    def card_now(self, val_dice: float | None) -> ModelCard:
+        """The card with the training facts as of now (no patient identifiers)."""
+        info = {
+            "trained_with": "napari-medai",
+            "dimensionality": self.kind,
+            "why": self.reason,
+            "iterations": self.state.iteration,
+            "training_time_s": round(self.state.elapsed_s, 2),
+            "val_dice": None if val_dice is None else round(val_dice, 4),
+            "val_held_out": self.data.held_out,
+            "batch_size": self.batch_size,
+            "threads": torch.get_num_threads(),
+            "learning_rate": self.config.learning_rate,
+            "seed": self.config.seed,
+            "loss": "masked cross-entropy + masked soft Dice (unannotated voxels ignored)",
+            "optimizer": "AdamW",
+            "augmentation": "affine (in-plane rotation, scale, shift), intensity scale/shift/noise",
+            "init": self.init_info,
+            "data": [pair.description for pair in self.data.pairs],
+            "versions": {"torch": torch.__version__, "monai": monai.__version__},
+        }
+        return replace(self.card, training=info)
+
+    def save_best(self, val_dice: float | None) -> None:
+        card = self.card_now(val_dice)
+        save_model_package(Path(self.config.out_dir), card, self.network, overwrite=True)
+        self.state.best_saved = True
+
+    def save_last(self) -> Path:
+        state = self.state
+        saved = {
+            "iteration": state.iteration,
+            "elapsed_s": state.elapsed_s,
+            "history": state.history,
+            "best_val_dice": state.best_val_dice,
+            "best_iteration": state.best_iteration,
+            "init": self.init_info,
+        }
+        last_dice = next((h["val_dice"] for h in reversed(state.history) if "val_dice" in h), None)
+        return save_checkpoint(
+            self.config.checkpoints, self.card_now(last_dice), self.network, self.optimizer, saved
+        )
+
+    def consider(self, val_dice: float) -> None:
+        """Keep the current weights as the best model if they validate at least as well."""
+        if val_dice >= self.state.best_val_dice:
+            self.state.best_val_dice = val_dice
+            self.state.best_iteration = self.state.iteration
+            self.save_best(val_dice)
+
+
+def training_threads() -> int:
+    """Torch threads for training: the cores other programs leave free, at least one.
+
+    Free cores are the CPU count minus the 1-minute load average. Measured on a
+    2-core machine under load: two threads fighting other processes for two
+    cores ran a step 4x slower than one thread, as torch's worker threads
+    wait for each other; on an idle machine every core is used.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), (cores or 1) - int(round(busy))))
+
+
+def _fraction(config: TrainConfig, steps: int, seconds: float) -> float:
+    parts = [0.0]
+    if config.max_iters:
+        parts.append(steps / config.max_iters)
+    if config.max_time_s:
+        parts.append(seconds / config.max_time_s)
+    return min(max(parts), 1.0)
+
+
+def _validate(session: _Session, clock: _Clock, fraction: float) -> Job[float]:
+    """Run the session's validation, yielding (payload-less) progress between slices."""
+    steps = session.validation()
+    try:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            clock.pause()
+            yield Progress(fraction, "validating")
+            clock.resume()
+    finally:
+        steps.close()
+
+
+def _record(session: _Session, clock: _Clock, entry: dict[str, Any], val_dice: float) -> None:
+    """Note a validation in the history entry and keep the model if it is the best."""
+    session.state.elapsed_s = clock.elapsed()
+    session.consider(val_dice)
+    entry.update(val_dice=val_dice, val_held_out=session.data.held_out)
+
+
+def _train(
+    pairs: list[tuple[Volume, LabelMap]], config: TrainConfig, device: torch.device
+) -> Job[TrainResult]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads or training_threads())
+    session: _Session | None = None
+    clock = _Clock()
+    try:
+        yield Progress(0.0, "preparing the annotations")
+        session = _Session(pairs, config, device)
+        state = session.state
+        clock.carry_over(state.elapsed_s)
+        first = state.iteration
+        next_validation = clock.elapsed() + config.validation_every_s
+        last_checkpoint = clock.elapsed()
+        yield Progress(0.0, f"training a {session.kind} model ({session.reason})")
+        while _fraction(config, state.iteration - first, clock.elapsed() - clock.offset) < 1.0:
+            loss = session.step()
+            entry: dict[str, Any] = {
+                "iteration": state.iteration,
+                "elapsed_s": round(clock.elapsed(), 3),
+                "loss": loss,
+            }
+            message = f"iteration {state.iteration}: loss {loss:.3f}"
+            fraction = _fraction(config, state.iteration - first, clock.elapsed() - clock.offset)
+            if clock.elapsed() >= next_validation:
+                started = clock.elapsed()
+                _record(session, clock, entry, (yield from _validate(session, clock, fraction)))
+                message += f", validation Dice {entry['val_dice']:.3f}"
+                # Validation takes at most a fifth of the time, however slow it is (3D).
+                spent = clock.elapsed() - started
+                next_validation = clock.elapsed() + max(config.validation_every_s, 4 * spent)
+            state.history.append(entry)
+            if clock.elapsed() - last_checkpoint >= config.checkpoint_every_s:
+                state.elapsed_s = clock.elapsed()
+                session.save_last()
+                last_checkpoint = clock.elapsed()
+            clock.pause()
+            yield Progress(fraction, message, dict(entry))
+            clock.resume()
+        if state.history and session.validated_at != state.iteration:
+            val_dice = yield from _validate(session, clock, 1.0)
+            _record(session, clock, state.history[-1], val_dice)
+        yield Progress(1.0, "saving the model")
+    finally:
+        if session is not None:
+            _finish(session, clock)
+        torch.set_num_threads(threads)
+    return TrainResult(
+        best_path=Path(config.out_dir),
+        last_path=config.checkpoints / LAST,
+        history=list(session.state.history),
+        card=ModelCard.read(Path(config.out_dir) / CARD_FILE),
+    )
+
+
+def _finish(session: _Session, clock: _Clock) -> None:
+    """Write the last model, and the current one as best if none was kept yet.
+
+    Runs on completion, on stop and on error; it does no validation, so a stop
+    request is honoured at once (the best model is the best one validated).
+    """
+    state = session.state
+    state.elapsed_s = clock.elapsed()
+    if not state.best_saved:
+        session.save_best(None)
+    session.save_last()

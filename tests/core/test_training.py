@@ -1,0 +1,248 @@
+"""The training job on the phantom: masked loss, learning, stop, resume, seeds, dimensionality."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_medai.core.errors import MedaiError, OutputExistsError
+from napari_medai.core.inference import SegmentConfig, segment_job
+from napari_medai.core.jobs import run_job
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import load_model_package
+from napari_medai.core.phantom import make_phantom
+from napari_medai.core.preprocessing import Normaliser
+from napari_medai.core.training.annotations import annotation_mask
+from napari_medai.core.training.checkpoints import OPTIMIZER_FILE
+from napari_medai.core.training.dataset import choose_intensity, prepare_pairs
+from napari_medai.core.training.loss import MaskedDiceCELoss
+from napari_medai.core.training.trainer import TrainConfig, train_job
+from napari_medai.core.volume import LabelMap, Volume
+
+LIVER = 1
+SPLEEN = 2
+PAINTED = (10, 17)
+
+
+@pytest.fixture
+def sparse_pair(phantom):
+    """The phantom CT with the liver painted on two axial slices only."""
+    volume, organs = phantom
+    sparse = np.zeros_like(organs.array)
+    for z in PAINTED:
+        sparse[z] = np.where(organs.array[z] == LIVER, LIVER, 0)
+    return volume, LabelMap(sparse, volume.geometry, {}, {LIVER: "liver"})
+
+
+def _config(tmp_path, **changes) -> TrainConfig:
+    settings = dict(
+        out_dir=tmp_path / "model",
+        max_time_s=None,
+        max_iters=4,
+        seed=0,
+        device="cpu",
+        num_threads=1,
+        batch_size=4,
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def _liver_dice_off_the_painted_slices(volume, organs, model: LoadedModel) -> float:
+    result = run_job(segment_job(volume, model, SegmentConfig(device="cpu")))
+    others = [z for z in range(volume.spatial_shape[0]) if z not in PAINTED]
+    predicted = result.labels.array[others] == LIVER
+    truth = organs.array[others] == LIVER
+    return 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+
+
+def test_masked_loss_ignores_unannotated_voxels():
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, 3, size=(2, 16, 16)))
+    mask = torch.from_numpy(rng.random((2, 16, 16)) < 0.4)
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 8.0
+    wrong_outside = perfect.clone()
+    flipped = perfect.roll(1, dims=1)
+    wrong_outside[~mask[:, None].expand_as(perfect)] = flipped[~mask[:, None].expand_as(perfect)]
+    wrong_inside = torch.where(mask[:, None], flipped, perfect)
+    loss = MaskedDiceCELoss([1, 2])
+    assert not torch.equal(perfect.argmax(1), wrong_outside.argmax(1))
+    assert torch.allclose(loss(perfect, target, mask), loss(wrong_outside, target, mask))
+    assert loss(wrong_inside, target, mask) > loss(perfect, target, mask) + 1.0
+
+
+def test_training_on_two_painted_slices_beats_the_untrained_model(tmp_path, phantom, sparse_pair):
+    volume, organs = phantom
+    config = _config(tmp_path, max_iters=60, batch_size=8)
+    result = run_job(train_job([sparse_pair], config))
+    card, network = load_model_package(result.best_path)
+    torch.manual_seed(0)
+    untrained = LoadedModel(card, build_network(card), "untrained", "")
+    before = _liver_dice_off_the_painted_slices(volume, organs, untrained)
+    after = _liver_dice_off_the_painted_slices(
+        volume, organs, LoadedModel(card, network, str(result.best_path), "")
+    )
+    assert after > before + 0.4, (before, after)
+    assert card.spatial_dims == 2 and card.context_slices == 1 and card.in_channels == 3
+    assert card.label_names == {0: "background", LIVER: "liver"}
+    assert card.intensity["kind"] == "window"
+    assert card.training["val_dice"] == pytest.approx(
+        max(h["val_dice"] for h in result.history if "val_dice" in h), abs=1e-4
+    )
+    assert result.history[-1]["iteration"] == 60
+
+
+def test_stop_keeps_the_best_model_and_leaves_the_annotations_alone(tmp_path, sparse_pair):
+    volume, labels = sparse_pair
+    labels_before, image_before = labels.array.copy(), volume.array.copy()
+    # No validation before the stop: the model kept must then be the one at the stop.
+    config = _config(tmp_path, max_iters=None, max_time_s=600, validation_every_s=600)
+    job = train_job([sparse_pair], config)
+    events, gaps, last = [], [], time.perf_counter()
+    for event in job:
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+        events.append(event)
+        if event.payload and event.payload["iteration"] >= 5:
+            break
+    started = time.perf_counter()
+    job.close()
+    assert time.perf_counter() - started < 5.0
+    assert max(gaps[2:]) < 1.0  # after setup, a progress event at least every second
+    card, network = load_model_package(tmp_path / "model")
+    assert card.training["iterations"] == 5
+    assert isinstance(network, torch.nn.Module)
+    np.testing.assert_array_equal(labels.array, labels_before)
+    np.testing.assert_array_equal(volume.array, image_before)
+    assert {"iteration", "elapsed_s", "loss"} <= set(events[-1].payload)
+
+
+def test_resume_continues_the_iteration_count(tmp_path, sparse_pair):
+    first = run_job(train_job([sparse_pair], _config(tmp_path, max_iters=3)))
+    assert [h["iteration"] for h in first.history] == [1, 2, 3]
+    optimizer = load_file(str(tmp_path / "model.checkpoints" / OPTIMIZER_FILE))
+    assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {3.0}
+    second = run_job(train_job([sparse_pair], _config(tmp_path, max_iters=2, resume=True)))
+    assert [h["iteration"] for h in second.history] == [1, 2, 3, 4, 5]
+    assert second.history[:3] == first.history
+    assert second.history[3]["elapsed_s"] >= first.history[2]["elapsed_s"]
+    card, _ = load_model_package(second.last_path)
+    assert card.training["iterations"] == 5
+
+
+def test_the_same_seed_gives_the_same_losses(tmp_path, sparse_pair):
+    def losses(folder, seed):
+        config = _config(tmp_path / folder, seed=seed)
+        return [h["loss"] for h in run_job(train_job([sparse_pair], config)).history]
+
+    assert losses("a", 0) == losses("b", 0)
+    assert losses("a2", 0) != losses("c", 1)
+
+
+def test_slices_painted_along_x_train_a_3d_model(tmp_path, phantom):
+    volume, organs = phantom
+    sparse = np.zeros_like(organs.array)
+    sparse[:, :, 30] = organs.array[:, :, 30]
+    pair = (volume, LabelMap(sparse, volume.geometry, {}, dict(organs.label_names)))
+    result = run_job(train_job([pair], _config(tmp_path, max_iters=1, batch_size=1)))
+    assert result.card.spatial_dims == 3
+    assert result.card.training["dimensionality"] == "3d"
+    assert result.card.label_names == {v: organs.label_names[v] for v in np.unique(sparse)}
+    forced = run_job(train_job([pair], _config(tmp_path / "2d", max_iters=1, dimensionality="2d")))
+    assert forced.card.spatial_dims == 2 and forced.card.in_channels == 1
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path, sparse_pair):
+    start = run_job(train_job([sparse_pair], _config(tmp_path / "start", max_iters=2)))
+    tuned = run_job(train_job([sparse_pair], _config(tmp_path, max_iters=1, init=start.best_path)))
+    assert tuned.card.training["init"]["source"] == str(start.best_path)
+    assert tuned.card.intensity == start.card.intensity
+
+
+def test_bad_requests_fail_before_any_work(tmp_path, sparse_pair):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(OutputExistsError):
+        train_job([sparse_pair], _config(tmp_path))
+    with pytest.raises(MedaiError, match="dimensionality"):
+        train_job([sparse_pair], _config(tmp_path, overwrite=True, dimensionality="4d"))
+    with pytest.raises(MedaiError, match="nothing to resume"):
+        run_job(train_job([sparse_pair], _config(tmp_path / "new", resume=True)))
+    volume, labels = sparse_pair
+    empty = LabelMap(np.zeros_like(labels.array), volume.geometry)
+    with pytest.raises(MedaiError, match="no annotations"):
+        run_job(train_job([(volume, empty)], _config(tmp_path, overwrite=True)))
+
+
+def test_several_pairs_make_one_training_set(tmp_path, phantom, sparse_pair):
+    other_volume, other_organs = make_phantom(shape=(16, 48, 48), spacing=(8.0, 6.0, 6.0), seed=1)
+    spleen = np.zeros_like(other_organs.array)
+    spleen[8] = np.where(other_organs.array[8] == SPLEEN, SPLEEN, 0)
+    other = (other_volume, LabelMap(spleen, other_volume.geometry, {}, {SPLEEN: "spleen"}))
+    result = run_job(train_job([sparse_pair, other], _config(tmp_path, max_iters=2)))
+    assert result.card.label_names == {0: "background", LIVER: "liver", SPLEEN: "spleen"}
+    data = result.card.training["data"]
+    assert [d["shape"] for d in data] == [[24, 64, 64], [16, 48, 48]]
+    assert data[1]["label_voxels"] == {str(SPLEEN): int((spleen == SPLEEN).sum())}
+    assert data[0]["painted_slices"] == {"z": 2, "y": 0, "x": 0}
+
+
+def test_held_out_slices_are_kept_out_of_training(phantom):
+    volume, organs = phantom
+    painted = [6, 9, 12, 15, 18]
+    sparse = np.zeros_like(organs.array)
+    sparse[painted] = organs.array[painted]
+    labels = LabelMap(sparse, volume.geometry, {}, dict(organs.label_names))
+    data = prepare_pairs([(volume, labels)], {"kind": "none"}, 0.2, np.random.default_rng(0))
+    (pair,) = data.pairs
+    assert data.held_out and len(pair.val_slices) == 1
+    (held,) = pair.val_slices
+    assert held in painted
+    assert not pair.train_mask[held].any() and pair.val_mask[held].all()
+    assert not (pair.train_mask & pair.val_mask).any()
+    np.testing.assert_array_equal(pair.train_mask | pair.val_mask, annotation_mask(sparse))
+    few = prepare_pairs([(volume, labels)], {"kind": "none"}, 0.1, np.random.default_rng(0))
+    assert not few.held_out and few.pairs[0].val_slices == painted
+
+
+def test_training_normalises_like_inference(phantom, sparse_pair):
+    volume, _ = phantom
+    intensity = choose_intensity([sparse_pair])
+    liver_hu = volume.array[sparse_pair[1].array == LIVER]
+    assert intensity["kind"] == "window"
+    assert (
+        intensity["low"]
+        < np.percentile(liver_hu, 1)
+        < np.percentile(liver_hu, 99)
+        < intensity["high"]
+    )
+    assert intensity["high"] - intensity["low"] >= 400
+    data = prepare_pairs([sparse_pair], intensity, 0.0, np.random.default_rng(0))
+    channels = volume.array[np.newaxis].astype(np.float32)
+    inference = Normaliser.from_card(intensity, channels)(torch.from_numpy(channels)[None])
+    np.testing.assert_allclose(data.pairs[0].image, inference[0, 0].numpy(), atol=1e-6)
+    mr = Volume(volume.array, volume.geometry, {"modality": "MR"})
+    assert choose_intensity([(mr, sparse_pair[1])])["kind"] == "percentile"
+
+
+def test_stop_during_validation_still_leaves_a_model(tmp_path, sparse_pair):
+    config = _config(tmp_path, max_iters=None, max_time_s=600, validation_every_s=0.0)
+    job = train_job([sparse_pair], config)
+    messages = []
+    for event in job:
+        messages.append(event.message)
+        if event.message == "validating" and any("validation Dice" in m for m in messages):
+            break
+    job.close()
+    card, _ = load_model_package(tmp_path / "model")
+    # Stopped inside the second validation (the first came after step 1): the model
+    # kept is the one validated first; the last checkpoint holds the newest weights.
+    assert card.training["iterations"] == 1
+    assert card.training["val_dice"] is not None
+    last, _ = load_model_package(tmp_path / "model.checkpoints" / "last")
+    assert last.training["iterations"] > 1

@@ -1,0 +1,204 @@
+"""napari side of the annotate-train-predict-correct loop.
+
+Turns layers into training pairs (on a copy of the painted labels, so
+training never touches the annotation layer), shows a prediction as a Labels
+layer on the image's grid, copies the user's corrections back into the
+annotation layer, and moves the viewer to a chosen slice.
+
+Corrections rule: the prediction layer's array as predicted is kept; the
+planes the user has edited since then (found with the trainer's own
+:func:`~napari_medai.core.training.annotations.painted_planes`, so a stroke in
+an axial, coronal or sagittal view yields that one plane) are copied whole into
+the annotation layer. A copied plane then counts as fully annotated for the
+next round: its zeros are background there. A plane the user only looked at
+and found correct is accepted explicitly with :meth:`Review.accept_slice`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from napari.components import ViewerModel
+from napari.layers import Image, Labels
+
+from napari_medai._napari.layers import (
+    METADATA_KEY,
+    label_map_from_layer,
+    labels_layer_data,
+    layer_geometry,
+    volume_from_layer,
+)
+from napari_medai._napari.segmentation import load_and_segment_job
+from napari_medai.core.errors import GeometryError, MedaiError
+from napari_medai.core.inference import SegmentConfig, SegmentResult
+from napari_medai.core.jobs import Job
+from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
+from napari_medai.core.training.uncertainty import rank_slices_by_uncertainty
+from napari_medai.core.volume import LabelMap, Volume
+
+#: The prediction layer of image "CT" is called "CT – prediction".
+PREDICTION_SUFFIX = " – prediction"
+#: Key under ``metadata[METADATA_KEY]`` holding the ``unique_id`` of the predicted image.
+PREDICTION_TAG = "prediction_of"
+
+
+def training_pair(image: Image, labels: Labels) -> tuple[Volume, LabelMap]:
+    """The pair to train on: the scan and a snapshot of the labels painted so far.
+
+    The label array is copied, so the user may keep painting while training
+    runs and training can never write into the layer.
+    """
+    label_map = label_map_from_layer(labels)
+    return volume_from_layer(image), replace(label_map, array=np.array(label_map.array, copy=True))
+
+
+def prediction_layer_name(image: Image) -> str:
+    """Name of the prediction layer that belongs to ``image``."""
+    return f"{image.name}{PREDICTION_SUFFIX}"
+
+
+def show_prediction(viewer: ViewerModel, image: Image, labels: LabelMap) -> Labels:
+    """Put ``labels`` into the image's prediction layer, adding it the first time.
+
+    The layer is found again by a tag naming the image (not by its name, which
+    the user may change); a re-run replaces its data, grid and metadata and
+    keeps its display settings. ``labels`` is on the image's grid (inference
+    maps its output back there).
+    """
+    data, kwargs, _ = labels_layer_data(labels, prediction_layer_name(image))
+    tag = str(image.unique_id)
+    kwargs["metadata"][METADATA_KEY][PREDICTION_TAG] = tag
+    for layer in viewer.layers:
+        if (
+            isinstance(layer, Labels)
+            and layer.metadata.get(METADATA_KEY, {}).get(PREDICTION_TAG) == tag
+            and layer.data.shape == data.shape
+        ):
+            layer.metadata = kwargs["metadata"]
+            layer.features = kwargs["features"]
+            if not np.allclose(layer.affine.affine_matrix, kwargs["affine"]):
+                layer.affine = kwargs["affine"]
+            layer.data = data
+            return layer
+    return viewer.add_labels(data, **kwargs)
+
+
+def predict_job(
+    model: Path, volume: Volume, annotation: np.ndarray
+) -> Job[tuple[SegmentResult, list[int]]]:
+    """Segment ``volume`` with uncertainty; rank the axial slices still to annotate.
+
+    The ranking holds every axial slice the user has not painted in
+    ``annotation`` (read only), most uncertain first. Both steps run in the
+    job, so a large scan never holds up the GUI thread.
+    """
+    _model, result = yield from load_and_segment_job(
+        str(model), False, volume, SegmentConfig(uncertainty=True)
+    )
+    painted = painted_planes(annotation)[0]
+    ranking = rank_slices_by_uncertainty(result.uncertainty.array)
+    return result, [z for z in ranking if not painted[z]]
+
+
+def _check_same_grid(prediction: Labels, annotation: Labels) -> None:
+    if prediction.data.shape != annotation.data.shape or not layer_geometry(prediction).is_close(
+        layer_geometry(annotation), tol=1e-3
+    ):
+        raise GeometryError(
+            f"the annotation layer '{annotation.name}' is not on the grid of "
+            f"'{prediction.name}'; pick the labels painted on the predicted image"
+        )
+
+
+def _plane_mask(shape: tuple[int, ...], planes: list[np.ndarray]) -> np.ndarray:
+    mask = planes[0][:, None, None] | planes[1][None, :, None] | planes[2][None, None, :]
+    return np.broadcast_to(mask, shape)
+
+
+def _copy_planes(prediction: Labels, annotation: Labels, planes: list[np.ndarray]) -> None:
+    """Make the annotation equal the prediction on ``planes`` (undoable in napari)."""
+    source = np.asarray(prediction.data)
+    target = np.asarray(annotation.data)
+    changed = _plane_mask(source.shape, planes) & (source != target)
+    if not changed.any():
+        return
+    indices = np.nonzero(changed)
+    values = source[indices]
+    if values.max() > np.iinfo(target.dtype).max:
+        raise MedaiError(
+            f"the annotation layer '{annotation.name}' stores {target.dtype} values and "
+            f"cannot hold label {int(values.max())} from '{prediction.name}'"
+        )
+    annotation.data_setitem(indices, values.astype(target.dtype))
+
+
+@dataclass
+class Review:
+    """A prediction under review: its layers and the array as it was predicted.
+
+    ``ranking`` lists the axial slices not painted when predicted, most
+    uncertain first; ``next_index`` is the position the next jump goes to.
+    """
+
+    image: Image
+    annotation: Labels
+    prediction: Labels
+    predicted: np.ndarray
+    ranking: list[int] = field(default_factory=list)
+    next_index: int = 0
+
+    @property
+    def layers(self) -> tuple[Image, Labels, Labels]:
+        """The image, annotation and prediction layers the review works on."""
+        return self.image, self.annotation, self.prediction
+
+    def corrected_planes(self) -> list[np.ndarray]:
+        """Per axis (z, y, x), the planes edited in the prediction layer since prediction."""
+        edited = np.asarray(self.prediction.data) != self.predicted
+        return painted_planes(edited)
+
+    def accept_corrections(self) -> dict[str, int]:
+        """Copy every corrected plane into the annotation layer; count them per axis.
+
+        Accepted planes become the new baseline, so accepting twice copies nothing new.
+        """
+        _check_same_grid(self.prediction, self.annotation)
+        planes = self.corrected_planes()
+        _copy_planes(self.prediction, self.annotation, planes)
+        mask = _plane_mask(self.predicted.shape, planes)
+        self.predicted[mask] = np.asarray(self.prediction.data)[mask]
+        return {AXIS_NAMES[axis]: int(p.sum()) for axis, p in enumerate(planes)}
+
+    def accept_slice(self, z: int) -> None:
+        """Copy axial slice ``z`` of the prediction, edited or not, into the annotation."""
+        _check_same_grid(self.prediction, self.annotation)
+        planes = [np.zeros(n, dtype=bool) for n in self.predicted.shape]
+        planes[0][z] = True
+        _copy_planes(self.prediction, self.annotation, planes)
+        self.predicted[z] = np.asarray(self.prediction.data)[z]
+
+
+def displayed_slice(viewer: ViewerModel, layer: Labels | Image) -> int:
+    """The axial (first data axis) slice of ``layer`` at the viewer's current point."""
+    world = np.asarray(viewer.dims.point)[-layer.ndim :]
+    index = np.asarray(layer.world_to_data(world))
+    return int(np.clip(np.round(index[-3]), 0, layer.data.shape[-3] - 1))
+
+
+def go_to_slice(viewer: ViewerModel, layer: Labels | Image, z: int) -> float:
+    """Move the viewer to axial slice ``z`` of ``layer``; return the world position set.
+
+    The slice's centre voxel goes through the layer's own data-to-world map, so
+    any spacing, origin or direction is honoured; only the viewer axis that
+    shows the layer's first data axis is moved.
+    """
+    shape = np.asarray(layer.data.shape[-3:], dtype=float)
+    centre = np.zeros(layer.ndim)
+    centre[-3:] = (shape - 1) / 2
+    centre[-3] = z
+    world = np.asarray(layer.data_to_world(centre))
+    position = float(world[-3])
+    viewer.dims.set_point(viewer.dims.ndim - 3, position)
+    return position

@@ -1,0 +1,321 @@
+"""The Train dock: annotate, train, predict, jump to uncertain slices, accept corrections."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+from napari.layers import Labels, Layer
+from napari.utils.notifications import NotificationSeverity
+from qtpy.QtCore import Qt
+
+from napari_medai._napari.layers import (
+    image_layer_data,
+    labels_layer_data,
+    layer_geometry,
+    volume_from_layer,
+)
+from napari_medai._napari.training import (
+    PREDICTION_SUFFIX,
+    Review,
+    displayed_slice,
+    go_to_slice,
+    show_prediction,
+    training_pair,
+)
+from napari_medai._qt.job_runner import JobOutcome
+from napari_medai._qt.train_widget import TrainWidget, training_threads
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.inference import SegmentConfig, segment_job
+from napari_medai.core.jobs import run_job
+from napari_medai.core.models.package import is_model_package
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.volume import LabelMap
+
+LIVER = 1
+TRAIN_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """The user model folder, redirected into the test's temporary folder."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(folder))
+    return folder
+
+
+def add_volume(viewer, volume) -> Layer:
+    return viewer.add_layer(Layer.create(*image_layer_data(volume)))
+
+
+def add_labels(viewer, array: np.ndarray, geometry: Geometry, name: str) -> Labels:
+    return viewer.add_layer(Layer.create(*labels_layer_data(LabelMap(array, geometry), name)))
+
+
+def liver_slices(truth: np.ndarray, count: int) -> list[int]:
+    """``count`` axial slices spread over the liver's extent."""
+    present = np.nonzero((truth == LIVER).any(axis=(1, 2)))[0]
+    return [int(present[len(present) * (i + 1) // (count + 1)]) for i in range(count)]
+
+
+@pytest.fixture
+def viewer(request):
+    """A viewer model (layers and dims: all the widget uses); a napari window if asked.
+
+    Tests ask for the window with ``parametrize("viewer", ["window"], indirect=True)``.
+    """
+    if getattr(request, "param", None) == "window":
+        return request.getfixturevalue("make_napari_viewer")()
+    return ViewerModel()
+
+
+@pytest.fixture
+def scene(viewer, phantom, models_dir):
+    """A viewer with the phantom CT and a labels layer with two painted liver slices."""
+    volume, truth = phantom
+    image = add_volume(viewer, volume)
+    annotation = add_labels(
+        viewer, np.zeros(truth.array.shape, np.uint8), volume.geometry, "annotation"
+    )
+    for z in liver_slices(truth.array, 2):
+        annotation.data[z] = (truth.array[z] == LIVER).astype(np.uint8)
+    annotation.refresh()
+    return viewer, image, annotation
+
+
+@pytest.fixture
+def widget(qtbot, scene):
+    viewer, image, annotation = scene
+    train = TrainWidget(viewer)
+    qtbot.addWidget(train)
+    row = train.pair_rows[0]
+    row.image_combo.set_layer(image)
+    row.labels_combo.set_layer(annotation)
+    return train
+
+
+def wait_idle(qtbot, widget: TrainWidget, timeout_ms: int = TRAIN_TIMEOUT_MS) -> None:
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+@pytest.mark.parametrize("viewer", ["window"], indirect=True)
+def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
+    viewer, image, annotation = scene
+    painted = np.array(annotation.data, copy=True)
+    assert not widget.predict_button.isEnabled()
+    widget.time_spin.setValue(3)
+    click(qtbot, widget.train_button)
+    assert widget.runner.running and not widget.train_button.isEnabled()
+    wait_idle(qtbot, widget)
+
+    assert widget.runner.outcome is JobOutcome.DONE
+    result = widget.last_result
+    assert widget.last_model == result.best_path and widget.last_model.parent == models_dir
+    assert is_model_package(widget.last_model)
+    # The plot got every step the trainer recorded, and drew it.
+    history = result.history
+    assert widget.plot.loss_points == [(h["iteration"], h["loss"]) for h in history]
+    dice_in_history = [(h["iteration"], h["val_dice"]) for h in history if "val_dice" in h]
+    assert set(widget.plot.dice_points) <= set(dice_in_history)
+    qtbot.waitUntil(lambda: widget.plot.redraws > 0, timeout=2000)
+    np.testing.assert_array_equal(annotation.data, painted)
+
+    click(qtbot, widget.predict_button)
+    wait_idle(qtbot, widget)
+    assert widget.runner.outcome is JobOutcome.DONE
+    prediction = viewer.layers[image.name + PREDICTION_SUFFIX]
+    assert isinstance(prediction, Labels)
+    assert prediction.data.shape == image.data.shape
+    assert layer_geometry(prediction).is_close(layer_geometry(image))
+    np.testing.assert_allclose(prediction.affine.affine_matrix, image.affine.affine_matrix)
+    np.testing.assert_array_equal(annotation.data, painted)
+
+    # One click shows the most uncertain unpainted slice, the next click the runner-up;
+    # the truth is the model's own uncertainty map, computed here once more.
+    model = load_model(widget.last_model)
+    volume = volume_from_layer(image)
+    uncertainty = run_job(segment_job(volume, model, SegmentConfig(uncertainty=True))).uncertainty
+    scores = uncertainty.array.mean(axis=(1, 2))
+    unpainted = [z for z in range(len(scores)) if not painted[z].any()]
+    expected = sorted(unpainted, key=lambda z: -scores[z])
+    assert widget.review.ranking == expected
+    for z in expected[:2]:
+        click(qtbot, widget.next_slice_button)
+        centre = [z, (image.data.shape[1] - 1) / 2, (image.data.shape[2] - 1) / 2]
+        assert viewer.dims.point[0] == pytest.approx(image.data_to_world(centre)[0])
+        assert displayed_slice(viewer, image) == z
+
+    # Correct one unannotated slice of the prediction, accept: it lands in the labels.
+    z = next(z for z in range(image.data.shape[0]) if not painted[z].any())
+    prediction.data[z, 10:20, 10:20] = LIVER
+    prediction.data[z, 30:, :] = 0
+    prediction.refresh()
+    click(qtbot, widget.accept_button)
+    np.testing.assert_array_equal(annotation.data[z], prediction.data[z])
+    others = np.arange(image.data.shape[0]) != z
+    np.testing.assert_array_equal(annotation.data[others], painted[others])
+
+
+def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scene, widget):
+    _viewer, _image, annotation = scene
+    painted = np.array(annotation.data, copy=True)
+    widget.time_spin.setValue(0)  # no budget: trains until stopped
+    click(qtbot, widget.train_button)
+    qtbot.waitUntil(lambda: len(widget.plot.loss_points) >= 2, timeout=TRAIN_TIMEOUT_MS)
+    started = time.perf_counter()
+    click(qtbot, widget.stop_button)
+    wait_idle(qtbot, widget, timeout_ms=5000)
+    took = time.perf_counter() - started
+
+    assert took < 1.0, f"Stop took {took:.2f} s"
+    assert widget.runner.outcome is JobOutcome.CANCELLED
+    assert widget.last_result is None
+    model = load_model(widget.last_model)
+    assert model.card.num_classes == 2
+    assert widget.predict_button.isEnabled()
+    assert "Stopped" in widget.status.text()
+    np.testing.assert_array_equal(annotation.data, painted)
+
+
+def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path):
+    widget.dimensionality_combo.setCurrentText("3d")
+    widget.time_spin.setValue(0)
+    widget.iterations_spin.setValue(25)
+    config = widget.config(widget.output_dir())
+    assert config.dimensionality == "3d"
+    assert config.max_time_s is None and config.max_iters == 25
+    assert config.init is None
+    assert config.num_threads == training_threads() >= 1
+    assert config.out_dir.parent == models_dir and not config.out_dir.exists()
+
+    widget.output_edit.setText(str(tmp_path / "mine"))
+    widget.set_start_model(tmp_path / "start")
+    config = widget.config(widget.output_dir())
+    assert config.out_dir == tmp_path / "mine"
+    assert config.init == tmp_path / "start"
+    widget.set_start_model(None)
+    assert widget.start_model() is None
+
+
+def test_pairs_follow_the_layers(qtbot, scene, widget, phantom):
+    viewer, image, annotation = scene
+    volume, truth = phantom
+    second_image = add_volume(viewer, volume)
+    second_image.name = "second CT"
+    second_labels = add_labels(viewer, truth.array.copy(), volume.geometry, "second labels")
+    widget.add_pair(second_image, second_labels)
+    assert widget.selected_pairs() == [(image, annotation), (second_image, second_labels)]
+    assert widget.train_button.isEnabled()
+
+    second_labels.name = "renamed"
+    assert widget.pair_rows[1].labels_combo.currentText() == "renamed"
+    viewer.layers.remove(second_labels)
+    assert widget.pair_rows[1].pair() is None
+    assert not widget.train_button.isEnabled()
+    widget.pair_rows[1].remove_button.click()
+    assert len(widget.pair_rows) == 1 and widget.train_button.isEnabled()
+
+
+def test_labels_off_the_image_grid_are_refused_and_left_alone(qtbot, scene, notifications):
+    viewer, image, _annotation = scene
+    other = add_labels(
+        viewer, np.ones((5, 8, 8), np.uint8), Geometry(spacing=(2.0, 2.0, 2.0)), "elsewhere"
+    )
+    before = np.array(other.data, copy=True)
+    train = TrainWidget(viewer)
+    qtbot.addWidget(train)
+    train.pair_rows[0].image_combo.set_layer(image)
+    train.pair_rows[0].labels_combo.set_layer(other)
+    train.time_spin.setValue(2)
+    click(qtbot, train.train_button)
+    wait_idle(qtbot, train)
+
+    assert train.runner.outcome is JobOutcome.FAILED
+    errors = [n.message for n in notifications if n.severity == NotificationSeverity.ERROR]
+    assert len(errors) == 1 and "not on the image's grid" in errors[0]
+    assert train.last_model is None and not train.predict_button.isEnabled()
+    np.testing.assert_array_equal(other.data, before)
+
+
+def test_training_pair_is_a_snapshot(scene):
+    _viewer, image, annotation = scene
+    volume, labels = training_pair(image, annotation)
+    assert labels.geometry.is_close(volume.geometry)
+    np.testing.assert_array_equal(labels.array, annotation.data)
+    labels.array[:] = 7
+    assert not (annotation.data == 7).any()
+
+
+# Review helpers, on hand-made layers (no training needed) ---------------------------
+
+
+@pytest.fixture
+def review(scene):
+    """A prediction (the phantom's organs) under review against the sparse annotation."""
+    viewer, image, annotation = scene
+    truth_like = np.zeros(annotation.data.shape, np.uint8)
+    truth_like[:, 20:40, 20:40] = LIVER
+    predicted = LabelMap(truth_like, layer_geometry(image))
+    layer = show_prediction(viewer, image, predicted)
+    return Review(image, annotation, layer, np.array(layer.data, copy=True))
+
+
+def test_a_second_prediction_updates_the_same_layer(scene, review):
+    viewer, image, _annotation = scene
+    review.prediction.name = "my name for it"
+    review.prediction.opacity = 0.3
+    new = np.zeros(image.data.shape, np.uint8)
+    new[3] = LIVER
+    layer = show_prediction(viewer, image, LabelMap(new, layer_geometry(image)))
+    assert layer is review.prediction and layer.opacity == 0.3
+    np.testing.assert_array_equal(layer.data, new)
+    assert sum(isinstance(each, Labels) for each in viewer.layers) == 2
+
+
+def test_accept_copies_edited_planes_whole_and_only_those(review):
+    annotation, prediction = review.annotation, review.prediction
+    painted = np.array(annotation.data, copy=True)
+    assert review.accept_corrections() == {"z": 0, "y": 0, "x": 0}
+    np.testing.assert_array_equal(annotation.data, painted)
+
+    # An axial stroke on slice 4, and a coronal one on row 50 across slices 2..9.
+    prediction.data[4, 25:30, 25:30] = 0
+    prediction.data[2:10, 50, 5:15] = LIVER
+    expected = painted.copy()
+    expected[4] = prediction.data[4]
+    expected[:, 50, :] = prediction.data[:, 50, :]
+    assert review.accept_corrections() == {"z": 1, "y": 1, "x": 0}
+    np.testing.assert_array_equal(annotation.data, expected)
+
+    # Accepted planes are the new baseline; undo in napari restores the labels.
+    assert review.accept_corrections() == {"z": 0, "y": 0, "x": 0}
+    annotation.undo()
+    np.testing.assert_array_equal(annotation.data, painted)
+
+
+def test_accept_shown_slice_copies_it_as_predicted(qtbot, scene, review, widget):
+    viewer, image, annotation = scene
+    widget.review = review
+    painted = np.array(annotation.data, copy=True)
+    go_to_slice(viewer, image, 6)
+    assert widget.accept_shown_slice() == 6
+    expected = painted.copy()
+    expected[6] = review.prediction.data[6]
+    np.testing.assert_array_equal(annotation.data, expected)
+
+
+def test_go_to_slice_honours_the_oblique_grid(viewer, phantom):
+    volume, _truth = phantom
+    image = add_volume(viewer, volume)
+    for z in (0, 5, volume.array.shape[0] - 1):
+        position = go_to_slice(viewer, image, z)
+        centre = np.array([z, *(np.array(volume.array.shape[1:]) - 1) / 2])
+        assert position == pytest.approx(volume.geometry.index_to_world(centre)[0, 0])
+        assert displayed_slice(viewer, image) == z

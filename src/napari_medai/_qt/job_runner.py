@@ -11,6 +11,7 @@ its next yield, running its ``finally`` in the worker thread.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Resolution of the progress bar (fractions are shown to 0.1 %).
 _STEPS = 1000
+#: Least time between two repaints of the bar and message.
+_PAINT_INTERVAL_S = 0.1
 #: Warnings meant for developers, not shown as notifications (still logged).
 _DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
@@ -140,6 +143,7 @@ class JobRunner(QWidget):
         layout.addLayout(row)
         layout.addWidget(self._message)
         self._run: _Run | None = None
+        self._painted_at = 0.0
         self._outcome: JobOutcome | None = None
         # A job outliving its widget (dock closed, viewer closed) is stopped.
         # A finalizer, not a slot on ``destroyed``: the garbage collector may
@@ -223,9 +227,13 @@ class JobRunner(QWidget):
         run = self._run
         if run is None:
             return
-        self._bar.setValue(round(min(max(float(event.fraction), 0.0), 1.0) * _STEPS))
-        if event.message:
-            self._message.setText(event.message)
+        # Each repaint costs the GUI thread; jobs may yield far more often.
+        now = time.monotonic()
+        if now - self._painted_at >= _PAINT_INTERVAL_S or event.fraction >= 1.0:
+            self._painted_at = now
+            self._bar.setValue(round(min(max(float(event.fraction), 0.0), 1.0) * _STEPS))
+            if event.message:
+                self._message.setText(event.message)
         if run.on_progress is not None:
             error = _call(run.on_progress, event)
             if error is not None:

@@ -13,14 +13,16 @@ def rank_slices_by_uncertainty(uncertainty: np.ndarray, axis: int = 0) -> list[i
     mean is what a user can compare across scans). NaN voxels are ignored;
     ties keep the lower index first.
     """
-    values = np.asarray(uncertainty, dtype=np.float64)
+    values = np.asarray(uncertainty)
     if values.ndim != 3:
         raise ValueError(f"uncertainty must be (z, y, x), got shape {values.shape}")
     if not -3 <= axis < 3:
         raise ValueError(f"axis must be 0, 1 or 2, not {axis}")
-    others = tuple(a for a in range(3) if a != axis % 3)
-    finite = np.isfinite(values)
-    totals = np.where(finite, values, 0.0).sum(axis=others)
-    counts = finite.sum(axis=others)
-    scores = np.divide(totals, counts, out=np.full(totals.shape, -np.inf), where=counts > 0)
+    # One slice at a time: a whole-volume float64 copy of a CT-sized map is GBs.
+    scores = np.full(values.shape[axis], -np.inf)
+    for index in range(values.shape[axis]):
+        plane = np.take(values, index, axis=axis)
+        finite = np.isfinite(plane)
+        if finite.any():
+            scores[index] = plane[finite].mean(dtype=np.float64)
     return [int(i) for i in np.argsort(-scores, kind="stable")]

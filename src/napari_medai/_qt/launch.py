@@ -142,6 +142,7 @@ def save_screenshot(viewer: Viewer, path: Path) -> Path:
     """Save the whole window (canvas and docks) as a PNG, atomically, never overwriting."""
     viewer.window.resize(*SCREENSHOT_SIZE)
     QApplication.processEvents()
+    viewer.reset_view()  # fit the scan into the canvas the docks leave
     image = viewer.screenshot(canvas_only=False, flash=False)
     return atomic_write(path, lambda tmp: imsave(str(tmp), image))
 

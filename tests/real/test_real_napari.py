@@ -27,6 +27,11 @@ SITK_FILES = [
     "nifti_nimh/avg152T1_LR_nifti.nii.gz",
     "nifti_nimh/avg152T1_RL_nifti.nii.gz",
     "nifti_nimh/zstat1.nii.gz",
+    "nifti_nimh/minimal.nii.gz",
+    "nifti_nimh/minimal.hdr.gz",
+    "niivue/lesion.nii.gz",
+    "pyradiomics/brain2_label.nrrd",
+    "totalsegmentator/pulmonary_report/pulmonary_artery.nii.gz",
     "niivue/FLAIR.nii.gz",
     "niivue/FLAIR.nrrd",
 ]

@@ -37,3 +37,14 @@ def napari_plugins():
     from napari.plugins import _initialize_plugins
 
     _initialize_plugins()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's networks on one thread: small models, less contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medai.cli.progress import run_with_bar
-from napari_medai.core.errors import MedaiError, UnreadableFileError
-from napari_medai.core.files import atomic_write, check_can_write, compound_suffix
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
 from napari_medai.core.inference import SegmentConfig, SegmentResult, segment_job
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.reading import can_read, read_volume_job
+from napari_medai.core.reading import check_readable, read_volume_job
 from napari_medai.core.volume import Volume, volume_to_sitk
 from napari_medai.core.writing import write_label_map
 
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     """Segment every input; stop at the first bad one (MedaiError, handled by main)."""
     inputs = [Path(p) for p in args.inputs]
     for path in inputs:
-        _check_input(path)
+        check_readable(path)
     model = load_model(args.model, trusted=args.trust_bundle)
     config = SegmentConfig(device=args.device, tta=args.tta, probabilities=args.probabilities)
     plans = [_outputs(path, model, Path(args.out)) for path in inputs]
@@ -76,30 +75,19 @@ def run(args: argparse.Namespace) -> int:
         for key in ("labels", "sidecar") + (("probability",) if args.probabilities else ()):
             check_can_write(plan[key], args.overwrite)
     for path, plan in zip(inputs, plans):
-        # sys.stderr looked up now: run_with_bar's default was bound when it was imported.
-        volume = run_with_bar(read_volume_job(path), f"reading {path.name}", sys.stderr)
+        volume = run_with_bar(read_volume_job(path), f"reading {path.name}")
         job = segment_job(volume, model, config)
-        result = run_with_bar(job, f"segmenting {path.name}", sys.stderr)
+        result = run_with_bar(job, f"segmenting {path.name}")
         volumes = _save(path, volume, result, model, config, plan, args.overwrite)
         summary = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
         print(f"{plan['labels']} ({summary})" if summary else str(plan["labels"]))
     return 0
 
 
-def _check_input(path: Path) -> None:
-    if not path.exists():
-        raise UnreadableFileError(f'Cannot open "{path}": no such file or folder')
-    if not can_read(path):
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": not a scan napari-medai reads (NIfTI, NRRD, MetaImage, '
-            "FreeSurfer MGH, a DICOM file, or a folder or .zip of DICOM files)"
-        )
-
-
 def _outputs(path: Path, model: LoadedModel, out: Path) -> dict[str, Path]:
     """Output paths: ``<name>_<model>_seg<ext>``, its ``.json`` sidecar, ``..._prob<ext>``."""
     suffix = compound_suffix(path) if path.is_file() else ""
-    name = path.name[: -len(suffix)] if suffix else path.name
+    name = compound_stem(path) if path.is_file() else path.name
     ext = _KEEP_FORMAT.get(suffix, ".nii.gz")
     base = f"{_safe(name)}_{_safe(model.card.name)}"
     return {

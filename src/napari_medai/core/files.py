@@ -20,6 +20,13 @@ def compound_suffix(path: Path) -> str:
     return Path(path).suffix.lower()
 
 
+def compound_stem(path: Path) -> str:
+    """The file name without its (compound) suffix: ``ct.nii.gz`` -> ``ct``."""
+    suffix = compound_suffix(path)
+    name = Path(path).name
+    return name[: -len(suffix)] if suffix else name
+
+
 def check_can_write(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing file unless ``overwrite`` is set."""
     if Path(path).exists() and not overwrite:

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
-from napari_medai.core.files import compound_suffix
+from napari_medai.core.files import compound_stem, compound_suffix
 from napari_medai.core.jobs import Job, Progress, run_job
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import (
@@ -143,8 +143,19 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> LabelMa
                 )
         # On the reference grid up to file rounding, or resampled onto it: take it exactly.
         label_map.geometry = reference.geometry
-    label_map.metadata.update(name=_stem(path), source=path.name, warnings=warnings)
+    label_map.metadata.update(name=compound_stem(path), source=path.name, warnings=warnings)
     return label_map
+
+
+def check_readable(path: str | Path) -> None:
+    """Raise :class:`UnreadableFileError` naming the problem unless ``path`` looks readable.
+
+    Cheap (no pixels): lets a batch refuse a bad input before any work starts.
+    """
+    path = Path(path)
+    _kind_of(path)
+    if path.is_dir() and not _folder_may_hold_dicom(path):
+        raise UnreadableFileError(f'Cannot open "{path.name}": the folder holds no DICOM files')
 
 
 def can_read(path: str | Path) -> bool:
@@ -197,7 +208,7 @@ def _kind_of(path: Path) -> str:
     if _looks_like_dicom(path):
         return "dicom"
     raise UnreadableFileError(
-        f'Cannot open "{path.name}": not a supported image file; napari-medai opens {_SUPPORTED}'
+        f'Cannot open "{path.name}": not a scan napari-medai reads; it opens {_SUPPORTED}'
     )
 
 
@@ -343,7 +354,7 @@ def _read_with_nibabel(path: Path) -> sitk.Image:
 
 def _image_to_volume(image: sitk.Image, path: Path, info: dict[str, Any]) -> Volume:
     """2D -> one slice, 3D scalar or vector -> (z, y, x) or (c, z, y, x), 4D -> (t, z, y, x)."""
-    metadata: dict[str, Any] = {"name": _stem(path), "source": path.name}
+    metadata: dict[str, Any] = {"name": compound_stem(path), "source": path.name}
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dimension == 2:
@@ -429,9 +440,3 @@ def _describe_shape(image: sitk.Image) -> str:
     components = image.GetNumberOfComponentsPerPixel()
     extra = f" with {components} values per voxel" if components > 1 else ""
     return f"{image.GetDimension()} dimensions ({size}){extra}"
-
-
-def _stem(path: Path) -> str:
-    """The file name without its (compound) suffix: ``ct.nii.gz`` -> ``ct``."""
-    suffix = compound_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name

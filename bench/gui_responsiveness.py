@@ -52,8 +52,8 @@ def measure(seconds: float) -> dict:
 
     from napari_medai._napari.layers import image_layer_data, labels_layer_data
     from napari_medai._qt.heartbeat import EventLoopMonitor
-    from napari_medai._qt.train_widget import training_threads
     from napari_medai.core.phantom import make_phantom
+    from napari_medai.core.training.trainer import training_threads
     from napari_medai.core.volume import LabelMap
 
     volume, truth = make_phantom()
@@ -97,7 +97,7 @@ def measure(seconds: float) -> dict:
         "wall_s": round(wall, 2),
         "heartbeat_interval_ms": monitor.interval_ms,
         "heartbeat_ticks": monitor.ticks,
-        "torch_threads_training": training_threads(),
+        "torch_threads_training": training_threads(keep_free=1),
         "cpu_cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "phantom_shape": list(volume.spatial_shape),

@@ -17,6 +17,7 @@ from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.preprocessing import Normaliser
+from napari_medai.core.training import trainer
 from napari_medai.core.training.annotations import annotation_mask
 from napari_medai.core.training.checkpoints import OPTIMIZER_FILE
 from napari_medai.core.training.dataset import choose_intensity, prepare_pairs
@@ -246,3 +247,13 @@ def test_stop_during_validation_still_leaves_a_model(tmp_path, sparse_pair):
     assert card.training["val_dice"] is not None
     last, _ = load_model_package(tmp_path / "model.checkpoints" / "last")
     assert last.training["iterations"] > 1
+
+
+@pytest.mark.parametrize(
+    ("load", "keep_free", "expected"), [(0.0, 0, 4), (0.0, 1, 3), (2.2, 1, 2), (9.0, 1, 1)]
+)
+def test_training_threads_leave_busy_and_kept_cores_free(monkeypatch, load, keep_free, expected):
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda _pid: set(range(4)))
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(trainer.torch, "get_num_threads", lambda: 8)
+    assert trainer.training_threads(keep_free=keep_free) == expected

@@ -26,12 +26,14 @@ from napari_medai._napari.training import (
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome
-from napari_medai._qt.train_widget import TrainWidget, training_threads
+from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.inference import SegmentConfig, segment_job
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.package import is_model_package
 from napari_medai.core.models.sources import load_model
+from napari_medai.core.training import trainer
+from napari_medai.core.training.trainer import training_threads
 from napari_medai.core.volume import LabelMap
 
 LIVER = 1
@@ -184,7 +186,8 @@ def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scen
     np.testing.assert_array_equal(annotation.data, painted)
 
 
-def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path):
+def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     widget.dimensionality_combo.setCurrentText("3d")
     widget.time_spin.setValue(0)
     widget.iterations_spin.setValue(25)
@@ -192,7 +195,7 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path):
     assert config.dimensionality == "3d"
     assert config.max_time_s is None and config.max_iters == 25
     assert config.init is None
-    assert config.num_threads == training_threads() >= 1
+    assert config.num_threads == training_threads(keep_free=1) >= 1
     assert config.out_dir.parent == models_dir and not config.out_dir.exists()
 
     widget.output_edit.setText(str(tmp_path / "mine"))

@@ -9,7 +9,6 @@ copies accepted corrections back into the annotation layer.
 
 from __future__ import annotations
 
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -51,7 +50,13 @@ from napari_medai.core.jobs import Progress
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.package import is_model_package
 from napari_medai.core.models.registry import user_model_dir
-from napari_medai.core.training.trainer import DIMENSIONALITIES, TrainConfig, TrainResult, train_job
+from napari_medai.core.training.trainer import (
+    DIMENSIONALITIES,
+    TrainConfig,
+    TrainResult,
+    train_job,
+    training_threads,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -61,12 +66,6 @@ LAST_MODEL = "Last trained model"
 MODEL_FOLDER = "Model folder..."
 _PATH_ROLE = Qt.ItemDataRole.UserRole
 DEFAULT_TIME_BUDGET_S = 60.0
-
-
-def training_threads() -> int:
-    """Torch threads for training: every core but one, which the GUI thread keeps."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
 
 
 def default_output_dir(now: float | None = None) -> Path:
@@ -381,7 +380,7 @@ class TrainWidget(QWidget):
             max_time_s=time_budget or None,
             max_iters=iterations or None,
             init=self.start_model(),
-            num_threads=training_threads(),
+            num_threads=training_threads(keep_free=1),
         )
 
     # Training ---------------------------------------------------------------------

@@ -510,17 +510,19 @@ class _Session:
             self.save_best(val_dice)
 
 
-def training_threads() -> int:
+def training_threads(keep_free: int = 0) -> int:
     """Torch threads for training: the cores other programs leave free, at least one.
 
-    Free cores are the CPU count minus the 1-minute load average. Measured on a
-    2-core machine under load: two threads fighting other processes for two
-    cores ran a step 4x slower than one thread, as torch's worker threads
-    wait for each other; on an idle machine every core is used.
+    Free cores are the CPU count minus the 1-minute load average, and never
+    more than the CPU count minus ``keep_free`` (the GUI keeps one core for its
+    event loop). Measured on a 2-core machine under load: two threads fighting
+    other processes for two cores ran a step 4x slower than one thread, as
+    torch's worker threads wait for each other; on an idle machine every core
+    not kept free is used.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), (cores or 1) - int(round(busy))))
+    return max(1, min(torch.get_num_threads(), (cores or 1) - max(keep_free, int(round(busy)))))
 
 
 def _fraction(config: TrainConfig, steps: int, seconds: float) -> float:

@@ -30,7 +30,11 @@ from napari_medai._napari.layers import (
     layer_geometry,
     volume_from_layer,
 )
-from napari_medai._napari.segmentation import load_and_segment_job
+from napari_medai._napari.segmentation import (
+    OUTPUT_TAG,
+    load_and_segment_job,
+    show_segmentation,
+)
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.inference import SegmentConfig, SegmentResult
 from napari_medai.core.jobs import Job
@@ -41,7 +45,6 @@ from napari_medai.core.volume import LabelMap, Volume
 #: The prediction layer of image "CT" is called "CT – prediction".
 PREDICTION_SUFFIX = " – prediction"
 #: Key under ``metadata[METADATA_KEY]`` holding the ``unique_id`` of the predicted image.
-PREDICTION_TAG = "prediction_of"
 
 
 def training_pair(image: Image, labels: Labels) -> tuple[Volume, LabelMap]:
@@ -67,22 +70,13 @@ def show_prediction(viewer: ViewerModel, image: Image, labels: LabelMap) -> Labe
     keeps its display settings. ``labels`` is on the image's grid (inference
     maps its output back there).
     """
-    data, kwargs, _ = labels_layer_data(labels, prediction_layer_name(image))
-    tag = str(image.unique_id)
-    kwargs["metadata"][METADATA_KEY][PREDICTION_TAG] = tag
-    for layer in viewer.layers:
-        if (
-            isinstance(layer, Labels)
-            and layer.metadata.get(METADATA_KEY, {}).get(PREDICTION_TAG) == tag
-            and layer.data.shape == data.shape
-        ):
-            layer.metadata = kwargs["metadata"]
-            layer.features = kwargs["features"]
-            if not np.allclose(layer.affine.affine_matrix, kwargs["affine"]):
-                layer.affine = kwargs["affine"]
-            layer.data = data
-            return layer
-    return viewer.add_labels(data, **kwargs)
+    data, kwargs, kind = labels_layer_data(labels, prediction_layer_name(image))
+    kwargs["metadata"][METADATA_KEY][OUTPUT_TAG] = {
+        "image": str(image.unique_id),
+        "output": "prediction",
+    }
+    [layer] = show_segmentation(viewer, [(data, kwargs, kind)])
+    return layer
 
 
 def predict_job(

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_medai.core.inference import SegmentConfig, segment_job
+from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.deepbet import load_deepbet
-from napari_medai.core.reading import read_volume
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.volume import volume_from_sitk, volume_to_sitk
 
 DATA = Path(

@@ -2,7 +2,7 @@
 
 Cases: the 512x512x20 JPEG 2000 CT series in ``$NAPARI_MEDAI_DATA/totalsegmentator/
 example_ct_dicom`` and a synthetic 512x512x400 int16 NIfTI written to a temporary
-folder (gzipped and plain). The reader is ``napari_medai.core.reading.read_volume``
+folder (gzipped and plain). The reader is ``napari_medai.core.io.reading.read_volume``
 (which returns a numpy-backed Volume); the bare read is ``sitk.ImageSeriesReader``
 with ``GetGDCMSeriesFileNames`` for DICOM and ``sitk.ReadImage`` otherwise, timed
 alone (``bare``) and with ``sitk.GetArrayFromImage`` (``bare_numpy``).
@@ -41,7 +41,7 @@ def open_with(reader: str, path: Path) -> None:
     import SimpleITK as sitk
 
     if reader == "plugin":
-        from napari_medai.core.reading import read_volume
+        from napari_medai.core.io.reading import read_volume
 
         read_volume(path)
         return
@@ -60,8 +60,8 @@ def import_modules() -> float:
     start = time.perf_counter()
     import SimpleITK  # noqa: F401
 
-    import napari_medai.core.dicom  # noqa: F401
-    import napari_medai.core.reading  # noqa: F401
+    import napari_medai.core.io.dicom  # noqa: F401
+    import napari_medai.core.io.reading  # noqa: F401
 
     return time.perf_counter() - start
 

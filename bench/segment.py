@@ -113,10 +113,10 @@ def child(mode: str, work: Path) -> dict:
     from monai.inferers import sliding_window_inference
 
     from napari_medai.core.geometry import Geometry
-    from napari_medai.core.inference import SegmentConfig, segment_job
     from napari_medai.core.jobs import run_job
     from napari_medai.core.models.loaded import LoadedModel
     from napari_medai.core.models.networks import build_network
+    from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
     from napari_medai.core.volume import Volume
 
     after_imports = rss_mb()

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_medai.core.inference import SegmentConfig, segment_job
+from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.reading import read_label_map, read_volume
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.training.trainer import TrainConfig, train_job, training_threads
 from napari_medai.core.volume import LabelMap
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from napari_medai.core.files import atomic_write
+from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.volume import volume_to_sitk
-from napari_medai.core.writing import write_label_map
 
 
 def main() -> None:

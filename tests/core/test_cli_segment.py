@@ -13,14 +13,14 @@ import torch
 from dicom_factory import write_series
 
 from napari_medai.cli import main
-from napari_medai.core.inference import SegmentConfig, segment_job
+from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.registry import MODELS_ENV
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.reading import read_volume
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.volume import volume_to_sitk
 
 

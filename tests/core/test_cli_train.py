@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from napari_medai.cli import main
+from napari_medai.core.io.reading import read_label_map, read_volume
+from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.models.package import load_model_package
-from napari_medai.core.reading import read_label_map, read_volume
 from napari_medai.core.volume import LabelMap, volume_to_sitk
-from napari_medai.core.writing import write_label_map
 
 
 @pytest.fixture

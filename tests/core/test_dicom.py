@@ -26,13 +26,13 @@ from dicom_factory import (
     write_structured_report,
 )
 
-from napari_medai.core.dicom import (
+from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
+from napari_medai.core.io.dicom import (
     SeriesInfo,
     list_dicom_series,
     looks_like_dicom,
     read_dicom_job,
 )
-from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.jobs import Progress, run_job
 
 SHAPE = (8, 16, 16)

@@ -11,14 +11,14 @@ import torch
 from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 
-from napari_medai.core import inference
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.inference import SegmentConfig, segment_job
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.phantom import phantom_geometry
+from napari_medai.core.segmentation import inference
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.volume import Volume
 
 WINDOW = {"kind": "window", "low": -160, "high": 240}

@@ -10,7 +10,7 @@ from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.phantom import phantom_geometry
-from napari_medai.core.preprocessing import (
+from napari_medai.core.segmentation.preprocessing import (
     Normaliser,
     SourceGrid,
     model_space,

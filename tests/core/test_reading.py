@@ -1,4 +1,4 @@
-"""core.reading on synthetic files written by SimpleITK (truth: SimpleITK's own geometry)."""
+"""core.io.reading on synthetic files written by SimpleITK (truth: SimpleITK's own geometry)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import SimpleITK as sitk
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.reading import can_read, read_label_map, read_volume, read_volume_job
 from napari_medai.core.jobs import Progress
-from napari_medai.core.reading import can_read, read_label_map, read_volume, read_volume_job
 from napari_medai.core.volume import Volume
 
-HAVE_DICOM = importlib.util.find_spec("napari_medai.core.dicom") is not None
+HAVE_DICOM = importlib.util.find_spec("napari_medai.core.io.dicom") is not None
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha"]
 
 

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from napari_medai.core.errors import MedaiError, OutputExistsError
-from napari_medai.core.inference import SegmentConfig, segment_job
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package
 from napari_medai.core.phantom import make_phantom
-from napari_medai.core.preprocessing import Normaliser
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
+from napari_medai.core.segmentation.preprocessing import Normaliser
 from napari_medai.core.training import trainer
 from napari_medai.core.training.annotations import annotation_mask
 from napari_medai.core.training.checkpoints import OPTIMIZER_FILE

@@ -1,4 +1,4 @@
-"""core.writing: label maps saved with their exact grid, read back by SimpleITK and nibabel."""
+"""core.io.writing: label maps saved with their exact grid, read back by SimpleITK and nibabel."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_medai.core import writing
 from napari_medai.core.errors import GeometryError, MedaiError, OutputExistsError
 from napari_medai.core.geometry import GEOMETRY_TOLERANCE, Geometry
-from napari_medai.core.reading import read_label_map
+from napari_medai.core.io import writing
+from napari_medai.core.io.reading import read_label_map
+from napari_medai.core.io.writing import smallest_label_dtype, write_label_map
 from napari_medai.core.volume import LabelMap
-from napari_medai.core.writing import smallest_label_dtype, write_label_map
 
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha"]
 
@@ -97,12 +97,12 @@ def test_double_precision_geometry_is_exact_in_nrrd_and_mha(tmp_path, labels, su
 
 def test_nifti_rounding_of_double_precision_geometry_is_logged(tmp_path, labels, caplog):
     label_map = make_label_map(labels, origin=(-301.123456789, 87.987654321, -120.000000123))
-    with caplog.at_level(logging.WARNING, logger="napari_medai.core.writing"):
+    with caplog.at_level(logging.WARNING, logger="napari_medai.core.io.writing"):
         write_label_map(label_map, tmp_path / "seg.nii.gz")
     assert "seg.nii.gz" in caplog.text and ".nrrd" in caplog.text
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="napari_medai.core.writing"):
+    with caplog.at_level(logging.WARNING, logger="napari_medai.core.io.writing"):
         write_label_map(make_label_map(labels), tmp_path / "exact.nii.gz")
     assert caplog.text == ""
 

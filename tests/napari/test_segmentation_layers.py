@@ -16,8 +16,8 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai.core.errors import MedaiError, ModelLoadError
-from napari_medai.core.inference import SegmentConfig, SegmentResult
 from napari_medai.core.jobs import run_job
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
 from napari_medai.core.volume import LabelMap, Volume
 
 LABEL_NAMES = {0: "background", 1: "organ", 2: "lesion"}

@@ -28,10 +28,10 @@ from napari_medai._napari.training import (
 from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.inference import SegmentConfig, segment_job
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.package import is_model_package
 from napari_medai.core.models.sources import load_model
+from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.training import trainer
 from napari_medai.core.training.trainer import training_threads
 from napari_medai.core.volume import LabelMap

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_medai.cli import main
-from napari_medai.core.reading import read_label_map
+from napari_medai.core.io.reading import read_label_map
 from napari_medai.core.resample import resample_label_map
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]

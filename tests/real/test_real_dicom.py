@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from napari_medai.core.dicom import read_dicom_job
 from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.io.dicom import read_dicom_job
 from napari_medai.core.jobs import run_job
 from napari_medai.core.volume import volume_from_sitk
 

@@ -1,4 +1,4 @@
-"""core.reading on real third-party files in ../shared/data (skipped when absent).
+"""core.io.reading on real third-party files in ../shared/data (skipped when absent).
 
 Truth is SimpleITK's own geometry of each file (nibabel's for FreeSurfer .mgz,
 which SimpleITK cannot read), and the files' stated relations to each other.
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_medai.core.reading import read_label_map, read_volume
+from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.volume import Volume
 
 pytestmark = pytest.mark.real
 
-HAVE_DICOM = importlib.util.find_spec("napari_medai.core.dicom") is not None
+HAVE_DICOM = importlib.util.find_spec("napari_medai.core.io.dicom") is not None
 
 #: Every readable non-DICOM file of the data README's table.
 READABLE = [

@@ -8,7 +8,7 @@ from pathlib import Path
 from napari.types import LayerDataTuple
 
 from napari_medai._napari.layers import image_layer_data
-from napari_medai.core.reading import can_read, read_volume
+from napari_medai.core.io.reading import can_read, read_volume
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerDataTuple]] | None:

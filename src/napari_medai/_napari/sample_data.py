@@ -5,8 +5,8 @@ from __future__ import annotations
 from napari.types import LayerDataTuple
 
 from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.phantom import make_phantom
-from napari_medai.core.reading import read_label_map, read_volume
 from napari_medai.core.samples import TOTALSEG_CT, TOTALSEG_LABEL_NAMES, TOTALSEG_SEG, fetch_sample
 
 

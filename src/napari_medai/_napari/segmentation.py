@@ -23,10 +23,10 @@ from napari_medai._napari.layers import (
     volume_from_layer,
 )
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.inference import SegmentConfig, SegmentResult, segment_job
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
 from napari_medai.core.volume import Volume
 
 #: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.

@@ -36,8 +36,8 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai.core.errors import GeometryError, MedaiError
-from napari_medai.core.inference import SegmentConfig, SegmentResult
 from napari_medai.core.jobs import Job
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
 from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
 from napari_medai.core.training.uncertainty import rank_slices_by_uncertainty
 from napari_medai.core.volume import LabelMap, Volume

@@ -12,9 +12,9 @@ from napari.layers import Image, Labels
 
 from napari_medai._napari.layers import label_map_from_layer, layer_geometry, stored_geometry
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap
-from napari_medai.core.writing import write_label_map
 
 logger = logging.getLogger(__name__)
 

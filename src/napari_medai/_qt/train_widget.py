@@ -45,11 +45,11 @@ from napari_medai._napari.training import (
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.loss_plot import LossPlot
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.inference import SegmentResult
 from napari_medai.core.jobs import Progress
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.package import is_model_package
 from napari_medai.core.models.registry import user_model_dir
+from napari_medai.core.segmentation.inference import SegmentResult
 from napari_medai.core.training.trainer import (
     DIMENSIONALITIES,
     TrainConfig,

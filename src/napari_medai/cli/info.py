@@ -6,7 +6,7 @@ import argparse
 import json
 
 from napari_medai.cli.progress import run_with_bar
-from napari_medai.core.reading import read_volume_job
+from napari_medai.core.io.reading import read_volume_job
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

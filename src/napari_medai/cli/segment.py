@@ -22,12 +22,12 @@ import SimpleITK as sitk
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
-from napari_medai.core.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.io.reading import check_readable, read_volume_job
+from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.reading import check_readable, read_volume_job
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
 from napari_medai.core.volume import Volume, volume_to_sitk
-from napari_medai.core.writing import write_label_map
 
 #: Input formats whose own format the outputs keep (else NIfTI).
 _KEEP_FORMAT = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}

@@ -18,7 +18,7 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT_VERSION = 1
 
-#: Intensity normalisations a card may name (see ``core.preprocessing``):
+#: Intensity normalisations a card may name (see ``core.segmentation.preprocessing``):
 #: ``{"kind": "window", "low": -160, "high": 240}`` clips and scales a CT window,
 #: ``{"kind": "percentile", "low": 0.5, "high": 99.5}`` scales MR by percentiles,
 #: ``{"kind": "zscore"}`` standardises over non-zero voxels, ``{"kind": "none"}``.

@@ -1,6 +1,6 @@
 """Open CT/MRI files as :class:`Volume` / :class:`LabelMap`, dispatching on the file type.
 
-Folders, ``.zip`` files and DICOM files go to :mod:`napari_medai.core.dicom`; NIfTI,
+Folders, ``.zip`` files and DICOM files go to :mod:`napari_medai.core.io.dicom`; NIfTI,
 NRRD, MetaImage and NIfTI/Analyze pairs are read by SimpleITK; FreeSurfer ``.mgz``/``.mgh``
 (which SimpleITK cannot read) by nibabel when it is installed. Every SimpleITK image becomes
 a volume through :func:`volume_from_sitk`, the one conversion.
@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.files import compound_stem, compound_suffix
+from napari_medai.core.io.writing import smallest_label_dtype
 from napari_medai.core.jobs import Job, Progress, run_job
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import (
@@ -27,7 +28,6 @@ from napari_medai.core.volume import (
     label_map_from_sitk,
     volume_from_sitk,
 )
-from napari_medai.core.writing import smallest_label_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def read_volume_job(path: str | Path, series_uid: str | None = None) -> Job[Volu
     path = Path(path)
     kind = _kind_of(path)
     if kind == "dicom":
-        from napari_medai.core.dicom import read_dicom_job
+        from napari_medai.core.io.dicom import read_dicom_job
 
         return (yield from read_dicom_job(path, series_uid))
     if series_uid is not None:
@@ -176,7 +176,7 @@ def can_read(path: str | Path) -> bool:
 def _looks_like_dicom(path: Path) -> bool:
     # Imported here so that importing this module (napari's reader lookup, the CLI)
     # does not pay for pydicom.
-    from napari_medai.core.dicom import looks_like_dicom
+    from napari_medai.core.io.dicom import looks_like_dicom
 
     return looks_like_dicom(path)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_medai.core.dicom_headers import SliceRef
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom.headers import SliceRef
 
 log = logging.getLogger(__name__)
 

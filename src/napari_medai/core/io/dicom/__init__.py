@@ -17,24 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from napari_medai.core.dicom_files import (
+from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom.files import (
     INDEX_FILE_NAMES,
     extract_zip_job,
     folder_files,
     is_zip,
 )
-from napari_medai.core.dicom_headers import (
+from napari_medai.core.io.dicom.headers import (
     DicomFile,
     looks_like_dicom,
     read_header,
     scan_headers_job,
 )
-from napari_medai.core.dicom_pixels import decode_job
-from napari_medai.core.dicom_resample import describe_irregularity, plan_grid, resample_job
-from napari_medai.core.dicom_series import Series, SeriesInfo, group_series, select_series
-from napari_medai.core.dicom_stack import Stack, build_stack
-from napari_medai.core.errors import UnreadableFileError
-from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom.pixels import decode_job
+from napari_medai.core.io.dicom.resample import describe_irregularity, plan_grid, resample_job
+from napari_medai.core.io.dicom.series import Series, SeriesInfo, group_series, select_series
+from napari_medai.core.io.dicom.stack import Stack, build_stack
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
 from napari_medai.core.volume import Volume
 

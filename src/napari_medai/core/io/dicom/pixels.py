@@ -16,8 +16,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from napari_medai.core.dicom_headers import SliceRef
 from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.io.dicom.headers import SliceRef
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.volume import volume_from_sitk
 

@@ -6,8 +6,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from napari_medai.core.dicom_headers import DicomFile, SliceRef
 from napari_medai.core.errors import SeriesSelectionError
+from napari_medai.core.io.dicom.headers import DicomFile, SliceRef
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Segmentation inference as a generator job.
 
-Pipeline: map the scan into the model's space (``core.preprocessing``), run
+Pipeline: map the scan into the model's space (``core.segmentation.preprocessing``), run
 the network over sliding windows (3D models) or slice by slice along z (2D and
 2.5D models), or call the model's whole-volume predictor, average softmax over
 flips for test-time augmentation, stitch with Gaussian weights, map the class
@@ -40,7 +40,7 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.preprocessing import (
+from napari_medai.core.segmentation.preprocessing import (
     CHUNK_VOXELS,
     ModelSpace,
     Normaliser,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from napari_medai.core.dicom_stack import Stack, tolerance
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom.stack import Stack, tolerance
 from napari_medai.core.jobs import Job, Progress
 
 #: The resampled volume holds at most this many times the input's voxels.

@@ -1,0 +1,1 @@
+"""Reading scans and writing label maps, with their geometry."""

@@ -1,0 +1,1 @@
+"""Segmentation: model-space preprocessing and inference."""

@@ -89,8 +89,8 @@ def measure(seconds: float) -> dict:
         "stalls_over_50ms": [
             [round(stall.at_s, 2), round(stall.ms)] for stall in monitor.stalls if stall.ms > 50
         ],
-        "iterations": len(widget.plot.loss_points),
-        "validations": len(widget.plot.dice_points),
+        "iterations": len(widget.plot.series("loss")),
+        "validations": len(widget.plot.series("dice")),
         "plot_frames": widget.plot.redraws,
         "outcome": str(widget.runner.outcome.value),
         "training_budget_s": seconds,

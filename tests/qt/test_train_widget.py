@@ -123,9 +123,9 @@ def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
     assert is_model_package(widget.last_model)
     # The plot got every step the trainer recorded, and drew it.
     history = result.history
-    assert widget.plot.loss_points == [(h["iteration"], h["loss"]) for h in history]
+    assert widget.plot.series("loss") == [(h["iteration"], h["loss"]) for h in history]
     dice_in_history = [(h["iteration"], h["val_dice"]) for h in history if "val_dice" in h]
-    assert set(widget.plot.dice_points) <= set(dice_in_history)
+    assert set(widget.plot.series("dice")) <= set(dice_in_history)
     qtbot.waitUntil(lambda: widget.plot.redraws > 0, timeout=2000)
     np.testing.assert_array_equal(annotation.data, painted)
 
@@ -170,7 +170,7 @@ def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scen
     painted = np.array(annotation.data, copy=True)
     widget.time_spin.setValue(0)  # no budget: trains until stopped
     click(qtbot, widget.train_button)
-    qtbot.waitUntil(lambda: len(widget.plot.loss_points) >= 2, timeout=TRAIN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(widget.plot.series("loss")) >= 2, timeout=TRAIN_TIMEOUT_MS)
     started = time.perf_counter()
     click(qtbot, widget.stop_button)
     wait_idle(qtbot, widget, timeout_ms=5000)

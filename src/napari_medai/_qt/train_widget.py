@@ -43,7 +43,7 @@ from napari_medai._napari.training import (
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.loss_plot import LossPlot
+from napari_medai._qt.plot import LivePlot
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
 from napari_medai.core.models.card import CARD_FILE, ModelCard
@@ -209,7 +209,18 @@ class TrainWidget(QWidget):
         self.stop_button = self.runner.cancel_button
         self.stop_button.setText("Stop")
         self.stop_button.setToolTip("Stop within a second; the best model so far is kept")
-        self.plot = LossPlot()
+        self.plot = LivePlot(
+            napari_viewer,
+            x_label="iteration",
+            y_label="loss",
+            right_y_label="validation Dice",
+            right_y_range=(0.0, 1.0),
+            empty_text="Loss and validation Dice show here while training",
+        )
+        self.plot.set_series("loss", [], [], label="loss")
+        self.plot.set_series(
+            "dice", [], [], axis="right", style="line+points", label="validation Dice"
+        )
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip(
             "Run the trained model on the first pair's image into '<image> – prediction'"
@@ -413,8 +424,10 @@ class TrainWidget(QWidget):
     def _on_progress(self, event: Progress) -> None:
         payload = event.payload
         if isinstance(payload, dict) and "loss" in payload:
-            dice = payload.get("val_dice")
-            self.plot.add(int(payload["iteration"]), float(payload["loss"]), dice)
+            iteration = int(payload["iteration"])
+            self.plot.append("loss", iteration, float(payload["loss"]))
+            if payload.get("val_dice") is not None:
+                self.plot.append("dice", iteration, float(payload["val_dice"]))
 
     def _trained(self, result: TrainResult) -> None:
         self.last_result = result

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +18,12 @@ from napari_medai.core.errors import GeometryError, MedaiError, OutputExistsErro
 from napari_medai.core.geometry import GEOMETRY_TOLERANCE, Geometry
 from napari_medai.core.io import writing
 from napari_medai.core.io.reading import read_label_map
-from napari_medai.core.io.writing import smallest_label_dtype, write_label_map
+from napari_medai.core.io.writing import (
+    label_sidecar,
+    labels_outside,
+    smallest_label_dtype,
+    write_label_map,
+)
 from napari_medai.core.volume import LabelMap
 
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha"]
@@ -177,3 +187,106 @@ def test_sheared_grid_is_refused_before_writing(tmp_path, labels):
     with pytest.raises(GeometryError):
         write_label_map(sheared, tmp_path / "seg.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def _truncating_writer(original, keep: float):
+    """SimpleITK's WriteImage as a full disk makes it: a short file and no exception."""
+
+    def write(image, name, *args, **kwargs):
+        original(image, name, *args, **kwargs)
+        data = Path(name).read_bytes()
+        Path(name).write_bytes(data[: int(len(data) * keep)])
+
+    return write
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("keep", [0.0, 0.6, 0.98])
+def test_short_write_keeps_the_earlier_file(tmp_path, labels, monkeypatch, suffix, keep):
+    existing = tmp_path / f"mask{suffix}"
+    write_label_map(make_label_map(labels), existing)
+    before = existing.read_bytes()
+    monkeypatch.setattr(writing.sitk, "WriteImage", _truncating_writer(sitk.WriteImage, keep))
+
+    with pytest.raises(MedaiError, match=rf"mask{suffix}.*earlier file was kept"):
+        write_label_map(make_label_map(labels * 2), existing, overwrite=True)
+
+    assert existing.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [existing.name]
+
+
+_FILE_SIZE_LIMITED_SAVE = """
+import resource, signal, sys
+import numpy as np
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.writing import write_label_map
+from napari_medai.core.volume import LabelMap
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+values = np.random.default_rng(1).integers(0, 200, (40, 64, 64)).astype(np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    write_label_map(LabelMap(values, Geometry()), sys.argv[1], overwrite=True)
+except MedaiError as error:
+    print(error)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_file_size_limit_keeps_the_earlier_file(tmp_path, labels, suffix):
+    """A real short write: SimpleITK's NIfTI writer only prints to stderr when it happens."""
+    existing = tmp_path / f"mask{suffix}"
+    write_label_map(make_label_map(labels), existing)
+    before = existing.read_bytes()
+
+    child = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMITED_SAVE, str(existing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+    assert child.returncode == 3, child.stderr
+    assert existing.name in child.stdout and "earlier file was kept" in child.stdout
+    assert existing.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [existing.name]
+
+
+def test_saving_onto_a_folder_says_so(tmp_path, labels):
+    folder = tmp_path / "mask.nii.gz"
+    folder.mkdir()
+    with pytest.raises(MedaiError, match="folder"):
+        write_label_map(make_label_map(labels), folder, overwrite=True)
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_sidecar_has_names_volumes_and_no_identifiers(labels):
+    label_map = make_label_map(labels)
+    label_map.label_names = {3: "liver", 5: "spleen"}
+    sidecar = label_sidecar(
+        label_map,
+        input_name="ct.nii.gz",
+        outputs={"labels": "seg.nii.gz"},
+        provenance={"source": "ct.nii.gz", "series_uid": "1.2.3", "time": "now"},
+    )
+    voxel_ml = 3.5 * 1.25 * 0.8125 / 1000
+    assert sidecar["volumes_ml"] == {
+        "liver": round(int(np.sum(labels == 3)) * voxel_ml, 3),
+        "spleen": 0.0,
+        "12": round(int(np.sum(labels == 12)) * voxel_ml, 3),
+    }
+    assert sidecar["label_names"] == {"3": "liver", "5": "spleen"}
+    assert sidecar["time"] == "now"
+    assert "1.2.3" not in json.dumps(sidecar)
+
+
+def test_labels_outside_counts_voxels_off_the_target_grid(labels):
+    label_map = make_label_map(labels)
+    geometry = label_map.geometry
+    assert labels_outside(label_map, geometry, labels.shape) == 0
+    # A target grid one slice shorter: the labelled voxels of the last slice fall outside.
+    assert labels_outside(label_map, geometry, (6, 12, 10)) == int(np.count_nonzero(labels[6]))

@@ -10,20 +10,17 @@ foreground probability map. Everything runs through the same core jobs and
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
 from napari_medai.core.io.reading import check_readable, read_volume_job
-from napari_medai.core.io.writing import write_label_map
+from napari_medai.core.io.writing import label_sidecar, write_label_map, write_sidecar
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         volume = run_with_bar(read_volume_job(path), f"reading {path.name}")
         job = segment_job(volume, model, config)
         result = run_with_bar(job, f"segmenting {path.name}")
-        volumes = _save(path, volume, result, model, config, plan, args.overwrite)
+        volumes = _save(path, result, model, config, plan, args.overwrite)
         summary = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
         print(f"{plan['labels']} ({summary})" if summary else str(plan["labels"]))
     return 0
@@ -102,18 +99,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
 
 
-def _label_volumes_ml(result: SegmentResult) -> dict[str, float]:
-    """Volume of each named foreground label in mL (voxel count x voxel volume)."""
-    labels = result.labels
-    counts = np.bincount(labels.array.ravel(), minlength=max(labels.label_names, default=0) + 1)
-    voxel_ml = labels.geometry.voxel_volume_ml()
-    return {
-        name: round(float(counts[value]) * voxel_ml, 3)
-        for value, name in sorted(labels.label_names.items())
-        if value != 0
-    }
-
-
 def _write_probability(probability: Volume, path: Path, overwrite: bool) -> None:
     # writing.py saves label maps only; a float map goes through the one SimpleITK converter.
     image = volume_to_sitk(probability)
@@ -129,7 +114,6 @@ def _write_probability(probability: Volume, path: Path, overwrite: bool) -> None
 
 def _save(
     source: Path,
-    volume: Volume,
     result: SegmentResult,
     model: LoadedModel,
     config: SegmentConfig,
@@ -142,24 +126,18 @@ def _save(
     if result.probability is not None:
         _write_probability(result.probability, plan["probability"], overwrite)
         outputs["probability"] = plan["probability"].name
-    volumes = _label_volumes_ml(result)
-    sidecar: dict[str, Any] = {
-        "input": source.name,
-        "outputs": outputs,
-        "model": {
+    sidecar = label_sidecar(
+        result.labels,
+        input_name=source.name,
+        outputs=outputs,
+        provenance=result.provenance,
+        model={
             "name": model.card.name,
             "source": model.source,
             "sha256": model.sha256,
             "format": model.extra.get("format"),
         },
-        "settings": asdict(config),
-        "time": result.provenance.get("time"),
-        "label_names": {str(k): v for k, v in sorted(result.labels.label_names.items())},
-        "volumes_ml": volumes,
-        "voxel_volume_ml": volume.geometry.voxel_volume_ml(),
-        "geometry_zyx_lps_mm": volume.geometry.to_dict(),
-        "provenance": result.provenance,
-    }
-    text = json.dumps(sidecar, indent=2, default=str)
-    atomic_write(plan["sidecar"], lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite)
-    return volumes
+        settings=asdict(config),
+    )
+    write_sidecar(sidecar, plan["sidecar"], overwrite)
+    return sidecar["volumes_ml"]

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from napari_medai.core.errors import OutputExistsError
+from napari_medai.core.errors import MedaiError, OutputExistsError
 
 
 def compound_suffix(path: Path) -> str:
@@ -37,9 +37,16 @@ def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = Fa
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it in place.
 
     The temporary file keeps ``path``'s suffix so format-guessing writers
-    (SimpleITK) pick the right format. A failed write leaves nothing behind.
+    (SimpleITK) pick the right format. ``write`` should raise if the file it
+    wrote is incomplete: nothing replaces ``path`` then, and a failed write
+    leaves nothing behind. A folder at ``path`` is refused, even with ``overwrite``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MedaiError(
+            f'Cannot save "{path}": a folder has that name; choose a file name inside it '
+            "or another name"
+        )
     check_can_write(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(

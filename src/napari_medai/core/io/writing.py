@@ -2,22 +2,29 @@
 
 The label map goes through :func:`volume_to_sitk` (the one conversion) and is
 written atomically (:func:`atomic_write`), never over an existing file unless
-asked. NIfTI stores origin and spacing as 32-bit floats: geometry read from a
-NIfTI file round-trips exactly, but a DICOM-derived origin can move by up to
-about 1e-5 mm; NRRD and MetaImage keep full precision. Such a loss is logged.
+asked, and every file is read back and compared before it replaces anything
+(:func:`write_label_map`). NIfTI stores origin and spacing as 32-bit floats:
+geometry read from a NIfTI file round-trips exactly, but a DICOM-derived origin
+can move by up to about 1e-5 mm; NRRD and MetaImage keep full precision. Such a
+loss is logged. :func:`label_sidecar` builds the JSON sidecar the CLI and the
+napari writer save beside a mask.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, compound_suffix
-from napari_medai.core.geometry import GEOMETRY_TOLERANCE
+from napari_medai.core.geometry import GEOMETRY_TOLERANCE, Geometry
 from napari_medai.core.volume import LabelMap, volume_to_sitk
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,9 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
     Label values are unchanged, stored in the smallest integer type that holds
     them; origin, spacing and direction are the label map's. Refuses to replace
     an existing file unless ``overwrite`` is set (:class:`OutputExistsError`).
+    The written file is read back and compared before it replaces ``path``: a
+    full disk or a file-size limit raises :class:`MedaiError` and leaves an
+    earlier file at ``path`` byte for byte as it was.
     """
     path = Path(path)
     suffix = compound_suffix(path)
@@ -55,7 +65,9 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
         )
     array = label_map.array
     dtype = smallest_label_dtype(array)
-    image = volume_to_sitk(label_map.with_array(array.astype(dtype, copy=False)))
+    stored = array.astype(dtype, copy=False)
+    image = volume_to_sitk(label_map.with_array(stored))
+    kept = " The earlier file was kept unchanged." if path.is_file() else ""
 
     def write(tmp: Path) -> None:
         try:
@@ -63,24 +75,77 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
         except RuntimeError as error:
             raise MedaiError(
                 f'Cannot save "{path.name}": the file could not be written (is the disk full '
-                "or the folder read-only?)"
+                f"or the folder read-only?).{kept}"
             ) from error
-        _log_geometry_loss(image, tmp, path.name)
+        problem = _check_written(tmp, suffix, image, stored, path.name)
+        if problem:
+            raise MedaiError(
+                f'Cannot save "{path.name}": the file written {problem} (is the disk full, or '
+                f"a file-size limit reached?).{kept}"
+            )
 
     return atomic_write(path, write, overwrite=overwrite)
 
 
-def _log_geometry_loss(written: sitk.Image, tmp: Path, name: str) -> None:
-    """Re-read the header just written and log if the format rounded the geometry."""
+def _check_written(
+    tmp: Path, suffix: str, written: sitk.Image, array: np.ndarray, name: str
+) -> str:
+    """Why the file at ``tmp`` does not hold ``array`` on ``written``'s grid, or "".
+
+    SimpleITK's NIfTI writer reports a failed write (disk full) only on stderr,
+    and its reader fills a short file with zeros; so the length of the data is
+    checked against the header's promise and the voxels are read back and
+    compared. Hand-written: no library offers this verification.
+    """
+    if suffix in (".nii", ".nii.gz"):
+        expected = _nifti_data_offset(tmp) + array.nbytes
+        if _stored_length(tmp, compressed=suffix == ".nii.gz") < expected:
+            return "is shorter than its header says"
+    try:
+        back = sitk.ReadImage(str(tmp))
+    except RuntimeError:
+        return "cannot be read back"
+    if back.GetSize() != written.GetSize() or not np.array_equal(
+        sitk.GetArrayViewFromImage(back), array
+    ):
+        return "does not hold the labels when read back"
+    _log_geometry_loss(back, written, name)
+    return ""
+
+
+def _nifti_data_offset(path: Path) -> int:
+    """Where a NIfTI file's voxels start (``vox_offset``), from its header."""
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(tmp))
-    reader.ReadImageInformation()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        return int(float(reader.GetMetaData("vox_offset")))
+    except RuntimeError:
+        return 0  # no readable header: the read-back below says so
+
+
+def _stored_length(path: Path, compressed: bool) -> int:
+    """Bytes in the file, after gzip decompression when ``compressed``; short or corrupt -> -1."""
+    if not compressed:
+        return path.stat().st_size
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return -1
+    return total
+
+
+def _log_geometry_loss(stored: sitk.Image, written: sitk.Image, name: str) -> None:
+    """Log if the file format rounded the geometry of the image written."""
     error = max(
-        float(np.max(np.abs(np.subtract(stored, wanted))))
-        for stored, wanted in (
-            (reader.GetOrigin(), written.GetOrigin()),
-            (reader.GetSpacing(), written.GetSpacing()),
-            (reader.GetDirection(), written.GetDirection()),
+        float(np.max(np.abs(np.subtract(kept, wanted))))
+        for kept, wanted in (
+            (stored.GetOrigin(), written.GetOrigin()),
+            (stored.GetSpacing(), written.GetSpacing()),
+            (stored.GetDirection(), written.GetDirection()),
         )
     )
     if error > GEOMETRY_TOLERANCE:
@@ -90,3 +155,84 @@ def _log_geometry_loss(written: sitk.Image, tmp: Path, name: str) -> None:
             name,
             error,
         )
+
+
+def labels_outside(label_map: LabelMap, geometry: Geometry, shape: tuple[int, ...]) -> int:
+    """How many labelled voxels of ``label_map`` lie outside the grid ``geometry``/``shape``.
+
+    Resampling onto that grid drops them; a writer reports the count.
+    """
+    to_index = np.linalg.inv(geometry.direction @ np.diag(geometry.spacing))
+    high = np.asarray(shape[-3:]) - 0.5
+    outside = 0
+    indices = np.argwhere(label_map.array != 0)
+    for start in range(0, len(indices), 1 << 20):  # bounded memory for large masks
+        world = label_map.geometry.index_to_world(indices[start : start + (1 << 20)])
+        index = (world - geometry.origin) @ to_index.T
+        outside += int(np.count_nonzero(np.any((index < -0.5) | (index > high), axis=1)))
+    return outside
+
+
+def label_volumes_ml(label_map: LabelMap) -> dict[str, float]:
+    """Volume in mL of each foreground label present or named, keyed by its name.
+
+    Unnamed labels are keyed by their value.
+    """
+    values, counts = _label_counts(label_map.array)
+    present = dict(zip(values.tolist(), counts.tolist()))
+    voxel_ml = label_map.geometry.voxel_volume_ml()
+    return {
+        label_map.label_names.get(value, str(value)): round(present.get(value, 0) * voxel_ml, 3)
+        for value in sorted(set(present) | set(label_map.label_names))
+        if value != 0
+    }
+
+
+def _label_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their counts: bincount when it is cheap, else unique (sorts)."""
+    if array.size and array.min() >= 0 and array.max() < 1 << 24:
+        counts = np.bincount(array.ravel())
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(array, return_counts=True)
+
+
+#: Reader provenance keys that could link a sidecar back to a patient's study.
+_IDENTIFYING_KEYS = ("series_uid", "other_series")
+
+
+def label_sidecar(
+    label_map: LabelMap,
+    *,
+    input_name: str | None,
+    outputs: dict[str, str],
+    provenance: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON sidecar saved beside a mask: inputs, model, label names and volumes.
+
+    One builder for the CLI and the napari writer. DICOM UIDs are left out of
+    the provenance; nothing here names the patient.
+    """
+    provenance = {k: v for k, v in (provenance or {}).items() if k not in _IDENTIFYING_KEYS}
+    return {
+        "input": input_name,
+        "outputs": outputs,
+        "model": model,
+        "settings": settings,
+        "time": provenance.get("time"),
+        "label_names": {str(k): v for k, v in sorted(label_map.label_names.items())},
+        "volumes_ml": label_volumes_ml(label_map),
+        "voxel_volume_ml": label_map.geometry.voxel_volume_ml(),
+        "geometry_zyx_lps_mm": label_map.geometry.to_dict(),
+        "provenance": provenance,
+    }
+
+
+def write_sidecar(sidecar: dict[str, Any], path: Path, overwrite: bool = False) -> Path:
+    """Write a sidecar from :func:`label_sidecar` as indented JSON, atomically."""
+    text = json.dumps(sidecar, indent=2, default=str)
+    return atomic_write(
+        Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite
+    )

@@ -9,6 +9,10 @@ import pytest
 
 from napari_medai.core.phantom import make_phantom
 
+# napari keeps its settings in memory only: tests never read or change the developer's
+# reader preferences (napari-medai sets some when it is first activated).
+os.environ.setdefault("NAPARI_CONFIG", "")
+
 #: Real third-party test files live beside the project, never inside it.
 SHARED_DATA = Path(
     os.environ.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import nibabel as nib
 import numpy as np
@@ -11,8 +12,12 @@ import SimpleITK as sitk
 from napari.components import ViewerModel
 from napari.layers import Image, Labels
 
+from napari_medai._napari import reader, writer
 from napari_medai._napari.layers import image_layer_data
-from napari_medai.core.volume import volume_to_sitk
+from napari_medai.core.errors import GeometryError, MedaiError
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.writing import write_label_map
+from napari_medai.core.volume import LabelMap, volume_to_sitk
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def test_new_labels_layer_saves_on_the_scan_grid(
     labels.data[10, 30, 40] = 7
     out = tmp_path / f"mask{suffix}"
     written = labels.save(str(out), plugin="napari-medai")
-    assert written == [str(out)]
+    assert written == [str(out), str(tmp_path / "mask.json")]
 
     saved = sitk.ReadImage(str(out))
     source = sitk.ReadImage(str(phantom_file))
@@ -136,3 +141,153 @@ def test_labels_layer_from_reader_metadata_writes_names(make_napari_viewer, tmp_
     labels.save(str(out), plugin="napari-medai")
     saved = sitk.ReadImage(str(out))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), labels.data)
+
+
+# --- masks open as labels ---------------------------------------------------------------
+
+
+@pytest.fixture
+def phantom_pair(phantom, tmp_path):
+    """The phantom CT and its organ map saved as NIfTI on the same grid."""
+    volume, labels = phantom
+    ct = tmp_path / "phantom_ct.nii.gz"
+    sitk.WriteImage(volume_to_sitk(volume), str(ct))
+    seg = tmp_path / "phantom_seg.nii.gz"
+    sitk.WriteImage(volume_to_sitk(labels), str(seg))
+    return ct, seg
+
+
+def test_segmentation_file_opens_as_labels_on_the_scan_grid(phantom_pair):
+    ct, seg = phantom_pair
+    viewer = ViewerModel()
+    [image] = viewer.open(str(ct), plugin="napari-medai")
+    [labels] = viewer.open(str(seg), plugin="napari-medai")
+    assert isinstance(image, Image) and isinstance(labels, Labels)
+    assert labels.metadata["napari_medai"]["geometry"] == image.metadata["napari_medai"]["geometry"]
+    np.testing.assert_allclose(labels.affine.affine_matrix, image.affine.affine_matrix)
+    _check_world(labels, sitk.ReadImage(str(seg)), count=20)
+
+
+def test_slicer_segment_names_become_label_names(phantom, tmp_path):
+    _, labels = phantom
+    named = LabelMap(labels.array, labels.geometry, {}, {1: "liver", 2: "left kidney"})
+    path = write_label_map(named, tmp_path / "organs.seg.nrrd")
+    assert b"Segment0_Name:=liver" in path.read_bytes()[:2000]
+
+    [layer] = ViewerModel().open(str(path), plugin="napari-medai")
+
+    assert isinstance(layer, Labels)
+    assert layer.metadata["napari_medai"]["label_names"] == {"1": "liver", "2": "left kidney"}
+    names = dict(zip(layer.features["index"], layer.features["name"]))
+    assert names[1] == "liver" and names[2] == "left kidney"
+
+
+def test_open_segmentation_menu_opens_any_integer_file_as_labels(phantom, tmp_path, monkeypatch):
+    """An 8-bit file with many values and no name hint is an image, unless asked."""
+    volume, _ = phantom
+    scan_like = volume.with_array((volume.array % 250).astype(np.uint8))
+    path = tmp_path / "drawing.nii.gz"
+    sitk.WriteImage(volume_to_sitk(scan_like), str(path))
+    viewer = ViewerModel()
+    [as_image] = viewer.open(str(path), plugin="napari-medai")
+    assert isinstance(as_image, Image)
+
+    monkeypatch.setattr(reader, "choose_segmentation_files", lambda: [str(path)])
+    [as_labels] = reader.open_segmentation(viewer)
+
+    assert isinstance(as_labels, Labels)
+    np.testing.assert_allclose(as_labels.affine.affine_matrix, as_image.affine.affine_matrix)
+
+
+# --- saving labels: which grid, and clear refusals ------------------------------------------
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the writer shows as napari notifications."""
+    shown: list[str] = []
+    monkeypatch.setattr(writer, "show_info", shown.append)
+    monkeypatch.setattr(writer, "show_warning", shown.append)
+    return shown
+
+
+@pytest.fixture
+def viewer_with_ct(phantom_pair, monkeypatch):
+    """A viewer (napari's model) holding the phantom CT, as the writer's current viewer."""
+    viewer = ViewerModel()
+    viewer.open(str(phantom_pair[0]), plugin="napari-medai")
+    monkeypatch.setattr(writer.napari, "current_viewer", lambda: viewer)
+    return viewer
+
+
+def test_bare_labels_save_on_the_grid_of_the_scan_of_their_shape(
+    viewer_with_ct, phantom_pair, tmp_path, notes
+):
+    ct = viewer_with_ct.layers[0]
+    drawn = viewer_with_ct.add_labels(np.zeros(ct.data.shape, np.uint8), name="painted")
+    drawn.data[5:8, 10:20, 10:20] = 2
+    out = tmp_path / "painted.nii.gz"
+
+    drawn.save(str(out), plugin="napari-medai")
+
+    saved, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(phantom_pair[0]))
+    np.testing.assert_allclose(saved.GetOrigin(), source.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(saved.GetSpacing(), source.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(saved.GetDirection(), source.GetDirection(), atol=1e-6)
+    assert notes == ["Saved \"painted\" on the grid of 'phantom_ct' (same shape)."]
+    sidecar = json.loads((tmp_path / "painted.json").read_text())
+    assert sidecar["volumes_ml"] == {"2": pytest.approx(3 * 10 * 10 * 6 * 5 * 5 / 1000, abs=1e-3)}
+    assert sidecar["input"] == "phantom_ct.nii.gz"
+    assert sidecar["provenance"]["grid_from"] == "phantom_ct"
+
+
+def test_bare_labels_without_a_matching_scan_are_refused(viewer_with_ct, tmp_path, notes):
+    drawn = viewer_with_ct.add_labels(np.ones((5, 6, 7), np.uint8), name="odd")
+    with pytest.raises(GeometryError, match=r"no open scan is 5 x 6 x 7 voxels"):
+        drawn.save(str(tmp_path / "odd.nii.gz"), plugin="napari-medai")
+    assert list(tmp_path.glob("odd*")) == []
+
+
+def test_bare_labels_matching_two_grids_name_both(viewer_with_ct, phantom, tmp_path, notes):
+    moved = Image(phantom[0].array, name="other", metadata=viewer_with_ct.layers[0].metadata)
+    moved.metadata = {
+        "napari_medai": {
+            **moved.metadata["napari_medai"],
+            "geometry": Geometry(spacing=(2, 2, 2)).to_dict(),
+        }
+    }
+    moved.affine = Geometry(spacing=(2, 2, 2)).affine()
+    viewer_with_ct.add_layer(moved)
+    drawn = viewer_with_ct.add_labels(np.ones(phantom[0].array.shape, np.uint8), name="which")
+    with pytest.raises(GeometryError, match=r"'phantom_ct', 'other'"):
+        drawn.save(str(tmp_path / "which.nii.gz"), plugin="napari-medai")
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (2, 24, 64, 64)])
+def test_2d_and_4d_labels_get_a_specific_message(viewer_with_ct, tmp_path, shape):
+    drawn = viewer_with_ct.add_labels(np.ones(shape, np.uint8), name="flat")
+    with pytest.raises(GeometryError, match=rf"it is {len(shape)}D .*3D label maps"):
+        drawn.save(str(tmp_path / "flat.nii.gz"), plugin="napari-medai")
+
+
+def test_labels_outside_the_scan_are_counted_in_a_warning(viewer_with_ct, tmp_path, notes):
+    ct = viewer_with_ct.layers[0]
+    extent = viewer_with_ct.add_labels(
+        np.zeros((30, 64, 64), np.uint8), affine=ct.affine.affine_matrix, name="extent"
+    )
+    extent.translate = (-2.0, 0.0, 0.0)  # starts two slices before the scan (voxel units)
+    extent.data[0, 1:4, 1:4] = 1  # 9 voxels outside
+    extent.data[10, 1:3, 1:3] = 1  # 4 inside
+    out = tmp_path / "extent.nii.gz"
+    extent.save(str(out), plugin="napari-medai")
+    assert any(note.startswith("9 labelled voxel(s)") for note in notes), notes
+    assert int(np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))) == 4
+
+
+def test_saving_onto_a_folder_says_so(viewer_with_ct, tmp_path):
+    ct = viewer_with_ct.layers[0]
+    drawn = viewer_with_ct.add_labels(np.ones(ct.data.shape, np.uint8), name="mask")
+    folder = tmp_path / "mask.nii.gz"
+    folder.mkdir()
+    with pytest.raises(MedaiError, match="a folder has that name"):
+        drawn.save(str(folder), plugin="napari-medai")

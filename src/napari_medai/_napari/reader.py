@@ -1,25 +1,87 @@
-"""npe2 reader: CT/MRI files and DICOM series as layers with physical geometry."""
+"""npe2 readers: CT/MRI files and DICOM series as layers with physical geometry.
+
+:func:`get_reader` opens scans as Image layers and segmentations (integer files
+with few values, see :func:`looks_like_labels`) as Labels layers;
+:func:`open_segmentation` (File > IO Utilities) opens files as Labels whatever
+their values.
+Label names stored in the file become the layer's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import napari
+from napari.layers import Layer
 from napari.types import LayerDataTuple
 
-from napari_medai._napari.layers import image_layer_data
+from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai.core.io.labels import (
+    as_label_map,
+    header_label_names,
+    looks_like_labels,
+    read_segmentation,
+)
 from napari_medai.core.io.reading import can_read, read_volume
 
+Reader = Callable[[str | list[str]], list[LayerDataTuple]]
 
-def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerDataTuple]] | None:
+
+def _paths(path: str | list[str]) -> list[Path]:
+    return [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+
+
+def get_reader(path: str | list[str]) -> Reader | None:
     """Return :func:`read_layers` when every path looks like a scan we read."""
-    paths = [path] if isinstance(path, str | Path) else list(path)
-    if paths and all(can_read(Path(p)) for p in paths):
+    paths = _paths(path)
+    if paths and all(can_read(p) for p in paths):
         return read_layers
     return None
 
 
 def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
-    """Read each path as one image layer; bad input raises a clear MedaiError."""
-    paths = [path] if isinstance(path, str | Path) else list(path)
-    return [image_layer_data(read_volume(Path(p))) for p in paths]
+    """Read each path as an image layer, or a labels layer when it is a segmentation.
+
+    Bad input raises a clear MedaiError.
+    """
+    layers = []
+    for source in _paths(path):
+        volume = read_volume(source)
+        if looks_like_labels(volume):
+            label_map = as_label_map(volume, header_label_names(source))
+            layers.append(labels_layer_data(label_map))
+        else:
+            layers.append(image_layer_data(volume))
+    return layers
+
+
+#: File types "Open segmentation" offers (DICOM-SEG is not read yet).
+SEGMENTATION_FILTER = "Label maps (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.mgz *.mgh)"
+
+
+def read_segmentations(path: str | list[str]) -> list[LayerDataTuple]:
+    """Read each path as a labels layer, whatever its values (as 3D Slicer's "labelmap")."""
+    return [labels_layer_data(read_segmentation(source)) for source in _paths(path)]
+
+
+def choose_segmentation_files() -> list[str]:
+    """Ask for label map files with the GUI toolkit's file dialog; [] when cancelled."""
+    from magicgui.application import use_app
+
+    show_file_dialog = use_app().get_obj("show_file_dialog")
+    chosen = show_file_dialog("rm", caption="Open segmentation", filter=SEGMENTATION_FILTER)
+    return list(chosen or [])
+
+
+def open_segmentation(viewer: napari.viewer.Viewer) -> list[Layer]:
+    """File > IO Utilities > Open segmentation: chosen files as Labels, whatever their values.
+
+    A menu command rather than a second npe2 reader: napari's "Choose reader"
+    dialog lists one entry per plugin, and npe2 tries a plugin's readers in no
+    fixed order, so a second reader would be unreachable or picked at random.
+    """
+    return [
+        viewer.add_labels(data, **kwargs)
+        for data, kwargs, _ in read_segmentations(choose_segmentation_files())
+    ]

@@ -1,22 +1,42 @@
-"""npe2 writer: a Labels layer saved on the grid of the scan it was drawn on."""
+"""npe2 writer: a Labels layer saved on the grid of the scan it was drawn on.
+
+Which grid: a layer the reader or a model made keeps its own; a layer drawn
+with napari's "new labels" button is displayed on its scan's transform (or on
+an axis-aligned extent that is resampled onto the scan it overlaps most); a
+layer made from a bare array (``viewer.add_labels(array)``, no scale) takes the
+grid of the one open scan of its shape, or is refused: it is never written
+silently at origin 0 with 1 mm voxels. A JSON sidecar with label names,
+volumes and provenance is written beside the mask, as the CLI does.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels, Layer
+from napari.utils.notifications import show_info, show_warning
 
-from napari_medai._napari.layers import label_map_from_layer, layer_geometry, stored_geometry
+from napari_medai._napari.layers import (
+    METADATA_KEY,
+    label_map_from_layer,
+    layer_geometry,
+    stored_geometry,
+    world_geometry,
+)
+from napari_medai.core.errors import GeometryError
+from napari_medai.core.files import compound_stem
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.io.writing import write_label_map
+from napari_medai.core.io.writing import (
+    label_sidecar,
+    labels_outside,
+    write_label_map,
+    write_sidecar,
+)
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap
-
-logger = logging.getLogger(__name__)
 
 
 def _overlap(a: Geometry, a_shape: tuple, b: Geometry, b_shape: tuple) -> float:
@@ -29,37 +49,145 @@ def _overlap(a: Geometry, a_shape: tuple, b: Geometry, b_shape: tuple) -> float:
     return float(inside.mean())
 
 
-def reference_image(label_map: LabelMap, images: list[Image]) -> Image | None:
+def reference_image(label_map: LabelMap, scans: list[Layer]) -> Layer | None:
     """The scan a hand-made label layer was drawn on, if it is not already on one.
 
-    An image whose grid equals the labels' wins; otherwise the scan the labels
+    A scan whose grid equals the labels' wins; otherwise the scan the labels
     overlap most (napari's "new labels" with several layers selected spans the
     union of their extents on an axis-aligned grid).
     """
-    scans = [image for image in images if stored_geometry(image) is not None]
     shape = label_map.spatial_shape
-    for image in scans:
-        if layer_geometry(image) == label_map.geometry and image.data.shape[-3:] == shape:
+    for scan in scans:
+        if layer_geometry(scan) == label_map.geometry and scan.data.shape[-3:] == shape:
             return None
     scored = [
-        (_overlap(layer_geometry(i), i.data.shape[-3:], label_map.geometry, shape), i)
-        for i in scans
+        (_overlap(layer_geometry(s), s.data.shape[-3:], label_map.geometry, shape), s)
+        for s in scans
     ]
-    scored = [(score, image) for score, image in scored if score > 0]
+    scored = [(score, scan) for score, scan in scored if score > 0]
     return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
+def scan_of_shape(layer: Labels, scans: list[Layer]) -> Layer:
+    """The open scan whose grid a layer without geometry belongs to, by shape.
+
+    Raises :class:`GeometryError` naming the candidates when none or several
+    (on different grids) match.
+    """
+    shape = layer.data.shape
+    matches = [scan for scan in scans if scan.data.shape[-3:] == shape]
+    grids: list[tuple[Geometry, list[str]]] = []
+    for scan in matches:
+        geometry = layer_geometry(scan)
+        group = next((names for grid, names in grids if grid.is_close(geometry)), None)
+        if group is None:
+            grids.append((geometry, [scan.name]))
+        else:
+            group.append(scan.name)
+    size = " x ".join(str(n) for n in shape)
+    if not grids:
+        raise GeometryError(
+            f'Cannot save "{layer.name}": it has no position in the scanner (made without a '
+            f"scale or transform) and no open scan is {size} voxels. Open the scan it was "
+            "drawn on with napari-medai and save again, or draw labels with napari's "
+            "'new labels' button on the scan."
+        )
+    if len(grids) > 1:
+        names = ", ".join(f"'{names[0]}'" for _, names in grids)
+        raise GeometryError(
+            f'Cannot save "{layer.name}": it has no position in the scanner, and several open '
+            f"scans of {size} voxels lie on different grids ({names}). Close the scans it "
+            "was not drawn on and save again."
+        )
+    return next(scan for scan in matches if scan.name == grids[0][1][0])
+
+
+def _has_no_geometry(layer: Labels) -> bool:
+    """A layer from a bare array: no stored grid and napari's identity transform."""
+    return stored_geometry(layer) is None and world_geometry(layer).is_close(Geometry())
+
+
+def _check_shape(layer: Labels, path: Path) -> None:
+    # Raised as GeometryError, not ValueError: napari turns a writer's ValueError
+    # into "not a valid writer" and drops the message.
+    ndim = layer.data.ndim
+    if ndim != 3:
+        shape = " x ".join(str(n) for n in layer.data.shape)
+        advice = (
+            "draw labels on a 3D scan opened with napari-medai"
+            if ndim < 3
+            else "a label map is one 3D volume; save one time point or channel as its own layer"
+        )
+        raise GeometryError(
+            f'Cannot save "{layer.name}" as "{path.name}": it is {ndim}D ({shape}); '
+            f"napari-medai saves 3D label maps on a scan's grid ({advice})"
+        )
+
+
+def labels_to_save(layer: Labels, scans: list[Layer]) -> tuple[LabelMap, dict[str, Any]]:
+    """The label map to write for ``layer`` and the provenance of the grid chosen.
+
+    Notifies the user when the grid comes from another layer and when labelled
+    voxels fall outside it.
+    """
+    info = layer.metadata.get(METADATA_KEY, {})
+    provenance = dict(info.get("provenance", {}))
+    if _has_no_geometry(layer):
+        scan = scan_of_shape(layer, scans)
+        label_map = label_map_from_layer(layer)
+        label_map.geometry = layer_geometry(scan)
+        show_info(f"Saved \"{layer.name}\" on the grid of '{scan.name}' (same shape).")
+        return label_map, {**_scan_provenance(scan), **provenance, "grid_from": scan.name}
+    label_map = label_map_from_layer(layer)
+    if stored_geometry(layer) is not None:
+        return label_map, provenance
+    scan = reference_image(label_map, scans)
+    if scan is None:
+        return label_map, provenance
+    target, shape = layer_geometry(scan), scan.data.shape[-3:]
+    outside = labels_outside(label_map, target, shape)
+    label_map = resample_label_map(label_map, target, shape)
+    show_info(f"Saved \"{layer.name}\" resampled onto the grid of '{scan.name}'.")
+    if outside:
+        show_warning(
+            f"{outside} labelled voxel(s) of \"{layer.name}\" lie outside '{scan.name}' and "
+            "are not in the saved file."
+        )
+    return label_map, {**_scan_provenance(scan), **provenance, "grid_from": scan.name}
+
+
+def _scan_provenance(scan: Layer) -> dict[str, Any]:
+    return dict(scan.metadata.get(METADATA_KEY, {}).get("provenance", {}))
+
+
+def _sidecar(label_map: LabelMap, provenance: dict[str, Any], mask: Path) -> dict[str, Any]:
+    model = (
+        {key: provenance.get(key) for key in ("source", "sha256")} | {"name": provenance["model"]}
+        if "model" in provenance
+        else None
+    )
+    return label_sidecar(
+        label_map,
+        input_name=provenance.get("image") or provenance.get("source"),
+        outputs={"labels": mask.name},
+        provenance=provenance,
+        model=model,
+        settings=provenance.get("config"),
+    )
+
+
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """Write one Labels layer to .nii.gz, .nii, .nrrd or .mha.
+    """Write one Labels layer to .nii.gz, .nii, .nrrd or .mha, plus a ``.json`` sidecar.
 
     napari's save dialog has already asked before replacing a file.
     """
+    target = Path(path)
     layer = Labels(np.asarray(data), **meta)
-    label_map = label_map_from_layer(layer)
+    _check_shape(layer, target)
     viewer = napari.current_viewer()
-    images = [lay for lay in viewer.layers if isinstance(lay, Image)] if viewer else []
-    image = reference_image(label_map, images)
-    if image is not None:
-        logger.warning("resampling %r onto the grid of %r", layer.name, image.name)
-        label_map = resample_label_map(label_map, layer_geometry(image), image.data.shape[-3:])
-    return [str(write_label_map(label_map, Path(path), overwrite=True))]
+    scans = [lay for lay in viewer.layers if stored_geometry(lay) is not None] if viewer else []
+    label_map, provenance = labels_to_save(layer, scans)
+    written = write_label_map(label_map, target, overwrite=True)
+    sidecar = written.with_name(compound_stem(written) + ".json")
+    write_sidecar(_sidecar(label_map, provenance, written), sidecar, overwrite=True)
+    return [str(written), str(sidecar)]

@@ -67,6 +67,8 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
     dtype = smallest_label_dtype(array)
     stored = array.astype(dtype, copy=False)
     image = volume_to_sitk(label_map.with_array(stored))
+    if suffix == ".nrrd":
+        _set_segment_names(image, label_map.label_names)
     kept = " The earlier file was kept unchanged." if path.is_file() else ""
 
     def write(tmp: Path) -> None:
@@ -85,6 +87,14 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
             )
 
     return atomic_write(path, write, overwrite=overwrite)
+
+
+def _set_segment_names(image: sitk.Image, names: dict[int, str]) -> None:
+    """Store label names as 3D Slicer's segmentation NRRD fields, which ITK writes as key-values."""
+    foreground = sorted((value, name) for value, name in names.items() if value != 0)
+    for number, (value, name) in enumerate(foreground):
+        image.SetMetaData(f"Segment{number}_Name", name)
+        image.SetMetaData(f"Segment{number}_LabelValue", str(value))
 
 
 def _check_written(

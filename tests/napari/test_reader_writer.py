@@ -291,3 +291,23 @@ def test_saving_onto_a_folder_says_so(viewer_with_ct, tmp_path):
     folder.mkdir()
     with pytest.raises(MedaiError, match="a folder has that name"):
         drawn.save(str(folder), plugin="napari-medai")
+
+
+def test_real_masks_open_as_labels_on_their_scan_grid(shared_data):
+    viewer = ViewerModel()
+    folder = shared_data / "totalsegmentator"
+    [ct] = viewer.open(str(folder / "example_ct_sm.nii.gz"), plugin="napari-medai")
+    [seg] = viewer.open(str(folder / "example_seg.nii.gz"), plugin="napari-medai")
+    assert isinstance(ct, Image) and isinstance(seg, Labels)
+    assert seg.data.shape == ct.data.shape
+    corner = np.array(ct.data.shape) - 1
+    for index in ((0, 0, 0), corner, corner // 2):
+        np.testing.assert_allclose(seg.data_to_world(index), ct.data_to_world(index), atol=1e-4)
+    assert 5 in np.unique(seg.data)  # liver
+
+    radiomics = shared_data / "pyradiomics"
+    for name in ("brain2_label.nrrd", "prostate_phantom_subvolume-label.nrrd"):
+        [layer] = viewer.open(str(radiomics / name), plugin="napari-medai")
+        assert isinstance(layer, Labels), name
+    [image] = viewer.open(str(radiomics / "brain2_image.nrrd"), plugin="napari-medai")
+    assert isinstance(image, Image)

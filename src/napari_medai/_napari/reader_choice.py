@@ -76,10 +76,10 @@ def claim_medical_readers(settings: NapariSettings | None = None) -> list[str]:
     if claimed:
         settings.plugins.extension2reader = {**current, **dict.fromkeys(claimed, PLUGIN)}
         show_info(
-            f"napari-medai is now napari's reader for {_describe(claimed)}, so they open "
-            "with their position and spacing in the scanner and without a 'Choose reader' "
-            "question. To change this: File > Preferences > Plugins, and remove or reassign "
-            "these patterns in the 'Filename Pattern / Reader Plugin' table."
+            "napari-medai now opens medical images and DICOM folders by default, with their "
+            "position in the scanner and without a 'Choose reader' question. To undo: "
+            "File > Preferences > Plugins, and remove or reassign these filename patterns: "
+            f"{_describe(claimed)}."
         )
     _mark_offered(settings, claimed)
     return claimed
@@ -96,11 +96,7 @@ def _user_choice(preferences: dict[str, str], example: str) -> str | None:
 
 
 def _describe(patterns: list[str]) -> str:
-    files = [p for p in patterns if not p.endswith(os.sep)]
-    parts = [", ".join(files) + " files"] if files else []
-    if len(files) < len(patterns):
-        parts.append("folders (DICOM series)")
-    return " and ".join(parts)
+    return ", ".join(f"{p} (every folder)" if p.endswith(os.sep) else p for p in patterns)
 
 
 def _marker(settings: NapariSettings) -> Path | None:

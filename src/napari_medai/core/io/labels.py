@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from napari_medai.core.files import compound_suffix
 from napari_medai.core.io.reading import read_label_map
+from napari_medai.core.io.writing import label_counts
 from napari_medai.core.volume import LabelMap, Volume
 
 #: A file name saying "this is a segmentation".
@@ -47,7 +48,7 @@ def looks_like_labels(volume: Volume) -> bool:
     sample = flat[:: max(1, flat.size // _SAMPLE_SIZE)]
     if sample.min() < 0 or len(np.unique(sample)) > limit or flat.min() < 0:
         return False
-    return len(np.unique(flat)) <= limit
+    return len(label_counts(flat)[0]) <= limit
 
 
 def header_label_names(path: str | Path) -> dict[int, str]:

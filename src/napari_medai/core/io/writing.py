@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: Writable label formats; all but plain ``.nii`` are stored compressed.
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
+#: Voxels counted at a time by :func:`label_counts`.
+_COUNT_CHUNK = 1 << 20
+
 _UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
 _SIGNED = (np.int8, np.int16, np.int32, np.int64)
 
@@ -188,7 +191,7 @@ def label_volumes_ml(label_map: LabelMap) -> dict[str, float]:
 
     Unnamed labels are keyed by their value.
     """
-    values, counts = _label_counts(label_map.array)
+    values, counts = label_counts(label_map.array)
     present = dict(zip(values.tolist(), counts.tolist()))
     voxel_ml = label_map.geometry.voxel_volume_ml()
     return {
@@ -198,13 +201,22 @@ def label_volumes_ml(label_map: LabelMap) -> dict[str, float]:
     }
 
 
-def _label_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and their counts: bincount when it is cheap, else unique (sorts)."""
-    if array.size and array.min() >= 0 and array.max() < 1 << 24:
-        counts = np.bincount(array.ravel())
-        values = np.flatnonzero(counts)
-        return values, counts[values]
-    return np.unique(array, return_counts=True)
+def label_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a label array and how many voxels hold each.
+
+    Non-negative values below 2**24 are counted with a histogram in chunks
+    (``np.bincount`` converts its input to int64, 8 bytes a voxel); others with
+    ``np.unique``, which sorts.
+    """
+    flat = array.reshape(-1)
+    if not flat.size or flat.min() < 0 or flat.max() >= 1 << 24:
+        return np.unique(flat, return_counts=True)
+    counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        chunk = np.bincount(flat[start : start + _COUNT_CHUNK])
+        counts[: len(chunk)] += chunk
+    values = np.flatnonzero(counts)
+    return values, counts[values]
 
 
 #: Reader provenance keys that could link a sidecar back to a patient's study.

@@ -44,7 +44,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = Fa
     path = Path(path)
     if path.is_dir():
         raise MedaiError(
-            f'Cannot save "{path}": a folder has that name; choose a file name inside it '
+            f'Cannot save "{path.name}": a folder has that name; choose a file name inside it '
             "or another name"
         )
     check_can_write(path, overwrite)

@@ -9,6 +9,7 @@ from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.labels import (
     MAX_VALUES_NAMED,
     MAX_VALUES_UNNAMED,
+    as_label_map,
     header_label_names,
     looks_like_labels,
 )
@@ -32,11 +33,20 @@ def _volume(values: int, dtype=np.uint8, name: str = "scan", offset: int = 0) ->
         (_volume(255, name="mask_applied"), False),  # an 8-bit scan named "mask"
         (_volume(3000, np.int16, offset=-1024, name="ct_seg"), False),  # CT: negative HU
         (_volume(5, np.int16, offset=-1), False),  # negative labels are not labels
-        (_volume(4, np.float32, name="seg"), False),  # floats: only on request
+        (_volume(4, np.float32, name="seg"), True),  # MONAI's float32 masks, named so
+        (_volume(4, np.float32, name="scan"), False),  # floats without a name: an image
+        (Volume(np.full((4, 5, 6), 0.5, np.float32), Geometry(), {"name": "seg"}), False),
     ],
 )
 def test_looks_like_labels(volume, expected):
     assert looks_like_labels(volume) is expected
+
+
+def test_float_masks_become_integer_label_maps():
+    volume = _volume(4, np.float32, name="liver_seg")
+    label_map = as_label_map(volume)
+    assert label_map.array.dtype == np.uint8
+    np.testing.assert_array_equal(label_map.array, volume.array)
 
 
 def test_four_dimensional_images_are_never_labels():

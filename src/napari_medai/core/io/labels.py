@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from napari_medai.core.files import compound_suffix
 from napari_medai.core.io.reading import read_label_map
-from napari_medai.core.io.writing import label_counts
+from napari_medai.core.io.writing import label_counts, smallest_label_dtype
 from napari_medai.core.volume import LabelMap, Volume
 
 #: A file name saying "this is a segmentation".
@@ -33,22 +33,32 @@ _SEGMENT_KEY = re.compile(r"Segment(\d+)_LabelValue")
 
 
 def looks_like_labels(volume: Volume) -> bool:
-    """Whether ``volume`` is a label map: 3D, non-negative integers, few distinct values.
+    """Whether ``volume`` is a label map: 3D, non-negative whole numbers, few distinct values.
 
     Few means at most :data:`MAX_VALUES_NAMED` when the file name holds "seg",
     "label" or "mask", else at most :data:`MAX_VALUES_UNNAMED` (a CT or MR
-    has hundreds or thousands).
+    has hundreds or thousands). Floating-point files (MONAI saves float32 masks
+    by default) count only with such a name and whole values.
     """
     array = volume.array
-    if array.ndim != 3 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        return False
     name = str(volume.metadata.get("source") or volume.metadata.get("name", ""))
-    limit = MAX_VALUES_NAMED if LABEL_NAME_HINT.search(name) else MAX_VALUES_UNNAMED
+    hinted = LABEL_NAME_HINT.search(name) is not None
+    integer = np.issubdtype(array.dtype, np.integer)
+    if array.ndim != 3 or array.size == 0 or not (integer or _is_float(array) and hinted):
+        return False
+    limit = MAX_VALUES_NAMED if hinted else MAX_VALUES_UNNAMED
     flat = array.reshape(-1)
     sample = flat[:: max(1, flat.size // _SAMPLE_SIZE)]
-    if sample.min() < 0 or len(np.unique(sample)) > limit or flat.min() < 0:
-        return False
-    return len(label_counts(flat)[0]) <= limit
+    for values in (sample, flat):  # the sample rejects a scan in milliseconds
+        if values.min() < 0 or not integer and not np.all(np.mod(values, 1) == 0):
+            return False  # also NaN and infinity
+        if len(label_counts(values if integer else values.astype(np.int64))[0]) > limit:
+            return False
+    return True
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating)
 
 
 def header_label_names(path: str | Path) -> dict[int, str]:
@@ -81,8 +91,14 @@ def header_label_names(path: str | Path) -> dict[int, str]:
 
 
 def as_label_map(volume: Volume, label_names: dict[int, str] | None = None) -> LabelMap:
-    """``volume`` (which :func:`looks_like_labels`) as a :class:`LabelMap` on its grid."""
-    return LabelMap(volume.array, volume.geometry, dict(volume.metadata), dict(label_names or {}))
+    """``volume`` (which :func:`looks_like_labels`) as a :class:`LabelMap` on its grid.
+
+    Whole-number floats become the smallest integer type holding them.
+    """
+    array = volume.array
+    if _is_float(array):
+        array = array.astype(smallest_label_dtype(array))
+    return LabelMap(array, volume.geometry, dict(volume.metadata), dict(label_names or {}))
 
 
 def read_segmentation(path: str | Path) -> LabelMap:

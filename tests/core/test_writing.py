@@ -23,8 +23,9 @@ from napari_medai.core.io.writing import (
     labels_outside,
     smallest_label_dtype,
     write_label_map,
+    write_volume,
 )
-from napari_medai.core.volume import LabelMap
+from napari_medai.core.volume import LabelMap, Volume
 
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha"]
 
@@ -215,13 +216,25 @@ def test_short_write_keeps_the_earlier_file(tmp_path, labels, monkeypatch, suffi
     assert [p.name for p in tmp_path.iterdir()] == [existing.name]
 
 
+def test_probability_maps_are_verified_too(tmp_path, monkeypatch):
+    probability = Volume(np.linspace(0, 1, 7 * 12 * 10, dtype=np.float32).reshape(7, 12, 10))
+    path = write_volume(probability, tmp_path / "prob.nii.gz")
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    np.testing.assert_array_equal(back, probability.array)
+    before = path.read_bytes()
+    monkeypatch.setattr(writing.sitk, "WriteImage", _truncating_writer(sitk.WriteImage, 0.9))
+    with pytest.raises(MedaiError, match="earlier file was kept"):
+        write_volume(probability, path, overwrite=True)
+    assert path.read_bytes() == before
+
+
 _FILE_SIZE_LIMITED_SAVE = """
 import resource, signal, sys
 import numpy as np
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.writing import write_label_map
-from napari_medai.core.volume import LabelMap
+from napari_medai.core.volume import LabelMap, Volume
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
 values = np.random.default_rng(1).integers(0, 200, (40, 64, 64)).astype(np.uint8)

@@ -14,17 +14,19 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
+from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
 from napari_medai.core.io.reading import check_readable, read_volume_job
-from napari_medai.core.io.writing import label_sidecar, write_label_map, write_sidecar
+from napari_medai.core.io.writing import (
+    label_sidecar,
+    write_label_map,
+    write_sidecar,
+    write_volume,
+)
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
-from napari_medai.core.volume import Volume, volume_to_sitk
 
 #: Input formats whose own format the outputs keep (else NIfTI).
 _KEEP_FORMAT = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -99,19 +101,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
 
 
-def _write_probability(probability: Volume, path: Path, overwrite: bool) -> None:
-    # writing.py saves label maps only; a float map goes through the one SimpleITK converter.
-    image = volume_to_sitk(probability)
-
-    def write(tmp: Path) -> None:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as error:
-            raise MedaiError(f'Cannot save "{path.name}": the file could not be written') from error
-
-    atomic_write(path, write, overwrite=overwrite)
-
-
 def _save(
     source: Path,
     result: SegmentResult,
@@ -124,7 +113,7 @@ def _save(
     write_label_map(result.labels, plan["labels"], overwrite=overwrite)
     outputs = {"labels": plan["labels"].name}
     if result.probability is not None:
-        _write_probability(result.probability, plan["probability"], overwrite)
+        write_volume(result.probability, plan["probability"], overwrite)
         outputs["probability"] = plan["probability"].name
     sidecar = label_sidecar(
         result.labels,

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, compound_suffix
 from napari_medai.core.geometry import GEOMETRY_TOLERANCE, Geometry
-from napari_medai.core.volume import LabelMap, volume_to_sitk
+from napari_medai.core.volume import LabelMap, Volume, volume_to_sitk
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,25 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
     image = volume_to_sitk(label_map.with_array(stored))
     if suffix == ".nrrd":
         _set_segment_names(image, label_map.label_names)
+    return write_image_verified(image, stored, path, overwrite)
+
+
+def write_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a 3D image (a probability map, ...) with the same read-back check as labels."""
+    path = Path(path)
+    return write_image_verified(volume_to_sitk(volume), volume.array, path, overwrite)
+
+
+def write_image_verified(
+    image: sitk.Image, array: np.ndarray, path: Path, overwrite: bool = False
+) -> Path:
+    """Write ``image`` (holding ``array``) atomically; compressed unless plain ``.nii``.
+
+    The file is read back before it replaces ``path`` (:func:`_check_written`);
+    any writer error or short file raises :class:`MedaiError` and keeps an
+    earlier file byte for byte.
+    """
+    suffix = compound_suffix(path)
     kept = " The earlier file was kept unchanged." if path.is_file() else ""
 
     def write(tmp: Path) -> None:
@@ -82,7 +101,7 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
                 f'Cannot save "{path.name}": the file could not be written (is the disk full '
                 f"or the folder read-only?).{kept}"
             ) from error
-        problem = _check_written(tmp, suffix, image, stored, path.name)
+        problem = _check_written(tmp, suffix, image, array, path.name)
         if problem:
             raise MedaiError(
                 f'Cannot save "{path.name}": the file written {problem} (is the disk full, or '
@@ -118,8 +137,9 @@ def _check_written(
         back = sitk.ReadImage(str(tmp))
     except RuntimeError:
         return "cannot be read back"
+    floating = np.issubdtype(array.dtype, np.floating)
     if back.GetSize() != written.GetSize() or not np.array_equal(
-        sitk.GetArrayViewFromImage(back), array
+        sitk.GetArrayViewFromImage(back), array, equal_nan=floating
     ):
         return "does not hold the labels when read back"
     _log_geometry_loss(back, written, name)

@@ -1,0 +1,1 @@
+"""Scale out: cohort runs on many scans (local or Ray) and DDP training helpers (torchrun)."""

@@ -1,0 +1,184 @@
+"""A cohort run as a generator job: many scans, one task, a local or a Ray engine.
+
+The run record in the output folder decides what runs (new, failed and
+changed scans; see :mod:`record`); each finished scan is appended to it at once,
+so a killed driver loses nothing and a re-run picks up where it stopped.
+Progress events carry a :class:`CohortProgress` payload (counts, throughput,
+ETA, the latest row). ``local`` runs every scan in this process and needs no
+Ray; ``ray`` hands them to a pool of Ray actors that keep the model loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_medai.core.distributed.manifest import ScanItem
+from napari_medai.core.distributed.record import RunRecord
+from napari_medai.core.distributed.tasks import CohortWorker, TaskSpec
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import Job, Progress
+
+ENGINES = ("local", "ray")
+#: The longest wait between progress events while Ray workers are busy.
+HEARTBEAT_S = 0.5
+
+
+@dataclass
+class EngineConfig:
+    """Where the scans run: ``local`` in this process, or ``ray`` (cluster at ``address``)."""
+
+    engine: str = "local"
+    workers: int = 1
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class CohortProgress:
+    """Counts so far in this run, throughput (scans/s) and the estimated seconds left."""
+
+    total: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    rate: float = 0.0
+    eta_s: float | None = None
+    row: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+
+@dataclass
+class CohortSummary:
+    """What a run did: rows of the scans it ran, how many it skipped, where the record is."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    record: Path | None = None
+    table: Path | None = None
+
+    @property
+    def done(self) -> int:
+        return sum(row["status"] == "done" for row in self.rows)
+
+    @property
+    def failed(self) -> int:
+        return sum(row["status"] == "failed" for row in self.rows)
+
+
+def cohort_job(
+    items: list[ScanItem], spec: TaskSpec, out: Path, engine: EngineConfig | None = None
+) -> Job[CohortSummary]:
+    """Run ``spec`` on every scan of ``items`` not yet done; outputs and record in ``out``."""
+    engine = engine or EngineConfig()
+    if engine.engine not in ENGINES:
+        raise MedaiError(f"unknown engine '{engine.engine}'; choose {' or '.join(ENGINES)}")
+    if engine.workers < 1:
+        raise MedaiError(f"at least one worker is needed, not {engine.workers}")
+    if engine.gpus_per_worker < 0:
+        raise MedaiError(f"GPUs per worker must be 0 or more, not {engine.gpus_per_worker}")
+    if engine.engine == "ray":
+        from napari_medai.core.distributed.ray_engine import require_ray
+
+        require_ray()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _run(items, spec, out, engine)
+
+
+def _run(
+    items: list[ScanItem], spec: TaskSpec, out: Path, engine: EngineConfig
+) -> Job[CohortSummary]:
+    record = RunRecord(out)
+    key = spec.key()
+    todo = [item for item in items if record.why_run(item, key) is not None]
+    _remove_torn_temporaries(out, todo)
+    progress = CohortProgress(total=len(todo), skipped=len(items) - len(todo))
+    summary = CohortSummary(skipped=progress.skipped, record=record.path)
+    started = time.perf_counter()
+    rows = (
+        _local_rows(todo, spec, out)
+        if engine.engine == "local"
+        else _ray_rows(todo, spec, out, engine)
+    )
+    try:
+        yield Progress(0.0, f"{len(todo)} to run, {progress.skipped} already done", progress)
+        for event in rows:
+            if isinstance(event, Progress):  # within a scan (local engine)
+                fraction = (progress.finished + event.fraction) / max(len(todo), 1)
+                yield Progress(fraction, event.message, progress)
+                continue
+            if event is None:  # heartbeat while workers are busy
+                yield Progress(progress.finished / max(len(todo), 1), "running", progress)
+                continue
+            record.append(event)
+            summary.rows.append(event)
+            progress.done += event["status"] == "done"
+            progress.failed += event["status"] == "failed"
+            elapsed = time.perf_counter() - started
+            progress.rate = progress.finished / elapsed if elapsed > 0 else 0.0
+            left = len(todo) - progress.finished
+            progress.eta_s = left / progress.rate if progress.rate > 0 else None
+            progress.row = event
+            yield Progress(
+                progress.finished / max(len(todo), 1),
+                f"{event['id']}: {event['status']}",
+                progress,
+            )
+    finally:
+        rows.close()
+        _remove_torn_temporaries(out, todo)
+        summary.seconds = time.perf_counter() - started
+        summary.table = record.write_table(item.id for item in items)
+    return summary
+
+
+def _remove_torn_temporaries(out: Path, todo: list[ScanItem]) -> None:
+    """Delete temporary files a killed worker left half-written (never a finished output).
+
+    Runs before the scans start and after every worker has stopped, so no
+    temporary file being written is touched.
+    """
+    for item in todo:
+        for leftover in out.glob(f".{item.id}_*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _local_rows(
+    todo: list[ScanItem], spec: TaskSpec, out: Path
+) -> Iterator[Progress | dict[str, Any]]:
+    """Rows (and progress within each scan) from one worker in this process."""
+    if not todo:
+        return
+    yield Progress(0.0, f"loading {spec.model}")
+    worker = CohortWorker(spec)
+    for item in todo:
+        job = worker.process_job(item, out)
+        try:
+            while True:
+                try:
+                    yield next(job)
+                except StopIteration as finished:
+                    yield finished.value
+                    break
+        finally:
+            job.close()
+
+
+def _ray_rows(
+    todo: list[ScanItem], spec: TaskSpec, out: Path, engine: EngineConfig
+) -> Iterator[dict[str, Any] | None]:
+    if not todo:
+        return
+    from napari_medai.core.distributed.ray_engine import ray_rows
+
+    yield from ray_rows(todo, spec, out, engine, HEARTBEAT_S)

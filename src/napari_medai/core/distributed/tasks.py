@@ -1,0 +1,174 @@
+"""What a cohort run does to one scan: the task, and the worker that runs it safely.
+
+A task is built once per worker (it loads the model then) and turns one scan
+into output files. Adding a task (``classify``) means one class with the same
+three members and one entry in :data:`TASKS`. :class:`CohortWorker` wraps a
+task so a bad scan becomes a ``failed`` row with a one-line reason instead of
+an exception, and times every scan; the local engine drives it in this process,
+the Ray engine inside actors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from napari_medai.core.distributed.manifest import ScanItem, content_sha256
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.files import atomic_write
+from napari_medai.core.jobs import Job, Progress, run_job, scaled
+
+#: Longest error reason kept in the record (one line).
+MAX_REASON = 300
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which task, which model and how; plain values so it travels to Ray workers."""
+
+    task: str
+    model: str
+    device: str = "auto"
+    tta: bool = False
+    trusted: bool = False
+
+    def key(self) -> str:
+        """What makes outputs comparable: a changed key redoes finished scans."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class Task(Protocol):
+    """One kind of cohort work; ``__init__(spec)`` loads the model once."""
+
+    def outputs(self, item: ScanItem) -> list[str]:
+        """Output file names (in the output folder) for ``item``; the first is hashed."""
+
+    def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
+        """Process ``item`` into ``out`` (atomic writes); return extra facts for the record."""
+
+
+class SegmentTask:
+    """Segment a scan; write ``<id>_seg.nii.gz`` on the scan's grid and its JSON sidecar."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        from napari_medai.core.models.sources import load_model
+        from napari_medai.core.segmentation.inference import SegmentConfig
+
+        self.spec = spec
+        self.model = load_model(spec.model, trusted=spec.trusted)
+        self.config = SegmentConfig(device=spec.device, tta=spec.tta)
+
+    def outputs(self, item: ScanItem) -> list[str]:
+        return [f"{item.id}_seg.nii.gz", f"{item.id}_seg.json"]
+
+    def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
+        from napari_medai.core.io.reading import read_volume_job
+        from napari_medai.core.io.writing import write_label_map
+        from napari_medai.core.segmentation.inference import segment_job
+
+        labels_name, sidecar_name = self.outputs(item)
+        mark = time.perf_counter()
+        volume = yield from scaled(read_volume_job(item.path), 0.0, 0.2)
+        seconds = {"read": time.perf_counter() - mark}
+        mark = time.perf_counter()
+        # One scan at a time in the model; reading and writing of others overlap with it.
+        with model_lock:
+            result = yield from scaled(segment_job(volume, self.model, self.config), 0.2, 0.95)
+        seconds["model"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        write_label_map(result.labels, out / labels_name, overwrite=True)
+        sidecar = {
+            "input_id": item.id,
+            "outputs": {"labels": labels_name},
+            "model": {
+                "name": self.model.card.name,
+                "source": self.model.source,
+                "sha256": self.model.sha256,
+            },
+            "settings": asdict(self.config),
+            "label_names": {str(k): v for k, v in sorted(result.labels.label_names.items())},
+            "voxel_volume_ml": volume.geometry.voxel_volume_ml(),
+            "geometry_zyx_lps_mm": volume.geometry.to_dict(),
+            "provenance": result.provenance,
+        }
+        text = json.dumps(sidecar, indent=2, default=str)
+        atomic_write(out / sidecar_name, lambda tmp: tmp.write_text(text, encoding="utf-8"), True)
+        seconds["write"] = time.perf_counter() - mark
+        yield Progress(1.0, "written")
+        return {"seconds": seconds, "model_sha256": self.model.sha256}
+
+
+#: Task name -> class; ``classify`` joins when core.classification has its jobs.
+TASKS: dict[str, type] = {"segment": SegmentTask}
+
+
+def one_line(error: BaseException) -> str:
+    """A one-line reason: the message of a MedaiError, else the type and message."""
+    text = str(error) if isinstance(error, MedaiError) else f"{type(error).__name__}: {error}"
+    line = " ".join(text.split())
+    return line[:MAX_REASON] if line else type(error).__name__
+
+
+def failed_row(item: ScanItem, spec: TaskSpec, reason: str, seconds: float = 0.0) -> dict:
+    """The record row of a scan that could not be processed."""
+    return {
+        "id": item.id,
+        "input": item.path,
+        "fingerprint": item.fingerprint,
+        "task": spec.key(),
+        "status": "failed",
+        "error": reason,
+        "outputs": [],
+        "seconds": {"total": round(seconds, 3)},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "worker": os.getpid(),
+    }
+
+
+class CohortWorker:
+    """A task plus error capture and timing; one per process (or Ray actor)."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        if spec.task not in TASKS:
+            raise MedaiError(f"unknown cohort task '{spec.task}'; known: {', '.join(TASKS)}")
+        self.spec = spec
+        self.task: Task = TASKS[spec.task](spec)
+        self.model_lock = threading.Lock()
+
+    def process_job(self, item: ScanItem, out: Path) -> Job[dict[str, Any]]:
+        """Process one scan; returns its record row (``failed`` with a reason on error)."""
+        started = time.perf_counter()
+        try:
+            facts = yield from self.task.run(item, Path(out), self.model_lock)
+            input_hash = content_sha256(Path(item.path))
+            names = self.task.outputs(item)
+            output_hash = content_sha256(Path(out) / names[0])
+        except Exception as error:  # a bad scan is recorded, never stops the run
+            return failed_row(item, self.spec, one_line(error), time.perf_counter() - started)
+        seconds = {key: round(value, 3) for key, value in facts.pop("seconds", {}).items()}
+        seconds["total"] = round(time.perf_counter() - started, 3)
+        return {
+            "id": item.id,
+            "input": item.path,
+            "fingerprint": item.fingerprint,
+            "task": self.spec.key(),
+            "status": "done",
+            "error": "",
+            "input_sha256": input_hash,
+            "outputs": names,
+            "output_sha256": output_hash,
+            "seconds": seconds,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "worker": os.getpid(),
+            **facts,
+        }
+
+    def process(self, item: ScanItem, out: str) -> dict[str, Any]:
+        """Blocking :meth:`process_job` (what a Ray actor calls)."""
+        return run_job(self.process_job(item, Path(out)))

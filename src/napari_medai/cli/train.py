@@ -4,12 +4,15 @@ The labels may be sparse: only slices holding a label count as annotated (see
 ``core.training.annotations``). The result in ``--out`` is a model package that
 ``napari-medai segment --model`` runs; the last checkpoint and the training
 state go to ``<out>.checkpoints`` beside it, from where ``--resume`` continues.
-Ctrl+C stops training and keeps the best model so far.
+Ctrl+C stops training and keeps the best model so far. Under ``torchrun``
+every process trains on its share of each batch (PyTorch DDP) and rank 0
+alone writes the model and prints (see docs/scale.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -24,9 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         metavar="IMAGE LABELS",
         help="pairs of scan and label map (labels on the scan's grid, or resampled onto it)",
+    )
+    parser.add_argument(
+        "--manifest", type=Path, help="CSV with 'image' and 'labels' columns: more training pairs"
     )
     parser.add_argument("--out", required=True, type=Path, help="model package folder to write")
     parser.add_argument("--init", help="model to fine-tune (package, file or name); default: new")
@@ -50,12 +56,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the last checkpoint")
     parser.add_argument("--name", help="model name for the card (default: from the labels)")
+    parser.add_argument("--batch-size", type=int, help="patches per step (per process)")
+    parser.add_argument(
+        "--no-augment", action="store_true", help="train on patches as sampled (repeatable)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the pairs, train, and print where the model is."""
+    from napari_medai.core.distributed import ddp
+    from napari_medai.core.distributed.manifest import read_training_manifest
     from napari_medai.core.io.reading import read_label_map, read_volume_job
     from napari_medai.core.training.trainer import TrainConfig, train_job
 
@@ -79,20 +91,34 @@ def run(args: argparse.Namespace) -> int:
         unlabelled_value=args.unlabelled,
         dense=args.dense,
         name=args.name,
+        batch_size=args.batch_size,
+        augment=not args.no_augment,
     )
+    context = ddp.from_environment()
+    if context.active:
+        config.num_threads = ddp.threads_per_rank(context)
     paths = [Path(p) for p in args.files]
+    listed = list(zip(paths[::2], paths[1::2]))
+    if args.manifest is not None:
+        listed += read_training_manifest(args.manifest)
+    if not listed:
+        raise MedaiError("give scans and label maps (IMAGE LABELS ...) or a --manifest")
+    # Only rank 0 talks; sys.stderr looked up now (run_with_bar's default is bound at import).
+    stream = sys.stderr if context.is_main else io.StringIO()
     pairs = []
-    for image_path, labels_path in zip(paths[::2], paths[1::2]):
-        # sys.stderr looked up now: run_with_bar's default was bound when it was imported.
-        image = run_with_bar(read_volume_job(image_path), f"reading {image_path.name}", sys.stderr)
+    for image_path, labels_path in listed:
+        image = run_with_bar(read_volume_job(image_path), f"reading {image_path.name}", stream)
         pairs.append((image, read_label_map(labels_path, reference=image)))
     job = train_job(pairs, config)
     try:
-        result = run_with_bar(job, "training", sys.stderr)
+        result = run_with_bar(job, "training", stream)
     except KeyboardInterrupt:
         job.close()
-        print(f"stopped; the best model so far is in {config.out_dir}", file=sys.stderr)
+        if context.is_main:
+            print(f"stopped; the best model so far is in {config.out_dir}", file=sys.stderr)
         return 130
+    if not context.is_main:
+        return 0
     info = result.card.training
     dice = info.get("val_dice")
     scored = f", validation Dice {dice:.3f}" if dice is not None else ""

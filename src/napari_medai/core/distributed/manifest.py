@@ -154,3 +154,23 @@ def _csv_paths(manifest: Path) -> list[Path]:
         path = Path(os.path.expanduser(row[column].strip()))
         paths.append(path if path.is_absolute() else manifest.parent / path)
     return paths
+
+
+def read_training_manifest(manifest: Path) -> list[tuple[Path, Path]]:
+    """(image, labels) paths from a CSV with ``image`` and ``labels`` columns, relative to it."""
+    manifest = Path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ManifestError(f"{manifest}: cannot be read ({error.strerror})") from error
+    if not rows or not {"image", "labels"} <= {key.strip().lower() for key in rows[0]}:
+        raise ManifestError(f"{manifest.name}: needs a header with 'image' and 'labels' columns")
+    pairs = []
+    for number, row in enumerate(rows, start=2):
+        cells = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
+        if not cells["image"] or not cells["labels"]:
+            raise ManifestError(f"{manifest.name}, row {number}: an image or its labels is missing")
+        pair = tuple(Path(os.path.expanduser(cells[key])) for key in ("image", "labels"))
+        pairs.append(tuple(p if p.is_absolute() else manifest.parent / p for p in pair))
+    return pairs

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  (see below)
 from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from monai.utils import set_determinism
 
 from napari_medai.core.devices import autocast, choose_device
+from napari_medai.core.distributed import ddp
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.files import check_can_write
 from napari_medai.core.jobs import Job, Progress
@@ -86,7 +87,10 @@ class TrainConfig:
     ``unlabelled_value`` marks voxels the user leaves open inside a painted
     slice; ``dense`` declares every voxel annotated. Validation runs every
     ``validation_every_s`` seconds (less often when it is slow); a resumed run
-    compares new scores with the best score saved before.
+    compares new scores with the best score saved before. ``augment`` off
+    trains on the patches as sampled (repeatable comparisons). Under
+    ``torchrun`` every rank trains on ``batch_size`` patches of one global
+    batch and rank 0 validates and saves (see ``core.distributed.ddp``).
     """
 
     out_dir: Path
@@ -111,6 +115,7 @@ class TrainConfig:
     dense: bool = False
     name: str | None = None
     checkpoint_dir: Path | None = None
+    augment: bool = True
 
     @property
     def checkpoints(self) -> Path:
@@ -318,7 +323,8 @@ class _Session:
         self, pairs: list[tuple[Volume, LabelMap]], config: TrainConfig, device: torch.device
     ) -> None:
         self.config = config
-        self.device = device
+        self.dist = ddp.from_environment()
+        self.device = device = ddp.start(self.dist, device)
         self.state = _State()
         self.init_info: dict[str, Any] | None = None
         rng = np.random.default_rng(config.seed)
@@ -375,6 +381,7 @@ class _Session:
         )
         self.kind = _kind_of(self.card)
         self.network = network.to(device).train()
+        self.trained = ddp.wrap(self.network, self.dist)
         seed = config.seed if config.seed is not None else int(rng.integers(2**31))
         self.sampler = PatchSampler(
             self.data,
@@ -383,7 +390,7 @@ class _Session:
             self.card.context_slices,
             rng,
         )
-        self.augment = Augmenter(self.card.spatial_dims, seed)
+        self.augment = Augmenter(self.card.spatial_dims, seed + self.dist.rank)
         self.loss = MaskedDiceCELoss(self.data.classes)
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -392,17 +399,18 @@ class _Session:
             self.optimizer.load_state_dict(optimizer_state)
         self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
         self.batch_size = config.batch_size or (8 if self.card.spatial_dims == 2 else 2)
-        self.metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
         self.validated_at = -1
 
     def step(self) -> float:
         """One optimizer step on an augmented batch; returns the loss."""
-        image, target, mask = self.augment(*self.sampler.batch(self.batch_size))
+        batch = self.sampler.batch(self.batch_size * self.dist.world_size)
+        batch = ddp.shard(batch, self.dist)
+        image, target, mask = self.augment(*batch) if self.config.augment else batch
         image, target, mask = (t.to(self.device) for t in (image, target, mask))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device):
-            logits = self.network(image)
-        loss = self.loss(logits.float(), target, mask)
+            logits = self.trained(image)
+        loss = ddp.global_loss(self.loss, logits.float(), target, mask, self.dist)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -454,10 +462,11 @@ class _Session:
         as_one_hot = lambda values: torch.from_numpy(  # noqa: E731
             np.stack([values == c for c in classes])[None, :, :, None].astype(np.float32)
         )
-        self.metric.reset()
-        self.metric(as_one_hot(predicted_all), as_one_hot(truth_all))
+        # The functional form: DiceMetric would all-gather across DDP ranks, but rank 0
+        # validates alone.
+        dice = compute_dice(as_one_hot(predicted_all), as_one_hot(truth_all), ignore_empty=False)
         self.validated_at = self.state.iteration
-        return float(self.metric.aggregate().item())
+        return float(dice.mean().item())
 
     def card_now(self, val_dice: float | None) -> ModelCard:
         """The card with the training facts as of now (no patient identifiers)."""
@@ -563,6 +572,7 @@ def _train(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads or training_threads())
     session: _Session | None = None
+    finished = False
     clock = _Clock()
     try:
         yield Progress(0.0, "preparing the annotations")
@@ -573,7 +583,10 @@ def _train(
         next_validation = clock.elapsed() + config.validation_every_s
         last_checkpoint = clock.elapsed()
         yield Progress(0.0, f"training a {session.kind} model ({session.reason})")
-        while _fraction(config, state.iteration - first, clock.elapsed() - clock.offset) < 1.0:
+        while ddp.agree(
+            _fraction(config, state.iteration - first, clock.elapsed() - clock.offset) < 1.0,
+            session.dist,
+        ):
             loss = session.step()
             entry: dict[str, Any] = {
                 "iteration": state.iteration,
@@ -582,7 +595,7 @@ def _train(
             }
             message = f"iteration {state.iteration}: loss {loss:.3f}"
             fraction = _fraction(config, state.iteration - first, clock.elapsed() - clock.offset)
-            if clock.elapsed() >= next_validation:
+            if session.dist.is_main and clock.elapsed() >= next_validation:
                 started = clock.elapsed()
                 _record(session, clock, entry, (yield from _validate(session, clock, fraction)))
                 message += f", validation Dice {entry['val_dice']:.3f}"
@@ -590,20 +603,26 @@ def _train(
                 spent = clock.elapsed() - started
                 next_validation = clock.elapsed() + max(config.validation_every_s, 4 * spent)
             state.history.append(entry)
-            if clock.elapsed() - last_checkpoint >= config.checkpoint_every_s:
+            if (
+                session.dist.is_main
+                and clock.elapsed() - last_checkpoint >= config.checkpoint_every_s
+            ):
                 state.elapsed_s = clock.elapsed()
                 session.save_last()
                 last_checkpoint = clock.elapsed()
             clock.pause()
             yield Progress(fraction, message, dict(entry))
             clock.resume()
-        if state.history and session.validated_at != state.iteration:
+        if session.dist.is_main and state.history and session.validated_at != state.iteration:
             val_dice = yield from _validate(session, clock, 1.0)
             _record(session, clock, state.history[-1], val_dice)
         yield Progress(1.0, "saving the model")
+        finished = True
     finally:
         if session is not None:
-            _finish(session, clock)
+            if session.dist.is_main:
+                _finish(session, clock)
+            ddp.stop(session.dist, wait=finished)
         torch.set_num_threads(threads)
     return TrainResult(
         best_path=Path(config.out_dir),

@@ -76,11 +76,11 @@ class SegmentTask:
         mark = time.perf_counter()
         volume = yield from scaled(read_volume_job(item.path), 0.0, 0.2)
         seconds = {"read": time.perf_counter() - mark}
-        mark = time.perf_counter()
         # One scan at a time in the model; reading and writing of others overlap with it.
         with model_lock:
+            mark = time.perf_counter()
             result = yield from scaled(segment_job(volume, self.model, self.config), 0.2, 0.95)
-        seconds["model"] = time.perf_counter() - mark
+            seconds["model"] = time.perf_counter() - mark
         mark = time.perf_counter()
         write_label_map(result.labels, out / labels_name, overwrite=True)
         sidecar = {

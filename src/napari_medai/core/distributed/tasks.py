@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from napari_medai.core.distributed.manifest import ScanItem, content_sha256
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.files import atomic_write
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
 
 #: Longest error reason kept in the record (one line).
@@ -69,7 +68,7 @@ class SegmentTask:
 
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
         from napari_medai.core.io.reading import read_volume_job
-        from napari_medai.core.io.writing import write_label_map
+        from napari_medai.core.io.writing import label_sidecar, write_label_map, write_sidecar
         from napari_medai.core.segmentation.inference import segment_job
 
         labels_name, sidecar_name = self.outputs(item)
@@ -83,22 +82,21 @@ class SegmentTask:
             seconds["model"] = time.perf_counter() - mark
         mark = time.perf_counter()
         write_label_map(result.labels, out / labels_name, overwrite=True)
-        sidecar = {
-            "input_id": item.id,
-            "outputs": {"labels": labels_name},
-            "model": {
+        sidecar = label_sidecar(
+            result.labels,
+            input_name=Path(item.path).name,
+            outputs={"labels": labels_name},
+            provenance=result.provenance,
+            model={
                 "name": self.model.card.name,
                 "source": self.model.source,
                 "sha256": self.model.sha256,
+                "format": self.model.extra.get("format"),
             },
-            "settings": asdict(self.config),
-            "label_names": {str(k): v for k, v in sorted(result.labels.label_names.items())},
-            "voxel_volume_ml": volume.geometry.voxel_volume_ml(),
-            "geometry_zyx_lps_mm": volume.geometry.to_dict(),
-            "provenance": result.provenance,
-        }
-        text = json.dumps(sidecar, indent=2, default=str)
-        atomic_write(out / sidecar_name, lambda tmp: tmp.write_text(text, encoding="utf-8"), True)
+            settings=asdict(self.config),
+        )
+        sidecar["input_id"] = item.id
+        write_sidecar(sidecar, out / sidecar_name, overwrite=True)
         seconds["write"] = time.perf_counter() - mark
         yield Progress(1.0, "written")
         return {"seconds": seconds, "model_sha256": self.model.sha256}

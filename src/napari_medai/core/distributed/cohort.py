@@ -54,6 +54,14 @@ class CohortProgress:
     def finished(self) -> int:
         return self.done + self.failed
 
+    def describe(self) -> str:
+        """One line: ``3/10 scans (3 done, 0 failed, 2 skipped), 0.52 scans/s, ETA 13 s``."""
+        eta = "" if self.eta_s is None else f", ETA {self.eta_s:.0f} s"
+        return (
+            f"{self.finished}/{self.total} scans ({self.done} done, {self.failed} failed, "
+            f"{self.skipped} skipped), {self.rate:.2f} scans/s{eta}"
+        )
+
 
 @dataclass
 class CohortSummary:
@@ -114,10 +122,10 @@ def _run(
         for event in rows:
             if isinstance(event, Progress):  # within a scan (local engine)
                 fraction = (progress.finished + event.fraction) / max(len(todo), 1)
-                yield Progress(fraction, event.message, progress)
+                yield Progress(fraction, f"{progress.describe()}: {event.message}", progress)
                 continue
             if event is None:  # heartbeat while workers are busy
-                yield Progress(progress.finished / max(len(todo), 1), "running", progress)
+                yield Progress(progress.finished / max(len(todo), 1), progress.describe(), progress)
                 continue
             record.append(event)
             summary.rows.append(event)
@@ -128,11 +136,7 @@ def _run(
             left = len(todo) - progress.finished
             progress.eta_s = left / progress.rate if progress.rate > 0 else None
             progress.row = event
-            yield Progress(
-                progress.finished / max(len(todo), 1),
-                f"{event['id']}: {event['status']}",
-                progress,
-            )
+            yield Progress(progress.finished / max(len(todo), 1), progress.describe(), progress)
     finally:
         rows.close()
         _remove_torn_temporaries(out, todo)

@@ -17,7 +17,7 @@ from napari_medai.core.models.package import load_model_package
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.segmentation.preprocessing import Normaliser
-from napari_medai.core.training import trainer
+from napari_medai.core.training import config
 from napari_medai.core.training.annotations import annotation_mask
 from napari_medai.core.training.checkpoints import OPTIMIZER_FILE
 from napari_medai.core.training.dataset import choose_intensity, prepare_pairs
@@ -253,7 +253,9 @@ def test_stop_during_validation_still_leaves_a_model(tmp_path, sparse_pair):
     ("load", "keep_free", "expected"), [(0.0, 0, 4), (0.0, 1, 3), (2.2, 1, 2), (9.0, 1, 1)]
 )
 def test_training_threads_leave_busy_and_kept_cores_free(monkeypatch, load, keep_free, expected):
-    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda _pid: set(range(4)))
-    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(trainer.torch, "get_num_threads", lambda: 8)
-    assert trainer.training_threads(keep_free=keep_free) == expected
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(4)))
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert config.training_threads(keep_free=keep_free) == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert config.training_threads(keep_free=keep_free) == max(1, min(expected, 2 - keep_free))

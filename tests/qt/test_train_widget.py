@@ -29,10 +29,9 @@ from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import run_job
-from napari_medai.core.models.package import is_model_package
+from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
-from napari_medai.core.training import trainer
 from napari_medai.core.training.trainer import training_threads
 from napari_medai.core.volume import LabelMap
 
@@ -187,7 +186,7 @@ def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scen
 
 
 def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
     widget.dimensionality_combo.setCurrentText("3d")
     widget.time_spin.setValue(0)
     widget.iterations_spin.setValue(25)

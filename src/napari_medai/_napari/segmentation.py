@@ -25,8 +25,7 @@ from napari_medai._napari.layers import (
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.sources import load_model
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.volume import Volume
 
 #: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.
@@ -82,10 +81,26 @@ def segmentation_input(layer: Layer) -> Volume:
     return replace(volume, metadata={**volume.metadata, "name": layer.name})
 
 
+def load_model(source: str, trusted: bool = False) -> LoadedModel:
+    """:func:`napari_medai.core.models.sources.load_model`, imported when first called.
+
+    Loading brings in torch and MONAI (seconds); the docks import this module
+    while they open, so it must not.
+    """
+    from napari_medai.core.models import sources
+
+    return sources.load_model(source, trusted=trusted)
+
+
 def load_and_segment_job(
     source: str, trusted: bool, volume: Volume, config: SegmentConfig
 ) -> Job[tuple[LoadedModel, SegmentResult]]:
-    """Load the model, then segment; both in the job so a slow load never blocks the GUI."""
+    """Load the model, then segment; both in the job so a slow load never blocks the GUI.
+
+    torch and MONAI are imported here too, in the job's thread, the first time.
+    """
+    from napari_medai.core.segmentation.inference import segment_job
+
     yield Progress(0.0, f"loading model {Path(source).name or source}")
     model = load_model(source, trusted=trusted)
     yield Progress(_LOADING_SHARE, f"loaded {model.name}")

@@ -37,8 +37,9 @@ from napari_medai._napari.segmentation import (
 )
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.jobs import Job
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
+from napari_medai.core.training.config import TrainConfig, TrainResult
 from napari_medai.core.training.uncertainty import rank_slices_by_uncertainty
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -77,6 +78,17 @@ def show_prediction(viewer: ViewerModel, image: Image, labels: LabelMap) -> Labe
     }
     [layer] = show_segmentation(viewer, [(data, kwargs, kind)])
     return layer
+
+
+def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[TrainResult]:
+    """:func:`napari_medai.core.training.trainer.train_job`, imported as the job starts.
+
+    The trainer needs torch and MONAI (seconds to import); importing them here,
+    in the job's thread, keeps them out of the dock's start and off the GUI thread.
+    """
+    from napari_medai.core.training import trainer
+
+    return (yield from trainer.train_job(pairs, config))
 
 
 def predict_job(

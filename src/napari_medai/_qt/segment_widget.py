@@ -35,10 +35,10 @@ from napari_medai._napari.segmentation import (
 )
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.models.formats import WEIGHT_SUFFIXES
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.registry import list_models
-from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 
 if TYPE_CHECKING:
     import napari

@@ -40,6 +40,7 @@ from napari_medai._napari.training import (
     go_to_slice,
     predict_job,
     show_prediction,
+    train_job,
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
@@ -47,14 +48,13 @@ from napari_medai._qt.plot import LivePlot
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
 from napari_medai.core.models.card import CARD_FILE, ModelCard
-from napari_medai.core.models.package import is_model_package
+from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.registry import user_model_dir
-from napari_medai.core.segmentation.inference import SegmentResult
-from napari_medai.core.training.trainer import (
+from napari_medai.core.segmentation.config import SegmentResult
+from napari_medai.core.training.config import (
     DIMENSIONALITIES,
     TrainConfig,
     TrainResult,
-    train_job,
     training_threads,
 )
 

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from napari_medai.cli.progress import run_with_bar
-from napari_medai.core.io.reading import read_volume_job
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one JSON object describing the scan."""
+    # Imported here, not when the parser is built: ``--help`` stays fast.
+    from napari_medai.core.io.reading import read_volume_job
+
     volume = run_with_bar(read_volume_job(args.path, series_uid=args.series), "reading")
     summary = {
         "name": volume.metadata.get("name"),

@@ -13,20 +13,15 @@ import argparse
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
-from napari_medai.core.io.reading import check_readable, read_volume_job
-from napari_medai.core.io.writing import (
-    label_sidecar,
-    write_label_map,
-    write_sidecar,
-    write_volume,
-)
-from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.sources import load_model
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+
+if TYPE_CHECKING:
+    from napari_medai.core.models.loaded import LoadedModel
 
 #: Input formats whose own format the outputs keep (else NIfTI).
 _KEEP_FORMAT = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -62,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every input; stop at the first bad one (MedaiError, handled by main)."""
+    # torch, MONAI and the readers load here, not when the parser is built (``--help`` stays fast).
+    from napari_medai.core.io.reading import check_readable, read_volume_job
+    from napari_medai.core.models.sources import load_model
+    from napari_medai.core.segmentation.inference import segment_job
+
     inputs = [Path(p) for p in args.inputs]
     for path in inputs:
         check_readable(path)
@@ -110,6 +110,13 @@ def _save(
     overwrite: bool,
 ) -> dict[str, float]:
     """Write the mask, the optional probability map and the sidecar; return label volumes."""
+    from napari_medai.core.io.writing import (
+        label_sidecar,
+        write_label_map,
+        write_sidecar,
+        write_volume,
+    )
+
     write_label_map(result.labels, plan["labels"], overwrite=overwrite)
     outputs = {"labels": plan["labels"].name}
     if result.probability is not None:

@@ -33,31 +33,15 @@ from monai.transforms import (
 from napari_medai.core.errors import ModelLoadError
 from napari_medai.core.models.axes import ReversedAxes, itk_orientation_from_axcodes
 from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.formats import METADATA_FILE
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.weights import file_sha256, fit_state_dict, load_state_dict_file
 
-METADATA_FILE = "configs/metadata.json"
 INFERENCE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 UNTRUSTED_REASON = (
     "MONAI bundle configs can run arbitrary Python; "
     "mark the bundle trusted only if you trust its author"
 )
-
-
-def is_bundle_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder with ``configs/metadata.json``."""
-    return (Path(path) / METADATA_FILE).is_file()
-
-
-def is_bundle_zip(path: Path) -> bool:
-    """Whether ``path`` is a zip holding ``configs/metadata.json`` (at most one folder down)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(
-            name == METADATA_FILE or (name.endswith("/" + METADATA_FILE) and name.count("/") == 2)
-            for name in archive.namelist()
-        )
 
 
 def check_zip_members(path: Path) -> None:

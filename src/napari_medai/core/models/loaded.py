@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from napari_medai.core.models.card import ModelCard
+
+if TYPE_CHECKING:
+    import torch
 
 #: Whole-volume predictor: (1, C, z, y, x) normalised input in model space ->
 #: (1, K, z, y, x) class logits or log-probabilities (inference applies softmax).
 #: Used instead of sliding-window inference by models with their own two-stage
 #: pipeline (e.g. deepbet's crop-then-segment).
-VolumePredictor = Callable[[torch.Tensor], torch.Tensor]
+VolumePredictor = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass

@@ -17,11 +17,6 @@ from napari_medai.core.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.networks import build_network
 
 
-def is_model_package(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a model card."""
-    return (Path(path) / CARD_FILE).is_file()
-
-
 def save_model_package(
     path: Path, card: ModelCard, network: torch.nn.Module, overwrite: bool = False
 ) -> Path:

@@ -16,9 +16,8 @@ import platformdirs
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models import deepbet
-from napari_medai.core.models.bundle import METADATA_FILE, is_bundle_folder
 from napari_medai.core.models.card import CARD_FILE, ModelCard
-from napari_medai.core.models.package import is_model_package
+from napari_medai.core.models.formats import METADATA_FILE, is_bundle_folder, is_model_package
 
 MODELS_ENV = "NAPARI_MEDAI_MODELS"
 

@@ -11,13 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_medai.core.errors import ModelLoadError
-from napari_medai.core.models.bundle import is_bundle_folder, is_bundle_zip, load_bundle
+from napari_medai.core.models.bundle import load_bundle
 from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.deepbet import DEEPBET_NAME, load_deepbet
+from napari_medai.core.models.formats import (
+    WEIGHT_SUFFIXES,
+    is_bundle_folder,
+    is_bundle_zip,
+    is_model_package,
+)
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.package import is_model_package, load_model_package
+from napari_medai.core.models.package import load_model_package
 from napari_medai.core.models.registry import find_model
-from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES, load_weight_file
+from napari_medai.core.models.torchscript import load_weight_file
 from napari_medai.core.models.weights import file_sha256
 
 _KINDS = (

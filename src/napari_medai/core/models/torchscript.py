@@ -24,9 +24,6 @@ from napari_medai.core.models.weights import (
     load_state_dict_file,
 )
 
-#: File name endings accepted for single-file models.
-WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".zip", ".ckpt")
-
 
 def sidecar_card_path(path: Path) -> Path | None:
     """``<file>.json`` beside ``path``, else ``card.json`` beside it, else None."""

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +40,7 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.segmentation.preprocessing import (
     CHUNK_VOXELS,
     ModelSpace,
@@ -51,38 +52,6 @@ from napari_medai.core.segmentation.preprocessing import (
 from napari_medai.core.volume import LabelMap, Volume
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SegmentConfig:
-    """How to run a model; the widget and the CLI fill in the same object."""
-
-    device: str = "auto"  # auto | cpu | cuda | mps
-    tta: bool = False  # flip test-time augmentation
-    probabilities: bool = False  # also return the foreground probability map
-    uncertainty: bool = False  # also return a per-voxel uncertainty map
-    overlap: float = 0.25
-    #: Windows per network call; ``None`` picks 4 on a GPU and 1 on the CPU,
-    #: where one call of four 96^3 windows takes seconds and would make
-    #: Cancel (which acts between calls) slow.
-    window_batch: int | None = None
-
-
-@dataclass
-class SegmentResult:
-    """Outputs on the source grid, plus how they were made.
-
-    ``probability`` is the foreground probability (1 - p(background));
-    ``uncertainty`` the entropy of the class probabilities divided by
-    log(classes), so in [0, 1]; with TTA instead the flips' disagreement: their
-    mutual information (entropy of the mean minus the mean entropy, divided
-    the same way), which is 0 where every flip predicts the same.
-    """
-
-    labels: LabelMap
-    probability: Volume | None
-    uncertainty: Volume | None
-    provenance: dict
 
 
 def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Job[SegmentResult]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,12 @@ from napari_medai.core.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
+from napari_medai.core.training.config import (
+    DIMENSIONALITIES,
+    TrainConfig,
+    TrainResult,
+    training_threads,
+)
 from napari_medai.core.training.dataset import (
     Augmenter,
     PatchSampler,
@@ -59,7 +64,6 @@ from napari_medai.core.volume import LabelMap, Volume
 # is built; the import above pays that when this module loads, not from the
 # user's training-time budget.
 
-DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
 #: Patch edges are multiples of this (the UNet halves the size three times).
 PATCH_MULTIPLE = 16
 #: Largest default patch: whole slices up to 192 pixels for slice models, and
@@ -69,75 +73,6 @@ VOLUME_PATCH_MAX = (32, 96, 96)
 #: A small MONAI UNet: fast enough on a laptop CPU to learn an organ in seconds.
 UNET_ARGS = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}
 VALIDATION_OVERLAP = 0.25
-
-
-@dataclass
-class TrainConfig:
-    """How to train; the widget and the CLI fill in the same object.
-
-    ``out_dir`` receives the best model as a model package (what Predict and
-    ``napari-medai segment --model`` run). The last model, the optimizer state
-    and the history go to ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``
-    beside it), from where ``resume`` continues. Budgets count this session:
-    ``max_time_s`` seconds of training (time the consumer holds the job between
-    progress events is not counted) and ``max_iters`` optimizer steps; with
-    neither, training runs until stopped. ``init`` fine-tunes a loaded model
-    (or a model source path) instead of starting from scratch. ``patch_size``
-    and ``batch_size`` of ``None`` are chosen from the data and the network.
-    ``unlabelled_value`` marks voxels the user leaves open inside a painted
-    slice; ``dense`` declares every voxel annotated. Validation runs every
-    ``validation_every_s`` seconds (less often when it is slow); a resumed run
-    compares new scores with the best score saved before. ``augment`` off
-    trains on the patches as sampled (repeatable comparisons). Under
-    ``torchrun`` every rank trains on ``batch_size`` patches of one global
-    batch and rank 0 validates and saves (see ``core.distributed.ddp``).
-    """
-
-    out_dir: Path
-    dimensionality: str = "auto"
-    max_time_s: float | None = 60.0
-    max_iters: int | None = None
-    seed: int | None = None
-    init: LoadedModel | str | Path | None = None
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    batch_size: int | None = None
-    patch_size: tuple[int, int, int] | None = None
-    validation_fraction: float = 0.2
-    validation_every_s: float = 2.0
-    checkpoint_every_s: float = 30.0
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    num_threads: int | None = None  # None: the free cores (see training_threads)
-    context_slices: int = 1
-    unlabelled_value: int | None = None
-    dense: bool = False
-    name: str | None = None
-    checkpoint_dir: Path | None = None
-    augment: bool = True
-
-    @property
-    def checkpoints(self) -> Path:
-        """Where the last checkpoint and the training state live."""
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        out = Path(self.out_dir)
-        return out.with_name(out.name + ".checkpoints")
-
-
-@dataclass
-class TrainResult:
-    """Paths of the best and last model packages, the history, and the best model's card.
-
-    ``history`` has one dict per optimizer step: ``iteration``, ``elapsed_s``,
-    ``loss``, plus ``val_dice`` and ``val_held_out`` when validated.
-    """
-
-    best_path: Path
-    last_path: Path
-    history: list[dict[str, Any]]
-    card: ModelCard
 
 
 def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[TrainResult]:
@@ -517,21 +452,6 @@ class _Session:
             self.state.best_val_dice = val_dice
             self.state.best_iteration = self.state.iteration
             self.save_best(val_dice)
-
-
-def training_threads(keep_free: int = 0) -> int:
-    """Torch threads for training: the cores other programs leave free, at least one.
-
-    Free cores are the CPU count minus the 1-minute load average, and never
-    more than the CPU count minus ``keep_free`` (the GUI keeps one core for its
-    event loop). Measured on a 2-core machine under load: two threads fighting
-    other processes for two cores ran a step 4x slower than one thread, as
-    torch's worker threads wait for each other; on an idle machine every core
-    not kept free is used.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), (cores or 1) - max(keep_free, int(round(busy)))))
 
 
 def _fraction(config: TrainConfig, steps: int, seconds: float) -> float:

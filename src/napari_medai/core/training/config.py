@@ -1,0 +1,109 @@
+"""How to train and what training returns, without importing torch.
+
+The Train widget and the CLI build a :class:`TrainConfig` while they start up;
+:mod:`~napari_medai.core.training.trainer`, which needs torch and MONAI, is
+imported only when training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_medai.core.models.card import ModelCard
+
+if TYPE_CHECKING:
+    from napari_medai.core.models.loaded import LoadedModel
+
+DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the widget and the CLI fill in the same object.
+
+    ``out_dir`` receives the best model as a model package (what Predict and
+    ``napari-medai segment --model`` run). The last model, the optimizer state
+    and the history go to ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``
+    beside it), from where ``resume`` continues. Budgets count this session:
+    ``max_time_s`` seconds of training (time the consumer holds the job between
+    progress events is not counted) and ``max_iters`` optimizer steps; with
+    neither, training runs until stopped. ``init`` fine-tunes a loaded model
+    (or a model source path) instead of starting from scratch. ``patch_size``
+    and ``batch_size`` of ``None`` are chosen from the data and the network.
+    ``unlabelled_value`` marks voxels the user leaves open inside a painted
+    slice; ``dense`` declares every voxel annotated. Validation runs every
+    ``validation_every_s`` seconds (less often when it is slow); a resumed run
+    compares new scores with the best score saved before. ``augment`` off
+    trains on the patches as sampled (repeatable comparisons). Under
+    ``torchrun`` every rank trains on ``batch_size`` patches of one global
+    batch and rank 0 validates and saves (see ``core.distributed.ddp``).
+    """
+
+    out_dir: Path
+    dimensionality: str = "auto"
+    max_time_s: float | None = 60.0
+    max_iters: int | None = None
+    seed: int | None = None
+    init: LoadedModel | str | Path | None = None
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    patch_size: tuple[int, int, int] | None = None
+    validation_fraction: float = 0.2
+    validation_every_s: float = 2.0
+    checkpoint_every_s: float = 30.0
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    num_threads: int | None = None  # None: the free cores (see training_threads)
+    context_slices: int = 1
+    unlabelled_value: int | None = None
+    dense: bool = False
+    name: str | None = None
+    checkpoint_dir: Path | None = None
+    augment: bool = True
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where the last checkpoint and the training state live."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        out = Path(self.out_dir)
+        return out.with_name(out.name + ".checkpoints")
+
+
+@dataclass
+class TrainResult:
+    """Paths of the best and last model packages, the history, and the best model's card.
+
+    ``history`` has one dict per optimizer step: ``iteration``, ``elapsed_s``,
+    ``loss``, plus ``val_dice`` and ``val_held_out`` when validated.
+    """
+
+    best_path: Path
+    last_path: Path
+    history: list[dict[str, Any]]
+    card: ModelCard
+
+
+def training_threads(keep_free: int = 0) -> int:
+    """Torch threads for training: the cores other programs leave free, at least one.
+
+    Free cores are the CPU count minus the 1-minute load average, and never
+    more than the CPU count minus ``keep_free`` (the GUI keeps one core for its
+    event loop). Measured on a 2-core machine under load: two threads fighting
+    other processes for two cores ran a step 4x slower than one thread, as
+    torch's worker threads wait for each other; on an idle machine every core
+    not kept free is used.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    # torch obeys OMP_NUM_THREADS too; read here so that asking does not import torch.
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        cores = min(cores, int(limit))
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, cores - max(keep_free, int(round(busy))))

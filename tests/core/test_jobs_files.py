@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import OutputExistsError
 from napari_medai.core.files import atomic_directory, atomic_write, compound_suffix
 from napari_medai.core.jobs import Progress, run_job, scaled
@@ -32,6 +35,21 @@ def test_scaled_maps_fractions_and_closing_cancels_the_inner_job():
     assert next(outer).fraction == pytest.approx(0.625)
     outer.close()
     assert log == ["cleaned"]
+
+
+def _busy_then_half():
+    yield Progress(0.5, "half")
+    yield Progress(None, "loading")
+    return "done"
+
+
+def test_a_step_without_fraction_passes_through_scaled_and_the_cli_bar():
+    assert [e.fraction for e in scaled(_busy_then_half(), 0.0, 0.5)] == [0.25, None]
+    out = io.StringIO()
+    assert run_with_bar(_busy_then_half(), "job", stream=out) == "done"
+    last = out.getvalue().split("\r")[-1]
+    # The bar stays at the last fraction and says it is working.
+    assert "#" * 15 + "." * 15 in last and "..." in last and "loading" in last
 
 
 def test_atomic_write_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):

@@ -106,6 +106,48 @@ def test_progress_and_result_arrive_on_the_gui_thread(qtbot, runner):
     assert not runner.cancel_button.isEnabled()
 
 
+def phased_job(release: threading.Event):
+    """Phases in quick succession, then one long step, as a one-window inference runs."""
+    yield Progress(None, "loading model")
+    yield Progress(0.02, "mapping the scan into the model's space")
+    yield Progress(0.05, "running the model")
+    release.wait(10)  # one long network call: no event for a while
+    yield Progress(0.9, "mapping the result back")
+    return "mask"
+
+
+def test_every_phase_shows_and_a_long_step_turns_the_bar_busy(qtbot, runner):
+    release = threading.Event()
+    shown = []  # the message under the bar when each event's callback runs
+    results = []
+    runner.start(
+        partial(phased_job, release),
+        results.append,
+        lambda event: shown.append((runner.message, runner.busy)),
+        title="Segment",
+    )
+    try:
+        qtbot.waitUntil(lambda: len(shown) == 3, timeout=5000)
+        # Each phase's message showed, though they came within milliseconds;
+        # the bar was busy while loading (no fraction) and left it with a fraction.
+        assert [message for message, _busy in shown] == [
+            "loading model",
+            "mapping the scan into the model's space",
+            "running the model",
+        ]
+        assert shown[0][1] is True
+        # The last fraction lands though it came within the throttle interval.
+        qtbot.waitUntil(lambda: runner.fraction == pytest.approx(0.05), timeout=1000)
+        assert not runner.busy
+        # No news for a while: the bar turns busy rather than sitting still.
+        qtbot.waitUntil(lambda: runner.busy, timeout=3000)
+        assert runner.message == "running the model"
+    finally:
+        release.set()
+    wait_idle(qtbot, runner)
+    assert results == ["mask"] and not runner.busy and runner.fraction == 1.0
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [

@@ -101,7 +101,8 @@ def load_and_segment_job(
     """
     from napari_medai.core.segmentation.inference import segment_job
 
-    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    # No fraction: loading is one step of unknown length (seconds with torch's first import).
+    yield Progress(None, f"loading model {Path(source).name or source}")
     model = load_model(source, trusted=trusted)
     yield Progress(_LOADING_SHARE, f"loaded {model.name}")
     result = yield from scaled(segment_job(volume, model, config), _LOADING_SHARE, 1.0)

@@ -6,6 +6,12 @@ worker thread through napari's ``create_worker``, forwards its
 the result to a callback on the GUI thread, where layers may be touched.
 Errors become napari notifications and no result; Cancel closes the job at
 its next yield, running its ``finally`` in the worker thread.
+
+Progress is shown honestly: every change of message is shown when it
+arrives (only fraction-only updates are throttled, and the last one is always
+shown), and the bar turns busy (indeterminate) while the job yields no
+fraction (``Progress(None, ...)``) or has been silent for a while, e.g. during
+one long network call or the first import of torch.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, TypeVar
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import GeneratorWorker
 
@@ -32,8 +38,11 @@ logger = logging.getLogger(__name__)
 
 #: Resolution of the progress bar (fractions are shown to 0.1 %).
 _STEPS = 1000
-#: Least time between two repaints of the bar and message.
+#: Least time between two moves of the bar (a message change shows at once).
 _PAINT_INTERVAL_S = 0.1
+#: After this long without a progress event the bar turns busy. Longer than
+#: the ~0.5 s jobs aim for, so that a bar fed every half second never flickers.
+_QUIET_BUSY_S = 1.0
 #: Warnings meant for developers, not shown as notifications (still logged).
 _DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
@@ -144,6 +153,18 @@ class JobRunner(QWidget):
         layout.addWidget(self._message)
         self._run: _Run | None = None
         self._painted_at = 0.0
+        self._event_at = 0.0
+        #: The bar's value in steps, kept while the bar is busy (Qt resets it then).
+        self._value = 0
+        self._pending_fraction: float | None = None
+        # Shows the last fraction-only update once the throttle interval has passed.
+        self._flush = QTimer(self)
+        self._flush.setSingleShot(True)
+        self._flush.timeout.connect(self._show_fraction)
+        # Turns the bar busy when the job has been quiet for a while.
+        self._watch = QTimer(self)
+        self._watch.setInterval(round(_QUIET_BUSY_S * 250))
+        self._watch.timeout.connect(self._check_quiet)
         self._outcome: JobOutcome | None = None
         # A job outliving its widget (dock closed, viewer closed) is stopped.
         # A finalizer, not a slot on ``destroyed``: the garbage collector may
@@ -168,8 +189,13 @@ class JobRunner(QWidget):
 
     @property
     def fraction(self) -> float:
-        """The fraction shown by the progress bar (0..1)."""
-        return self._bar.value() / _STEPS
+        """The fraction shown by the progress bar (0..1; the last one while busy)."""
+        return self._value / _STEPS
+
+    @property
+    def busy(self) -> bool:
+        """Whether the bar shows "working" without a fraction (indeterminate)."""
+        return self._bar.maximum() == 0
 
     @property
     def message(self) -> str:
@@ -207,7 +233,11 @@ class JobRunner(QWidget):
         worker.finished.connect(self._on_finished)
         self._run = _Run(title, worker, on_result, on_progress, on_finished)
         self._workers.add(worker)
-        self._bar.setValue(0)
+        self._set_busy(False)
+        self._set_value(0)
+        self._pending_fraction = None
+        self._event_at = time.monotonic()
+        self._watch.start()
         self._message.setText(f"{title}: starting")
         self._cancel.setEnabled(True)
         self.runningChanged.emit(True)
@@ -227,18 +257,50 @@ class JobRunner(QWidget):
         run = self._run
         if run is None:
             return
-        # Each repaint costs the GUI thread; jobs may yield far more often.
         now = time.monotonic()
-        if now - self._painted_at >= _PAINT_INTERVAL_S or event.fraction >= 1.0:
-            self._painted_at = now
-            self._bar.setValue(round(min(max(float(event.fraction), 0.0), 1.0) * _STEPS))
-            if event.message:
-                self._message.setText(event.message)
+        self._event_at = now
+        if event.message and event.message != self._message.text():
+            self._message.setText(event.message)
+        if event.fraction is None:
+            self._set_busy(True)
+        else:
+            # Moving the bar costs the GUI thread; jobs may yield far more often.
+            self._pending_fraction = min(max(float(event.fraction), 0.0), 1.0)
+            wait = _PAINT_INTERVAL_S - (now - self._painted_at)
+            if wait <= 0 or self._pending_fraction >= 1.0 or self.busy:
+                self._show_fraction()
+            elif not self._flush.isActive():
+                self._flush.start(max(1, round(wait * 1000)))
         if run.on_progress is not None:
             error = _call(run.on_progress, event)
             if error is not None:
                 run.error = run.error or error
                 self.cancel()
+
+    def _show_fraction(self) -> None:
+        """Move the bar to the last fraction received (leaving the busy state)."""
+        self._flush.stop()
+        if self._pending_fraction is None:
+            return
+        self._set_busy(False)
+        self._set_value(round(self._pending_fraction * _STEPS))
+        self._pending_fraction = None
+        self._painted_at = time.monotonic()
+
+    def _check_quiet(self) -> None:
+        if self._run is not None and time.monotonic() - self._event_at > _QUIET_BUSY_S:
+            self._set_busy(True)
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self.busy:
+            self._bar.setRange(0, 0 if busy else _STEPS)
+            if not busy:
+                self._bar.setValue(self._value)
+
+    def _set_value(self, value: int) -> None:
+        self._value = value
+        if not self.busy:
+            self._bar.setValue(value)
 
     def _on_returned(self, result: Any) -> None:
         if self._run is not None:
@@ -268,10 +330,13 @@ class JobRunner(QWidget):
             return
         self._run = None
         self._workers.discard(run.worker)
+        self._watch.stop()
+        self._show_fraction()
+        self._set_busy(False)
         self._cancel.setEnabled(False)
         completed = run.has_result and not run.cancel_requested
         if completed and run.error is None:
-            self._bar.setValue(_STEPS)
+            self._set_value(_STEPS)
             self._message.setText(f"{run.title}: done")
             run.error = _call(run.on_result, run.result)
         if run.error is not None:

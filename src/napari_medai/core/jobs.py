@@ -20,10 +20,12 @@ T = TypeVar("T")
 class Progress:
     """One progress event: fraction done (0..1), a message, optional payload.
 
+    A fraction of ``None`` means "working, amount unknown" (a long single step
+    such as loading a model): progress bars show busy instead of a fraction.
     ``payload`` carries things such as the current loss or a preview array.
     """
 
-    fraction: float
+    fraction: float | None
     message: str = ""
     payload: Any = None
 
@@ -51,6 +53,7 @@ def scaled(job: Job[T], start: float, stop: float) -> Job[T]:
                 event = next(job)
             except StopIteration as done:
                 return done.value
-            yield Progress(start + span * event.fraction, event.message, event.payload)
+            fraction = None if event.fraction is None else start + span * event.fraction
+            yield Progress(fraction, event.message, event.payload)
     finally:
         job.close()

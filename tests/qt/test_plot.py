@@ -38,7 +38,8 @@ def close(colour: QColor, hex_colour: str, tolerance: int = 12) -> bool:
 
 
 def wait_frame(qtbot, plot: LivePlot, after: int = 0) -> None:
-    qtbot.waitUntil(lambda: plot.redraws > after, timeout=5000)
+    # The first frame waits for the renderer process to start (seconds on a busy machine).
+    qtbot.waitUntil(lambda: plot.redraws > after, timeout=30_000)
 
 
 def test_empty_state_shows_the_text_and_draws_no_axes(qtbot):

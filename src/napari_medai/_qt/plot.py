@@ -2,52 +2,122 @@
 
 Points may arrive many times a second while the GUI thread must stay
 responsive (issue 4: event-loop stalls under 100 ms; issue 11: p99 under
-20 ms). Drawing even a small matplotlib figure takes 70-150 ms on a busy
-2-core CPU, so the figure is rendered with matplotlib's Agg canvas in a helper
-thread and the GUI thread only shows the finished image. A timer starts at
-most ``max_fps`` renders a second, one at a time, and only when something
-changed. The figure is touched by that thread alone (matplotlib is even
-imported there, so opening a dock never pays for it); the GUI thread hands it
-copies of the points and the theme colours.
+20 ms). matplotlib draws each frame in a helper process
+(:mod:`~napari_medai._qt.plot_render`, which says why not a thread), fed by
+one helper thread here, and the GUI thread only shows the finished image. A
+timer asks for at most ``max_fps`` frames a second, one at a time, and only
+when something changed; the GUI thread hands over a snapshot of the points and
+the theme colours.
 
-Why not pyqtgraph: it is not installed, and it paints on the GUI thread; the
-off-thread Agg render costs the GUI thread only one ``QPixmap`` swap a frame.
+Why not pyqtgraph: it is not installed, and it paints on the GUI thread; this
+costs the GUI thread one ``QPixmap`` swap a frame.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from napari_medai._qt.plot_render import Colours, Frame, Scene, Series, read_frame, render
+
 if TYPE_CHECKING:
     import napari
+
+logger = logging.getLogger(__name__)
 
 #: The least height of the plot, so that several docks do not squash it flat.
 MIN_HEIGHT_PX = 160
 #: Height asked for when there is room.
 PREFERRED_HEIGHT_PX = 200
-DPI = 100.0
 STYLES = ("line", "points", "line+points")
 AXES = ("left", "right")
 #: Series colours, readable on both the dark and the light napari theme.
 PALETTE = ("#f28e2b", "#4e9fe6", "#59a14f", "#e15759", "#b07aa1", "#9c755f")
-#: Margins around the axes in logical pixels: room for tick and axis labels.
-_MARGIN_LEFT, _MARGIN_RIGHT_AXIS, _MARGIN_RIGHT, _MARGIN_BOTTOM = 56, 52, 14, 36
-_MARGIN_TOP, _MARGIN_TOP_LEGEND = 10, 24
+#: Renderer processes that die are restarted this often, then frames are drawn here.
+_MAX_RESTARTS = 3
 
 
-class Colours(NamedTuple):
-    """Theme colours the figure is drawn in (hex strings)."""
+class _Renderer:
+    """The helper process drawing every plot's frames; started on first use."""
 
-    background: str
-    text: str
-    lines: str
-    marker: str
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._starts = 0
+        self._cache: dict[str, Any] = {}
+
+    def warm_up(self) -> None:
+        """Start the process (it imports matplotlib) before the first frame is wanted."""
+        with self._lock:
+            self._running()
+
+    def render(self, scene: Scene) -> Frame:
+        """Draw ``scene`` in the process; here, if the process cannot run."""
+        with self._lock:
+            while (process := self._running()) is not None:
+                try:
+                    process.stdin.write(scene.to_json().encode() + b"\n")
+                    process.stdin.flush()
+                    return read_frame(process.stdout)
+                except (OSError, EOFError) as error:
+                    logger.warning("plot renderer process failed (%s); restarting it", error)
+                    self._stop()
+            return render(scene, self._cache)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _running(self) -> subprocess.Popen | None:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        if self._starts >= _MAX_RESTARTS:
+            return None
+        self._starts += 1
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "napari_medai._qt.plot_render"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg"},
+            )
+        except OSError as error:
+            logger.warning("cannot start the plot renderer (%s); drawing in a thread", error)
+            self._starts = _MAX_RESTARTS
+            return None
+        return self._process
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            for stream in (process.stdin, process.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+_RENDERER = _Renderer()
+atexit.register(_RENDERER.close)
+# One helper thread feeds the renderer for every plot; it waits on the pipe, not the GIL.
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-plot")
 
 
 def theme_colours(theme_id: str = "dark") -> Colours:
@@ -61,118 +131,6 @@ def theme_colours(theme_id: str = "dark") -> Colours:
         lines=theme.highlight.as_hex(),
         marker=theme.current.as_hex(),
     )
-
-
-@dataclass
-class _Series:
-    xs: list[float] = field(default_factory=list)
-    ys: list[float] = field(default_factory=list)
-    axis: str = "left"
-    style: str = "line"
-    label: str = ""
-    colour: str = PALETTE[0]
-
-
-@dataclass(frozen=True)
-class _Scene:
-    """Everything one frame shows: a snapshot handed to the render thread."""
-
-    series: tuple[_Series, ...]
-    colours: Colours
-    x_label: str
-    y_label: str
-    right_y_label: str | None
-    y_range: tuple[float, float] | None
-    right_y_range: tuple[float, float] | None
-    marker_x: float | None
-    width: int
-    height: int
-    scale: float
-
-
-class _Frame(NamedTuple):
-    """A rendered frame: RGBA bytes, its size in pixels, where the axes are, their x range."""
-
-    data: bytes
-    width: int
-    height: int
-    axes: tuple[float, float, float, float]  # left, top, width, height in logical pixels
-    x_range: tuple[float, float]
-
-
-def _render(scene: _Scene, cache: dict[str, Any]) -> _Frame:
-    """Draw ``scene`` with matplotlib's Agg canvas (render thread only)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if "figure" not in cache:
-        cache["figure"] = Figure(dpi=DPI)
-        cache["canvas"] = FigureCanvasAgg(cache["figure"])
-    figure, canvas = cache["figure"], cache["canvas"]
-    figure.clear()
-    colours = scene.colours
-    width, height = scene.width, scene.height
-    figure.set_dpi(DPI * scene.scale)
-    figure.set_size_inches(width / DPI, height / DPI)
-    figure.set_facecolor(colours.background)
-    right_margin = _MARGIN_RIGHT_AXIS if scene.right_y_label else _MARGIN_RIGHT
-    left = _MARGIN_LEFT / width
-    right = 1 - right_margin / width
-    bottom = _MARGIN_BOTTOM / height
-    labelled = any(series.label for series in scene.series)
-    top = 1 - (_MARGIN_TOP_LEGEND if labelled else _MARGIN_TOP) / height
-    figure.subplots_adjust(left=left, right=right, bottom=bottom, top=top)
-    axes = figure.add_subplot()
-    twin = axes.twinx() if scene.right_y_label else None
-    for ax in (axes, twin):
-        if ax is None:
-            continue
-        ax.set_facecolor(colours.background)
-        ax.tick_params(colors=colours.text, labelsize=7)
-        for spine in ax.spines.values():
-            spine.set_color(colours.lines)
-    axes.set_xmargin(0)
-    axes.set_xlabel(scene.x_label, color=colours.text, fontsize=8)
-    axes.set_ylabel(scene.y_label, color=colours.text, fontsize=8)
-    if scene.y_range is not None:
-        axes.set_ylim(*scene.y_range)
-    if twin is not None:
-        twin.patch.set_visible(False)
-        twin.set_ylabel(scene.right_y_label, color=colours.text, fontsize=8)
-        if scene.right_y_range is not None:
-            twin.set_ylim(*scene.right_y_range)
-    handles = []
-    for series in scene.series:
-        ax = twin if series.axis == "right" and twin is not None else axes
-        (line,) = ax.plot(
-            series.xs,
-            series.ys,
-            color=series.colour,
-            linewidth=1.2 if "line" in series.style else 0,
-            marker="o" if "points" in series.style else None,
-            markersize=3,
-            label=series.label,
-        )
-        if series.label:
-            handles.append(line)
-    if scene.marker_x is not None:
-        axes.axvline(scene.marker_x, color=colours.marker, linewidth=1.2)
-    if labelled:
-        # A row above the axes: it never hides the curves.
-        figure.legend(
-            handles=handles,
-            loc="upper center",
-            ncols=len(handles),
-            fontsize=7,
-            frameon=False,
-            labelcolor=colours.text,
-            borderaxespad=0.2,
-        )
-    canvas.draw()
-    buffer = canvas.buffer_rgba()
-    x0, x1 = axes.get_xlim()
-    box = (left * width, (1 - top) * height, (right - left) * width, (top - bottom) * height)
-    return _Frame(bytes(buffer), buffer.shape[1], buffer.shape[0], box, (float(x0), float(x1)))
 
 
 class LivePlot(QWidget):
@@ -204,15 +162,13 @@ class LivePlot(QWidget):
         self._x_label, self._y_label, self._right_y_label = x_label, y_label, right_y_label
         self._y_range, self._right_y_range = y_range, right_y_range
         self._empty_text = empty_text
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, Series] = {}
         self._marker_x: float | None = None
         self._colours = theme_colours(viewer.theme if viewer is not None else "dark")
         self._dirty = True
-        self._frame: _Frame | None = None
-        # Its thread ends by itself once the plot, and so the executor, is collected.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-plot")
-        self._cache: dict[str, Any] = {}
-        self._pending: Future[_Frame] | None = None
+        self._frame: Frame | None = None
+        self._pending: Future[Frame] | None = None
+        _EXECUTOR.submit(_RENDERER.warm_up)
         #: Frames shown so far.
         self.redraws = 0
         self._view = QLabel()
@@ -259,7 +215,7 @@ class LivePlot(QWidget):
             raise ValueError(f"{len(xs)} x values but {len(ys)} y values")
         old = self._series.get(name)
         colour = old.colour if old is not None else PALETTE[len(self._series) % len(PALETTE)]
-        self._series[name] = _Series(xs, ys, axis, style, name if label is None else label, colour)
+        self._series[name] = Series(xs, ys, axis, style, name if label is None else label, colour)
         self._changed()
 
     def append(self, name: str, x: float, y: float) -> None:
@@ -371,16 +327,20 @@ class LivePlot(QWidget):
         if self._pending is not None:
             if not self._pending.done():
                 return
-            frame = self._pending.result()
-            self._pending = None
-            if not self.is_empty:
-                self._show(frame)
+            pending, self._pending = self._pending, None
+            try:
+                frame = pending.result()
+            except Exception:  # a failed frame is logged; the next change draws again
+                logger.exception("drawing the plot failed")
+            else:
+                if not self.is_empty:
+                    self._show(frame)
         if not self._dirty or self.is_empty:
             return
         self._dirty = False
-        scene = _Scene(
+        scene = Scene(
             series=tuple(
-                _Series(list(s.xs), list(s.ys), s.axis, s.style, s.label, s.colour)
+                Series(list(s.xs), list(s.ys), s.axis, s.style, s.label, s.colour)
                 for s in self._series.values()
             ),
             colours=self._colours,
@@ -394,9 +354,9 @@ class LivePlot(QWidget):
             height=max(self._view.height(), MIN_HEIGHT_PX // 2),
             scale=self.devicePixelRatioF(),
         )
-        self._pending = self._executor.submit(_render, scene, self._cache)
+        self._pending = _EXECUTOR.submit(_RENDERER.render, scene)
 
-    def _show(self, frame: _Frame) -> None:
+    def _show(self, frame: Frame) -> None:
         image = QImage(
             frame.data, frame.width, frame.height, 4 * frame.width, QImage.Format.Format_RGBA8888
         )

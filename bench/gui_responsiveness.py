@@ -13,7 +13,16 @@ Without a display it runs on a private Xvfb server (napari's canvas is then
 drawn by Mesa's software OpenGL, which makes every window repaint cost CPU).
 The machine may be shared: the 1-minute load average is reported too.
 
-Prints one JSON object. Usage: ``python bench/gui_responsiveness.py [--seconds 20]``.
+``--threads N`` trains on N torch threads instead of the widget's own choice
+(issue 11, item 9: does training on every core stall the GUI?). Issue 11 adds
+a goal for the live plot: p99 stall under 20 ms.
+
+``--plot-only`` leaves training out and measures the live plot alone while
+it is fed a point every 50 ms (``--plot-in-thread``: drawn in a thread, as
+before issue 11, for comparison).
+
+Prints one JSON object.
+Usage: ``python bench/gui_responsiveness.py [--seconds 20] [--threads N | --plot-only]``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,74 @@ def painted_liver(truth: np.ndarray) -> np.ndarray:
     return sparse
 
 
-def measure(seconds: float) -> dict:
+def _stall_summary(monitor) -> dict:
+    stalls = np.array([stall.ms for stall in monitor.stalls])
+    late = np.concatenate([stalls, np.zeros(max(0, monitor.ticks - len(stalls)))])
+    return {
+        "p99_stall_ms": round(float(np.percentile(late, 99)), 1) if late.size else None,
+        "worst_stall_ms": round(monitor.worst_stall_ms, 1),
+    }
+
+
+def measure_plot(seconds: float, in_thread: bool) -> dict:
+    """The live plot alone: stalls while idle, then while fed a point every 50 ms."""
+    import math
+
+    from qtpy.QtCore import QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medai._qt import plot
+    from napari_medai._qt.heartbeat import EventLoopMonitor
+
+    app = QApplication.instance() or QApplication([])
+    if in_thread:  # as before issue 11: matplotlib in a helper thread of this process
+        plot._RENDERER._starts = plot._MAX_RESTARTS
+    widget = plot.LivePlot(
+        x_label="iteration",
+        y_label="loss",
+        right_y_label="validation Dice",
+        right_y_range=(0.0, 1.0),
+        empty_text="no data",
+    )
+    widget.set_series("loss", [], [], label="loss")
+    widget.set_series("dice", [], [], axis="right", style="line+points", label="validation Dice")
+    widget.resize(420, 200)
+    widget.show()
+
+    def run(ms: float) -> None:
+        loop = QEventLoop()
+        QTimer.singleShot(round(ms), loop.quit)
+        loop.exec()
+
+    run(3000)  # the renderer process starts
+    step = [0]
+
+    def add() -> None:
+        step[0] += 1
+        widget.append("loss", step[0], math.exp(-step[0] / 100) + 0.05 * math.sin(step[0]))
+        if step[0] % 10 == 0:
+            widget.append("dice", step[0], 1 - math.exp(-step[0] / 200))
+
+    feeder = QTimer()
+    feeder.setInterval(50)
+    feeder.timeout.connect(add)
+    result: dict = {"renderer": "thread" if in_thread else "process"}
+    for phase, feeding in (("idle", False), ("feeding", True)):
+        frames = widget.redraws
+        monitor = EventLoopMonitor(interval_ms=10, threshold_ms=0.0)
+        monitor.start()
+        if feeding:
+            feeder.start()
+        run(seconds * 1000)
+        monitor.stop()
+        feeder.stop()
+        result[phase] = {**_stall_summary(monitor), "frames": widget.redraws - frames}
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)
+    result["qt_platform"] = app.platformName()
+    return result
+
+
+def measure(seconds: float, threads: int | None) -> dict:
     import torch
     from napari.layers import Layer
     from napari.viewer import Viewer
@@ -53,7 +129,6 @@ def measure(seconds: float) -> dict:
     from napari_medai._napari.layers import image_layer_data, labels_layer_data
     from napari_medai._qt.heartbeat import EventLoopMonitor
     from napari_medai.core.phantom import make_phantom
-    from napari_medai.core.training.trainer import training_threads
     from napari_medai.core.volume import LabelMap
 
     volume, truth = make_phantom()
@@ -65,6 +140,9 @@ def measure(seconds: float) -> dict:
     widget.pair_rows[0].image_combo.set_layer(image)
     widget.pair_rows[0].labels_combo.set_layer(labels)
     widget.time_spin.setValue(seconds)
+    if threads:
+        widget.threads_spin.setValue(threads)
+    config_threads = widget.config(widget.output_dir()).num_threads
     # As a user would: the window is drawn and laid out before Train is clicked.
     settle = QEventLoop()
     QTimer.singleShot(1500, settle.quit)
@@ -97,7 +175,8 @@ def measure(seconds: float) -> dict:
         "wall_s": round(wall, 2),
         "heartbeat_interval_ms": monitor.interval_ms,
         "heartbeat_ticks": monitor.ticks,
-        "torch_threads_training": training_threads(keep_free=1),
+        "torch_threads_training": config_threads,
+        "threads_chosen_by": "--threads" if threads else "widget (auto)",
         "cpu_cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "phantom_shape": list(volume.spatial_shape),
@@ -112,6 +191,21 @@ def measure(seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="training time budget")
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="no training: the live plot alone, idle then fed a point every 50 ms",
+    )
+    parser.add_argument(
+        "--plot-in-thread",
+        action="store_true",
+        help="with --plot-only: draw in a thread of this process, as before issue 11",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for training (e.g. every core); default: as the widget picks",
+    )
     args = parser.parse_args()
     from napari_medai._qt.launch import has_display, headless_display
 
@@ -119,11 +213,12 @@ def main() -> int:
     os.environ["NAPARI_MEDAI_MODELS"] = tempfile.mkdtemp(prefix="napari-medai-bench-")
     # napari prints its notifications to stdout; this program's stdout is the JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        if has_display():
-            result = measure(args.seconds)
-        else:
-            with headless_display():
-                result = measure(args.seconds)
+        display = contextlib.nullcontext() if has_display() else headless_display()
+        with display:
+            if args.plot_only:
+                result = measure_plot(args.seconds, args.plot_in_thread)
+            else:
+                result = measure(args.seconds, args.threads)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -32,7 +32,7 @@ from napari_medai.core.jobs import run_job
 from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
-from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.training.config import GUI_KEEP_FREE, training_threads
 from napari_medai.core.volume import LabelMap
 
 LIVER = 1
@@ -194,8 +194,11 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, m
     assert config.dimensionality == "3d"
     assert config.max_time_s is None and config.max_iters == 25
     assert config.init is None
-    assert config.num_threads == training_threads(keep_free=1) >= 1
+    assert widget.threads_spin.text() == "auto"
+    assert config.num_threads == training_threads(keep_free=GUI_KEEP_FREE) >= 1
     assert config.out_dir.parent == models_dir and not config.out_dir.exists()
+    widget.threads_spin.setValue(1)
+    assert widget.config(widget.output_dir()).num_threads == 1
 
     widget.output_edit.setText(str(tmp_path / "mine"))
     widget.set_start_model(tmp_path / "start")

@@ -9,6 +9,7 @@ copies accepted corrections back into the annotation layer.
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -53,6 +54,7 @@ from napari_medai.core.models.registry import user_model_dir
 from napari_medai.core.segmentation.config import SegmentResult
 from napari_medai.core.training.config import (
     DIMENSIONALITIES,
+    GUI_KEEP_FREE,
     TrainConfig,
     TrainResult,
     training_threads,
@@ -199,6 +201,13 @@ class TrainWidget(QWidget):
         self.iterations_spin = QSpinBox()
         self.iterations_spin.setRange(0, 10_000_000)
         self.iterations_spin.setSpecialValueText("no limit")
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, os.cpu_count() or 1)
+        self.threads_spin.setSpecialValueText("auto")
+        self.threads_spin.setToolTip(
+            "CPU threads for training; auto: the cores other programs leave free"
+            + (f", keeping {GUI_KEEP_FREE} for napari" if GUI_KEEP_FREE else "")
+        )
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText(f"new folder in {user_model_dir()}")
         self.output_edit.setToolTip("Folder for the trained model package (must not exist yet)")
@@ -250,6 +259,7 @@ class TrainWidget(QWidget):
         form.addRow("Network", self.dimensionality_combo)
         form.addRow("Time budget", self.time_spin)
         form.addRow("Iterations", self.iterations_spin)
+        form.addRow("CPU threads", self.threads_spin)
         form.addRow("Save to", output)
         review = QHBoxLayout()
         review.addWidget(self.accept_button)
@@ -391,7 +401,7 @@ class TrainWidget(QWidget):
             max_time_s=time_budget or None,
             max_iters=iterations or None,
             init=self.start_model(),
-            num_threads=training_threads(keep_free=1),
+            num_threads=self.threads_spin.value() or training_threads(keep_free=GUI_KEEP_FREE),
         )
 
     # Training ---------------------------------------------------------------------

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
 
 DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
+#: Cores the Train widget leaves free for napari's event loop when it picks the
+#: threads itself (see bench/gui_responsiveness.py --threads).
+GUI_KEEP_FREE = 1
 
 
 @dataclass

@@ -75,6 +75,9 @@ def run_python(code: str, timeout: float = 300.0) -> tuple[float, str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        # napari keeps its settings in memory: the plugin's first start (which sets
+        # reader preferences) never changes the user's settings.
+        "NAPARI_CONFIG": "",
     }
     started = time.perf_counter()
     done = subprocess.run(

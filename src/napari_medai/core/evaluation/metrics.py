@@ -145,7 +145,7 @@ def _score(
     iou = float(compute_iou(y_pred, y, include_background=True, ignore_empty=False))
     hd95 = assd = surface_dice = None
     if pred.any() and ref.any():
-        edges_pred, edges_ref = get_mask_edges(pred, ref, crop=False, spacing=spacing)
+        edges_pred, edges_ref = get_mask_edges(pred, ref, crop=False)
         to_ref = np.asarray(get_surface_distance(edges_pred, edges_ref, spacing=spacing))
         to_pred = np.asarray(get_surface_distance(edges_ref, edges_pred, spacing=spacing))
         hd95 = max(float(np.percentile(to_ref, 95)), float(np.percentile(to_pred, 95)))

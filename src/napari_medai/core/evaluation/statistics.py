@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -107,6 +108,16 @@ def label_statistics(
             )
         )
     return rows, warnings
+
+
+def statistics_job(
+    labels: LabelMap, image: Volume | None = None
+) -> Job[tuple[list[LabelStatistics], list[str]]]:
+    """:func:`label_statistics` as a job, for the GUI's runner (one step: about a second)."""
+    yield Progress(0.0, "measuring the labels")
+    result = label_statistics(labels, image)
+    yield Progress(1.0, f"measured {len(result[0])} label(s)")
+    return result
 
 
 def statistics_csv(rows: list[LabelStatistics]) -> str:

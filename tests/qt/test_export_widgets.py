@@ -67,7 +67,7 @@ def test_export_asks_before_replacing_and_keeps_layer_and_file_on_failure(
     layer_before = viewer.layers["organs"].data.copy()
 
     def broken(image, path, **kwargs):
-        open(path, "wb").write(b"partial")
+        Path(path).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("SimpleITK.WriteImage", broken)

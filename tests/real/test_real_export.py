@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from napari_medai._napari.reader import read_layers
 from napari_medai.cli import main
 from napari_medai.core.errors import ExportError
 from napari_medai.core.io.dicom_derived import read_scan_and_labels_job
@@ -95,6 +96,12 @@ def test_seg_of_a_real_mr_series_maps_back_frame_by_frame(mr, tmp_path):
     assert scan.geometry == volume.geometry
     np.testing.assert_array_equal(found[0].array, labels.array)
     assert found[0].label_names == {1: "brain", 2: "lesion"}
+    layers = read_layers(str(folder / "DICOM" / out.name))
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    data, kwargs, _ = layers[1]
+    np.testing.assert_array_equal(data, labels.array)
+    np.testing.assert_allclose(kwargs["affine"], volume.geometry.affine())
+    assert kwargs["features"]["name"] == ["0", "brain", "lesion"]
 
 
 def test_rtstruct_of_the_same_mask_rasterises_back(mr, tmp_path):

@@ -1,8 +1,10 @@
 """Overlap and surface metrics of a predicted label map against a reference, in mm.
 
-Per label: Dice, IoU (MONAI's ``compute_dice`` / ``compute_iou``), the 95th
-percentile Hausdorff distance, the average symmetric surface distance and the
-surface Dice at a tolerance. The three surface metrics come from one pair of
+Per label: Dice, IoU, the 95th percentile Hausdorff distance, the average
+symmetric surface distance and the surface Dice at a tolerance. Dice and IoU are
+counted with numpy (the formulas of MONAI's ``compute_dice`` / ``compute_iou``,
+which a test checks; MONAI converts the masks to float tensors first and took
+half the time of a 512x512x300 evaluation). The three surface metrics come from one pair of
 MONAI surface-distance maps per label (``get_mask_edges`` then
 ``get_surface_distance`` each way), combined exactly as MONAI's
 ``compute_hausdorff_distance(percentile=95)``, ``compute_average_surface_distance
@@ -15,7 +17,6 @@ space is resampled onto the reference grid (nearest neighbour).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -135,14 +136,13 @@ def _score(
     spacing: list[float],
     config: EvaluationConfig,
 ) -> LabelScores:
-    import torch
-    from monai.metrics import compute_dice, compute_iou
     from monai.metrics.utils import get_mask_edges, get_surface_distance
 
-    y_pred = torch.from_numpy(pred)[None, None]
-    y = torch.from_numpy(ref)[None, None]
-    dice = float(compute_dice(y_pred, y, include_background=True, ignore_empty=False))
-    iou = float(compute_iou(y_pred, y, include_background=True, ignore_empty=False))
+    both_count = int(np.count_nonzero(pred & ref))
+    pred_count, ref_count = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    union = pred_count + ref_count - both_count
+    dice = 2 * both_count / (pred_count + ref_count) if union else 1.0
+    iou = both_count / union if union else 1.0
     hd95 = assd = surface_dice = None
     if pred.any() and ref.any():
         edges_pred, edges_ref = get_mask_edges(pred, ref, crop=False)
@@ -155,15 +155,11 @@ def _score(
     return LabelScores(
         value=value,
         name=names.get(value, str(value)),
-        dice=_finite(dice),
-        iou=_finite(iou),
+        dice=dice,
+        iou=iou,
         hd95_mm=hd95,
         assd_mm=assd,
         surface_dice=surface_dice,
-        reference_voxels=int(np.count_nonzero(ref)),
-        predicted_voxels=int(np.count_nonzero(pred)),
+        reference_voxels=ref_count,
+        predicted_voxels=pred_count,
     )
-
-
-def _finite(value: float) -> float:
-    return 0.0 if math.isnan(value) else value

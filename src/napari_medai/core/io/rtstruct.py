@@ -213,6 +213,10 @@ def read_rtstruct(path: Path, reference: Volume) -> LabelMap:
         planes: dict[int, np.ndarray] = {}
         for contour in item.get("ContourSequence", []):
             xyz = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR" or (
+                len(xyz) < 3
+            ):
+                continue  # points and open lines enclose no area
             index = (xyz[:, ::-1] - geometry.origin) @ inverse.T
             z = float(np.median(index[:, 0]))
             if np.ptp(index[:, 0]) > _PLANE_TOLERANCE or abs(z - round(z)) > _PLANE_TOLERANCE:

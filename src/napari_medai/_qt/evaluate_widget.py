@@ -28,7 +28,7 @@ _FIELDS = ("value", "name", "dice", "iou", "hd95_mm", "assd_mm", "surface_dice")
 def _cell(value: object) -> object:
     if value is None:
         return "-"
-    return round(value, 4) if isinstance(value, float) else value
+    return f"{value:.3f}" if isinstance(value, float) else value
 
 
 class EvaluateWidget(Container):

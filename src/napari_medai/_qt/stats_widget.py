@@ -27,10 +27,11 @@ EMPTY_MESSAGE = "Pick a Labels layer and press Measure"
 _HEADERS = ("label", "name", "voxels", "mL", "mean", "std", "min", "max")
 
 
-def _cell(value: object) -> object:
+def _cell(value: object, decimals: int = 1) -> object:
+    """Display text: mL to 2 decimals, intensities to 1 (the CSV keeps full precision)."""
     if value is None:
         return ""
-    return round(value, 3) if isinstance(value, float) else value
+    return f"{value:.{decimals}f}" if isinstance(value, float) else value
 
 
 class StatisticsWidget(Container):
@@ -107,7 +108,10 @@ class StatisticsWidget(Container):
 
     def _show(self, result) -> None:
         self.rows, warnings = result
-        data = [[_cell(getattr(row, key)) for key in CSV_COLUMNS] for row in self.rows]
+        data = [
+            [_cell(getattr(row, key), 2 if key == "volume_ml" else 1) for key in CSV_COLUMNS]
+            for row in self.rows
+        ]
         self.table.value = {
             "data": data,
             "index": list(range(len(data))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,13 @@ def test_dicom_outputs_read_back_onto_the_scan(tmp_path, series, fmt):
     np.testing.assert_array_equal(found[0].array, labels.array)
     assert found[0].label_names == {3: "tumour", 7: "cyst"}
     assert found[0].geometry == volume.geometry
-    # Opening the folder finds it too.
+    # Opening the folder, or a zip of it, finds it too.
     _, in_folder = run_job(read_scan_and_labels_job(folder))
     np.testing.assert_array_equal(in_folder[0].array, labels.array)
+    archive = Path(shutil.make_archive(str(tmp_path / "zipped"), "zip", folder))
+    _, in_zip = run_job(read_scan_and_labels_job(archive))
+    np.testing.assert_array_equal(in_zip[0].array, labels.array)
+    assert in_zip[0].metadata["source"] == out.name
 
 
 def test_alone_it_names_the_series_it_needs(tmp_path, series):

@@ -19,20 +19,21 @@ import pydicom
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.io.dicom.files import MACOS_FOLDER, folder_files, is_zip
-from napari_medai.core.io.dicom_seg import SEGMENTATION_STORAGE, read_dicom_seg
+from napari_medai.core.io.dicom.headers import SEGMENTATION
+from napari_medai.core.io.dicom_seg import read_dicom_seg
 from napari_medai.core.io.dicom_seg import referenced_series_uid as seg_reference
 from napari_medai.core.io.rtstruct import RT_STRUCTURE_SET_STORAGE, read_rtstruct
 from napari_medai.core.io.rtstruct import referenced_series_uid as rtstruct_reference
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap, Volume
 
-_KINDS = {SEGMENTATION_STORAGE: "DICOM-SEG", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT"}
+_KINDS = {SEGMENTATION: "DICOM-SEG", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT"}
 #: The file meta group (with the SOP class) sits in the first few hundred bytes.
 _SNIFF_BYTES = 1024
 
 
 def derived_kind(path: Path) -> str | None:
-    """ "DICOM-SEG" or "RTSTRUCT" for such a file, else None (cheap: one small read)."""
+    """Which object the file is: "DICOM-SEG", "RTSTRUCT" or None (cheap: one small read)."""
     path = Path(path)
     if not path.is_file():
         return None

@@ -27,7 +27,6 @@ from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap, Volume
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Algorithm type choices; "auto" derives it from the provenance.
 ALGORITHM_TYPES = ("auto", "manual", "semiautomatic", "automatic")
 #: Tracking ID that carries the label value through a round trip.

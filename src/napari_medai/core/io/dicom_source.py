@@ -64,11 +64,6 @@ class SourceSeries:
     slice_index: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def series_uid(self) -> str:
-        """The SeriesInstanceUID the outputs reference."""
-        return str(self.datasets[0].SeriesInstanceUID)
-
 
 def read_source_series_job(path: Path, series_uid: str | None = None) -> Job[SourceSeries]:
     """Read the headers of the series at ``path`` (folder, zip or one file of it).

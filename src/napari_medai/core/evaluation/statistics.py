@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap, Volume
@@ -68,7 +69,10 @@ def label_statistics(
     intensity: dict[int, tuple[float, float, float, float]] = {}
     if image is not None and values:
         if image.array.ndim != 3:
-            raise ValueError("statistics need a 3D image (one channel)")
+            raise MedaiError(
+                "intensity statistics need a 3D scan with one value per voxel; this one has "
+                f"shape {image.array.shape}. Measure without the scan, or pick a 3D one"
+            )
         under = labels
         if labels.spatial_shape != image.spatial_shape or not labels.geometry.is_close(
             image.geometry, 1e-4

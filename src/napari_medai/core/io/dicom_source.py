@@ -9,7 +9,6 @@ PS3.15 basic profile with the Retain UIDs option.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ from napari_medai.core.io.dicom.files import extract_zip_job, folder_files, is_z
 from napari_medai.core.io.dicom.headers import scan_headers_job
 from napari_medai.core.io.dicom.series import group_series, select_series
 from napari_medai.core.jobs import Job, Progress, scaled
-
-logger = logging.getLogger(__name__)
 
 #: A source slice lies on a grid slice when its position is this close (in voxels).
 _ON_SLICE_TOLERANCE = 0.01
@@ -173,7 +170,6 @@ def check_uids(source: SourceSeries, new_uids: bool) -> None:
         f"the source series had blank {', '.join(blank)}; the output references new UIDs "
         "that no file holds, so viewers place it by position only"
     )
-    logger.warning(source.warnings[-1])
 
 
 #: PS3.15 Annex E basic profile, the attributes these outputs copy from their

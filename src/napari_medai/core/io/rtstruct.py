@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_medai import __version__
@@ -31,6 +33,7 @@ from napari_medai.core.volume import LabelMap, Volume
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 _DETACHED_STUDY = "1.2.840.10008.3.1.2.3.1"
+_CONTOUR_DATA = 0x30060050
 #: Copied from the source so the structure set joins its patient and study.
 _COPIED = (
     "PatientName",
@@ -173,8 +176,26 @@ def _contour(points: np.ndarray, image: Dataset) -> Dataset:
     contour.ContourGeometricType = "CLOSED_PLANAR"
     contour.NumberOfContourPoints = len(points)
     # Three decimals (1 micrometre) keep each value within the 16 characters of a DS.
-    contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
+    # Stored raw: pydicom parses and validates every DS value with a regex, which
+    # took 25 of 38 s for a 20-slice CT with 31 labels.
+    text = "\\".join(f"{v:.3f}" for v in points.ravel())
+    encoded = (text + " " * (len(text) % 2)).encode("ascii")
+    contour[_CONTOUR_DATA] = RawDataElement(
+        Tag(_CONTOUR_DATA), "DS", len(encoded), encoded, 0, False, True
+    )
+    # Raw elements are written as they are only into a file of the same encoding.
+    contour.set_original_encoding(False, True, contour._character_set)
     return contour
+
+
+def _contour_points(contour: Dataset) -> np.ndarray:
+    """ContourData as an (N, 3) array, parsed from the raw bytes when pydicom has not yet."""
+    element = contour.get_item(_CONTOUR_DATA)
+    if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+        values = np.array(element.value.split(b"\\"), dtype=float)
+    else:
+        values = np.asarray(contour.ContourData, dtype=float)
+    return values.reshape(-1, 3)
 
 
 def _rgb255(color: Sequence[float]) -> list[int]:
@@ -212,7 +233,7 @@ def read_rtstruct(path: Path, reference: Volume) -> LabelMap:
         value = int(item.ReferencedROINumber)
         planes: dict[int, np.ndarray] = {}
         for contour in item.get("ContourSequence", []):
-            xyz = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            xyz = _contour_points(contour)
             if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR" or (
                 len(xyz) < 3
             ):

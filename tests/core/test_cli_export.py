@@ -33,8 +33,15 @@ def test_export_seg_against_a_dicom_series_then_force(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
+    # And back: the SEG to NRRD on the series' grid, names kept.
+    back = tmp_path / "back.nrrd"
+    assert main(["export", str(out), "--like", str(folder), "--out", str(back)]) == 0
+    np.testing.assert_array_equal(read_label_map(back).array, mask)
+    assert json.loads((tmp_path / "back.json").read_text())["label_names"] == {"2": "nodule"}
     assert main([*argv, "--force", "--format", "rtstruct"]) == 0
     assert pydicom.dcmread(out).Modality == "RTSTRUCT"
+    assert main(["stats", str(out)]) == 2
+    assert "give the scan" in capsys.readouterr().err
 
 
 def test_stats_and_evaluate_on_the_phantom(tmp_path, phantom, capsys):

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="save a label file on its scan's grid as NIfTI, NRRD, MHA, SEG or RTSTRUCT"
     )
-    parser.add_argument("labels", type=Path, help="label map (NIfTI, NRRD, MHA)")
+    parser.add_argument(
+        "labels", type=Path, help="label map (NIfTI, NRRD, MHA), or a DICOM-SEG/RTSTRUCT"
+    )
     parser.add_argument(
         "--like", required=True, type=Path, help="the scan the labels belong to (DICOM for SEG)"
     )

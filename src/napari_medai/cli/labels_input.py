@@ -1,17 +1,34 @@
-"""Read a label file for the CLI, with its label names from a sidecar beside it."""
+"""Read a label file for the CLI: NIfTI/NRRD/MHA with names from a sidecar, or a SEG/RTSTRUCT."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import compound_stem
 from napari_medai.core.volume import LabelMap, Volume
 
 
 def read_labels(path: Path, reference: Volume | None = None) -> LabelMap:
-    """The label map at ``path``; names come from ``<stem>.json`` (``label_names``) if present."""
+    """The label map at ``path``; names come from ``<stem>.json`` (``label_names``) if present.
+
+    A DICOM-SEG or RTSTRUCT is placed on ``reference``, the scan it was drawn on.
+    """
+    from napari_medai.core.io.dicom_derived import derived_kind
     from napari_medai.core.io.reading import read_label_map
+
+    kind = derived_kind(path)
+    if kind is not None:
+        if reference is None:
+            raise MedaiError(f"{path.name} is a {kind}: give the scan it was drawn on as well")
+        if kind == "DICOM-SEG":
+            from napari_medai.core.io.dicom_seg import read_dicom_seg
+
+            return read_dicom_seg(path, reference)
+        from napari_medai.core.io.rtstruct import read_rtstruct
+
+        return read_rtstruct(path, reference)
 
     labels = read_label_map(path, reference)
     sidecar = path.with_name(compound_stem(path) + ".json")

@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "stats", help="label volumes in mL and image statistics (HU for CT) per label"
     )
-    parser.add_argument("labels", type=Path, help="label map (NIfTI, NRRD, MHA)")
+    parser.add_argument(
+        "labels", type=Path, help="label map (NIfTI, NRRD, MHA), or a DICOM-SEG/RTSTRUCT"
+    )
     parser.add_argument("--image", type=Path, help="scan for mean/std/min/max under each label")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of JSON")
     parser.set_defaults(func=run)
@@ -30,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from napari_medai.core.io.reading import read_volume_job
 
-    labels = read_labels(args.labels)
     image = run_with_bar(read_volume_job(args.image), "reading") if args.image else None
+    labels = read_labels(args.labels, reference=image)
     rows, warnings = label_statistics(labels, image)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -67,7 +67,10 @@ class ExportWidget(Container):
         )
         self.path = FileEdit(label="Save as", mode="w")
         self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHM_TYPES, value="auto")
-        self.algorithm.tooltip = "auto: AUTOMATIC with the model's name if a model made it"
+        self.algorithm.tooltip = (
+            "auto: AUTOMATIC with the model's name if a model made the mask, MANUAL if it "
+            "was painted. Pick semiautomatic if you edited a model's mask"
+        )
         self.deidentify = CheckBox(text="De-identify (PS3.15 basic profile, UIDs kept)")
         self.new_uids = CheckBox(text="Allow new UIDs for an anonymised series")
         self.new_uids.tooltip = (

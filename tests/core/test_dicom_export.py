@@ -41,14 +41,18 @@ def _export(labels, path, source, fmt, **dicom):
     return run_job(export_job(labels, path, config, {}, source, None, {3: (1.0, 0.0, 0.0)}))
 
 
-@pytest.mark.parametrize("fmt", ["dicom-seg", "rtstruct"])
-def test_dicom_outputs_read_back_onto_the_scan(tmp_path, series, fmt):
+@pytest.mark.parametrize(
+    ("fmt", "compact"), [("dicom-seg", False), ("dicom-seg", True), ("rtstruct", False)]
+)
+def test_dicom_outputs_read_back_onto_the_scan(tmp_path, series, fmt, compact):
     folder, volume, labels = series
     out = tmp_path / "out" / f"{fmt}.dcm"
-    result = _export(labels, out, folder, fmt)
+    result = _export(labels, out, folder, fmt, compact=compact)
     assert result.paths == [out, sidecar_path(out)]
     dataset = pydicom.dcmread(out)
     assert dataset.Modality == ("SEG" if fmt == "dicom-seg" else "RTSTRUCT")
+    if compact:
+        assert dataset.SegmentationType == "LABELMAP" and dataset.NumberOfFrames == 4
     assert derived_kind(out) == ("DICOM-SEG" if fmt == "dicom-seg" else "RTSTRUCT")
     # Beside the series: the reader gives the scan and the labels, values and names kept.
     (folder / out.name).write_bytes(out.read_bytes())

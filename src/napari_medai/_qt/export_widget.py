@@ -77,6 +77,11 @@ class ExportWidget(Container):
             "For a series whose UIDs were blanked: the file then references new UIDs, so a "
             "PACS cannot link it to the scan; only its positions place it"
         )
+        self.compact = CheckBox(text="Compact SEG (LABELMAP, JPEG-LS)")
+        self.compact.tooltip = (
+            "One frame per slice instead of one per slice and label: far smaller with many "
+            "labels, but only recent viewers read it"
+        )
         self.sidecar = CheckBox(text="JSON provenance sidecar", value=True)
         self.status = Label(value="")
         self.export_button = PushButton(text="Export")
@@ -89,6 +94,7 @@ class ExportWidget(Container):
                 self.algorithm,
                 self.deidentify,
                 self.new_uids,
+                self.compact,
                 self.sidecar,
                 self.export_button,
                 self.status,
@@ -141,6 +147,7 @@ class ExportWidget(Container):
         dicom = self.format.value in DICOM_FORMATS
         for widget in (self.algorithm, self.deidentify, self.new_uids):
             widget.enabled = dicom
+        self.compact.enabled = self.format.value == "dicom-seg"
         reason = self.blocker()
         self.export_button.enabled = not reason
         self.export_button.tooltip = reason or "Write the file (and its sidecar)"
@@ -170,7 +177,10 @@ class ExportWidget(Container):
         config = ExportConfig(
             format=self.format.value,
             dicom=DicomExportConfig(
-                self.algorithm.value, self.deidentify.value, self.new_uids.value
+                self.algorithm.value,
+                self.deidentify.value,
+                self.new_uids.value,
+                self.compact.value,
             ),
             sidecar=self.sidecar.value,
         )

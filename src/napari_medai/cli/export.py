@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="reference new UIDs when the source series has blank (anonymised) UIDs",
     )
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="DICOM-SEG as one JPEG-LS LABELMAP frame per slice (small; recent viewers only)",
+    )
     parser.add_argument("--no-sidecar", action="store_true", help="skip the JSON sidecar")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels, reference=image)
     config = ExportConfig(
         format=kind,
-        dicom=DicomExportConfig(args.algorithm, args.deidentify, args.new_uids),
+        dicom=DicomExportConfig(args.algorithm, args.deidentify, args.new_uids, args.compact),
         sidecar=not args.no_sidecar,
     )
     provenance = {"model": args.model} if args.model else {}

@@ -19,7 +19,7 @@ import pydicom
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.io.dicom.files import MACOS_FOLDER, folder_files, is_zip
-from napari_medai.core.io.dicom.headers import SEGMENTATION
+from napari_medai.core.io.dicom.headers import LABEL_MAP_SEGMENTATION, SEGMENTATION
 from napari_medai.core.io.dicom_seg import read_dicom_seg
 from napari_medai.core.io.dicom_seg import referenced_series_uid as seg_reference
 from napari_medai.core.io.rtstruct import RT_STRUCTURE_SET_STORAGE, read_rtstruct
@@ -27,7 +27,11 @@ from napari_medai.core.io.rtstruct import referenced_series_uid as rtstruct_refe
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap, Volume
 
-_KINDS = {SEGMENTATION: "DICOM-SEG", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT"}
+_KINDS = {
+    SEGMENTATION: "DICOM-SEG",
+    LABEL_MAP_SEGMENTATION: "DICOM-SEG",
+    RT_STRUCTURE_SET_STORAGE: "RTSTRUCT",
+}
 #: The file meta group (with the SOP class) sits in the first few hundred bytes.
 _SNIFF_BYTES = 1024
 

@@ -1,9 +1,10 @@
 """DICOM-SEG out and back in, with highdicom.
 
-A label map on the grid of a DICOM series becomes one BINARY segmentation
-object referencing every source instance: one segment per label, with its name,
-colour and algorithm type (MANUAL for painted masks, AUTOMATIC or SEMIAUTOMATIC
-naming the model when one made it). The label value is kept as the segment's
+A label map on the grid of a DICOM series becomes one segmentation object
+(BINARY, or LABELMAP with JPEG-LS when asked to be compact) referencing every
+source instance: one segment per label, with its name, colour and algorithm
+type (MANUAL for painted masks, AUTOMATIC or SEMIAUTOMATIC naming the model
+when one made it). The label value is kept as the segment's
 Tracking ID, so reading it back restores the original values. Reading maps the
 segments back onto the referenced scan's grid in world space.
 """
@@ -41,11 +42,15 @@ class DicomExportConfig:
     ``algorithm``: one of :data:`ALGORITHM_TYPES`. ``deidentify``: PS3.15 basic
     profile (UIDs kept). ``new_uids``: write against a source series whose UIDs
     were blanked, referencing new UIDs (with a warning) instead of refusing.
+    ``compact``: a LABELMAP segmentation compressed with JPEG-LS (one frame per
+    slice instead of one per slice and label: far smaller with many labels, but
+    read only by recent viewers); otherwise BINARY, which every SEG reader opens.
     """
 
     algorithm: str = "auto"
     deidentify: bool = False
     new_uids: bool = False
+    compact: bool = False
 
 
 def algorithm_of(provenance: Mapping[str, Any], choice: str = "auto") -> tuple[str, str | None]:
@@ -84,6 +89,7 @@ def write_dicom_seg_job(
     """Write ``label_map`` (on ``source``'s grid) as a DICOM-SEG file at ``path``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
     yield Progress(0.0, "matching the labels to the source slices")
     match_slices(source, label_map.geometry, label_map.spatial_shape)
@@ -117,11 +123,16 @@ def write_dicom_seg_job(
     lookup[values] = np.arange(1, len(values) + 1)
     frames = lookup[label_map.array[source.slice_index]]
     yield Progress(0.2, "encoding the segmentation")
+    kind_of_seg = hd.seg.SegmentationTypeValues.BINARY
+    syntax = ExplicitVRLittleEndian
+    if config.compact:
+        kind_of_seg, syntax = hd.seg.SegmentationTypeValues.LABELMAP, JPEGLSLossless
     try:
         seg = hd.seg.Segmentation(
             source_images=source.datasets,
             pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segmentation_type=kind_of_seg,
+            transfer_syntax_uid=syntax,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
             series_number=_SERIES_NUMBER,
@@ -182,6 +193,8 @@ def read_dicom_seg(path: Path, reference: Volume) -> LabelMap:
     names, values = {}, {}
     for segment in seg.SegmentSequence:
         number = int(segment.SegmentNumber)
+        if number == 0:
+            continue  # a LABELMAP's background segment: value 0 stays unlabelled
         match = re.fullmatch(re.escape(_TRACKING_PREFIX) + r"(\d+)", segment.get("TrackingID", ""))
         values[number] = int(match.group(1)) if match else number
         names[values[number]] = str(segment.get("SegmentLabel", f"segment {number}"))

@@ -82,7 +82,8 @@ def test_export_asks_before_replacing_and_keeps_layer_and_file_on_failure(
 
 def test_dicom_formats_need_a_dicom_scan_and_then_write_a_seg(qtbot, make_napari_viewer, tmp_path):
     folder = tmp_path / "series"
-    _write_series(folder, np.zeros((5, 16, 12), dtype=np.int16))
+    ct = np.random.default_rng(0).integers(-1000, 1000, (5, 16, 12)).astype(np.int16)
+    _write_series(folder, ct)
     viewer = make_napari_viewer()
     for data, kwargs, kind in read_layers(str(folder)):
         viewer.add_layer(Layer.create(data, kwargs, kind))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from napari_medai import __version__
 from napari_medai.core.errors import ExportError
-from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
+from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
 from napari_medai.core.io.dicom_seg import DicomExportConfig
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap
@@ -122,14 +121,10 @@ def export_job(
     paths = [written]
     if config.sidecar:
         yield Progress(0.9, "writing the provenance sidecar")
-        text = json.dumps(
-            _sidecar(label_map, written, kind, config, provenance, source, warnings),
-            indent=2,
-            default=str,
-        )
-        side = sidecar_path(path)
-        atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite)
-        paths.append(side)
+        from napari_medai.core.io.writing import write_sidecar
+
+        sidecar = _sidecar(label_map, written, kind, config, provenance, source, warnings)
+        paths.append(write_sidecar(sidecar, sidecar_path(path), overwrite))
     yield Progress(1.0, f"exported {path.name}")
     return ExportResult(paths, warnings)
 
@@ -195,28 +190,34 @@ def _sidecar(
     source: Path | None,
     warnings: list[str],
 ) -> dict[str, Any]:
-    """Provenance without patient identifiers: hashes, not names or UIDs of the source."""
-    from napari_medai.core.evaluation.statistics import label_statistics
+    """The writer's sidecar (names, volumes, geometry, model) plus what an export adds.
 
-    rows, _ = label_statistics(label_map)
+    The source is named by its hash only; DICOM UIDs are left out by
+    :func:`label_sidecar`.
+    """
+    from napari_medai.core.io.writing import label_sidecar
+
     model = provenance.get("model")
-    return {
-        "output": written.name,
-        "format": kind,
-        "output_sha256": file_sha256(written),
-        "source_sha256": file_sha256(source) if source is not None and source.exists() else None,
-        "model": None
+    sidecar = label_sidecar(
+        label_map,
+        input_name=None,
+        outputs={"labels": written.name},
+        provenance=provenance,
+        model=None
         if not model
         else {
             "name": model,
             "sha256": provenance.get("sha256"),
-            "settings": provenance.get("config"),
+            "source": provenance.get("source"),
         },
-        "settings": asdict(config),
-        "plugin_version": __version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "label_names": {str(row.value): row.name for row in rows},
-        "volumes_ml": {str(row.value): row.volume_ml for row in rows},
-        "geometry_zyx_lps_mm": label_map.geometry.to_dict(),
-        "warnings": warnings,
-    }
+        settings=asdict(config),
+    )
+    sidecar.update(
+        format=kind,
+        output_sha256=file_sha256(written),
+        source_sha256=file_sha256(source) if source is not None and source.exists() else None,
+        plugin_version=__version__,
+        exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        warnings=warnings,
+    )
+    return sidecar

@@ -53,6 +53,7 @@ def test_stats_and_evaluate_on_the_phantom(tmp_path, phantom, capsys):
     lines = capsys.readouterr().out.splitlines()
     values = [int(v) for v in np.unique(organs.array) if v]
     assert lines[0].startswith("value,name,voxels") and len(lines) == len(values) + 1
+    assert lines[1].split(",")[1] == organs.label_names[values[0]]  # names from the NRRD
     assert main(["evaluate", str(labels), str(labels)]) == 0
     scores = json.loads(capsys.readouterr().out)["labels"]
     assert [s["value"] for s in scores] == values

@@ -1,4 +1,4 @@
-"""Read a label file for the CLI: NIfTI/NRRD/MHA with names from a sidecar, or a SEG/RTSTRUCT."""
+"""Read a label file for the CLI: NIfTI/NRRD/MHA with its label names, or a SEG/RTSTRUCT."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from napari_medai.core.volume import LabelMap, Volume
 
 
 def read_labels(path: Path, reference: Volume | None = None) -> LabelMap:
-    """The label map at ``path``; names come from ``<stem>.json`` (``label_names``) if present.
+    """The label map at ``path``; names from its 3D Slicer NRRD header or ``<stem>.json``.
 
     A DICOM-SEG or RTSTRUCT is placed on ``reference``, the scan it was drawn on.
     """
     from napari_medai.core.io.dicom_derived import derived_kind
+    from napari_medai.core.io.labels import header_label_names
     from napari_medai.core.io.reading import read_label_map
 
     kind = derived_kind(path)
@@ -31,8 +32,9 @@ def read_labels(path: Path, reference: Volume | None = None) -> LabelMap:
         return read_rtstruct(path, reference)
 
     labels = read_label_map(path, reference)
+    labels.label_names = header_label_names(path)
     sidecar = path.with_name(compound_stem(path) + ".json")
-    if sidecar.is_file():
+    if sidecar.is_file() and not labels.label_names:
         try:
             names = json.loads(sidecar.read_text(encoding="utf-8")).get("label_names", {})
             labels.label_names = {int(k): str(v) for k, v in names.items()}

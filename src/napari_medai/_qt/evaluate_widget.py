@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Table
 from napari.layers import Labels
 from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import evaluation_input
 from napari_medai._qt.export_widget import ask_overwrite
@@ -47,6 +48,8 @@ class EvaluateWidget(Container):
         self.table = Table(value={"data": [], "index": [], "columns": list(_COLUMNS)})
         self.table.read_only = True
         self.table.native.verticalHeader().setVisible(False)
+        # magicgui's delegate shows every number with 4 decimals; cells hold our own text.
+        self.table.native.setItemDelegate(QStyledItemDelegate(self.table.native))
         self.json_path = FileEdit(label="JSON", mode="w", filter="*.json")
         self.save_button = PushButton(text="Save JSON")
         super().__init__(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import statistics_input
 from napari_medai._qt.export_widget import ask_overwrite
@@ -47,6 +48,8 @@ class StatisticsWidget(Container):
         self.table = Table(value={"data": [], "index": [], "columns": list(_HEADERS)})
         self.table.read_only = True
         self.table.native.verticalHeader().setVisible(False)
+        # magicgui's delegate shows every number with 4 decimals; cells hold our own text.
+        self.table.native.setItemDelegate(QStyledItemDelegate(self.table.native))
         self.status = Label(value=EMPTY_MESSAGE)
         self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
         self.save_button = PushButton(text="Save CSV")

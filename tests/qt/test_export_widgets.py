@@ -107,7 +107,7 @@ def test_dicom_formats_need_a_dicom_scan_and_then_write_a_seg(qtbot, make_napari
     assert seg.SegmentSequence[0].SegmentLabel == "label 1"
 
 
-def test_statistics_table_and_csv(qtbot, viewer, tmp_path, phantom):
+def test_statistics_then_evaluate_on_one_viewer(qtbot, viewer, tmp_path, phantom):
     widget = StatisticsWidget(viewer)
     widget.labels_layer.value = viewer.layers["organs"]
     widget.measure_button.native.click()
@@ -122,19 +122,18 @@ def test_statistics_table_and_csv(qtbot, viewer, tmp_path, phantom):
     lines = (tmp_path / "stats.csv").read_text().splitlines()
     assert lines[0].startswith("value,name,voxels,volume_ml") and len(lines) == len(values) + 1
 
-
-def test_evaluate_two_layers_and_save_json(qtbot, viewer, tmp_path):
-    widget = EvaluateWidget(viewer)
-    assert not widget.evaluate_button.enabled and "two Labels" in widget.evaluate_button.tooltip
-    organs = viewer.layers["organs"]
-    viewer.add_labels(np.roll(organs.data, 1, axis=2), name="shifted", affine=organs.affine)
-    widget.prediction.value = viewer.layers["shifted"]
-    widget.reference.value = organs
-    widget.evaluate_button.native.click()
-    _finish(qtbot, widget.runner)
-    dice = [scores.dice for scores in widget.result.labels]
+    evaluate = EvaluateWidget(viewer)
+    assert not evaluate.evaluate_button.enabled
+    assert "two Labels" in evaluate.evaluate_button.tooltip
+    layer = viewer.layers["organs"]
+    viewer.add_labels(np.roll(layer.data, 1, axis=2), name="shifted", affine=layer.affine)
+    evaluate.prediction.value = viewer.layers["shifted"]
+    evaluate.reference.value = layer
+    evaluate.evaluate_button.native.click()
+    _finish(qtbot, evaluate.runner)
+    dice = [scores.dice for scores in evaluate.result.labels]
     assert dice and all(0.5 < d < 1.0 for d in dice)
-    widget.json_path.value = tmp_path / "scores.json"
-    widget.save_button.native.click()
+    evaluate.json_path.value = tmp_path / "scores.json"
+    evaluate.save_button.native.click()
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["reference"] == "organs" and len(saved["labels"]) == len(dice)

@@ -16,14 +16,15 @@ import napari
 from napari.layers import Layer
 from napari.types import LayerDataTuple
 
-from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai._napari.layers import METADATA_KEY, image_layer_data, labels_layer_data
 from napari_medai.core.io.labels import (
     as_label_map,
     header_label_names,
     looks_like_labels,
     read_segmentation,
 )
-from napari_medai.core.io.reading import can_read, read_volume
+from napari_medai.core.io.reading import can_read
+from napari_medai.core.jobs import run_job
 
 Reader = Callable[[str | list[str]], list[LayerDataTuple]]
 
@@ -43,20 +44,28 @@ def get_reader(path: str | list[str]) -> Reader | None:
 def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
     """Read each path as an image layer, or a labels layer when it is a segmentation.
 
-    Bad input raises a clear MedaiError.
+    A DICOM-SEG or RTSTRUCT (alone beside its series, or in the series' folder or
+    zip) adds a Labels layer on the scan's grid. Bad input raises a clear MedaiError.
     """
+    # Imported here: pydicom is not needed to decide whether we read a path.
+    from napari_medai.core.io.dicom_derived import read_scan_and_labels_job
+
     layers = []
     for source in _paths(path):
-        volume = read_volume(source)
+        volume, derived = run_job(read_scan_and_labels_job(source))
         if looks_like_labels(volume):
             label_map = as_label_map(volume, header_label_names(source))
             layers.append(labels_layer_data(label_map))
         else:
-            layers.append(image_layer_data(volume))
+            data, kwargs, kind = image_layer_data(volume)
+            # In memory only (never in sidecars): lets DICOM export reference the series.
+            kwargs["metadata"][METADATA_KEY]["source_path"] = str(source.resolve())
+            layers.append((data, kwargs, kind))
+        layers.extend(labels_layer_data(labels) for labels in derived)
     return layers
 
 
-#: File types "Open segmentation" offers (DICOM-SEG is not read yet).
+#: File types "Open segmentation" offers (a DICOM-SEG opens with File > Open beside its scan).
 SEGMENTATION_FILTER = "Label maps (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.mgz *.mgh)"
 
 

@@ -29,3 +29,7 @@ class ModelLoadError(MedaiError):
 
 class OutputExistsError(MedaiError):
     """A write would overwrite an existing file without permission."""
+
+
+class ExportError(MedaiError):
+    """A mask cannot be exported in the chosen format (and what to do instead)."""

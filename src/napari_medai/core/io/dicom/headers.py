@@ -60,6 +60,7 @@ _HEADER_TAG_NUMBERS = [tag_for_keyword(keyword) for keyword in HEADER_TAGS]
 
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,7 +297,7 @@ def read_header(path: Path) -> DicomFile | None:
     if not preamble and not (sop_class or _text(header, "Modality") or "Rows" in header):
         return None
     uid = _text(header, "SeriesInstanceUID")
-    if sop_class == SEGMENTATION:
+    if sop_class in (SEGMENTATION, LABEL_MAP_SEGMENTATION):
         slices, problem = (), "is a DICOM segmentation (SEG), not an image"
     elif not has_pixels or "Rows" not in header or "Columns" not in header:
         slices, problem = (), _not_an_image(sop_class)

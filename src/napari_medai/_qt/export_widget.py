@@ -1,0 +1,207 @@
+"""Dock widget "Export": a Labels layer out as NIfTI, NRRD, MHA, DICOM-SEG or RTSTRUCT.
+
+A magicgui form (its layer pickers follow the layer list by themselves); the
+export runs as a core job through the :class:`JobRunner`. It asks before
+replacing a file, and a failed export changes neither the layer nor any file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import QMessageBox
+
+from napari_medai._napari.export import export_input, is_dicom_source, source_path
+from napari_medai._qt.job_runner import JobRunner
+from napari_medai.core.files import compound_stem
+from napari_medai.core.io.dicom_seg import ALGORITHM_TYPES, DicomExportConfig
+from napari_medai.core.io.export import (
+    DICOM_FORMATS,
+    EXPORT_FORMATS,
+    ExportConfig,
+    ExportResult,
+    export_job,
+    sidecar_path,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+_FORMAT_LABELS = {
+    "nifti": "NIfTI (.nii.gz)",
+    "nrrd": "NRRD (.nrrd)",
+    "mha": "MetaImage (.mha)",
+    "dicom-seg": "DICOM-SEG (.dcm)",
+    "rtstruct": "DICOM RTSTRUCT (.dcm)",
+}
+
+
+def ask_overwrite(parent, paths: list[Path]) -> bool:
+    """Ask the user whether to replace the existing ``paths`` (tests replace this)."""
+    names = "\n".join(path.name for path in paths)
+    answer = QMessageBox.question(
+        parent,
+        "Replace files?",
+        f"These files already exist:\n{names}\n\nReplace them?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class ExportWidget(Container):
+    """Pick the labels, the scan they were drawn on, a format and a file; Export."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.labels_layer = ComboBox(label="Labels", annotation=Labels, choices=self._labels_layers)
+        self.image_layer = ComboBox(
+            label="Scan", annotation=Image, choices=self._image_layers, nullable=True
+        )
+        self.format = ComboBox(
+            label="Format", choices=[(_FORMAT_LABELS[key], key) for key in EXPORT_FORMATS]
+        )
+        self.path = FileEdit(label="Save as", mode="w")
+        self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHM_TYPES, value="auto")
+        self.algorithm.tooltip = (
+            "auto: AUTOMATIC with the model's name if a model made the mask, MANUAL if it "
+            "was painted. Pick semiautomatic if you edited a model's mask"
+        )
+        self.deidentify = CheckBox(text="De-identify (PS3.15 basic profile, UIDs kept)")
+        self.new_uids = CheckBox(text="Allow new UIDs for an anonymised series")
+        self.new_uids.tooltip = (
+            "For a series whose UIDs were blanked: the file then references new UIDs, so a "
+            "PACS cannot link it to the scan; only its positions place it"
+        )
+        self.compact = CheckBox(text="Compact SEG (LABELMAP, JPEG-LS)")
+        self.compact.tooltip = (
+            "One frame per slice instead of one per slice and label: far smaller with many "
+            "labels, but only recent viewers read it"
+        )
+        self.sidecar = CheckBox(text="JSON provenance sidecar", value=True)
+        self.status = Label(value="")
+        self.export_button = PushButton(text="Export")
+        super().__init__(
+            widgets=[
+                self.labels_layer,
+                self.image_layer,
+                self.format,
+                self.path,
+                self.algorithm,
+                self.deidentify,
+                self.new_uids,
+                self.compact,
+                self.sidecar,
+                self.export_button,
+                self.status,
+            ],
+            labels=True,
+        )
+        self.runner = JobRunner()
+        self.native.layout().addWidget(self.runner)
+        self.native.layout().addStretch(1)
+        self.last_result: ExportResult | None = None
+
+        self.export_button.changed.connect(self.export)
+        for widget in (self.labels_layer, self.image_layer, self.format, self.path):
+            widget.changed.connect(self._update)
+        self.runner.runningChanged.connect(self._update)
+        layers = napari_viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _labels_layers(self, _widget=None) -> list[Labels]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _image_layers(self, _widget=None) -> list[Image]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, _event=None) -> None:
+        self.labels_layer.reset_choices()
+        self.image_layer.reset_choices()
+        if self.image_layer.value is None and self._image_layers():
+            self.image_layer.value = self._image_layers()[0]
+        self._update()
+
+    def blocker(self) -> str:
+        """Why Export cannot run now ("" when it can)."""
+        if self.runner.running:
+            return "an export is running"
+        if self.labels_layer.value is None:
+            return "Add or pick a Labels layer to export"
+        if not str(self.path.value) or Path(self.path.value).name in ("", "."):
+            return "Choose a file to save as"
+        if self.format.value in DICOM_FORMATS and not is_dicom_source(self.image_layer.value):
+            return (
+                f"{_FORMAT_LABELS[self.format.value]} needs the scan to come from a DICOM "
+                "series; export NIfTI or NRRD instead"
+            )
+        return ""
+
+    def _update(self, _event=None) -> None:
+        dicom = self.format.value in DICOM_FORMATS
+        for widget in (self.algorithm, self.deidentify, self.new_uids):
+            widget.enabled = dicom
+        self.compact.enabled = self.format.value == "dicom-seg"
+        reason = self.blocker()
+        self.export_button.enabled = not reason
+        self.export_button.tooltip = reason or "Write the file (and its sidecar)"
+        if reason and not self.runner.running:
+            self.status.value = reason
+
+    def output_path(self) -> Path:
+        """The chosen file, with the format's suffix added when it has none of its own."""
+        path = Path(self.path.value)
+        suffix = EXPORT_FORMATS[self.format.value]
+        return path if path.name.endswith(suffix) else path.with_name(compound_stem(path) + suffix)
+
+    def export(self, _event=None) -> None:
+        """Ask before replacing files, then run the export job."""
+        reason = self.blocker()
+        if reason:
+            show_info(reason)
+            return
+        path = self.output_path()
+        existing = [p for p in (path, sidecar_path(path)) if p.exists()]
+        if self.sidecar.value is False:
+            existing = [p for p in existing if p == path]
+        if existing and not ask_overwrite(self.native, existing):
+            self.status.value = "not exported: the file exists"
+            return
+        inputs = export_input(self.labels_layer.value, self.image_layer.value)
+        config = ExportConfig(
+            format=self.format.value,
+            dicom=DicomExportConfig(
+                self.algorithm.value,
+                self.deidentify.value,
+                self.new_uids.value,
+                self.compact.value,
+            ),
+            sidecar=self.sidecar.value,
+        )
+        source = inputs.source if inputs.source is not None else source_path(self.image_layer.value)
+
+        def job():
+            return export_job(
+                inputs.label_map,
+                path,
+                config,
+                inputs.provenance,
+                source,
+                inputs.series_uid,
+                inputs.colors,
+                overwrite=bool(existing),
+            )
+
+        self.runner.start(job, self._done, title="Export")
+
+    def _done(self, result: ExportResult) -> None:
+        self.last_result = result
+        for warning in result.warnings:
+            show_warning(f"Export: {warning}")
+        self.status.value = "wrote " + ", ".join(path.name for path in result.paths)

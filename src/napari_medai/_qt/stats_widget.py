@@ -1,0 +1,138 @@
+"""Dock widget "Label statistics": a table of voxel counts, mL and intensities, saved as CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QStyledItemDelegate
+
+from napari_medai._napari.evaluation import statistics_input
+from napari_medai._qt.export_widget import ask_overwrite
+from napari_medai._qt.job_runner import JobRunner
+from napari_medai.core.evaluation.statistics import (
+    CSV_COLUMNS,
+    LabelStatistics,
+    statistics_csv,
+    statistics_job,
+)
+from napari_medai.core.files import atomic_write
+
+if TYPE_CHECKING:
+    import napari
+
+EMPTY_MESSAGE = "Pick a Labels layer and press Measure"
+_HEADERS = ("label", "name", "voxels", "mL", "mean", "std", "min", "max")
+
+
+def _cell(value: object, decimals: int = 1) -> object:
+    """Display text: mL to 2 decimals, intensities to 1 (the CSV keeps full precision)."""
+    if value is None:
+        return ""
+    return f"{value:.{decimals}f}" if isinstance(value, float) else value
+
+
+class StatisticsWidget(Container):
+    """Per label: voxel count, volume in mL, and mean/std/min/max of the scan under it."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.labels_layer = ComboBox(label="Labels", annotation=Labels, choices=self._labels_layers)
+        self.image_layer = ComboBox(
+            label="Scan", annotation=Image, choices=self._image_layers, nullable=True
+        )
+        self.measure_button = PushButton(text="Measure")
+        self.table = Table(value={"data": [], "index": [], "columns": list(_HEADERS)})
+        self.table.read_only = True
+        self.table.native.verticalHeader().setVisible(False)
+        # magicgui's delegate shows every number with 4 decimals; cells hold our own text.
+        self.table.native.setItemDelegate(QStyledItemDelegate(self.table.native))
+        self.status = Label(value=EMPTY_MESSAGE)
+        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
+        self.save_button = PushButton(text="Save CSV")
+        super().__init__(
+            widgets=[
+                self.labels_layer,
+                self.image_layer,
+                self.measure_button,
+                self.status,
+                self.table,
+                self.csv_path,
+                self.save_button,
+            ],
+            labels=True,
+        )
+        self.table.min_height = 160
+        self.runner = JobRunner()
+        self.native.layout().addWidget(self.runner)
+        self.rows: list[LabelStatistics] = []
+        self.measure_button.changed.connect(self.measure)
+        self.save_button.changed.connect(self.save_csv)
+        self.labels_layer.changed.connect(self._update)
+        self.csv_path.changed.connect(self._update)
+        self.runner.runningChanged.connect(self._update)
+        layers = napari_viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _labels_layers(self, _widget=None) -> list[Labels]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _image_layers(self, _widget=None) -> list[Image]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, _event=None) -> None:
+        self.labels_layer.reset_choices()
+        self.image_layer.reset_choices()
+        if self.image_layer.value is None and self._image_layers():
+            self.image_layer.value = self._image_layers()[0]
+        self._update()
+
+    def _update(self, _event=None) -> None:
+        busy = self.runner.running
+        has_labels = self.labels_layer.value is not None
+        self.measure_button.enabled = has_labels and not busy
+        self.measure_button.tooltip = "" if has_labels else "Add or pick a Labels layer"
+        can_save = bool(self.rows) and Path(str(self.csv_path.value)).name not in ("", ".")
+        self.save_button.enabled = can_save
+        self.save_button.tooltip = "" if can_save else "Measure first, then choose a CSV file"
+
+    def measure(self, _event=None) -> None:
+        """Run the statistics job on the picked layers."""
+        if self.labels_layer.value is None:
+            show_info(EMPTY_MESSAGE)
+            return
+        labels, image = statistics_input(self.labels_layer.value, self.image_layer.value)
+        self.runner.start(lambda: statistics_job(labels, image), self._show, title="Statistics")
+
+    def _show(self, result) -> None:
+        self.rows, warnings = result
+        data = [
+            [_cell(getattr(row, key), 2 if key == "volume_ml" else 1) for key in CSV_COLUMNS]
+            for row in self.rows
+        ]
+        self.table.value = {
+            "data": data,
+            "index": list(range(len(data))),
+            "columns": list(_HEADERS),
+        }
+        self.table.native.resizeColumnsToContents()
+        total = sum(row.volume_ml for row in self.rows)
+        summary = f"{len(self.rows)} label(s), {total:.1f} mL in all"
+        self.status.value = "; ".join([summary, *warnings]) if self.rows else "the layer is empty"
+        self._update()
+
+    def save_csv(self, _event=None) -> None:
+        """Write the table as CSV (atomically; asks before replacing a file)."""
+        path = Path(str(self.csv_path.value))
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        if path.exists() and not ask_overwrite(self.native, [path]):
+            return
+        text = statistics_csv(self.rows)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+        self.status.value = f"saved {path.name}"

@@ -1,0 +1,243 @@
+"""The DICOM series a mask was drawn on, as DICOM-SEG and RTSTRUCT writers need it.
+
+Both writers must reference every source instance and copy its patient and
+study modules, so the full headers (no pixels) of the series are read here with
+pydicom, matched slice by slice to the label map's grid in world space, and
+checked for the UIDs a reference needs. Optional de-identification follows the
+PS3.15 basic profile with the Retain UIDs option.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from napari_medai.core.errors import ExportError
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom.files import extract_zip_job, folder_files, is_zip
+from napari_medai.core.io.dicom.headers import scan_headers_job
+from napari_medai.core.io.dicom.series import group_series, select_series
+from napari_medai.core.jobs import Job, Progress, scaled
+
+#: A source slice lies on a grid slice when its position is this close (in voxels).
+_ON_SLICE_TOLERANCE = 0.01
+#: Storage classes for sources whose SOP Class UID was blanked, by modality.
+_STORAGE_BY_MODALITY = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "PT": "1.2.840.10008.5.1.4.1.1.128",
+}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: Patient and study attributes the outputs must carry (empty allowed); some
+#: anonymised sources drop them, so they are added empty in memory.
+_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+@dataclass
+class SourceSeries:
+    """The headers of one image series, each with the grid slice it lies on.
+
+    ``datasets[k]`` lies on slice ``slice_index[k]`` of the label map's grid.
+    ``warnings`` says what was changed in memory (new UIDs) to make it usable.
+    """
+
+    datasets: list[Dataset]
+    slice_index: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_source_series_job(path: Path, series_uid: str | None = None) -> Job[SourceSeries]:
+    """Read the headers of the series at ``path`` (folder, zip or one file of it).
+
+    ``series_uid`` picks a series (the reader's UID or blank-UID stand-in);
+    without it the largest series is used.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f'Cannot use "{path.name}" as the source series: it does not exist')
+    with tempfile.TemporaryDirectory(prefix="napari-medai-source-") as temporary:
+        if path.is_dir():
+            candidates = folder_files(path)
+        elif is_zip(path):
+            candidates = yield from scaled(extract_zip_job(path, Path(temporary)), 0.0, 0.3)
+        else:
+            candidates = folder_files(path.parent, recursive=False)
+        headers = yield from scaled(scan_headers_job(candidates), 0.3, 0.6)
+        series_list = group_series(headers)
+        if not series_list:
+            raise ExportError(f'"{path.name}" holds no DICOM image series to reference')
+        series, _ = select_series(series_list, f'"{path.name}"', series_uid)
+        datasets = []
+        for number, file in enumerate(series.files):
+            datasets.append(pydicom.dcmread(file.path, stop_before_pixels=True))
+            if number % 16 == 0:
+                yield Progress(0.6 + 0.4 * number / len(series.files), "reading source headers")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise ExportError(
+            "the source series is a multi-frame (enhanced) DICOM object; DICOM export "
+            "references single-frame series only. Export NIfTI or NRRD instead"
+        )
+    for ds in datasets:
+        for keyword in _TYPE_2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return SourceSeries(datasets)
+
+
+def match_slices(source: SourceSeries, geometry: Geometry, shape: tuple[int, int, int]) -> None:
+    """Find the grid slice of every source image, in world space; refuse a foreign grid.
+
+    Each image's first pixel (ImagePositionPatient) and its row and column
+    directions must land on a slice of ``geometry`` with the same in-plane grid.
+    """
+    inverse = np.linalg.inv(geometry.direction @ np.diag(geometry.spacing))
+    indices = []
+    for ds in source.datasets:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        position = np.array(ds.ImagePositionPatient, dtype=float)[::-1]
+        orientation = np.array(ds.ImageOrientationPatient, dtype=float)
+        along_row, along_column = orientation[:3][::-1], orientation[3:][::-1]
+        row_step, column_step = (float(v) for v in ds.PixelSpacing)
+        index = inverse @ (position - geometry.origin)
+        steps = inverse @ np.stack([along_row * column_step, along_column * row_step], axis=1)
+        on_grid = (
+            (rows, columns) == tuple(shape[1:])
+            and np.allclose(index[1:], 0, atol=_ON_SLICE_TOLERANCE)
+            and abs(index[0] - round(index[0])) < _ON_SLICE_TOLERANCE
+            and 0 <= round(index[0]) < shape[0]
+            and np.allclose(steps, [[0, 0], [0, 1], [1, 0]], atol=_ON_SLICE_TOLERANCE)
+        )
+        if not on_grid:
+            raise ExportError(
+                "the labels are not on the grid of the source DICOM series (another scan, "
+                "or a resampled copy); DICOM outputs must lie on the series' own slices. "
+                "Export NIfTI or NRRD instead, or pick the series the labels were drawn on"
+            )
+        indices.append(round(index[0]))
+    if len(set(indices)) != len(indices):
+        raise ExportError("two source images lie on the same slice; pick a single series")
+    source.slice_index = indices
+
+
+def check_uids(source: SourceSeries, new_uids: bool) -> None:
+    """Refuse a series with blank UIDs, or with ``new_uids`` give it new ones in memory.
+
+    Anonymisation sometimes blanks Study, Series and SOP Instance UIDs; an
+    object that references them cannot be linked to its scan by any viewer.
+    """
+    blank = [
+        keyword
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+        if any(not str(ds.get(keyword, "") or "").strip() for ds in source.datasets)
+    ]
+    if not blank:
+        return
+    if not new_uids:
+        raise ExportError(
+            f"the source DICOM series has blank {', '.join(blank)} (anonymised), so a "
+            "DICOM-SEG or RTSTRUCT cannot reference it. Export NIfTI or NRRD instead, or "
+            "allow new UIDs (the output then references UIDs no file holds: a PACS will not "
+            "link it to this scan, only its positions place it)"
+        )
+    study, series = generate_uid(), generate_uid()
+    modality = str(source.datasets[0].get("Modality", ""))
+    for ds in source.datasets:
+        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or study
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or series
+        ds.SOPInstanceUID = ds.get("SOPInstanceUID") or generate_uid()
+        ds.SOPClassUID = ds.get("SOPClassUID") or _STORAGE_BY_MODALITY.get(
+            modality, _SECONDARY_CAPTURE
+        )
+        if not ds.get("FrameOfReferenceUID"):
+            ds.FrameOfReferenceUID = study
+    source.warnings.append(
+        f"the source series had blank {', '.join(blank)}; the output references new UIDs "
+        "that no file holds, so viewers place it by position only"
+    )
+
+
+#: PS3.15 Annex E basic profile, the attributes these outputs copy from their
+#: source: removed (X) or emptied (Z). Hand-written because pydicom has no
+#: de-identifier and the ``deid`` package is heavy; UIDs are kept (Retain UIDs
+#: Option) so the output still references its scan.
+_REMOVE = (
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "OtherPatientIDsSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "EthnicGroup",
+    "PatientComments",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "PhysiciansOfRecord",
+    "StudyDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "AcquisitionDateTime",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "PatientBirthTime",
+)
+_EMPTY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ContentCreatorName",
+)
+
+
+def deidentify(dataset: Dataset) -> None:
+    """Apply the basic profile (Retain UIDs Option) to ``dataset`` in place."""
+    for keyword in _REMOVE:
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    for keyword in _EMPTY:
+        if keyword in dataset:
+            setattr(dataset, keyword, "")
+    dataset.remove_private_tags()
+    dataset.PatientIdentityRemoved = "YES"
+    dataset.DeidentificationMethod = "PS3.15 basic profile, Retain UIDs option (napari-medai)"
+    codes = []
+    for value, meaning in (
+        ("113100", "Basic Application Confidentiality Profile"),
+        ("113110", "Retain UIDs Option"),
+    ):
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+        codes.append(code)
+    dataset.DeidentificationMethodCodeSequence = codes

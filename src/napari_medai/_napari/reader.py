@@ -23,7 +23,7 @@ from napari_medai.core.io.labels import (
     looks_like_labels,
     read_segmentation,
 )
-from napari_medai.core.io.reading import can_read, read_volume
+from napari_medai.core.io.reading import can_read, distinct_sources, read_volume
 
 Reader = Callable[[str | list[str]], list[LayerDataTuple]]
 
@@ -46,7 +46,7 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
     Bad input raises a clear MedaiError.
     """
     layers = []
-    for source in _paths(path):
+    for source in distinct_sources(_paths(path)):
         volume = read_volume(source)
         if looks_like_labels(volume):
             label_map = as_label_map(volume, header_label_names(source))

@@ -168,6 +168,8 @@ def can_read(path: str | Path) -> bool:
     """
     try:
         path = Path(path)
+        if "\0" in str(path):
+            return False
         if path.is_dir():
             return not _is_zarr(path)
         suffix = compound_suffix(path)
@@ -224,6 +226,8 @@ def _kind_of(path: Path) -> str:
     """Which reader: "dicom", "sitk" or "nibabel"; raises for unopenable and unknown paths."""
     try:
         status = path.stat()
+    except ValueError as error:
+        raise UnreadableFileError(f"Cannot open {str(path)!r}: not a valid path") from error
     except OSError as error:
         raise UnreadableFileError(_unopenable(path, error)) from error
     if stat.S_ISDIR(status.st_mode):

@@ -15,8 +15,10 @@ from pathlib import Path
 import napari
 from napari.layers import Layer
 from napari.types import LayerDataTuple
+from napari.utils.notifications import show_error, show_warning
 
 from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.labels import (
     as_label_map,
     header_label_names,
@@ -45,9 +47,17 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
     Bad input raises a clear MedaiError.
     """
+    try:
+        volumes = [(source, read_volume(source)) for source in distinct_sources(_paths(path))]
+    except MedaiError as error:
+        # napari's own notification for a failed reader is generic ("... gave an error");
+        # this one says what is wrong with which file. The error still propagates.
+        show_error(str(error))
+        raise
     layers = []
-    for source in distinct_sources(_paths(path)):
-        volume = read_volume(source)
+    for source, volume in volumes:
+        for warning in volume.metadata.get("warnings", []):
+            show_warning(f"{volume.metadata.get('name', 'scan')}: {warning}")
         if looks_like_labels(volume):
             label_map = as_label_map(volume, header_label_names(source))
             layers.append(labels_layer_data(label_map))

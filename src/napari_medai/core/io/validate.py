@@ -203,13 +203,17 @@ def check_memory(path: Path, nbytes: int) -> None:
         )
 
 
-def _check_dimensions(path: Path, sizes: list[int]) -> None:
-    if not sizes or len(sizes) > MAX_DIMENSIONS + 1:
+def _dimension_count(path: Path, count: int, most: int = MAX_DIMENSIONS + 1) -> None:
+    if not 1 <= count <= most:
         raise _refuse(
             path,
-            f"its header declares {len(sizes)} dimensions; napari-medai opens 2D, 3D and 4D "
+            f"its header declares {count} dimensions; napari-medai opens 2D, 3D and 4D "
             "images (a damaged header?)",
         )
+
+
+def _check_dimensions(path: Path, sizes: list[int]) -> None:
+    _dimension_count(path, len(sizes))
     for axis, size in enumerate(sizes):
         if size < 1:
             raise _refuse(
@@ -312,7 +316,9 @@ def _nifti_head(path: Path) -> bytes:
                 return stream.read(540)
         with path.open("rb") as handle:
             return handle.read(540)
-    except (EOFError, OSError, zlib.error) as error:
+    except EOFError as error:
+        raise _truncated(path) from error
+    except (OSError, zlib.error) as error:
         raise _refuse(
             path, f"not a valid NIfTI file: the gzip compression is damaged ({error})"
         ) from error
@@ -591,8 +597,7 @@ def check_nrrd(path: Path) -> HeaderCheck:
         if required not in fields:
             raise _refuse(path, f"not a valid NRRD file (its header has no {required!r} field)")
     dimension = _integers(path, "dimension", fields["dimension"], 1)[0]
-    if not 1 <= dimension <= MAX_DIMENSIONS + 1:
-        _check_dimensions(path, [1] * max(dimension, 0))
+    _dimension_count(path, dimension)
     sizes = _integers(path, "sizes", fields["sizes"], dimension)
     _check_dimensions(path, sizes)
     itemsize = NRRD_TYPE_SIZES.get(fields["type"].lower())
@@ -638,8 +643,7 @@ def check_metaimage(path: Path) -> HeaderCheck:
     if "NDims" not in fields or "DimSize" not in fields:
         raise _refuse(path, "not a valid MetaImage file (its header lacks NDims or DimSize)")
     ndims = _integers(path, "NDims", fields["NDims"], 1)[0]
-    if not 1 <= ndims <= MAX_DIMENSIONS:
-        _check_dimensions(path, [1] * max(ndims, 0) + ([1] if ndims > MAX_DIMENSIONS else []))
+    _dimension_count(path, ndims, MAX_DIMENSIONS)
     sizes = _integers(path, "DimSize", fields["DimSize"], ndims)
     _check_dimensions(path, sizes)
     element = fields.get("ElementType", "").removesuffix("_ARRAY")

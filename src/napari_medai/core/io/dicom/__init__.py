@@ -91,6 +91,8 @@ class _Source:
         """How messages name the source."""
         if self.is_zip:
             return f"the zip file {self.path.name}"
+        if self.path.is_file():
+            return f"the file {self.path.name} and its folder {self.path.parent.name}"
         folder = self.path if self.path.is_dir() else self.path.parent
         return f"the folder {folder.name}"
 

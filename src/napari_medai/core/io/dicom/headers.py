@@ -358,7 +358,10 @@ def _pixel_problem(header: dict[str, Any], present: int | None) -> str:
     columns = int(_number(_get(header, "Columns"), 0) or 0)
     samples = int(_number(_get(header, "SamplesPerPixel"), 1) or 1)
     frames = int(_number(_get(header, "NumberOfFrames"), 1) or 1)
-    bits = int(_number(_get(header, "BitsAllocated"), 16) or 16)
+    bits = int(_number(_get(header, "BitsAllocated"), 0) or 0)
+    if bits not in (1, 8, 16, 32, 64):
+        shown = _get(header, "BitsAllocated")
+        return f"has no valid BitsAllocated ({shown}); its pixels cannot be read"
     expected = (rows * columns * samples * frames * bits + 7) // 8
     if present < expected:
         return (
@@ -366,7 +369,7 @@ def _pixel_problem(header: dict[str, Any], present: int | None) -> str:
             f"{frames} frame(s), {bits} bits) needs {expected}: the file is truncated or its "
             "header is wrong"
         )
-    if expected and present >= 2 * expected + 2:
+    if expected and present >= 2 * expected:
         return (
             f"holds {present} bytes of pixel data, {present // expected} times what its header "
             f"({rows} rows, {columns} columns, {bits} bits) describes: its header is wrong"

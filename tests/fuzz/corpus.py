@@ -258,16 +258,16 @@ def _file_cases(corpus: _Corpus, bases: dict[str, Path]) -> None:
     # 4: decompression bombs
     bomb = corpus.path("bomb.zip")
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("filler.bin", bytes(64 << 20))
-    corpus.add("zip of 64 MB zeros", bomb, "refuse", "holds no DICOM")
+        archive.writestr("filler.bin", bytes(16 << 20))
+    corpus.add("zip of 16 MB zeros", bomb, "refuse", "holds no DICOM")
     big = _nifti(corpus, "promise.nii.gz", _put(40, "<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1))
     corpus.add("nii.gz promising terabytes", big, "refuse", "more than this computer can hold")
     long = corpus.path("long.nii.gz")
     header = nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4))
     head = header.header.binaryblock + b"\0" * 4
     with gzip.open(long, "wb", compresslevel=1) as stream:
-        stream.write(head + bytes(4 * 5 * 6 * 2) + bytes(48 << 20))
-    corpus.add("nii.gz with 48 MB more data than promised", long, "open")
+        stream.write(head + bytes(4 * 5 * 6 * 2) + bytes(16 << 20))
+    corpus.add("nii.gz with 16 MB more data than promised", long, "open")
 
     # 5: MetaImage dimensions that crash ITK
     for ndims in (99, 0, -1, 5):

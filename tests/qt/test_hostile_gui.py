@@ -36,7 +36,9 @@ def _bad_files(folder):
     return [crash, truncated, escape, empty], good
 
 
-def test_bad_files_leave_unsaved_labels_untouched(make_napari_viewer, tmp_path, phantom):
+def test_bad_files_leave_unsaved_labels_untouched(
+    make_napari_viewer, tmp_path, phantom, notifications
+):
     viewer = make_napari_viewer()
     volume, organs = phantom
     viewer.add_image(volume.array, name="ct")
@@ -47,13 +49,15 @@ def test_bad_files_leave_unsaved_labels_untouched(make_napari_viewer, tmp_path, 
     bad, good = _bad_files(tmp_path / "bad")
 
     for path in bad:
+        # plugin given: napari would otherwise ask in a modal dialog which reader to try next
         with pytest.raises(MedaiError) as raised:
-            viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+            viewer.window._qt_viewer._qt_open([str(path)], stack=False, plugin="napari-medai")
         assert path.name in str(raised.value)
+        assert str(notifications[-1].message) == str(raised.value)  # the specific words
         assert [layer.name for layer in viewer.layers] == ["ct", "my edits"]
         np.testing.assert_array_equal(labels.data, before)
 
-    viewer.window._qt_viewer._qt_open([str(good)], stack=False)
+    viewer.window._qt_viewer._qt_open([str(good)], stack=False, plugin="napari-medai")
     assert [layer.name for layer in viewer.layers] == ["ct", "my edits", "good"]
     np.testing.assert_array_equal(labels.data, before)
     assert viewer.screenshot(canvas_only=True).ndim == 3  # the canvas still draws

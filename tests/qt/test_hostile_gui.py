@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +63,18 @@ def test_bad_files_leave_unsaved_labels_untouched(
     assert [layer.name for layer in viewer.layers] == ["ct", "my edits", "good"]
     np.testing.assert_array_equal(labels.data, before)
     assert viewer.screenshot(canvas_only=True).ndim == 3  # the canvas still draws
+
+
+def test_open_files_with_a_whole_series_selected_opens_it_once(make_napari_viewer, tmp_path):
+    """Case 6: napari's Open Files hands the files over one by one; the series opens once."""
+    spec = importlib.util.spec_from_file_location(
+        "dicom_factory", Path(__file__).parents[1] / "core" / "dicom_factory.py"
+    )
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    pixels = np.random.default_rng(0).integers(0, 500, (6, 12, 10)).astype(np.int16)
+    paths = factory.write_series(tmp_path / "series", pixels)
+    viewer = make_napari_viewer()
+    viewer.window._qt_viewer._qt_open([str(p) for p in paths], stack=False, plugin="napari-medai")
+    assert len(viewer.layers) == 1
+    assert viewer.layers[0].data.shape == (6, 12, 10)

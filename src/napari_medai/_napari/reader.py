@@ -15,9 +15,9 @@ from pathlib import Path
 import napari
 from napari.layers import Layer
 from napari.types import LayerDataTuple
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai._napari.layers import METADATA_KEY, image_layer_data, labels_layer_data
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.labels import (
     as_label_map,
@@ -25,7 +25,12 @@ from napari_medai.core.io.labels import (
     looks_like_labels,
     read_segmentation,
 )
-from napari_medai.core.io.reading import can_read, distinct_sources, read_volume
+from napari_medai.core.io.reading import (
+    can_read,
+    dicom_series_key,
+    distinct_sources,
+    read_volume,
+)
 
 Reader = Callable[[str | list[str]], list[LayerDataTuple]]
 
@@ -47,8 +52,13 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
     Bad input raises a clear MedaiError.
     """
+    sources = distinct_sources(_paths(path))
+    if len(sources) == 1 and (shown := _layer_showing_series(sources[0])):
+        # napari's "Open Files" hands a multi-file selection over one file at a time.
+        show_info(f'"{sources[0].name}" is part of the DICOM series already open as "{shown}"')
+        return [(None,)]
     try:
-        volumes = [(source, read_volume(source)) for source in distinct_sources(_paths(path))]
+        volumes = [(source, read_volume(source)) for source in sources]
     except MedaiError as error:
         # napari's own notification for a failed reader is generic ("... gave an error");
         # this one says what is wrong with which file. The error still propagates.
@@ -64,6 +74,19 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
         else:
             layers.append(image_layer_data(volume))
     return layers
+
+
+def _layer_showing_series(source: Path) -> str | None:
+    """The name of a layer of the current viewer showing the DICOM series of ``source``."""
+    viewer = napari.current_viewer()
+    series = dicom_series_key(source) if viewer is not None else None
+    if series is None:
+        return None
+    for layer in viewer.layers:
+        provenance = layer.metadata.get(METADATA_KEY, {}).get("provenance", {})
+        if provenance.get("series_uid") == series:
+            return layer.name
+    return None
 
 
 #: File types "Open segmentation" offers (DICOM-SEG is not read yet).

@@ -189,19 +189,30 @@ def distinct_sources(paths: list[str | Path]) -> list[Path]:
     Selecting all the files of one series in a file dialog means "open this
     series" once, not once per file.
     """
-    from napari_medai.core.io.dicom import read_header
-
     seen: set[tuple[Path, str]] = set()
     kept = []
     for path in map(Path, paths):
-        header = read_header(path) if path.is_file() and _kind_of(path) == "dicom" else None
-        if header is not None and not is_zipfile(path):
-            key = (path.parent, header.series_key)
-            if key in seen:
+        series = dicom_series_key(path)
+        if series is not None:
+            if (path.parent, series) in seen:
                 continue
-            seen.add(key)
+            seen.add((path.parent, series))
         kept.append(path)
     return kept
+
+
+def dicom_series_key(path: str | Path) -> str | None:
+    """The series a single DICOM file belongs to (its SeriesInstanceUID or stand-in), or None."""
+    path = Path(path)
+    try:
+        if not path.is_file() or _kind_of(path) != "dicom" or is_zipfile(path):
+            return None
+    except UnreadableFileError:
+        return None
+    from napari_medai.core.io.dicom import read_header
+
+    header = read_header(path)
+    return None if header is None else header.series_key
 
 
 def _is_zarr(folder: Path) -> bool:

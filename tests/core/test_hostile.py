@@ -305,3 +305,14 @@ def test_complex_nifti_is_refused_by_the_reader(tmp_path):
     with pytest.raises(UnreadableFileError, match="complex"):
         read_volume(path)
     assert sitk.ReadImage(str(path)).GetPixelIDTypeAsString().startswith("complex")
+
+
+def test_permission_denied_is_named(tmp_path, monkeypatch):
+    """Case 15: an unreadable file says "permission denied", not "damaged" or "not DICOM"."""
+    path = _nifti(tmp_path / "p.nii")
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(path) else real_access(p, mode)
+    )
+    with pytest.raises(UnreadableFileError, match="permission denied"):
+        read_volume(path)

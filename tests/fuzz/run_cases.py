@@ -60,6 +60,10 @@ def _through_napari(viewer, path: str) -> dict:
             outcome["error"], outcome["message"] = medai
         return outcome
     meta = layers[0].metadata.get("napari_medai", {}) if layers else {}
+    if layers and Path(path).is_file() and len(list(Path(path).parent.iterdir())) == 1:
+        difference = _pydicom_difference(path, layers[0].data)
+        if difference:
+            return {"ok": True, "shapes": [], "warnings": [], "pydicom": difference}
     return {
         "ok": True,
         "seconds": time.perf_counter() - started,
@@ -122,6 +126,27 @@ def _warm_up(viewer_type) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.int16)), path)
         viewer_type().open(path, plugin="napari-medai")
         _through_cli(path)
+
+
+def _pydicom_difference(path: str, layer_data) -> str | None:
+    """How a single-frame DICOM that opened differs from pydicom's rescaled pixels, or None."""
+    import numpy as np
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            return None
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        expected = ds.pixel_array * slope + float(ds.get("RescaleIntercept", 0) or 0)
+    except Exception:  # pydicom refusing is not a finding
+        return None
+    got = np.asarray(layer_data, dtype=float).squeeze()
+    if got.shape != expected.shape:
+        return f"shape {got.shape} vs pydicom {expected.shape}"
+    if not np.allclose(got, expected, atol=1e-3 * max(1.0, abs(slope))):
+        return f"values differ by up to {np.abs(got - expected).max():g}"
+    return None
 
 
 def main(cases_file: str) -> None:

@@ -118,6 +118,8 @@ def judge(case: Case, outcome: dict) -> list[str]:
         return problems
     if napari["ok"] != (cli["code"] == 0):
         return [f"napari ok={napari['ok']} but the CLI exited {cli['code']}: {napari} {cli}"]
+    if napari.get("pydicom"):
+        return [f"differs from pydicom: {napari['pydicom']}"]
     if napari["ok"]:
         if len(napari["shapes"]) == 1 and napari["shapes"][0] != cli["shape"]:
             problems.append(f"shapes differ: napari {napari['shapes']} cli {cli['shape']}")

@@ -180,6 +180,14 @@ def _dicom_cases(corpus: _Corpus) -> None:
         ds.save_as(path)
     corpus.add("Siemens mosaic", folder, "refuse", "Siemens mosaic")
 
+    # 10: uneven spacing (so resampled) with 8.8e-7 mm of in-plane rounding
+    folder = corpus.path("dcm_rounding")
+    depths = np.array([0, 2, 4, 7.0])
+    positions = np.column_stack([np.full(4, -20.0), np.full(4, -30.0), depths])
+    positions[2, 0] += 8.8e-7
+    write_series(folder, pixels, positions=positions)
+    corpus.add("resampled grid with 8.8e-7 mm rounding", folder, "open", "unevenly spaced")
+
     # 13: a far-outlier slice
     folder = corpus.path("dcm_outlier")
     positions = np.array([[0, 0, 0], [0, 0, 2.5], [0, 0, 5.0], [0, 0, 205.0]])

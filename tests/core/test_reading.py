@@ -284,7 +284,7 @@ def test_folder_without_images_gives_a_clear_error(tmp_path):
     (folder / "readme.txt").write_text("no images")
     with pytest.raises(UnreadableFileError, match="nothing_here"):
         read_volume(folder)
-    assert not can_read(folder)
+    assert can_read(folder)  # claimed, so napari shows this error rather than a generic one
 
 
 def test_series_uid_is_refused_for_a_single_file(tmp_path, ct_array):
@@ -317,7 +317,9 @@ def test_can_read_never_raises(tmp_path, ct_array):
     assert can_read(path)
     assert can_read(str(tmp_path / "x.nii.gz"))
     assert can_read(tmp_path / "brain.mgz")
-    assert not can_read(tmp_path / "missing_no_suffix")
+    assert can_read(tmp_path / "missing_no_suffix")  # claimed: the reader says "no such file"
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert not can_read(tmp_path / "photo.png")  # left to napari's own readers
     assert not can_read("\0bad")
 
 

@@ -15,15 +15,17 @@ from pathlib import Path
 import napari
 from napari.layers import Layer
 from napari.types import LayerDataTuple
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_medai._napari.layers import METADATA_KEY, image_layer_data, labels_layer_data
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.labels import (
     as_label_map,
     header_label_names,
     looks_like_labels,
     read_segmentation,
 )
-from napari_medai.core.io.reading import can_read
+from napari_medai.core.io.reading import can_read, dicom_series_key, distinct_sources
 from napari_medai.core.jobs import run_job
 
 Reader = Callable[[str | list[str]], list[LayerDataTuple]]
@@ -50,9 +52,22 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
     # Imported here: pydicom is not needed to decide whether we read a path.
     from napari_medai.core.io.dicom_derived import read_scan_and_labels_job
 
+    sources = distinct_sources(_paths(path))
+    if len(sources) == 1 and (shown := _layer_showing_series(sources[0])):
+        # napari's "Open Files" hands a multi-file selection over one file at a time.
+        show_info(f'"{sources[0].name}" is part of the DICOM series already open as "{shown}"')
+        return [(None,)]
+    try:
+        read = [(source, *run_job(read_scan_and_labels_job(source))) for source in sources]
+    except MedaiError as error:
+        # napari's own notification for a failed reader is generic ("... gave an error");
+        # this one says what is wrong with which file. The error still propagates.
+        show_error(str(error))
+        raise
     layers = []
-    for source in _paths(path):
-        volume, derived = run_job(read_scan_and_labels_job(source))
+    for source, volume, derived in read:
+        for warning in volume.metadata.get("warnings", []):
+            show_warning(f"{volume.metadata.get('name', 'scan')}: {warning}")
         if looks_like_labels(volume):
             label_map = as_label_map(volume, header_label_names(source))
             layers.append(labels_layer_data(label_map))
@@ -63,6 +78,19 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
             layers.append((data, kwargs, kind))
         layers.extend(labels_layer_data(labels) for labels in derived)
     return layers
+
+
+def _layer_showing_series(source: Path) -> str | None:
+    """The name of a layer of the current viewer showing the DICOM series of ``source``."""
+    viewer = napari.current_viewer()
+    series = dicom_series_key(source) if viewer is not None else None
+    if series is None:
+        return None
+    for layer in viewer.layers:
+        provenance = layer.metadata.get(METADATA_KEY, {}).get("provenance", {})
+        if provenance.get("series_uid") == series:
+            return layer.name
+    return None
 
 
 #: File types "Open segmentation" offers (a DICOM-SEG opens with File > Open beside its scan).

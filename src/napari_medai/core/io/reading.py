@@ -8,17 +8,20 @@ a volume through :func:`volume_from_sitk`, the one conversion.
 
 from __future__ import annotations
 
-import gzip
+import errno
 import logging
-import zlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
+from zipfile import is_zipfile
 
 import numpy as np
 import SimpleITK as sitk
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.files import compound_stem, compound_suffix
+from napari_medai.core.io.validate import NiftiFacts, check_image_header
 from napari_medai.core.io.writing import smallest_label_dtype
 from napari_medai.core.jobs import Job, Progress, run_job
 from napari_medai.core.resample import resample_label_map
@@ -58,10 +61,6 @@ _METAIMAGE_MODALITIES = {
 #: Grids closer than this (mm) are one grid: above NIfTI's float32 rounding of a
 #: DICOM-derived origin (about 1e-5 mm), far below any voxel size.
 SAME_GRID_TOLERANCE = 1e-4
-#: A gzip member is at least a 10-byte header and an 8-byte trailer (RFC 1952).
-_GZIP_MINIMUM_SIZE = 18
-#: How many folder entries :func:`can_read` sniffs before deciding a folder holds no DICOM.
-_FOLDER_SNIFF_LIMIT = 64
 
 _SUPPORTED = (
     "NIfTI (.nii, .nii.gz, .hdr), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), "
@@ -159,18 +158,67 @@ def check_readable(path: str | Path) -> None:
 
 
 def can_read(path: str | Path) -> bool:
-    """Cheap check whether :func:`read_volume_job` handles ``path``; never raises."""
+    """Whether napari-medai should claim ``path``; never raises.
+
+    Claims every path its reader patterns are meant for, readable or not, so
+    that a bad file gets napari-medai's specific error instead of napari's
+    generic refusal: folders (except Zarr stores), the suffixes it reads,
+    files without a suffix, anything that is not a regular file (broken
+    links, pipes), and files that look like DICOM whatever their name.
+    """
     try:
         path = Path(path)
+        if "\0" in str(path):
+            return False
         if path.is_dir():
-            return _folder_may_hold_dicom(path)
+            return not _is_zarr(path)
         suffix = compound_suffix(path)
         if suffix in SITK_FORMATS or suffix in NIBABEL_FORMATS or suffix in (".zip", ".dcm"):
             return True
-        return path.is_file() and _looks_like_dicom(path)
+        if not path.suffix or not path.is_file():
+            return True
+        return _looks_like_dicom(path)
     except Exception:  # the contract is "never raises": napari calls this on any dropped path
         logger.debug("can_read(%s) failed", path, exc_info=True)
         return False
+
+
+def distinct_sources(paths: list[str | Path]) -> list[Path]:
+    """``paths`` with every DICOM file after the first of its series left out.
+
+    Selecting all the files of one series in a file dialog means "open this
+    series" once, not once per file.
+    """
+    seen: set[tuple[Path, str]] = set()
+    kept = []
+    for path in map(Path, paths):
+        series = dicom_series_key(path)
+        if series is not None:
+            if (path.parent, series) in seen:
+                continue
+            seen.add((path.parent, series))
+        kept.append(path)
+    return kept
+
+
+def dicom_series_key(path: str | Path) -> str | None:
+    """The series a single DICOM file belongs to (its SeriesInstanceUID or stand-in), or None."""
+    path = Path(path)
+    try:
+        if not path.is_file() or _kind_of(path) != "dicom" or is_zipfile(path):
+            return None
+    except UnreadableFileError:
+        return None
+    from napari_medai.core.io.dicom import read_header
+
+    header = read_header(path)
+    return None if header is None else header.series_key
+
+
+def _is_zarr(folder: Path) -> bool:
+    """Zarr stores are folders other readers open."""
+    markers = (".zarray", ".zgroup", "zarr.json")
+    return folder.suffix.lower() == ".zarr" or any((folder / m).exists() for m in markers)
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -182,22 +230,39 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 def _folder_may_hold_dicom(folder: Path) -> bool:
-    for count, entry in enumerate(folder.rglob("*")):
-        if count >= _FOLDER_SNIFF_LIMIT:
-            return False
-        if entry.is_file() and _looks_like_dicom(entry):
-            return True
-    return False
+    return any(entry.is_file() and _looks_like_dicom(entry) for entry in folder.rglob("*"))
 
 
 def _kind_of(path: Path) -> str:
-    """Which reader: "dicom", "sitk" or "nibabel"; raises for missing, empty, unknown files."""
-    if not path.exists():
-        raise UnreadableFileError(f'Cannot open "{path}": no such file or folder')
-    if path.is_dir():
+    """Which reader: "dicom", "sitk" or "nibabel"; raises for unopenable and unknown paths."""
+    try:
+        status = path.stat()
+    except ValueError as error:
+        raise UnreadableFileError(f"Cannot open {str(path)!r}: not a valid path") from error
+    except OSError as error:
+        raise UnreadableFileError(_unopenable(path, error)) from error
+    if stat.S_ISDIR(status.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise UnreadableFileError(
+                f'Cannot open "{path.name}": permission denied (you may not read this folder)'
+            )
+        if compound_suffix(path) in SITK_FORMATS or compound_suffix(path) in NIBABEL_FORMATS:
+            raise UnreadableFileError(
+                f'Cannot open "{path.name}": it is a folder, not a file, despite its name'
+            )
+        if next(path.iterdir(), None) is None:
+            raise UnreadableFileError(f'Cannot open "{path.name}": the folder is empty')
         return "dicom"
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(status.st_mode):
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": it is not a regular file (a pipe, socket or device)'
+        )
+    if status.st_size == 0:
         raise UnreadableFileError(f'Cannot open "{path.name}": the file is empty (0 bytes)')
+    if not os.access(path, os.R_OK):
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": permission denied (you may not read this file)'
+        )
     suffix = compound_suffix(path)
     if suffix in (".zip", ".dcm"):
         return "dicom"
@@ -212,12 +277,32 @@ def _kind_of(path: Path) -> str:
     )
 
 
+def _unopenable(path: Path, error: OSError) -> str:
+    """Why ``stat`` failed, in words."""
+    if error.errno == errno.ELOOP:
+        return f'Cannot open "{path.name}": it is a symbolic link that points to itself (a loop)'
+    if error.errno == errno.EACCES:
+        return f'Cannot open "{path.name}": permission denied (you may not read its folder)'
+    if path.is_symlink():
+        return f'Cannot open "{path.name}": it is a broken symbolic link (its target is missing)'
+    return f'Cannot open "{path}": no such file or folder'
+
+
 def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
-    """The file as a SimpleITK image plus ``{"modality": ..., "warnings": [...]}``."""
+    """The file as a SimpleITK image plus ``{"modality": ..., "warnings": [...]}``.
+
+    The header is checked in Python first (:mod:`napari_medai.core.io.validate`),
+    so SimpleITK never sees a header that could crash it or a truncated file.
+    """
     if kind == "nibabel":
         return _read_with_nibabel(path), {"modality": "", "warnings": []}
     suffix = compound_suffix(path)
     file_type = SITK_FORMATS[suffix]
+    checked = check_image_header(path)
+    warnings = list(checked.warnings)
+    if checked.file_type == "NIfTI-2":
+        # SimpleITK (ITK 5.4) has no NIfTI-2 reader; nibabel reads the same affine rules.
+        return _read_with_nibabel(path), {"modality": "", "warnings": warnings}
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -228,15 +313,12 @@ def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
             "or another format under this name)"
         ) from error
     header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    warnings = []
-    if suffix in _NIFTI_SUFFIXES:
-        _check_nifti_data_complete(path, header)
-        if header.get("qform_code", "0") == "0" and header.get("sform_code", "0") == "0":
-            warnings.append(
-                f'"{path.name}" stores no orientation (NIfTI qform and sform codes are 0): '
-                "left/right and position in the scanner are unknown; shown with an identity "
-                "direction at the origin"
-            )
+    if suffix in _NIFTI_SUFFIXES and checked.nifti is not None and checked.nifti.affine is None:
+        warnings.append(
+            f'"{path.name}" stores no orientation (NIfTI qform and sform codes are 0): '
+            "left/right and position in the scanner are unknown; shown with an identity "
+            "direction at the origin"
+        )
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -244,69 +326,43 @@ def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
             f'Cannot open "{path.name}": the image data is incomplete or damaged '
             "(truncated file, or a missing data file beside the header?)"
         ) from error
+    if checked.nifti is not None:
+        image = _nifti_as_nibabel_sees_it(image, path, checked.nifti)
     return image, {"modality": _modality_from_header(header), "warnings": warnings}
 
 
-def _check_nifti_data_complete(path: Path, header: dict[str, str]) -> None:
-    """Refuse NIfTI files that end before their image data does.
+def _nifti_as_nibabel_sees_it(image: sitk.Image, path: Path, facts: NiftiFacts) -> sitk.Image:
+    """Undo two ITK departures from the NIfTI rules that nibabel, FSL and niivue follow.
 
-    SimpleITK's NIfTI reader fills a truncated file with zeros and raises nothing,
-    so the size the header promises is checked here (hand-written: no library
-    offers this check without reading the whole file).
+    ITK adds ``scl_inter`` when ``scl_slope`` is 0 or NaN (NIfTI: no scaling), and
+    prefers the qform when both transforms are set (NIfTI practice: the sform).
     """
-    try:
-        ndim = int(header["dim[0]"])
-        voxels = int(np.prod([int(header[f"dim[{axis}]"]) for axis in range(1, ndim + 1)]))
-        expected = int(float(header["vox_offset"])) + voxels * int(header["bitpix"]) // 8
-    except (KeyError, ValueError):
-        return
-    data_file = _nifti_data_file(path)
-    if data_file is None:
-        return
-    if data_file.name.lower().endswith(".gz"):
-        complete = _gzip_holds_at_least(data_file, expected)
-    else:
-        complete = data_file.stat().st_size >= expected
-    if not complete:
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": the file is truncated (it ends before all the image '
-            "data its header describes; was a download or copy interrupted?)"
-        )
+    if facts.ignores_scaling and facts.intercept != 0:
+        import nibabel
 
-
-def _nifti_data_file(path: Path) -> Path | None:
-    """The file holding the voxels: the file itself, or the ``.img`` of a header/image pair."""
-    suffix = compound_suffix(path)
-    if suffix in (".nii", ".nii.gz"):
-        return path
-    base = path.name[: -len(suffix)]
-    order = (".img.gz", ".img") if suffix.endswith(".gz") else (".img", ".img.gz")
-    return next(
-        (path.with_name(base + ext) for ext in order if path.with_name(base + ext).exists()), None
+        raw = np.asarray(nibabel.load(path).dataobj.get_unscaled())
+        unscaled = sitk.GetImageFromArray(raw.T, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+        unscaled.CopyInformation(image)
+        image = unscaled
+    if facts.sform is None or image.GetDimension() not in (3, 4):
+        return image
+    lps = np.diag([-1.0, -1.0, 1.0]) @ facts.sform[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    direction = lps[:, :3] / spacing
+    itk_affine = np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3]
+    itk_linear = itk_affine @ np.diag(image.GetSpacing()[:3])
+    same = np.allclose(itk_linear, lps[:, :3], atol=1e-4) and np.allclose(
+        image.GetOrigin()[:3], lps[:, 3], atol=1e-4
     )
-
-
-def _gzip_holds_at_least(path: Path, expected: int) -> bool:
-    """Whether the gzip file decompresses to at least ``expected`` bytes.
-
-    The gzip trailer stores the uncompressed size modulo 2**32 (RFC 1952), a
-    4-byte read. Only when it disagrees (a truncated file, or several gzip
-    members) is the stream decompressed to count.
-    """
-    if path.stat().st_size < _GZIP_MINIMUM_SIZE:
-        return False
-    with path.open("rb") as stream:
-        stream.seek(-4, 2)
-        if int.from_bytes(stream.read(4), "little") == expected % 2**32:
-            return True
-    total = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        return False
-    return total >= expected
+    if same:
+        return image
+    image.SetSpacing([*spacing, *image.GetSpacing()[3:]])
+    image.SetOrigin([*lps[:, 3], *image.GetOrigin()[3:]])
+    full = np.eye(image.GetDimension())
+    full[:3, :3] = direction
+    # ITK accepts a non-orthogonal direction, so a sheared sform is kept exactly.
+    image.SetDirection(full.ravel().tolist())
+    return image
 
 
 def _read_with_nibabel(path: Path) -> sitk.Image:

@@ -54,6 +54,10 @@ from napari_medai.core.volume import LabelMap, Volume
 logger = logging.getLogger(__name__)
 
 
+#: A 3D model needs at least this many voxels along each axis.
+MIN_VOLUME_SIZE = 2
+
+
 def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Job[SegmentResult]:
     """Segment ``volume`` with ``model``; a job yielding progress per window batch.
 
@@ -69,9 +73,34 @@ def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Jo
     return _segment(volume, model, config, device)
 
 
+def check_image_values(array: np.ndarray, what: str = "the image") -> None:
+    """Refuse complex images and images with NaN or infinite values (a model cannot use them)."""
+    if array.dtype.kind == "c":
+        raise MedaiError(
+            f"{what} holds complex values (MR phase/k-space data?); use its magnitude image"
+        )
+    if array.dtype.kind not in "biuf":
+        raise MedaiError(f"{what} holds {array.dtype} values, not numbers")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise MedaiError(
+                f"{what} holds {bad} voxel(s) that are not numbers (NaN or infinite); "
+                "fill them (for example with the background value) first"
+            )
+
+
 def _check_input(volume: Volume, card: ModelCard) -> None:
     if card.num_classes < 2:
         raise MedaiError(f"the model '{card.name}' names no foreground label to segment")
+    check_image_values(volume.array)
+    thin = [n for n in volume.spatial_shape if n < MIN_VOLUME_SIZE]
+    if card.spatial_dims == 3 and thin:
+        raise MedaiError(
+            f"the 3D model '{card.name}' needs a volume, but the image is "
+            f"{'x'.join(map(str, volume.spatial_shape))} voxels (at least {MIN_VOLUME_SIZE} "
+            "along each axis); use a 2D model for single slices"
+        )
     channels = volume.array.shape[0] if volume.array.ndim == 4 else 1
     wanted = card.in_channels
     if card.spatial_dims == 2 and card.context_slices > 0:

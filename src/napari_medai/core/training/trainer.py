@@ -37,6 +37,7 @@ from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
 from napari_medai.core.models.sources import load_model
+from napari_medai.core.segmentation.inference import check_image_values
 from napari_medai.core.training.annotations import choose_dimensionality
 from napari_medai.core.training.checkpoints import (
     LAST,
@@ -85,11 +86,27 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
     _check_config(config)
     if not pairs:
         raise MedaiError("no training data: give at least one image with its labels")
+    _check_pairs(pairs)
     if not config.resume:
         check_can_write(Path(config.out_dir), config.overwrite)
         check_can_write(config.checkpoints, config.overwrite)
     device = choose_device(config.device)
     return _train(list(pairs), config, device)
+
+
+def _check_pairs(pairs: list[tuple[Volume, LabelMap]]) -> None:
+    """Refuse unusable images (complex, NaN) and labels that are not whole numbers >= 0."""
+    for number, (image, labels) in enumerate(pairs, start=1):
+        name = image.metadata.get("name") or f"image {number}"
+        check_image_values(image.array, f'the training image "{name}"')
+        values = labels.array
+        if values.dtype.kind not in "biu":
+            raise MedaiError(f'the labels of "{name}" are {values.dtype}, not whole numbers')
+        if values.size and values.dtype.kind == "i" and values.min() < 0:
+            raise MedaiError(
+                f'the labels of "{name}" hold negative values (down to {int(values.min())}); '
+                "label values must be 0 (background) or positive whole numbers"
+            )
 
 
 def _check_config(config: TrainConfig) -> None:

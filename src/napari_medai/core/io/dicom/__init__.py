@@ -11,6 +11,8 @@ can (pydicom otherwise), with the rescale applied (CT in Hounsfield units).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,33 @@ __all__ = ["SeriesInfo", "list_dicom_series", "looks_like_dicom", "read_dicom_jo
 log = logging.getLogger(__name__)
 
 
+#: Temporary zip folders are named with this prefix and the owning process id.
+_TEMP_PREFIX = "napari-medai-dicom-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_folders(parent: Path | None = None) -> None:
+    """Delete zip folders left by killed runs (their owning process is gone).
+
+    A ``finally`` cannot run when a process is killed, so each new extraction
+    sweeps what dead processes left behind.
+    """
+    parent = Path(parent or tempfile.gettempdir())
+    for folder in parent.glob(f"{_TEMP_PREFIX}*"):
+        owner = folder.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class _Source:
     """The files of a DICOM source, with a zip extracted to a temporary folder."""
 
@@ -62,6 +91,8 @@ class _Source:
         """How messages name the source."""
         if self.is_zip:
             return f"the zip file {self.path.name}"
+        if self.path.is_file():
+            return f"the file {self.path.name} and its folder {self.path.parent.name}"
         folder = self.path if self.path.is_dir() else self.path.parent
         return f"the folder {folder.name}"
 
@@ -71,7 +102,8 @@ class _Source:
         if path.is_dir():
             candidates = folder_files(path)
         elif self.is_zip:
-            self._temporary = tempfile.TemporaryDirectory(prefix="napari-medai-dicom-")
+            remove_stale_folders()
+            self._temporary = tempfile.TemporaryDirectory(prefix=f"{_TEMP_PREFIX}{os.getpid()}-")
             extracted = extract_zip_job(path, Path(self._temporary.name))
             candidates = yield from scaled(extracted, 0.0, 0.4)
         else:

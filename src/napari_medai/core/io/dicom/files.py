@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.io.dicom.headers import starts_like_dicom
 from napari_medai.core.jobs import Job, Progress
 
 #: Index files that describe a folder but hold no image.
@@ -65,11 +66,34 @@ def _entry_parts(info: zipfile.ZipInfo, zip_name: str) -> list[str]:
     return parts
 
 
+def _dicom_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    """Whether an entry starts like a DICOM file (only its first 132 bytes are inflated)."""
+    try:
+        with archive.open(info) as stream:
+            head = stream.read(132)
+    except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, NotImplementedError):
+        return True  # let the extraction below report the damage
+    return head[128:132] == b"DICM" or starts_like_dicom(head)
+
+
+def _check_room(path: Path, wanted: list[zipfile.ZipInfo], destination: Path) -> None:
+    """Refuse a zip whose DICOM entries would not fit on the temporary disk."""
+    needed = sum(info.file_size for info in wanted)
+    free = shutil.disk_usage(destination).free
+    if needed > free:
+        raise UnreadableFileError(
+            f"the zip file {path.name} would unpack to {needed / 1e9:.1f} GB of DICOM files, "
+            f"more than the {free / 1e9:.1f} GB free on the temporary disk"
+        )
+
+
 def extract_zip_job(path: Path, destination: Path) -> Job[list[Path]]:
-    """Extract the safe, non-hidden files of zip ``path`` into ``destination``.
+    """Extract the safe, non-hidden DICOM files of zip ``path`` into ``destination``.
 
     Every entry is checked before anything is written, so a refused zip leaves
-    nothing behind. Returns the extracted files (sorted).
+    nothing behind. Entries that do not start like DICOM are never unpacked, and
+    the DICOM ones must fit on the disk first (a zip bomb of filler is skipped
+    after 132 bytes each). Returns the extracted files (sorted).
     """
     try:
         archive = zipfile.ZipFile(path)
@@ -80,8 +104,12 @@ def extract_zip_job(path: Path, destination: Path) -> Job[list[Path]]:
         wanted = [
             (info, parts)
             for info, parts in entries
-            if parts and not info.is_dir() and not any(_ignored(part) for part in parts)
+            if parts
+            and not info.is_dir()
+            and not any(_ignored(part) for part in parts)
+            and _dicom_entry(archive, info)
         ]
+        _check_room(path, [info for info, _ in wanted], destination)
         files = []
         for number, (info, parts) in enumerate(wanted):
             target = destination.joinpath(*parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ HEADER_TAGS = [
     "Rows",
     "Columns",
     "SamplesPerPixel",
+    "BitsAllocated",
+    "ImageType",
     "NumberOfFrames",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
@@ -59,6 +62,18 @@ HEADER_TAGS = [
 _HEADER_TAG_NUMBERS = [tag_for_keyword(keyword) for keyword in HEADER_TAGS]
 
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Transfer syntaxes whose pixel data is stored uncompressed (length is checkable).
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": False,  # implicit VR little endian
+    "1.2.840.10008.1.2.1": True,  # explicit VR little endian
+    "1.2.840.10008.1.2.2": True,  # explicit VR big endian
+}
+#: Larger rescale factors are damaged headers, not physics (and overflow any pixel type).
+MAX_RESCALE_SLOPE = 1e6
+MAX_RESCALE_INTERCEPT = 1e7
+#: ImageOrientationPatient cosines whose lengths or dot product are off by more are invalid.
+ORIENTATION_TOLERANCE = 0.01
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -85,6 +100,7 @@ class SliceRef:
     order: tuple[float, ...]
     instance: int
     sop_instance: str
+    orientation_problem: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,9 +217,32 @@ def _not_an_image(sop_class: str) -> str:
     return "holds no image (no pixel data)"
 
 
+def _orientation(value: Any) -> tuple[np.ndarray | None, str]:
+    """ImageOrientationPatient, or None and why it is unusable (zero or parallel cosines)."""
+    orientation = _numbers(value, 6)
+    if orientation is None:
+        return None, ""
+    row, column = orientation[:3], orientation[3:]
+    if (
+        abs(np.linalg.norm(row) - 1) > ORIENTATION_TOLERANCE
+        or abs(np.linalg.norm(column) - 1) > ORIENTATION_TOLERANCE
+        or abs(row @ column) > ORIENTATION_TOLERANCE
+    ):
+        shown = " ".join(f"{v:g}" for v in orientation)
+        return None, f"ImageOrientationPatient ({shown}) is not two perpendicular unit vectors"
+    return orientation, ""
+
+
 def _slices(dataset: Header, path: Path) -> tuple[tuple[SliceRef, ...], str]:
     """The slices of a file (one per frame) and a problem ("" when usable)."""
     frames = int(_number(_get(dataset, "NumberOfFrames"), 1) or 1)
+    image_type = _get(dataset, "ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
+    if "MOSAIC" in [str(value).upper() for value in image_type]:
+        return (), (
+            "is a Siemens mosaic (many slices tiled in one image), which napari-medai does not "
+            "unpack; convert the series with dcm2niix first"
+        )
     shared = _get(dataset, "SharedFunctionalGroupsSequence")
     per_frame = _get(dataset, "PerFrameFunctionalGroupsSequence")
     if frames > 1 and not per_frame:
@@ -228,32 +267,48 @@ def _slices(dataset: Header, path: Path) -> tuple[tuple[SliceRef, ...], str]:
 
         spacing = _numbers(raw("PixelSpacing"), 2)
         thickness = _number(raw("SliceThickness"), None)
+        orientation, orientation_problem = _orientation(raw("ImageOrientationPatient"))
+        slope = _number(raw("RescaleSlope"), 1.0)
+        intercept = _number(raw("RescaleIntercept"), 0.0)
+        if (
+            slope is None
+            or intercept is None
+            or slope == 0
+            or abs(slope) > MAX_RESCALE_SLOPE
+            or abs(intercept) > MAX_RESCALE_INTERCEPT
+        ):
+            return (), (
+                f"has an implausible rescale (RescaleSlope {raw('RescaleSlope')}"
+                f", RescaleIntercept {raw('RescaleIntercept')}): its pixel "
+                "values cannot be turned into real units (a damaged header?)"
+            )
         slices.append(
             SliceRef(
                 path=path,
                 frame=frame if per_frame else None,
                 position=_numbers(raw("ImagePositionPatient"), 3),
-                orientation=_numbers(raw("ImageOrientationPatient"), 6),
+                orientation=orientation,
                 pixel_spacing=spacing if spacing is not None and np.all(spacing > 0) else None,
                 thickness=thickness if thickness and thickness > 0 else None,
-                slope=_number(raw("RescaleSlope"), 1.0) or 1.0,
-                intercept=_number(raw("RescaleIntercept"), 0.0) or 0.0,
+                slope=slope,
+                intercept=intercept,
                 rows=int(_number(_get(dataset, "Rows"), 0) or 0),
                 columns=int(_number(_get(dataset, "Columns"), 0) or 0),
                 samples=int(_number(_get(dataset, "SamplesPerPixel"), 1) or 1),
                 order=(
-                    (_number(raw("TemporalPositionIndex"), 0.0) or 0.0, float(frame))
+                    (_number(raw("TemporalPositionIndex"), 0.0) or 0.0,)
                     if per_frame
                     else classic_order
                 ),
                 instance=int(_number(_get(dataset, "InstanceNumber"), 0) or 0),
                 sop_instance=_text(dataset, "SOPInstanceUID"),
+                orientation_problem=orientation_problem,
             )
         )
     return tuple(slices), ""
 
 
-def _starts_like_dicom(head: bytes) -> bool:
+def starts_like_dicom(head: bytes) -> bool:
     """No preamble: does the file begin with a group 0002/0008 tag (little endian)?"""
     return len(head) >= 8 and int.from_bytes(head[:2], "little") in (0x0002, 0x0008)
 
@@ -267,7 +322,60 @@ def looks_like_dicom(path: Path) -> bool:
         return False
     if head[128:132] == b"DICM":
         return True
-    return _starts_like_dicom(head) and read_header(Path(path)) is not None
+    return starts_like_dicom(head) and read_header(Path(path)) is not None
+
+
+def _native_pixel_bytes(
+    handle: Any, start: int, size: int, explicit: bool, big: bool
+) -> int | None:
+    """Bytes of uncompressed PixelData present in the file, or None when not checkable.
+
+    ``start`` is where pydicom stopped: the PixelData element's tag. Read by hand
+    because pydicom's ``stop_before_pixels`` leaves exactly this element unread.
+    """
+    order = ">" if big else "<"
+    handle.seek(start)
+    head = handle.read(12)
+    if len(head) < 8 or struct.unpack(order + "HH", head[:4]) != (0x7FE0, 0x0010):
+        return None
+    if explicit and head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OV"):
+        if len(head) < 12:
+            return 0
+        length, header = struct.unpack(order + "I", head[8:12])[0], 12
+    elif explicit:
+        length, header = struct.unpack(order + "H", head[6:8])[0], 8
+    else:
+        length, header = struct.unpack(order + "I", head[4:8])[0], 8
+    if length == 0xFFFFFFFF:
+        return None  # encapsulated (compressed) frames: the decoder checks them
+    return max(min(length, size - start - header), 0)
+
+
+def _pixel_problem(header: dict[str, Any], present: int | None) -> str:
+    """Why the stored pixel bytes cannot hold the image the header describes ("" if they can)."""
+    if present is None:
+        return ""
+    rows = int(_number(_get(header, "Rows"), 0) or 0)
+    columns = int(_number(_get(header, "Columns"), 0) or 0)
+    samples = int(_number(_get(header, "SamplesPerPixel"), 1) or 1)
+    frames = int(_number(_get(header, "NumberOfFrames"), 1) or 1)
+    bits = int(_number(_get(header, "BitsAllocated"), 0) or 0)
+    if bits not in (1, 8, 16, 32, 64):
+        shown = _get(header, "BitsAllocated")
+        return f"has no valid BitsAllocated ({shown}); its pixels cannot be read"
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if present < expected:
+        return (
+            f"holds {present} bytes of pixel data, but its header ({rows} rows, {columns} columns, "
+            f"{frames} frame(s), {bits} bits) needs {expected}: the file is truncated or its "
+            "header is wrong"
+        )
+    if expected and present >= 2 * expected:
+        return (
+            f"holds {present} bytes of pixel data, {present // expected} times what its header "
+            f"({rows} rows, {columns} columns, {bits} bits) describes: its header is wrong"
+        )
+    return ""
 
 
 def read_header(path: Path) -> DicomFile | None:
@@ -276,7 +384,7 @@ def read_header(path: Path) -> DicomFile | None:
         with open(path, "rb") as handle:
             head = handle.read(132)
             preamble = head[128:132] == b"DICM"
-            if not preamble and not _starts_like_dicom(head):
+            if not preamble and not starts_like_dicom(head):
                 return None
             handle.seek(0)
             dataset = pydicom.dcmread(
@@ -285,8 +393,21 @@ def read_header(path: Path) -> DicomFile | None:
                 specific_tags=_HEADER_TAG_NUMBERS,
                 force=not preamble,
             )
-            # Reading stops at the pixel data element: anything left means pixels.
-            has_pixels = handle.tell() < os.fstat(handle.fileno()).st_size
+            syntax = str(getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
+            size = os.fstat(handle.fileno()).st_size
+            present = None
+            if syntax == DEFLATED:
+                # The whole data set is deflated: pydicom inflates it to find the pixels.
+                pixel_data = pydicom.dcmread(path).get("PixelData")
+                has_pixels = pixel_data is not None
+                present = len(pixel_data) if has_pixels else None
+            else:
+                # Reading stops at the pixel data element: anything left means pixels.
+                has_pixels = handle.tell() < size
+                if has_pixels and syntax in NATIVE_SYNTAXES:
+                    explicit = NATIVE_SYNTAXES[syntax]
+                    big = syntax == "1.2.840.10008.1.2.2"
+                    present = _native_pixel_bytes(handle, handle.tell(), size, explicit, big)
         header = _values(dataset)
     except Exception as error:  # any parse failure: a damaged or foreign file, not DICOM
         log.debug("%s is not a readable DICOM file: %s", Path(path).name, error)
@@ -301,6 +422,8 @@ def read_header(path: Path) -> DicomFile | None:
         slices, problem = (), "is a DICOM segmentation (SEG), not an image"
     elif not has_pixels or "Rows" not in header or "Columns" not in header:
         slices, problem = (), _not_an_image(sop_class)
+    elif problem := _pixel_problem(header, present):
+        slices = ()
     else:
         slices, problem = _slices(header, Path(path))
     center = _number(_get(header, "WindowCenter"), None)

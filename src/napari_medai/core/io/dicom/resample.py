@@ -19,11 +19,12 @@ import numpy as np
 from scipy import ndimage
 
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.io.dicom.stack import Stack, tolerance
+from napari_medai.core.io.dicom.stack import MAX_GROWTH, Stack, tolerance
 from napari_medai.core.jobs import Job, Progress
 
-#: The resampled volume holds at most this many times the input's voxels.
-MAX_GROWTH = 4.0
+#: In-plane offsets (in pixels) closer than this to a whole pixel are that pixel: slice
+#: positions are decimal strings rounded to about 1e-6 mm, which must not add a row or column.
+PIXEL_SNAP = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,11 +89,11 @@ def plan_grid(stack: Stack) -> ResampleGrid:
     spacing = stack.pixel_spacing
     rows, columns = stack.phases[0][0].rows, stack.phases[0][0].columns
     low = stack.shift.min(axis=0)
-    extra = np.ceil((stack.shift.max(axis=0) - low) / spacing - 1e-6).astype(int)
+    extra = np.ceil((stack.shift.max(axis=0) - low) / spacing - PIXEL_SNAP).astype(int)
     n_rows, n_columns = rows + int(extra[0]), columns + int(extra[1])
     offsets = (low - stack.shift) / spacing
     snapped = np.round(offsets)
-    offsets = np.where(np.abs(offsets - snapped) < 1e-6, snapped, offsets)
+    offsets = np.where(np.abs(offsets - snapped) < PIXEL_SNAP, snapped, offsets)
 
     extent = float(stack.depth[-1])
     intervals = extent / float(np.diff(stack.depth).min())

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: Slices closer than this (mm) along the normal share one location (4D series).
 SAME_LOCATION_MM = 0.05
+#: A gap this many times the usual one may split a stack (see :func:`_without_far_outliers`).
+OUTLIER_GAP_FACTOR = 10.0
+#: The resampled volume holds at most this many times the input's voxels.
+MAX_GROWTH = 4.0
 
 NO_POSITION_WARNING = (
     "the images carry no patient position or orientation: they are stacked by instance "
@@ -133,7 +137,9 @@ def _consistent(slices: list[SliceRef]) -> tuple[list[SliceRef], list[str]]:
     ]
 
 
-def _phases(sorted_slices: list[SliceRef], depth: np.ndarray, name: str) -> list[list[SliceRef]]:
+def _phases(
+    sorted_slices: list[SliceRef], depth: np.ndarray, name: str, warnings: list[str]
+) -> list[list[SliceRef]]:
     """Split slices sharing a location into phases (time points, echoes...)."""
     groups: list[list[int]] = [[0]]
     for index in range(1, len(sorted_slices)):
@@ -149,6 +155,17 @@ def _phases(sorted_slices: list[SliceRef], depth: np.ndarray, name: str) -> list
             "into one volume"
         )
     per_location = sizes.pop()
+    if len(groups) == 1 and per_location > 1:
+        if len({ref.order for ref in sorted_slices}) < per_location:
+            raise UnreadableFileError(
+                f"the {per_location} images of the series {name} all lie at one position, with "
+                "no time, trigger, acquisition or echo number telling them apart: they are not "
+                "a volume (repeated single slices or localizers?)"
+            )
+        warnings.append(
+            f"all {per_location} images lie at one position: opened as a time series of one "
+            "slice, not as a volume"
+        )
     if per_location > 1 and sorted_slices[0].samples > 1:
         raise UnreadableFileError(
             f"the series {name} is a colour series with several images per location; "
@@ -161,9 +178,59 @@ def _phases(sorted_slices: list[SliceRef], depth: np.ndarray, name: str) -> list
     return [[location[phase] for location in ordered] for phase in range(per_location)]
 
 
+def _with_geometry(slices: list[SliceRef], warnings: list[str]) -> list[SliceRef]:
+    """Leave out the few slices without a usable position or orientation, when others have one.
+
+    When none has one, every slice is kept (stacked by instance number later).
+    """
+    placed = [ref for ref in slices if ref.position is not None and ref.orientation is not None]
+    if not placed or len(placed) == len(slices):
+        return slices
+    problems = {ref.orientation_problem for ref in slices if ref.orientation_problem}
+    reason = f" ({sorted(problems)[0]})" if problems else ""
+    warnings.append(
+        f"{len(slices) - len(placed)} image(s) of this series carry no usable position or "
+        f"orientation{reason} and were left out"
+    )
+    return placed
+
+
+def _without_far_outliers(
+    slices: list[SliceRef], along: np.ndarray, warnings: list[str]
+) -> tuple[list[SliceRef], np.ndarray]:
+    """Split off slices far from the rest (a gap the regular grid could not bridge).
+
+    A gap of more than :data:`OUTLIER_GAP_FACTOR` usual gaps that would make the
+    resampled grid exceed its size cap splits the stack; the largest part is kept.
+    """
+    locations = np.unique(np.round(along / SAME_LOCATION_MM) * SAME_LOCATION_MM)
+    if len(locations) < 3:
+        return slices, along
+    gaps = np.diff(locations)
+    usual = float(np.median(gaps))
+    if usual <= 0 or gaps.max() <= OUTLIER_GAP_FACTOR * usual:
+        return slices, along
+    if (locations[-1] - locations[0]) / usual + 1 <= MAX_GROWTH * len(locations):
+        return slices, along
+    cuts = np.flatnonzero(gaps > OUTLIER_GAP_FACTOR * usual)
+    parts = np.split(locations, cuts + 1)
+    kept = max(parts, key=len)
+    low, high = kept[0] - SAME_LOCATION_MM, kept[-1] + SAME_LOCATION_MM
+    inside = (along >= low) & (along <= high)
+    left_out = int((~inside).sum())
+    warnings.append(
+        f"{left_out} image(s) lie far from the other {int(inside.sum())} (a gap of "
+        f"{gaps.max():.1f} mm where slices are {usual:.1f} mm apart): opened the "
+        f"{len(kept)}-position stack on its own; the far image(s) were left out, not "
+        "merged into a coarse grid"
+    )
+    return [ref for ref, keep in zip(slices, inside) if keep], along[inside]
+
+
 def build_stack(slices: list[SliceRef], name: str) -> Stack:
     """Sort the slices of one series along its normal and measure where they lie."""
     slices, warnings = _consistent(_deduplicate(slices))
+    slices = _with_geometry(slices, warnings)
     first = slices[0]
     spacing = first.pixel_spacing
     if spacing is None:
@@ -173,6 +240,8 @@ def build_stack(slices: list[SliceRef], name: str) -> Stack:
     if any(ref.position is None or ref.orientation is None for ref in slices):
         ordered = sorted(slices, key=lambda r: (r.instance, r.order))
         depth = np.arange(len(ordered), dtype=float) * thickness
+        problems = sorted({ref.orientation_problem for ref in slices if ref.orientation_problem})
+        reason = f" ({problems[0]})" if problems else ""
         return Stack(
             phases=(tuple(ordered),),
             row=np.array([1.0, 0.0, 0.0]),
@@ -183,13 +252,14 @@ def build_stack(slices: list[SliceRef], name: str) -> Stack:
             depth=depth,
             shift=np.zeros((len(ordered), 2)),
             thickness=thickness,
-            warnings=(*warnings, NO_POSITION_WARNING),
+            warnings=(*warnings, NO_POSITION_WARNING + reason),
         )
     row, column, normal = _orthonormal_axes(first.orientation)
     along = np.array([ref.position @ normal for ref in slices])
+    slices, along = _without_far_outliers(slices, along, warnings)
     order = np.argsort(along, kind="stable")
     sorted_slices = [slices[i] for i in order]
-    phases = _phases(sorted_slices, along[order] - along[order][0], name)
+    phases = _phases(sorted_slices, along[order] - along[order][0], name, warnings)
     positions = np.array([ref.position for ref in phases[0]])
     offsets = positions - positions[0]
     return Stack(

@@ -12,7 +12,18 @@ from napari_medai.core.errors import MedaiError
 #: Sub-command modules; each defines ``register(subparsers)`` which adds its
 #: parser and sets ``func`` to a callable taking the parsed args and returning
 #: an exit code.
-COMMANDS = ("info", "segment", "models", "train", "cohort", "export", "stats", "evaluate")
+COMMANDS = (
+    "info",
+    "segment",
+    "models",
+    "train",
+    "cohort",
+    "export",
+    "stats",
+    "evaluate",
+    "classify",
+    "train_classifier",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

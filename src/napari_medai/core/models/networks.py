@@ -22,6 +22,27 @@ ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+def _resnet(factory: Callable[..., nets.ResNet]) -> Callable[..., torch.nn.Module]:
+    """MONAI's ResNet under the card's argument names; never downloads pretrained weights."""
+
+    def build(in_channels: int, out_channels: int, **args: Any) -> torch.nn.Module:
+        args.pop("pretrained", None)
+        return factory(n_input_channels=in_channels, num_classes=out_channels, **args)
+
+    return build
+
+
+#: Classification architectures (``task: "classification"``): the output is one
+#: logit per class. ``DenseNet`` takes its block sizes from the card, so small
+#: fast networks need no code.
+CLASSIFIERS: dict[str, Callable[..., torch.nn.Module]] = {
+    "DenseNet": nets.DenseNet,
+    "DenseNet121": nets.DenseNet121,
+    **{name: _resnet(getattr(nets, name)) for name in ("resnet10", "resnet18", "resnet34")},
+}
+ARCHITECTURES.update(CLASSIFIERS)
+
+
 def build_network(card: ModelCard) -> torch.nn.Module:
     """Instantiate the card's architecture with its arguments (untrained)."""
     factory = ARCHITECTURES.get(card.architecture)

@@ -342,6 +342,13 @@ class Augmenter:
         theta[keep] = torch.eye(d + 1)
         return theta
 
+    def images(self, image: torch.Tensor) -> torch.Tensor:
+        """Augment an image batch alone (classification has no label map to warp along)."""
+        image = self.warp_image(image, self._matrices(len(image), tuple(image.shape[2:])))
+        return torch.stack(
+            [convert_to_tensor(self.intensity(sample), track_meta=False) for sample in image]
+        )
+
     def __call__(
         self, image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

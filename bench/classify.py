@@ -1,0 +1,261 @@
+"""Classify organ boxes on a real CT; Grad-CAM localisation; pipeline overhead.
+
+Organs: ``$NAPARI_MEDAI_DATA/totalsegmentator/example_ct_sm.nii.gz`` (122x101x30
+CT, 3 mm) with ``example_seg.nii.gz``. On every axial slice, 32x32 boxes are
+centred on random voxels of the liver (5), spleen (1), a kidney (2 or 3) and
+other body tissue (HU > -500, none of those). A classifier is trained with
+``train_classifier_job`` on the boxes of slices 0-14 (its own model selection
+uses a spatially separate block of those slices), then run with
+``classify_job`` on the boxes of slices 15-29, which it never saw.
+
+Grad-CAM: a "kidney present" box classifier (32x32 boxes at random places,
+positive when the box holds 40 kidney voxels or more, negative when none),
+trained on slices 0-11; on held-out boxes with kidney (slices 12-22) the mean
+heat inside the kidney mask is compared with the mean heat outside it.
+
+Overhead: ``classify_job`` on 100 boxes and on every slice of a synthetic
+512x512x300 CT, against the bare network's forward passes on ready-made
+tensors of the same batch size.
+
+The machine may be shared: the load average is recorded with the figures.
+Usage: ``python bench/classify.py [--budget 60] [--seed 0] [--skip-overhead]``;
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_medai.core.classification.config import ClassifyConfig, Region
+from napari_medai.core.classification.examples import examples_from_regions
+from napari_medai.core.classification.inference import classify_job
+from napari_medai.core.classification.metrics import classification_metrics
+from napari_medai.core.classification.training import (
+    DEFAULT_ARGS,
+    ClassifierTrainConfig,
+    train_classifier_job,
+)
+from napari_medai.core.io.reading import read_label_map, read_volume
+from napari_medai.core.jobs import run_job
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NAPARI_MEDAI_DATA", REPO / ".." / "shared" / "data")).resolve()
+CLASSES = {0: "other", 1: "liver", 2: "spleen", 3: "kidney"}
+ORGANS = {1: (5,), 2: (1,), 3: (2, 3)}
+BOX = 32
+PER_SLICE = 4
+
+
+def organ_boxes(ct: Volume, seg: np.ndarray, slices: range, rng) -> tuple[list[Region], list[int]]:
+    """``PER_SLICE`` boxes per class and slice, centred on random voxels of the class."""
+    body = np.asarray(ct.array) > -500
+    regions, labels = [], []
+    for z in slices:
+        masks = {k: np.isin(seg[z], values) for k, values in ORGANS.items()}
+        masks[0] = body[z] & ~np.isin(seg[z], [5, 1, 2, 3])
+        for k in sorted(masks):
+            ys, xs = np.nonzero(masks[k])
+            if len(ys) == 0:
+                continue
+            for i in rng.choice(len(ys), size=min(PER_SLICE, len(ys)), replace=False):
+                regions.append(Region.around((z, ys[i], xs[i]), (1, BOX, BOX)))
+                labels.append(k)
+    return regions, labels
+
+
+def organs(ct: Volume, seg: np.ndarray, budget: float, seed: int, scratch: Path) -> dict:
+    rng = np.random.default_rng(seed)
+    train_regions, train_labels = organ_boxes(ct, seg, range(0, 15), rng)
+    test_regions, test_labels = organ_boxes(ct, seg, range(15, 30), rng)
+    examples = examples_from_regions(ct, train_regions, train_labels, CLASSES)
+    load = os.getloadavg()[0]
+    config = ClassifierTrainConfig(scratch / "organs", max_time_s=budget, seed=seed, device="cpu")
+    trained = run_job(train_classifier_job(examples, config))
+    model = load_model(trained.best_path)
+    result = run_job(
+        classify_job(ct, model, ClassifyConfig(scope="regions", device="cpu"), test_regions)
+    )
+    probabilities = np.array([p.probabilities for p in result.predictions])
+    metrics = classification_metrics(
+        test_labels, probabilities, CLASSES, "boxes on axial slices 15-29 (training used 0-14)"
+    )
+    last = trained.history[-1]
+    return {
+        "train_boxes": examples.counts(),
+        "training_time_s": round(last["elapsed_s"], 2),
+        "iterations": last["iteration"],
+        "best_iteration": trained.card.training["iterations"],
+        "held_out_during_training": trained.card.training["held_out"],
+        "test": {k: metrics[k] for k in ("computed_on", "accuracy", "macro", "per_class")},
+        "confusion_matrix": metrics["confusion_matrix"],
+        "torch_threads": training_threads(),
+        "load_avg_1min_before": round(load, 2),
+    }
+
+
+def kidney_boxes(ct: Volume, kidney: np.ndarray, slices: range, rng, per_class: int = 12):
+    """32x32 boxes, half holding >= 40 kidney voxels, half none, at random places per slice."""
+    regions, labels = [], []
+    for z in slices:
+        found = {0: 0, 1: 0}
+        for _ in range(2000):
+            if min(found.values()) >= per_class:
+                break
+            y = int(rng.integers(BOX // 2, ct.spatial_shape[1] - BOX // 2))
+            x = int(rng.integers(BOX // 2, ct.spatial_shape[2] - BOX // 2))
+            region = Region.around((z, y, x), (1, BOX, BOX))
+            inside = int(
+                kidney[tuple(slice(a, b) for a, b in zip(region.start, region.stop))].sum()
+            )
+            label = 1 if inside >= 40 else 0 if inside == 0 else None
+            if label is not None and found[label] < per_class:
+                found[label] += 1
+                regions.append(region)
+                labels.append(label)
+    return regions, labels
+
+
+def cam_ratio(model, ct: Volume, kidney: np.ndarray, regions: list[Region]) -> dict:
+    """Mean heat inside / outside the kidney mask within held-out positive boxes."""
+    config = ClassifyConfig(scope="regions", device="cpu", cam=True, cam_class=1)
+    ratios, inside_all, outside_all = [], [], []
+    for region in regions:
+        result = run_job(classify_job(ct, model, config, [region]))
+        where = tuple(slice(a, b) for a, b in zip(region.start, region.stop))
+        heat, mask = result.cam.array[where], kidney[where]
+        inside_all.append(heat[mask].mean())
+        outside_all.append(heat[~mask].mean())
+        ratios.append(heat[mask].mean() / max(heat[~mask].mean(), 1e-6))
+    return {
+        "boxes": len(regions),
+        "mean_heat_inside": round(float(np.mean(inside_all)), 4),
+        "mean_heat_outside": round(float(np.mean(outside_all)), 4),
+        "ratio_of_means": round(float(np.mean(inside_all) / np.mean(outside_all)), 3),
+        "median_ratio_per_box": round(float(np.median(ratios)), 3),
+    }
+
+
+def kidney_cam(ct: Volume, seg: np.ndarray, budget: float, seed: int, scratch: Path) -> dict:
+    rng = np.random.default_rng(seed)
+    kidney = np.isin(seg, (2, 3))
+    regions, labels = kidney_boxes(ct, kidney, range(0, 12), rng)
+    names = {0: "no kidney", 1: "kidney"}
+    examples = examples_from_regions(ct, regions, labels, names)
+    config = ClassifierTrainConfig(scratch / "kidney", max_time_s=budget, seed=seed, device="cpu")
+    trained = run_job(train_classifier_job(examples, config))
+    model = load_model(trained.best_path)
+    test, test_labels = kidney_boxes(ct, kidney, range(12, 23), rng, per_class=5)
+    positives = [r for r, k in zip(test, test_labels) if k == 1]
+    return {"train_boxes": examples.counts(), **cam_ratio(model, ct, kidney, positives)}
+
+
+def _bare(network: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    started = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            network(batch)
+    return time.perf_counter() - started
+
+
+def overhead(patch: int, batch_size: int, seed: int) -> dict:
+    """Our job against bare forward passes, 100 boxes and 300 slices of 512x512."""
+    rng = np.random.default_rng(seed)
+    card = ModelCard(
+        name="bench",
+        architecture="DenseNet",
+        architecture_args=dict(DEFAULT_ARGS),
+        label_names={0: "a", 1: "b"},
+        patch_size=[1, patch, patch],
+        task="classification",
+        spatial_dims=2,
+        intensity={"kind": "window", "low": -160.0, "high": 240.0},
+    )
+    torch.manual_seed(seed)
+    model = LoadedModel(card, build_network(card).eval(), "bench", "")
+    scan = Volume(rng.integers(-1000, 1000, size=(300, 512, 512), dtype=np.int16), metadata={})
+    config = ClassifyConfig(scope="slices", device="cpu", batch_size=batch_size)
+    out = {"patch": patch, "batch_size": batch_size, "load_avg_1min_before": os.getloadavg()[0]}
+    for name, regions, count in (
+        ("100_boxes", [Region.around((z, 256, 256), (1, 32, 32)) for z in range(100)], 100),
+        ("300_slices_512x512", None, 300),
+    ):
+        scope = "regions" if regions else "slices"
+        config = ClassifyConfig(scope=scope, device="cpu", batch_size=batch_size)
+        size = 32 if regions else 512
+        batches = [
+            torch.rand(min(batch_size, count - i), 1, patch, patch)
+            for i in range(0, count, batch_size)
+        ]
+        del size
+        run_job(classify_job(scan, model, config, regions))  # warm-up
+        ours, bare = [], []
+        for _ in range(2):
+            started = time.perf_counter()
+            run_job(classify_job(scan, model, config, regions))
+            ours.append(time.perf_counter() - started)
+            bare.append(_bare(model.network, batches))
+        out[name] = {
+            "ours_s": round(min(ours), 3),
+            "bare_forward_s": round(min(bare), 3),
+            "overhead_percent": round(100 * (min(ours) / min(bare) - 1), 1),
+        }
+    out["load_avg_1min_after"] = os.getloadavg()[0]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds")
+    parser.add_argument("--cam-budget", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--only-overhead", action="store_true")
+    args = parser.parse_args()
+    folder = DATA / "totalsegmentator"
+    report = {
+        "benchmark": "classify",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_avg_start": [round(v, 2) for v in os.getloadavg()],
+    }
+    if not args.only_overhead:
+        ct = read_volume(folder / "example_ct_sm.nii.gz")
+        seg = read_label_map(folder / "example_seg.nii.gz", reference=ct).array
+        with tempfile.TemporaryDirectory() as scratch:
+            report["organs"] = organs(ct, seg, args.budget, args.seed, Path(scratch))
+            report["grad_cam_kidney"] = kidney_cam(
+                ct, seg, args.cam_budget, args.seed, Path(scratch)
+            )
+    if not args.skip_overhead:
+        report["overhead"] = [overhead(512, 8, args.seed), overhead(128, 16, args.seed)]
+    report["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["goals"] = {
+        "organs_macro_roc_auc": 0.90,
+        "training_s": 60,
+        "cam_ratio": 2.0,
+        "overhead_percent": 10,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

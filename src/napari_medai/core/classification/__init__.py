@@ -1,0 +1,1 @@
+"""Classification: whole scans, every slice, or boxes; Grad-CAM; metrics; training."""

@@ -1,0 +1,181 @@
+"""What a classification run is asked to do, and what it gives back (torch-free).
+
+The widget, the CLI and scripts fill in the same :class:`ClassifyConfig`;
+:class:`Region` boxes are in voxel indices of the scan, (z, y, x) order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.volume import Volume
+
+SCOPES = ("volume", "slices", "regions")
+CAM_METHODS = ("gradcam", "gradcampp")
+AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
+
+
+class ClassificationError(MedaiError):
+    """A model, box set or example set cannot be used for classification."""
+
+
+@dataclass
+class ClassifyConfig:
+    """How to classify.
+
+    ``scope`` is the whole ``volume``, every slice along ``axis`` (0, 1, 2 for
+    z, y, x), or the boxes given to the job (``regions``). ``cam`` also makes
+    a Grad-CAM heat map on the scan's grid, for ``cam_class`` (default: each
+    input's predicted class) at ``cam_layer`` (default: the network's last
+    layer with a spatial output). ``batch_size`` of ``None`` grows the batch
+    while a network call stays short (Cancel acts between calls).
+    """
+
+    scope: str = "volume"
+    axis: int = 0
+    device: str = "auto"
+    cam: bool = False
+    cam_method: str = "gradcam"
+    cam_class: int | None = None
+    cam_layer: str | None = None
+    batch_size: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`ClassificationError` for a setting that cannot work."""
+        if self.scope not in SCOPES:
+            raise ClassificationError(
+                f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}"
+            )
+        if self.axis not in (0, 1, 2):
+            raise ClassificationError(
+                f"the slice axis must be 0, 1 or 2 (z, y, x), not {self.axis}"
+            )
+        if self.cam_method not in CAM_METHODS:
+            raise ClassificationError(
+                f"unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ClassificationError(f"the batch size must be at least 1, not {self.batch_size}")
+
+
+def parse_axis(text: str | int) -> int:
+    """An axis given as 0/1/2 or z/y/x."""
+    value = str(text).strip().lower()
+    if value in AXIS_NAMES:
+        return AXIS_NAMES[value]
+    if value in ("0", "1", "2"):
+        return int(value)
+    raise ClassificationError(f"unknown slice axis {text!r}; use z, y or x (or 0, 1, 2)")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of voxels: ``start`` inclusive, ``stop`` exclusive, (z, y, x) indices.
+
+    A 2D box on slice ``z`` has ``stop[0] == start[0] + 1``.
+    """
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @classmethod
+    def around(cls, centre: tuple[float, float, float], size: tuple[int, int, int]) -> Region:
+        """The box of ``size`` voxels centred on ``centre`` (a point in voxel indices)."""
+        start = tuple(math.floor(c + 0.5 - s / 2.0) for c, s in zip(centre, size))
+        return cls(start, tuple(a + int(s) for a, s in zip(start, size)))  # type: ignore[arg-type]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Voxels along (z, y, x)."""
+        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """A short text for messages, e.g. ``z 12, y 30-62, x 40-72``."""
+        parts = []
+        for name, a, b in zip("zyx", self.start, self.stop):
+            parts.append(f"{name} {a}" if b == a + 1 else f"{name} {a}-{b - 1}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """JSON-friendly form."""
+        return {"start": list(self.start), "stop": list(self.stop)}
+
+
+def check_regions(regions: list[Region], shape: tuple[int, int, int]) -> None:
+    """Refuse no boxes, empty boxes and boxes entirely outside a grid of ``shape``.
+
+    A box that only partly leaves the image is kept; the outside is padded.
+    """
+    if not regions:
+        raise ClassificationError(
+            "no boxes to classify: draw rectangles in a Shapes layer, or add points and a box size"
+        )
+    for number, region in enumerate(regions, 1):
+        if min(region.size) < 1:
+            raise ClassificationError(f"box {number} ({region.describe()}) is empty")
+        outside = any(b <= 0 or a >= n for a, b, n in zip(region.start, region.stop, shape))
+        if outside:
+            raise ClassificationError(
+                f"box {number} ({region.describe()}) lies outside the image "
+                f"({shape[0]} x {shape[1]} x {shape[2]} voxels)"
+            )
+
+
+@dataclass
+class Prediction:
+    """One classified input: the winning class and every class's probability."""
+
+    index: int
+    label: int
+    name: str
+    probability: float
+    probabilities: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "index": self.index,
+            "class": self.name,
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "probabilities": [round(p, 6) for p in self.probabilities],
+        }
+
+
+@dataclass
+class ClassifyResult:
+    """Predictions in input order (one, one per slice, or one per box), plus the CAM.
+
+    ``class_names`` maps output channel (the class label) to name; ``cam`` is the heat map on
+    the scan's own grid (geometry equal to the scan's), in [0, 1].
+    """
+
+    scope: str
+    predictions: list[Prediction]
+    class_names: dict[int, str]
+    cam: Volume | None = None
+    regions: list[Region] = field(default_factory=list)
+    axis: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self, label: int) -> list[float]:
+        """The probability of class ``label`` for every input (the per-slice curve)."""
+        return [p.probabilities[label] for p in self.predictions]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays)."""
+        out: dict[str, Any] = {
+            "scope": self.scope,
+            "classes": {str(k): v for k, v in sorted(self.class_names.items())},
+            "predictions": [p.to_dict() for p in self.predictions],
+            "provenance": self.provenance,
+        }
+        if self.scope == "slices":
+            out["axis"] = "zyx"[self.axis]
+        if self.regions:
+            for prediction, region in zip(out["predictions"], self.regions):
+                prediction["box"] = region.to_dict()
+        return out

@@ -1,0 +1,213 @@
+"""Classification jobs: scopes, model checks, boxes, Grad-CAM on the scan's grid, OOM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    ClassifyConfig,
+    Region,
+    parse_axis,
+)
+from napari_medai.core.classification.inference import classify_job
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import run_job
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import save_model_package
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.volume import Volume
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1}
+WINDOW = {"kind": "window", "low": -160, "high": 240}
+
+
+def _card(**changes) -> ModelCard:
+    fields = {
+        "name": "tiny",
+        "architecture": "DenseNet",
+        "architecture_args": dict(TINY),
+        "label_names": {0: "other", 1: "liver", 2: "spleen"},
+        "patch_size": [1, 16, 16],
+        "task": "classification",
+        "spatial_dims": 2,
+        "intensity": WINDOW,
+    }
+    return ModelCard(**{**fields, **changes})
+
+
+def _model(**changes) -> LoadedModel:
+    card = _card(**changes)
+    torch.manual_seed(0)
+    return LoadedModel(card, build_network(card).eval(), "memory", "")
+
+
+@pytest.fixture(scope="module")
+def model2d(tmp_path_factory):
+    """A tiny 2D classifier saved as a package and loaded back through load_model."""
+    card = _card()
+    torch.manual_seed(0)
+    folder = save_model_package(tmp_path_factory.mktemp("m") / "pkg", card, build_network(card))
+    return load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "args", "dims"),
+    [("DenseNet", TINY, 2), ("DenseNet", TINY, 3), ("resnet10", {"widen_factor": 0.125}, 2)],
+)
+def test_classifier_architectures_give_one_score_per_class(architecture, args, dims):
+    card = _card(architecture=architecture, architecture_args=args, spatial_dims=dims)
+    network = build_network(card).eval()
+    with torch.no_grad():
+        out = network(torch.zeros(2, 1, *([16] * dims)))
+    assert out.shape == (2, 3)
+
+
+def test_every_slice_along_each_axis(model2d, phantom):
+    ct, _ = phantom
+    for axis in (0, 1, 2):
+        result = run_job(classify_job(ct, model2d, ClassifyConfig(scope="slices", axis=axis)))
+        assert len(result.predictions) == ct.spatial_shape[axis]
+        table = np.array([p.probabilities for p in result.predictions])
+        np.testing.assert_allclose(table.sum(1), 1.0, atol=1e-5)
+        assert [p.label for p in result.predictions] == table.argmax(1).tolist()
+        assert len(result.curve(1)) == ct.spatial_shape[axis]
+    assert result.to_dict()["axis"] == "x"
+    assert result.provenance["model"] == "tiny" and result.provenance["inputs"] == 64
+
+
+def test_boxes_match_the_bare_network_on_the_same_crops(model2d, phantom):
+    ct, _ = phantom
+    boxes = [Region((3, 10, 12), (4, 26, 28)), Region((7, 30, 30), (8, 46, 46))]
+    result = run_job(classify_job(ct, model2d, ClassifyConfig(scope="regions"), boxes))
+    crops = np.stack([ct.array[3, 10:26, 12:28], ct.array[7, 30:46, 30:46]]).astype(np.float32)
+    batch = torch.from_numpy(np.clip((crops + 160) / 400, 0, 1))[:, None]
+    with torch.no_grad():
+        expected = torch.softmax(model2d.network(batch), 1).numpy()
+    got = np.array([p.probabilities for p in result.predictions])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert result.to_dict()["predictions"][1]["box"] == {"start": [7, 30, 30], "stop": [8, 46, 46]}
+
+
+def test_bad_models_and_boxes_are_refused_with_a_reason(model2d, phantom):
+    ct, _ = phantom
+    cases = [
+        (_model(task="segmentation"), "volume", None, "segmentation model, not a classifier"),
+        (_model(in_channels=2), "slices", None, "takes 2 input channel"),
+        (model2d, "volume", None, "2D classifier"),
+        (_model(spatial_dims=3, patch_size=[8, 16, 16]), "slices", None, "3D classifier"),
+        (model2d, "regions", [], "no boxes"),
+        (model2d, "regions", [Region((40, 0, 0), (41, 16, 16))], "outside the image"),
+        (model2d, "regions", [Region((2, 0, 0), (6, 16, 16))], "spans several slices"),
+    ]
+    for model, scope, regions, message in cases:
+        with pytest.raises(ClassificationError, match=message):
+            classify_job(ct, model, ClassifyConfig(scope=scope), regions)
+    with pytest.raises(ClassificationError, match="slice axis"):
+        parse_axis("w")
+    with pytest.raises(ClassificationError, match="CAM class 7"):
+        classify_job(ct, model2d, ClassifyConfig(scope="slices", cam=True, cam_class=7))
+
+
+def test_a_box_partly_outside_is_padded(model2d, phantom):
+    ct, _ = phantom
+    box = Region((5, 56, 56), (6, 72, 72))
+    result = run_job(classify_job(ct, model2d, ClassifyConfig(scope="regions", cam=True), [box]))
+    assert len(result.predictions) == 1
+    assert np.isfinite(result.cam.array).all()
+    assert result.cam.array[:, :56].max() == 0
+
+
+def test_cam_lies_on_the_scan_grid_for_every_scope(model2d, phantom):
+    ct, _ = phantom
+    config = ClassifyConfig(scope="slices", cam=True, cam_method="gradcampp")
+    slices = run_job(classify_job(ct, model2d, config))
+    assert slices.cam.array.shape == ct.spatial_shape
+    assert slices.cam.geometry.is_close(ct.geometry)
+    assert slices.cam.array.min() >= 0.0 and slices.cam.array.max() <= 1.0 + 1e-6
+    assert slices.provenance["cam"]["layer"]
+
+    boxes = [Region((4, 8, 8), (5, 24, 24))]
+    regions = run_job(classify_job(ct, model2d, ClassifyConfig(scope="regions", cam=True), boxes))
+    outside = regions.cam.array.copy()
+    outside[4, 8:24, 8:24] = 0
+    assert outside.max() == 0
+
+    resampled = _model(
+        spatial_dims=3, patch_size=[8, 16, 16], spacing=[12.0, 10.0, 10.0], orientation="RAS"
+    )
+    whole = run_job(classify_job(ct, resampled, ClassifyConfig(scope="volume", cam=True)))
+    assert whole.cam.array.shape == ct.spatial_shape
+    assert whole.cam.geometry.is_close(ct.geometry)
+    assert whole.provenance["model_space"]["resampled"]
+    assert len(whole.predictions) == 1
+
+
+def test_cam_leaves_the_users_network_unhooked(model2d, phantom):
+    ct, _ = phantom
+    config = ClassifyConfig(scope="slices", cam=True, cam_layer="features.denseblock1")
+    result = run_job(classify_job(ct, model2d, config))
+    assert result.provenance["cam"]["layer"] == "features.denseblock1"
+    hooked = [m for m in model2d.network.modules() if m._forward_hooks or m._backward_hooks]
+    assert hooked == []
+    with pytest.raises(ClassificationError, match="no layer 'nope'"):
+        run_job(
+            classify_job(ct, model2d, ClassifyConfig(scope="slices", cam=True, cam_layer="nope"))
+        )
+
+
+class _RunsOutOfMemoryOnce(torch.nn.Module):
+    """Raises a GPU out-of-memory error on its first batch of more than one input."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.failed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("MPS backend out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_finishes(model2d, phantom):
+    ct, _ = phantom
+    model = LoadedModel(model2d.card, _RunsOutOfMemoryOnce(model2d.network), "memory", "")
+    config = ClassifyConfig(scope="slices", batch_size=4)
+    result = run_job(classify_job(ct, model, config))
+    expected = run_job(classify_job(ct, model2d, config))
+    assert result.provenance["fallbacks"] == [
+        "out of memory on cpu: running 2 window(s) at a time instead of 4"
+    ]
+    np.testing.assert_allclose(
+        [p.probabilities for p in result.predictions],
+        [p.probabilities for p in expected.predictions],
+        atol=1e-6,
+    )
+
+
+def test_stopping_early_leaves_the_model_as_it_was(model2d, phantom):
+    ct, _ = phantom
+    job = classify_job(ct, model2d, ClassifyConfig(scope="slices", batch_size=1, cam=True))
+    next(job)
+    next(job)
+    job.close()
+    assert model2d.network.training is False
+    assert [m for m in model2d.network.modules() if m._forward_hooks] == []
+
+
+def test_two_channel_images_feed_two_channel_models():
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.normal(size=(2, 6, 16, 16)).astype(np.float32))
+    model = _model(in_channels=2, intensity={"kind": "zscore"})
+    result = run_job(classify_job(volume, model, ClassifyConfig(scope="slices")))
+    assert len(result.predictions) == 6
+    with pytest.raises(MedaiError, match="takes 2"):
+        classify_job(Volume(np.zeros((6, 16, 16))), model, ClassifyConfig(scope="slices"))

@@ -8,7 +8,7 @@ other body tissue (HU > -500, none of those). A classifier is trained with
 uses a spatially separate block of those slices), then run with
 ``classify_job`` on the boxes of slices 15-29, which it never saw.
 
-Grad-CAM: a "kidney present" box classifier (32x32 boxes at random places,
+Grad-CAM: a "kidney present" box classifier (32x32 boxes centred in the body,
 positive when the box holds 40 kidney voxels or more, negative when none),
 trained on slices 0-11; on held-out boxes with kidney (slices 12-22) the mean
 heat inside the kidney mask is compared with the mean heat outside it.
@@ -110,15 +110,16 @@ def organs(ct: Volume, seg: np.ndarray, budget: float, seed: int, scratch: Path)
 
 
 def kidney_boxes(ct: Volume, kidney: np.ndarray, slices: range, rng, per_class: int = 12):
-    """32x32 boxes, half holding >= 40 kidney voxels, half none, at random places per slice."""
+    """32x32 boxes centred in the body, half holding >= 40 kidney voxels, half none."""
     regions, labels = [], []
+    body = np.asarray(ct.array) > -500
     for z in slices:
         found = {0: 0, 1: 0}
-        for _ in range(2000):
+        ys, xs = np.nonzero(body[z])
+        for i in rng.permutation(len(ys))[:2000]:
             if min(found.values()) >= per_class:
                 break
-            y = int(rng.integers(BOX // 2, ct.spatial_shape[1] - BOX // 2))
-            x = int(rng.integers(BOX // 2, ct.spatial_shape[2] - BOX // 2))
+            y, x = int(ys[i]), int(xs[i])
             region = Region.around((z, y, x), (1, BOX, BOX))
             inside = int(
                 kidney[tuple(slice(a, b) for a, b in zip(region.start, region.stop))].sum()
@@ -131,9 +132,11 @@ def kidney_boxes(ct: Volume, kidney: np.ndarray, slices: range, rng, per_class: 
     return regions, labels
 
 
-def cam_ratio(model, ct: Volume, kidney: np.ndarray, regions: list[Region]) -> dict:
+def cam_ratio(
+    model, ct: Volume, kidney: np.ndarray, regions: list[Region], method: str = "gradcam"
+) -> dict:
     """Mean heat inside / outside the kidney mask within held-out positive boxes."""
-    config = ClassifyConfig(scope="regions", device="cpu", cam=True, cam_class=1)
+    config = ClassifyConfig(scope="regions", device="cpu", cam=True, cam_class=1, cam_method=method)
     ratios, inside_all, outside_all = [], [], []
     for region in regions:
         result = run_job(classify_job(ct, model, config, [region]))

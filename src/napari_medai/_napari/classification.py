@@ -1,0 +1,150 @@
+"""Classification on napari layers: boxes from Shapes/Points in, results onto layers.
+
+Boxes drawn in a Shapes layer (or points plus a box size) are converted through
+world coordinates into voxel boxes of the image, so a box lands on the same
+anatomy whatever transforms the two layers carry. Results go into the box
+layer's ``features`` (class, probability) and its on-canvas text; the Grad-CAM
+map becomes an image layer on the scan's grid, found again and updated by the
+next run of the same image and model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Layer, Points, Shapes
+from napari.types import LayerDataTuple
+
+from napari_medai._napari.layers import METADATA_KEY, image_layer_data
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    ClassifyConfig,
+    ClassifyResult,
+    Region,
+)
+from napari_medai.core.jobs import Job, Progress, scaled
+from napari_medai.core.volume import Volume
+
+if TYPE_CHECKING:
+    from napari_medai.core.models.loaded import LoadedModel
+
+#: Share of the progress bar given to loading the model.
+_LOADING_SHARE = 0.05
+CAM_DISPLAY = {"colormap": "inferno", "blending": "additive", "opacity": 0.5}
+TEXT = {
+    "string": "{class} {probability:.2f}",
+    "color": "yellow",
+    "size": 10,
+    "anchor": "upper_left",
+}
+
+
+def _to_image_index(points: np.ndarray, source: Layer, image: Image) -> np.ndarray:
+    """(N, 3) data coordinates of ``source`` as voxel coordinates of ``image``."""
+    return np.array([image.world_to_data(source.data_to_world(p)) for p in points])[:, -3:]
+
+
+def regions_from_shapes(shapes: Shapes, image: Image) -> list[Region]:
+    """Each shape's bounding box on the image's voxel grid (a 2D box on its slice)."""
+    if len(shapes.data) == 0:
+        raise ClassificationError(f"the Shapes layer '{shapes.name}' holds no boxes; draw some")
+    regions = []
+    for number, vertices in enumerate(shapes.data, 1):
+        if vertices.shape[1] < 3:
+            raise ClassificationError(
+                f"box {number} of '{shapes.name}' is 2D; draw boxes on the 3D scan"
+            )
+        corners = _to_image_index(vertices, shapes, image)
+        z = np.round(corners[:, 0])
+        if np.ptp(z) > 0:
+            raise ClassificationError(f"box {number} of '{shapes.name}' spans several slices")
+        low = np.floor(corners.min(0) + 0.5).astype(int)
+        high = np.floor(corners.max(0) + 0.5).astype(int)
+        regions.append(
+            Region((int(z[0]), *low[1:]), (int(z[0]) + 1, *np.maximum(high, low + 1)[1:]))
+        )
+    return regions
+
+
+def regions_from_points(points: Points, image: Image, size: tuple[int, int]) -> list[Region]:
+    """A ``size`` (rows, columns) box around each point, on the point's slice."""
+    if len(points.data) == 0:
+        raise ClassificationError(f"the Points layer '{points.name}' holds no points; add some")
+    centres = _to_image_index(np.asarray(points.data), points, image)
+    return [Region.around(tuple(c), (1, *size)) for c in centres]
+
+
+def load_and_classify_job(
+    source: str,
+    trusted: bool,
+    volume: Volume,
+    config: ClassifyConfig,
+    regions: list[Region] | None = None,
+) -> Job[tuple[LoadedModel, ClassifyResult]]:
+    """Load the model, then classify; both in the job so a slow load never blocks the GUI."""
+    from napari_medai.core.classification.inference import classify_job
+    from napari_medai.core.models.sources import load_model
+
+    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    model = load_model(source, trusted=trusted)
+    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    job = classify_job(volume, model, config, regions)
+    result = yield from scaled(job, _LOADING_SHARE, 1.0)
+    return model, result
+
+
+def result_table(result: ClassifyResult) -> pd.DataFrame:
+    """One row per input: its number, class, probability, then every class's probability."""
+    what = {"volume": "scan", "slices": f"slice ({'zyx'[result.axis]})", "regions": "box"}
+    rows: dict[str, Any] = {
+        what[result.scope]: [
+            p.index if result.scope == "slices" else p.index + 1 for p in result.predictions
+        ],
+        "class": [p.name for p in result.predictions],
+        "probability": [round(p.probability, 4) for p in result.predictions],
+    }
+    for label, name in sorted(result.class_names.items()):
+        rows[f"p({name})"] = [round(p.probabilities[label], 4) for p in result.predictions]
+    return pd.DataFrame(rows)
+
+
+def annotate_layer(layer: Shapes | Points, result: ClassifyResult) -> None:
+    """Write the results into the box layer's features and show them as text on the canvas."""
+    table = result_table(result).iloc[:, 1:]
+    if len(table) != len(layer.data):
+        raise ClassificationError(
+            f"'{layer.name}' now holds {len(layer.data)} boxes, the run classified {len(table)}; "
+            "run again"
+        )
+    existing = layer.features.drop(columns=[c for c in table if c in layer.features])
+    layer.features = pd.concat([existing.reset_index(drop=True), table], axis=1)
+    layer.text = TEXT
+
+
+def cam_layer_data(
+    result: ClassifyResult, image: Image, model_source: str, model_name: str
+) -> LayerDataTuple:
+    """The heat map as an image layer tuple on the scan's grid, tagged for updating.
+
+    Tagged like segmentation outputs, so ``show_segmentation`` updates the
+    earlier map of the same image and model instead of adding another layer.
+    """
+    # Imported here: the segmentation module loads torch, which a dock must not at start.
+    from napari_medai._napari.segmentation import OUTPUT_TAG, SegmentationTarget
+
+    target = SegmentationTarget.of(image, model_source)
+    if result.cam is None:
+        raise ClassificationError("this run made no heat map")
+    provenance = {**result.provenance, "image": target.image_name}
+    data, kwargs, kind = image_layer_data(replace(result.cam, metadata=provenance))
+    kwargs.update(
+        name=f"{target.image_name} – {model_name} Grad-CAM",
+        contrast_limits=(0.0, 1.0),
+        **CAM_DISPLAY,
+    )
+    kwargs["metadata"][METADATA_KEY][OUTPUT_TAG] = target.tag("cam")
+    return data, kwargs, kind

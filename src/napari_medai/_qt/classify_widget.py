@@ -1,0 +1,248 @@
+"""Dock widget "Classify": a scan, its slices or boxes through a classifier, with Grad-CAM.
+
+Thin by design: a magicgui form (its layer pickers follow the layer list by
+themselves) becomes a :class:`ClassifyConfig`; :func:`load_and_classify_job`
+runs in the :class:`JobRunner` (progress, Cancel, errors as notifications);
+the result fills a table, the box layer's features and text, a per-slice
+curve (click it to go to that slice) and the Grad-CAM layer. Nothing is
+touched unless a run completes.
+
+The curve is a minimal themed QPainter plot until the shared ``_qt/plot.py``
+lands on main.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.layers import Image, Points, Shapes
+from napari.utils.notifications import show_error
+from napari.utils.theme import get_theme
+from qtpy.QtCore import QPointF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QTableWidget, QTableWidgetItem, QWidget
+
+from napari_medai._napari.classification import (
+    annotate_layer,
+    cam_layer_data,
+    load_and_classify_job,
+    regions_from_points,
+    regions_from_shapes,
+    result_table,
+)
+from napari_medai._napari.layers import volume_from_layer
+from napari_medai._qt.job_runner import JobRunner
+from napari_medai.core.classification.config import ClassifyConfig, ClassifyResult
+from napari_medai.core.errors import MedaiError
+
+if TYPE_CHECKING:
+    import napari
+
+SCOPES = {"whole volume": "volume", "every slice": "slices", "boxes": "regions"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class SliceCurve(QWidget):
+    """Probability of one class per slice; a click emits the slice index under it."""
+
+    clicked = Signal(float)
+
+    def __init__(self, theme: str = "dark", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values: list[float] = []
+        self.label = ""
+        self.theme = theme
+        self.setMinimumHeight(110)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_values(self, values: list[float], label: str) -> None:
+        """Show ``values`` (0..1, one per slice) for class ``label``."""
+        self.values, self.label = list(values), label
+        self.update()
+
+    def _x(self, index: float) -> float:
+        return 8 + (self.width() - 16) * index / max(len(self.values) - 1, 1)
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt's name)
+        colours = get_theme(self.theme)
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor(colours.canvas.as_hex()))
+        painter.setPen(QColor(colours.text.as_hex()))
+        if not self.values:
+            painter.drawText(
+                self.rect(), Qt.AlignmentFlag.AlignCenter, "Run 'every slice' to see the curve"
+            )
+            return
+        painter.drawText(8, 14, f"p({self.label}) per slice; click to go there")
+        top, bottom = 20.0, self.height() - 6.0
+        line = QPolygonF(
+            [QPointF(self._x(i), bottom - (bottom - top) * v) for i, v in enumerate(self.values)]
+        )
+        painter.setPen(QPen(QColor(colours.highlight.as_hex()), 2))
+        painter.drawPolyline(line)
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if self.values:
+            fraction = (event.position().x() - 8) / max(self.width() - 16, 1)
+            self.clicked.emit(
+                float(np.clip(round(fraction * (len(self.values) - 1)), 0, len(self.values) - 1))
+            )
+
+
+class ClassifyWidget(Container):
+    """Pick an image, a classifier and a scope; Run; results as table, text and heat map."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.image = create_widget(annotation=Image, label="Image")
+        self.model = FileEdit(mode="d", label="Model", tooltip="a classifier model package folder")
+        self.trust = CheckBox(text="Trust this MONAI bundle (its configs run code)")
+        self.scope = ComboBox(choices=list(SCOPES), value="every slice", label="Classify")
+        self.axis = ComboBox(choices=["z", "y", "x"], value="z", label="Slice axis")
+        self.boxes = create_widget(annotation=Shapes, label="Boxes", options={"nullable": True})
+        self.points = create_widget(
+            annotation=Points, label="or points", options={"nullable": True}
+        )
+        self.box_size = SpinBox(value=32, min=4, max=1024, label="Box size (px)")
+        self.cam = CheckBox(text="Grad-CAM heat map", value=True)
+        self.cam_class = SpinBox(value=-1, min=-1, max=999, label="CAM class (-1: predicted)")
+        self.device = ComboBox(choices=list(DEVICES), value="auto", label="Device")
+        self.run_button = PushButton(text="Run")
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.image, self.model, self.trust, self.scope, self.axis, self.boxes,
+                self.points, self.box_size, self.cam, self.cam_class, self.device,
+                self.run_button, self.status,
+            ]
+        )  # fmt: skip
+        self.runner = JobRunner()
+        self.table = QTableWidget(0, 0)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(120)
+        self.curve = SliceCurve(str(napari_viewer.theme))
+        for extra in (self.runner, self.curve, self.table):
+            self.native.layout().addWidget(extra)
+        #: The last completed run's result, and the CAM layer it showed.
+        self.result: ClassifyResult | None = None
+        self.cam_layer = None
+        for field in (self.image, self.model, self.scope, self.boxes, self.points):
+            field.changed.connect(self._update_run_button)
+        self.run_button.changed.connect(self.run)
+        self.runner.runningChanged.connect(self._update_run_button)
+        self.curve.clicked.connect(self.go_to_slice)
+        self._update_run_button()
+
+    def reset_choices(self, *args) -> None:
+        """Refresh the layer pickers (napari calls this when layers change)."""
+        super().reset_choices(*args)
+        self._update_run_button()
+
+    def _problem(self) -> str | None:
+        """Why Run cannot start now, or None."""
+        if self.runner.running:
+            return "a run is in progress"
+        if self.image.value is None:
+            return "open a 3D image first"
+        if not str(self.model.value) or str(self.model.value) == ".":
+            return "choose a classifier model folder"
+        if (
+            SCOPES[self.scope.value] == "regions"
+            and self.boxes.value is None
+            and self.points.value is None
+        ):
+            return "draw boxes in a Shapes layer, or add a Points layer"
+        return None
+
+    def _update_run_button(self, *_args) -> None:
+        problem = self._problem()
+        self.run_button.enabled = problem is None
+        self.run_button.tooltip = problem or "classify with these settings"
+        if problem is not None and not self.runner.running:
+            self.status.value = problem
+
+    def config(self) -> ClassifyConfig:
+        """The form as the core config (the CLI fills the same)."""
+        return ClassifyConfig(
+            scope=SCOPES[self.scope.value],
+            axis="zyx".index(self.axis.value),
+            device=self.device.value,
+            cam=self.cam.value,
+            cam_class=None if self.cam_class.value < 0 else int(self.cam_class.value),
+        )
+
+    def _box_layer(self) -> Shapes | Points | None:
+        return self.boxes.value if self.boxes.value is not None else self.points.value
+
+    def run(self, *_args) -> None:
+        """Start classifying with the form's settings."""
+        if self._problem() is not None:
+            return
+        image, config, layer = self.image.value, self.config(), None
+        try:
+            if image.rgb or image.multiscale or image.ndim not in (3, 4):
+                raise MedaiError(f"'{image.name}' is not a greyscale 3D image")
+            volume = volume_from_layer(image)
+            regions = None
+            if config.scope == "regions":
+                layer = self._box_layer()
+                if isinstance(layer, Shapes):
+                    regions = regions_from_shapes(layer, image)
+                else:
+                    size = int(self.box_size.value)
+                    regions = regions_from_points(layer, image, (size, size))
+        except MedaiError as error:
+            show_error(f"Classify failed: {error}")
+            return
+        source = str(self.model.value)
+        job = partial(load_and_classify_job, source, self.trust.value, volume, config, regions)
+        self.runner.start(job, partial(self._show, image, layer, source), title="Classify")
+
+    def _show(self, image: Image, layer: Shapes | Points | None, source: str, outcome) -> None:
+        model, result = outcome
+        if layer is not None:
+            annotate_layer(layer, result)
+        self.result = result
+        self._fill_table(result)
+        if result.scope == "slices":
+            positive = max(result.class_names)
+            self.curve.set_values(result.curve(positive), result.class_names[positive])
+        if result.cam is not None:
+            from napari_medai._napari.segmentation import show_segmentation
+
+            data = cam_layer_data(result, image, source, model.name)
+            self.cam_layer = show_segmentation(self._viewer, [data])[0]
+        self.status.value = f"{len(result.predictions)} classified with {model.name}"
+
+    def _fill_table(self, result: ClassifyResult) -> None:
+        frame = result_table(result)
+        self.table.setRowCount(len(frame))
+        self.table.setColumnCount(len(frame.columns))
+        self.table.setHorizontalHeaderLabels([str(c) for c in frame.columns])
+        for row, values in enumerate(frame.itertuples(index=False)):
+            for column, value in enumerate(values):
+                self.table.setItem(row, column, QTableWidgetItem(str(value)))
+        self.table.resizeColumnsToContents()
+
+    def go_to_slice(self, index: float) -> None:
+        """Move the viewer to slice ``index`` of the last per-slice run's image axis."""
+        image = self.image.value
+        if image is None or self.result is None or self.result.scope != "slices":
+            return
+        centre = (np.asarray(image.data.shape[-3:], dtype=float) - 1) / 2
+        centre[self.result.axis] = index
+        world = np.asarray(image.data_to_world(centre))
+        self._viewer.dims.set_point(range(len(world)), tuple(world))

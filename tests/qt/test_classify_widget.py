@@ -1,0 +1,169 @@
+"""The Classify dock: boxes in, table + features + text + Grad-CAM out; Cancel and errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Layer
+from qtpy.QtCore import Qt
+
+from napari_medai._napari.layers import image_layer_data
+from napari_medai._qt.classify_widget import ClassifyWidget
+from napari_medai._qt.job_runner import JobOutcome
+from napari_medai.core.models import sources
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import save_model_package
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_card(**changes) -> ModelCard:
+    fields = {
+        "name": "tiny",
+        "architecture": "DenseNet",
+        "architecture_args": {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]},
+        "label_names": {0: "other", 1: "liver"},
+        "patch_size": [1, 16, 16],
+        "task": "classification",
+        "spatial_dims": 2,
+        "intensity": {"kind": "window", "low": -160, "high": 240},
+    }
+    return ModelCard(**{**fields, **changes})
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    torch.manual_seed(0)
+    card = tiny_card()
+    return save_model_package(tmp_path_factory.mktemp("m") / "pkg", card, build_network(card))
+
+
+@pytest.fixture
+def dock(make_napari_viewer, phantom, package):
+    viewer = make_napari_viewer()
+    image = viewer.add_layer(Layer.create(*image_layer_data(phantom[0])))
+    widget = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.value = str(package)
+    return viewer, image, widget
+
+
+def draw_boxes(viewer, image, corners: list[tuple[int, int, int, int]], z: int = 12):
+    """Rectangles drawn in world coordinates over voxel boxes (y0, x0, y1, x1) of slice z."""
+    shapes = [
+        np.array([image.data_to_world(p) for p in ([z, a, b], [z, a, d], [z, c, d], [z, c, b])])
+        for a, b, c, d in corners
+    ]
+    return viewer.add_shapes(shapes, shape_type="rectangle", name="boxes")
+
+
+def snapshot(viewer) -> list:
+    """Name, data and features (where the layer has them) of every layer."""
+    out = []
+    for layer in viewer.layers:
+        data = [np.array(d) for d in layer.data] if isinstance(layer.data, list) else layer.data
+        features = layer.features.copy() if hasattr(layer, "features") else None
+        out.append((layer.name, np.array(data, dtype=object), features))
+    return out
+
+
+def assert_unchanged(viewer, before) -> None:
+    after = snapshot(viewer)
+    assert [a[0] for a in after] == [b[0] for b in before]
+    for (_, data_a, feat_a), (_, data_b, feat_b) in zip(after, before):
+        assert all(np.array_equal(a, b) for a, b in zip(data_a, data_b))
+        assert (feat_a is None and feat_b is None) or feat_a.equals(feat_b)
+
+
+def run_and_wait(qtbot, widget, timeout_ms: int = 20000) -> JobOutcome:
+    assert widget.run_button.enabled, widget.run_button.tooltip
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
+    return widget.runner.outcome
+
+
+def test_two_boxes_fill_table_features_text_and_cam(dock, qtbot):
+    viewer, image, widget = dock
+    boxes = draw_boxes(viewer, image, [(10, 10, 30, 30), (30, 30, 50, 50)])
+    widget.scope.value = "boxes"
+    widget.boxes.value = boxes
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+
+    assert widget.table.rowCount() == 2
+    assert list(boxes.features.columns[:2]) == ["class", "probability"]
+    assert set(boxes.features["class"]) <= {"other", "liver"}
+    assert boxes.text.string.format == "{class} {probability:.2f}"
+    cam = widget.cam_layer
+    assert cam is not None and cam in viewer.layers and cam.blending == "additive"
+    np.testing.assert_allclose(cam.affine.affine_matrix, image.affine.affine_matrix)
+    assert cam.data[:, :10].max() == 0 and cam.data[12, 10:30, 10:30].max() > 0
+    count = len(viewer.layers)
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert len(viewer.layers) == count  # the CAM layer is updated, not added again
+
+
+def test_every_slice_fills_the_curve_and_a_click_moves_the_viewer(dock, qtbot):
+    viewer, image, widget = dock
+    widget.cam.value = False
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert len(widget.curve.values) == 24 and widget.table.rowCount() == 24
+    widget.curve.clicked.emit(5.0)
+    slice_5 = image.world_to_data(viewer.dims.point)[0]
+    assert round(slice_5) == 5
+
+
+class Sleepy(torch.nn.Module):
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(0.3)
+        return self.inner(x)
+
+
+def test_cancel_and_errors_leave_the_layers_untouched(dock, qtbot, monkeypatch, notifications):
+    viewer, image, widget = dock
+    boxes = draw_boxes(viewer, image, [(10, 10, 30, 30)])
+    before = snapshot(viewer)
+    sleepy = Sleepy(build_network(tiny_card()).eval())
+    slow = LoadedModel(tiny_card(), sleepy, "sleepy", "")
+    monkeypatch.setattr(sources, "load_model", lambda source, trusted=False: slow)
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "classified" in widget.runner.message, timeout=10000)
+    started = time.perf_counter()
+    qtbot.mouseClick(widget.runner.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=1500)
+    assert time.perf_counter() - started < 1.0
+    assert widget.runner.outcome == JobOutcome.CANCELLED and sleepy.calls < 24
+    assert_unchanged(viewer, before)
+
+    segmenter = LoadedModel(tiny_card(task="segmentation"), sleepy.inner, "seg", "")
+    monkeypatch.setattr(sources, "load_model", lambda source, trusted=False: segmenter)
+    widget.scope.value = "boxes"
+    widget.boxes.value = boxes
+    assert run_and_wait(qtbot, widget) == JobOutcome.FAILED
+    assert "not a classifier" in str(notifications[-1].message)
+    assert_unchanged(viewer, before)
+
+    boxes.data = []
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    assert "holds no boxes" in str(notifications[-1].message)
+    assert not widget.runner.running
+    widget.boxes.value = None
+    assert not widget.run_button.enabled and "Shapes layer" in widget.run_button.tooltip
+
+
+def test_the_widget_module_does_not_load_torch():
+    import subprocess
+
+    code = "import sys, napari_medai._qt.classify_widget; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -26,6 +26,8 @@ from napari_medai.core.models.networks import build_network
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_torch_thread")]
 
+#: Optimizer steps of the kidney classifier (a fixed count, not time: CI machines are slow).
+ITERATIONS = 150
 TINY = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1], "bn_size": 1}
 
 
@@ -101,7 +103,7 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
     figures = bench.kidney_cam(
         ct, seg, budget=None, iterations=ITERATIONS, seed=0, scratch=tmp_path
     )
-    print(
+    print(  # noqa: T201 (the issue asks the test to print the ratio; shown with pytest -s)
         f"kidney Grad-CAM: mean heat inside / outside the kidney mask = {figures['ratio_of_means']}"
     )
     assert figures["ratio_of_means"] >= 2.0

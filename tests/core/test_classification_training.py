@@ -197,7 +197,7 @@ def test_cli_train_classifier_then_classify_with_cam(phantom, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     present = int((organs.array == 1).any(axis=(1, 2)).sum())
-    assert report["examples"] == {"no liver": 24 - present, "liver": present}
+    assert list(report["examples"].values()) == [24 - present, present]
     assert (tmp_path / "liver_slices_metrics.csv").is_file()
 
     assert (

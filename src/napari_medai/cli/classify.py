@@ -52,12 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Classify every input; stop at the first bad one (MedaiError, handled by main)."""
     from napari_medai.cli.progress import run_with_bar
-    from napari_medai.cli.segment import _safe, _write_probability
+    from napari_medai.cli.segment import _safe
     from napari_medai.core.classification.boxes import read_boxes
     from napari_medai.core.classification.config import ClassifyConfig, parse_axis
     from napari_medai.core.classification.inference import classify_job
     from napari_medai.core.files import check_can_write, compound_stem
     from napari_medai.core.io.reading import check_readable, read_volume_job
+    from napari_medai.core.io.writing import write_volume
     from napari_medai.core.models.sources import load_model
 
     inputs = [Path(p) for p in args.inputs]
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         entry = {"input": path.name, **result.to_dict()}
         if result.cam is not None:
             args.cam.mkdir(parents=True, exist_ok=True)
-            _write_probability(result.cam, cams[path], args.overwrite)
+            write_volume(result.cam, cams[path], args.overwrite)
             entry["cam"] = str(cams[path])
         report.append(entry)
     print(json.dumps(report if len(report) > 1 else report[0], indent=2, default=str))

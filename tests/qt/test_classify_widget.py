@@ -161,6 +161,31 @@ def test_cancel_and_errors_leave_the_layers_untouched(dock, qtbot, monkeypatch, 
     assert not widget.run_button.enabled and "Shapes layer" in widget.run_button.tooltip
 
 
+def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, tmp_path):
+    viewer, image, widget = dock
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path))
+    corners = [(10 + 4 * (z % 2), 10, 26 + 4 * (z % 2), 26) for z in range(8)]
+    shapes = [
+        np.array([image.data_to_world(p) for p in ([z, a, b], [z, a, d], [z, c, d], [z, c, b])])
+        for z, (a, b, c, d) in enumerate(corners, start=4)
+    ]
+    boxes = viewer.add_shapes(shapes, shape_type="rectangle", name="examples")
+    boxes.features = {"class": ["liver", "other"] * 4}
+    widget.boxes.value = boxes
+    widget.train_time.value = 1
+    assert widget.train_button.enabled
+    qtbot.mouseClick(widget.train_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
+    assert widget.runner.outcome == JobOutcome.DONE
+    assert str(widget.model.value).startswith(str(tmp_path))
+    assert "held-out accuracy" in widget.status.value and "boxes" in widget.status.value
+
+    widget.scope.value = "boxes"
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert boxes.features["class"].tolist() == ["liver", "other"] * 4
+    assert set(boxes.features["predicted"]) <= {"liver", "other"}
+
+
 def test_the_widget_module_does_not_load_torch():
     import subprocess
 

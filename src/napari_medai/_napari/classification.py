@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #: Share of the progress bar given to loading the model.
 _LOADING_SHARE = 0.05
 CAM_DISPLAY = {"colormap": "inferno", "blending": "additive", "opacity": 0.5}
+#: ``layer.metadata`` key set when the ``class`` feature holds our predictions.
+PREDICTIONS_KEY = "napari_medai_predictions"
 TEXT = {
     "string": "{class} {probability:.2f}",
     "color": "yellow",
@@ -113,16 +115,58 @@ def result_table(result: ClassifyResult) -> pd.DataFrame:
 
 
 def annotate_layer(layer: Shapes | Points, result: ClassifyResult) -> None:
-    """Write the results into the box layer's features and show them as text on the canvas."""
+    """Write the results into the box layer's features and show them as text on the canvas.
+
+    The predicted class goes to the ``class`` column, unless the user's own
+    classes are there (training examples): then it goes to ``predicted``, so
+    nothing the user entered is overwritten.
+    """
     table = result_table(result).iloc[:, 1:]
     if len(table) != len(layer.data):
         raise ClassificationError(
             f"'{layer.name}' now holds {len(layer.data)} boxes, the run classified {len(table)}; "
             "run again"
         )
+    ours = layer.metadata.get(PREDICTIONS_KEY, False)
+    column = "class" if ours or "class" not in layer.features else "predicted"
+    table = table.rename(columns={"class": column})
     existing = layer.features.drop(columns=[c for c in table if c in layer.features])
     layer.features = pd.concat([existing.reset_index(drop=True), table], axis=1)
-    layer.text = TEXT
+    layer.metadata = {**layer.metadata, PREDICTIONS_KEY: column == "class"}
+    layer.text = {**TEXT, "string": f"{{{column}}} {{probability:.2f}}"}
+
+
+def class_labels(layer: Shapes | Points) -> tuple[list[int], dict[int, str]]:
+    """Each box's class number from the layer's ``class`` feature, and the class names.
+
+    Names are sorted, so the same names always get the same numbers.
+    """
+    if "class" not in layer.features or layer.metadata.get(PREDICTIONS_KEY):
+        raise ClassificationError(
+            f"the boxes of '{layer.name}' carry no class: give each one a 'class' feature "
+            "(e.g. liver, other) to train on them"
+        )
+    values = [str(v) for v in layer.features["class"]]
+    names = sorted(set(values))
+    if len(names) < 2:
+        raise ClassificationError(
+            f"the boxes of '{layer.name}' all have class {names[0]!r}; a classifier needs examples "
+            "of at least two classes"
+        )
+    return [names.index(v) for v in values], dict(enumerate(names))
+
+
+def train_from_boxes_job(
+    volume: Volume, regions: list[Region], layer: Shapes | Points, config: Any
+) -> Job[Any]:
+    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig)."""
+    from napari_medai.core.classification.examples import examples_from_regions
+    from napari_medai.core.classification.training import train_classifier_job
+
+    labels, names = class_labels(layer)
+    yield Progress(0.0, "reading the boxes")
+    examples = examples_from_regions(volume, regions, labels, names)
+    return (yield from train_classifier_job(examples, config))
 
 
 def cam_layer_data(

@@ -13,6 +13,7 @@ lands on main.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -121,12 +122,15 @@ class ClassifyWidget(Container):
         self.cam_class = SpinBox(value=-1, min=-1, max=999, label="CAM class (-1: predicted)")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="Device")
         self.run_button = PushButton(text="Run")
+        self.train_time = SpinBox(value=60, min=1, max=3600, label="Training time (s)")
+        self.train_button = PushButton(text="Train a classifier on the boxes' classes")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend(
             [
                 self.image, self.model, self.trust, self.scope, self.axis, self.boxes,
                 self.points, self.box_size, self.cam, self.cam_class, self.device,
-                self.run_button, self.status,
+                self.run_button, self.train_time, self.train_button, self.status,
             ]
         )  # fmt: skip
         self.runner = JobRunner()
@@ -142,6 +146,7 @@ class ClassifyWidget(Container):
         for field in (self.image, self.model, self.scope, self.boxes, self.points):
             field.changed.connect(self._update_run_button)
         self.run_button.changed.connect(self.run)
+        self.train_button.changed.connect(self.train)
         self.runner.runningChanged.connect(self._update_run_button)
         self.curve.clicked.connect(self.go_to_slice)
         self._update_run_button()
@@ -171,6 +176,13 @@ class ClassifyWidget(Container):
         problem = self._problem()
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or "classify with these settings"
+        boxes = self.image.value is not None and self._box_layer() is not None
+        self.train_button.enabled = boxes and not self.runner.running
+        self.train_button.tooltip = (
+            "train on the boxes' 'class' feature; the model is kept and picked for Run"
+            if boxes
+            else "choose an image and a box layer whose boxes have a 'class' feature"
+        )
         if problem is not None and not self.runner.running:
             self.status.value = problem
 
@@ -210,6 +222,46 @@ class ClassifyWidget(Container):
         source = str(self.model.value)
         job = partial(load_and_classify_job, source, self.trust.value, volume, config, regions)
         self.runner.start(job, partial(self._show, image, layer, source), title="Classify")
+
+    def train(self, *_args) -> None:
+        """Train a new classifier on the box layer's classes; pick it when done."""
+        from napari_medai._napari.classification import class_labels, train_from_boxes_job
+        from napari_medai.core.classification.training import ClassifierTrainConfig
+        from napari_medai.core.models.registry import user_model_dir
+
+        image, layer = self.image.value, self._box_layer()
+        if image is None or layer is None or self.runner.running:
+            return
+        try:
+            class_labels(layer)
+            volume = volume_from_layer(image)
+            if isinstance(layer, Shapes):
+                regions = regions_from_shapes(layer, image)
+            else:
+                size = int(self.box_size.value)
+                regions = regions_from_points(layer, image, (size, size))
+        except MedaiError as error:
+            show_error(f"Train classifier failed: {error}")
+            return
+        out = user_model_dir() / f"classifier-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = ClassifierTrainConfig(
+            out, max_time_s=float(self.train_time.value), device=self.device.value
+        )
+        job = partial(train_from_boxes_job, volume, regions, layer, config)
+        self.runner.start(job, self._trained, title="Train classifier")
+
+    def _trained(self, result) -> None:
+        self.model.value = str(result.best_path)
+        metrics = result.metrics
+        if metrics is None:
+            self.status.value = f"saved {result.best_path.name}; nothing was held out to score it"
+            return
+        on = metrics["computed_on"]
+        self.status.value = (
+            f"held-out accuracy {metrics['accuracy']:.2f}, macro ROC AUC "
+            f"{metrics['macro']['roc_auc']} on {on['cases']} boxes ({on['description']})"
+        )
+        self.status.tooltip = self.status.value
 
     def _show(self, image: Image, layer: Shapes | Points | None, source: str, outcome) -> None:
         model, result = outcome

@@ -56,13 +56,18 @@ class Inputs:
         raise NotImplementedError
 
     def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
-        """The normalised inputs at ``indices`` as one (B, C, *patch) batch on ``device``."""
-        items = []
-        for index in indices:
-            item = torch.from_numpy(self.raw(index))[None].to(device)
-            item = self.normaliser(item).nan_to_num_(0.0)
-            items.append(resize(item, self.patch))
-        return torch.cat(items)
+        """The normalised inputs at ``indices`` as one (B, C, *patch) batch on ``device``.
+
+        Inputs of one size are normalised and resized as one batch; boxes of
+        different sizes one by one.
+        """
+        raws = [self.raw(index) for index in indices]
+        groups = [np.stack(raws)] if len({r.shape for r in raws}) == 1 else [r[None] for r in raws]
+        batches = []
+        for group in groups:
+            batch = self.normaliser(torch.from_numpy(group).to(device)).nan_to_num_(0.0)
+            batches.append(resize(batch, self.patch))
+        return batches[0] if len(batches) == 1 else torch.cat(batches)
 
     def place(self, cam: np.ndarray, index: int, heat: np.ndarray) -> None:
         """Write input ``index``'s (*patch) heat map into ``cam`` (the scan's grid)."""

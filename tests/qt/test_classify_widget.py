@@ -112,7 +112,8 @@ def test_every_slice_fills_the_curve_and_a_click_moves_the_viewer(dock, qtbot):
     viewer, image, widget = dock
     widget.cam.value = False
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
-    assert len(widget.curve.values) == 24 and widget.table.rowCount() == 24
+    assert len(widget.curve.series("per-slice probability")) == 24
+    assert widget.table.rowCount() == 24
     widget.curve.clicked.emit(5.0)
     slice_5 = image.world_to_data(viewer.dims.point)[0]
     assert round(slice_5) == 5

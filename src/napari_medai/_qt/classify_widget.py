@@ -7,8 +7,7 @@ the result fills a table, the box layer's features and text, a per-slice
 curve (click it to go to that slice) and the Grad-CAM layer. Nothing is
 touched unless a run completes.
 
-The curve is a minimal themed QPainter plot until the shared ``_qt/plot.py``
-lands on main.
+The per-slice curve is the shared themed :class:`LivePlot`.
 """
 
 from __future__ import annotations
@@ -30,10 +29,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Points, Shapes
 from napari.utils.notifications import show_error
-from napari.utils.theme import get_theme
-from qtpy.QtCore import QPointF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QSizePolicy, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
 from napari_medai._napari.classification import (
     annotate_layer,
@@ -45,61 +41,16 @@ from napari_medai._napari.classification import (
 )
 from napari_medai._napari.layers import volume_from_layer
 from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.plot import LivePlot
 from napari_medai.core.classification.config import ClassifyConfig, ClassifyResult
 from napari_medai.core.errors import MedaiError
 
 if TYPE_CHECKING:
     import napari
 
+CURVE = "per-slice probability"
 SCOPES = {"whole volume": "volume", "every slice": "slices", "boxes": "regions"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-class SliceCurve(QWidget):
-    """Probability of one class per slice; a click emits the slice index under it."""
-
-    clicked = Signal(float)
-
-    def __init__(self, theme: str = "dark", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.values: list[float] = []
-        self.label = ""
-        self.theme = theme
-        self.setMinimumHeight(110)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-
-    def set_values(self, values: list[float], label: str) -> None:
-        """Show ``values`` (0..1, one per slice) for class ``label``."""
-        self.values, self.label = list(values), label
-        self.update()
-
-    def _x(self, index: float) -> float:
-        return 8 + (self.width() - 16) * index / max(len(self.values) - 1, 1)
-
-    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt's name)
-        colours = get_theme(self.theme)
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), QColor(colours.canvas.as_hex()))
-        painter.setPen(QColor(colours.text.as_hex()))
-        if not self.values:
-            painter.drawText(
-                self.rect(), Qt.AlignmentFlag.AlignCenter, "Run 'every slice' to see the curve"
-            )
-            return
-        painter.drawText(8, 14, f"p({self.label}) per slice; click to go there")
-        top, bottom = 20.0, self.height() - 6.0
-        line = QPolygonF(
-            [QPointF(self._x(i), bottom - (bottom - top) * v) for i, v in enumerate(self.values)]
-        )
-        painter.setPen(QPen(QColor(colours.highlight.as_hex()), 2))
-        painter.drawPolyline(line)
-
-    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        if self.values:
-            fraction = (event.position().x() - 8) / max(self.width() - 16, 1)
-            self.clicked.emit(
-                float(np.clip(round(fraction * (len(self.values) - 1)), 0, len(self.values) - 1))
-            )
 
 
 class ClassifyWidget(Container):
@@ -137,7 +88,13 @@ class ClassifyWidget(Container):
         self.table = QTableWidget(0, 0)
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(120)
-        self.curve = SliceCurve(str(napari_viewer.theme))
+        self.curve = LivePlot(
+            napari_viewer,
+            x_label="slice",
+            y_label="probability",
+            empty_text="Run 'every slice' to see the curve; click it to go to a slice",
+            y_range=(0.0, 1.0),
+        )
         for extra in (self.runner, self.curve, self.table):
             self.native.layout().addWidget(extra)
         #: The last completed run's result, and the CAM layer it showed.
@@ -271,7 +228,9 @@ class ClassifyWidget(Container):
         self._fill_table(result)
         if result.scope == "slices":
             positive = max(result.class_names)
-            self.curve.set_values(result.curve(positive), result.class_names[positive])
+            values = result.curve(positive)
+            label = f"p({result.class_names[positive]})"
+            self.curve.set_series(CURVE, range(len(values)), values, label=label)
         if result.cam is not None:
             from napari_medai._napari.segmentation import show_segmentation
 
@@ -294,6 +253,8 @@ class ClassifyWidget(Container):
         image = self.image.value
         if image is None or self.result is None or self.result.scope != "slices":
             return
+        index = float(np.clip(round(index), 0, len(self.result.predictions) - 1))
+        self.curve.set_marker_x(index)
         centre = (np.asarray(image.data.shape[-3:], dtype=float) - 1) / 2
         centre[self.result.axis] = index
         world = np.asarray(image.data_to_world(centre))

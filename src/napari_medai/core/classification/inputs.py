@@ -50,22 +50,33 @@ class Inputs:
         self.normaliser = normaliser
         self.patch = card.patch_size[1:] if card.spatial_dims == 2 else card.patch_size
         self.count = 0
+        #: Whether inputs may hold NaN where they leave the image.
+        self.pads = False
 
     def raw(self, index: int) -> np.ndarray:
-        """Input ``index`` as (C, *spatial) float32, NaN where it leaves the image."""
+        """Input ``index`` as (C, *spatial), a view where possible; NaN outside the image."""
         raise NotImplementedError
 
     def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
         """The normalised inputs at ``indices`` as one (B, C, *patch) batch on ``device``.
 
-        Inputs of one size are normalised and resized as one batch; boxes of
-        different sizes one by one.
+        Inputs of one size are copied once, straight into a float32 batch, then
+        normalised and resized as one; boxes of different sizes one by one.
+        Only boxes can leave the image, so only they pay for the NaN fill.
         """
         raws = [self.raw(index) for index in indices]
-        groups = [np.stack(raws)] if len({r.shape for r in raws}) == 1 else [r[None] for r in raws]
+        if len({r.shape for r in raws}) == 1:
+            stacked = np.empty((len(raws), *raws[0].shape), dtype=np.float32)
+            for row, raw in zip(stacked, raws):
+                row[...] = raw
+            groups = [stacked]
+        else:
+            groups = [r[None].astype(np.float32, copy=False) for r in raws]
         batches = []
         for group in groups:
-            batch = self.normaliser(torch.from_numpy(group).to(device)).nan_to_num_(0.0)
+            batch = self.normaliser(torch.from_numpy(group).to(device))
+            if self.pads:
+                batch = batch.nan_to_num_(0.0)
             batches.append(resize(batch, self.patch))
         return batches[0] if len(batches) == 1 else torch.cat(batches)
 
@@ -85,7 +96,7 @@ class VolumeInput(Inputs):
         self.count = 1
 
     def raw(self, index: int) -> np.ndarray:
-        return np.asarray(self.data, dtype=np.float32)
+        return self.data
 
     def place(self, cam: np.ndarray, index: int, heat: np.ndarray) -> None:
         model_grid = resize(torch.from_numpy(heat)[None, None], self.space.shape)[0, 0].numpy()
@@ -109,8 +120,10 @@ class SliceInputs(Inputs):
         if context:
             where = np.clip(np.arange(index - context, index + context + 1), 0, self.count - 1)
             taken = np.take(self.data[0], where, axis=self.axis)
-            return np.moveaxis(taken, self.axis, 0).astype(np.float32)
-        return np.take(self.data, index, axis=1 + self.axis).astype(np.float32)
+            return np.moveaxis(taken, self.axis, 0)
+        where: list[slice | int] = [slice(None)] * 4
+        where[1 + self.axis] = index
+        return self.data[tuple(where)]
 
     def place(self, cam: np.ndarray, index: int, heat: np.ndarray) -> None:
         target = np.take(cam, index, axis=self.axis)
@@ -128,6 +141,7 @@ class RegionInputs(Inputs):
         super().__init__(card, data, Normaliser.from_card(card.intensity, data))
         self.regions = regions
         self.count = len(regions)
+        self.pads = True
         self.shape = data.shape[1:]
 
     def _box(self, start: Sequence[int], stop: Sequence[int], channels: Sequence[int] | None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
@@ -185,11 +184,3 @@ def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, t
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
     assert boxes.features["class"].tolist() == ["liver", "other"] * 4
     assert set(boxes.features["predicted"]) <= {"liver", "other"}
-
-
-def test_the_widget_module_does_not_load_torch():
-    import subprocess
-
-    code = "import sys, napari_medai._qt.classify_widget; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -109,3 +109,26 @@ def test_docks_through_the_plugin_manifest(make_napari_viewer, qtbot):
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-medai", "Window presets")
     click(qtbot, widget.buttons["liver"])
     assert ct.contrast_limits == pytest.approx([-20, 140])
+
+
+def test_ct_presets_are_disabled_on_mr_with_a_reason(viewer_and_widget, qtbot, notifications):
+    viewer, widget = viewer_and_widget
+    mr = viewer.add_image(
+        np.random.default_rng(0).uniform(0, 800, (6, 32, 32)).astype(np.float32),
+        metadata={"napari_medai": {"provenance": {"modality": "MR"}}},
+        name="T1",
+    )
+    viewer.layers.selection = {mr}
+    lung = widget.buttons["lung"]
+    assert not lung.isEnabled()
+    assert "CT window" in lung.toolTip() and "'T1' is MRI" in lung.toolTip()
+    assert "use Auto" in widget.note.text()
+    assert widget.buttons["auto"].isEnabled()
+    before = tuple(mr.contrast_limits)
+    assert widget.apply("lung") == []  # also refused when called directly, with a warning
+    assert tuple(mr.contrast_limits) == before
+    assert any("CT window" in str(n.message) for n in notifications)
+
+    ct = viewer.add_image(ct_like(0), name="CT")
+    viewer.layers.selection = {ct}
+    assert lung.isEnabled() and widget.note.text() == ""

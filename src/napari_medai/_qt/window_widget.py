@@ -1,14 +1,21 @@
-"""Dock widget: CT window presets and percentile auto-contrast, one click each."""
+"""Dock widget: CT window presets and percentile auto-contrast, one click each.
+
+Presets say which modality they are for (all are CT windows in HU); they are
+disabled, with a tooltip saying why, while the images they would act on are
+not CT.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from napari.utils.notifications import show_info
-from qtpy.QtWidgets import QGridLayout, QPushButton, QVBoxLayout, QWidget
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_medai.core.windows import PRESETS, percentile_limits, value_range
+from napari_medai._napari.modality import layer_modality
+from napari_medai.core.models.fit import describe_modality
+from napari_medai.core.windows import PRESETS, WindowPreset, percentile_limits, value_range
 
 if TYPE_CHECKING:
     import napari
@@ -23,6 +30,14 @@ def _is_greyscale(layer: object) -> bool:
 def _layer_array(layer: Image):
     """The array to sample: the coarsest level of a multiscale image."""
     return layer.data[-1] if layer.multiscale else layer.data
+
+
+def _preset_tip(preset: WindowPreset) -> str:
+    unit = " HU" if preset.modality == "CT" else ""
+    return (
+        f"{preset.name}: level {preset.level:g}{unit}, width {preset.width:g}{unit} "
+        f"(for {describe_modality(preset.modality)})"
+    )
 
 
 class WindowPresetWidget(QWidget):
@@ -41,20 +56,27 @@ class WindowPresetWidget(QWidget):
         grid = QGridLayout()
         for index, preset in enumerate(PRESETS.values()):
             button = QPushButton(preset.name.capitalize())
-            button.setToolTip(
-                f"{preset.name}: level {preset.level:g} HU, width {preset.width:g} HU"
-            )
+            button.setToolTip(_preset_tip(preset))
             button.clicked.connect(lambda _checked=False, name=preset.name: self.apply(name))
             grid.addWidget(button, index // 2, index % 2)
             self.buttons[preset.name] = button
         auto = QPushButton("Auto (percentiles)")
-        auto.setToolTip("0.5 to 99.5 percentile of the image's values")
+        auto.setToolTip("0.5 to 99.5 percentile of the image's values (any modality)")
         auto.clicked.connect(lambda _checked=False: self.apply_auto())
         self.buttons["auto"] = auto
+        #: Why presets are disabled, when they are.
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
         layout.addWidget(auto)
+        layout.addWidget(self.note)
         layout.addStretch(1)
+        layers = napari_viewer.layers
+        layers.selection.events.changed.connect(self._update_presets)
+        layers.events.inserted.connect(self._update_presets)
+        layers.events.removed.connect(self._update_presets)
+        self._update_presets()
 
     def target_layers(self) -> list[Image]:
         """The selected greyscale images, else the viewer's only one, else none."""
@@ -64,18 +86,49 @@ class WindowPresetWidget(QWidget):
         images = [layer for layer in self._viewer.layers if _is_greyscale(layer)]
         return images if len(images) == 1 else []
 
+    def _mismatch(self, preset: WindowPreset, layers: list[Image]) -> str | None:
+        """Why ``preset`` does not suit ``layers``, or None when it does."""
+        modalities = {layer.name: layer_modality(layer) for layer in layers}
+        others = [name for name, modality in modalities.items() if modality != preset.modality]
+        if not others:
+            return None
+        have = modalities[others[0]]
+        kind = describe_modality(have) if have else "not known to be CT (it never reaches air)"
+        return (
+            f"{preset.name.capitalize()} is a {describe_modality(preset.modality)} window, "
+            f"but '{others[0]}' is {kind}: use Auto"
+        )
+
+    def _update_presets(self, _event: Any = None) -> None:
+        layers = self.target_layers()
+        problems = []
+        for preset in PRESETS.values():
+            problem = self._mismatch(preset, layers)
+            button = self.buttons[preset.name]
+            button.setEnabled(problem is None)
+            button.setToolTip(_preset_tip(preset) if problem is None else problem)
+            if problem is not None:
+                problems.append(problem)
+        self.note.setText(problems[0] if problems else "")
+
     def apply(self, name: str) -> list[Image]:
-        """Apply the preset called ``name`` (a key of ``PRESETS``); return the layers changed."""
-        limits = PRESETS[name].contrast_limits
-        return self._set_limits(lambda _layer: limits)
+        """Apply the preset called ``name`` (a key of ``PRESETS``) to the images it suits."""
+        preset = PRESETS[name]
+        layers = self.target_layers()
+        problem = self._mismatch(preset, layers)
+        if problem is not None:
+            show_warning(problem)
+            layers = [layer for layer in layers if layer_modality(layer) == preset.modality]
+        limits = preset.contrast_limits
+        return self._set_limits(layers, lambda _layer: limits)
 
     def apply_auto(self) -> list[Image]:
         """Set each target layer's limits to its own 0.5-99.5 percentiles."""
-        return self._set_limits(lambda layer: percentile_limits(_layer_array(layer)))
-
-    def _set_limits(self, limits_for) -> list[Image]:
         layers = self.target_layers()
-        if not layers:
+        return self._set_limits(layers, lambda layer: percentile_limits(_layer_array(layer)))
+
+    def _set_limits(self, layers: list[Image], limits_for) -> list[Image]:
+        if not layers and not self.target_layers():
             show_info(NO_IMAGE_MESSAGE)
         for layer in layers:
             limits = limits_for(layer)

@@ -20,11 +20,17 @@ MAX_SAMPLES = 1_000_000
 
 @dataclass(frozen=True)
 class WindowPreset:
-    """A named CT window: ``level`` (centre) and ``width``, both in HU."""
+    """A named window: ``level`` (centre) and ``width``, in the units of ``modality``.
+
+    Every preset here is a CT window in Hounsfield units (``modality`` "CT");
+    on an MR image, whose values have no fixed unit, such a window shows noise
+    or nothing, so the widget offers it only for CT.
+    """
 
     name: str
     level: float
     width: float
+    modality: str = "CT"
 
     @property
     def contrast_limits(self) -> tuple[float, float]:

@@ -25,6 +25,12 @@ CARD_FORMAT_VERSION = 1
 INTENSITY_KINDS = ("window", "percentile", "zscore", "none")
 
 
+def normalise_modality(modality: str | None) -> str:
+    """DICOM modality in capitals ("MR" for "mri"/"MRI"), or "" when unknown."""
+    text = (modality or "").strip().upper()
+    return "MR" if text == "MRI" else text
+
+
 @dataclass
 class ModelCard:
     """Description of a model package (all spatial lists in (z, y, x) order).
@@ -33,7 +39,12 @@ class ModelCard:
     greater than 1 with ``context_slices`` makes a 2.5D model) and 3 for volume
     models. ``spacing`` of ``None`` runs at the scan's own spacing;
     ``orientation`` of ``None`` runs in the scan's own orientation, otherwise an
-    ITK orientation code such as ``"LPS"`` or ``"RAS"``.
+    ITK orientation code such as ``"LPS"`` or ``"RAS"``. ``modality`` is the
+    DICOM modality the model was made for ("CT", "MR", ...; ``None``: any) and
+    ``body_region`` where it looks ("abdomen", "head"; ``None``: anywhere); the
+    Segment widget uses both to pick a model that fits the open scan and to
+    warn before a model runs on the wrong kind of scan. Cards written before
+    these fields existed load with both ``None``.
     """
 
     name: str
@@ -49,6 +60,8 @@ class ModelCard:
     orientation: str | None = None
     intensity: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
     training: dict[str, Any] = field(default_factory=dict)
+    modality: str | None = None
+    body_region: str | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -60,6 +73,8 @@ class ModelCard:
             raise ModelLoadError(
                 f"model card: spatial_dims must be 2 or 3, not {self.spatial_dims}"
             )
+        if self.modality is not None:
+            self.modality = normalise_modality(self.modality) or None
         if len(self.patch_size) != 3:
             raise ModelLoadError("model card: patch_size needs three numbers (z, y, x)")
 

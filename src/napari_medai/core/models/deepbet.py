@@ -22,6 +22,9 @@ from napari_medai.core.models.loaded import LoadedModel
 
 DEEPBET_NAME = "deepbet-brain"
 DEEPBET_DESCRIPTION = "brain extraction (skull stripping) for T1 MRI, deepbet (MIT)"
+#: deepbet is trained on T1 MRI of the head; the Segment widget never offers it first for CT.
+DEEPBET_MODALITY = "MR"
+DEEPBET_BODY_REGION = "head"
 
 
 @functools.cache
@@ -48,6 +51,8 @@ def deepbet_card() -> ModelCard:
         orientation="RAS",
         intensity={"kind": "none"},
         training={"source": "deepbet (PyPI, MIT)", "reference": "Fisch et al. 2024"},
+        modality=DEEPBET_MODALITY,
+        body_region=DEEPBET_BODY_REGION,
     )
 
 

@@ -3,12 +3,17 @@
 The user's folder is ``$NAPARI_MEDAI_MODELS`` or, by default, ``models`` in the
 platform's user data folder (``~/.local/share/napari-medai/models`` on Linux).
 Each model package or MONAI bundle folder in it is listed under its folder name.
+Models trained but not yet kept wait in its ``drafts`` sub-folder, which is not
+listed; :func:`keep_model` moves one into the list, :func:`delete_model`
+removes a listed one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,8 @@ from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.formats import METADATA_FILE, is_bundle_folder, is_model_package
 
 MODELS_ENV = "NAPARI_MEDAI_MODELS"
+#: Sub-folder of the user's model folder holding trained models not (yet) kept.
+DRAFTS = "drafts"
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,11 @@ class ModelEntry:
 
     ``kind`` is "builtin", "package" or "bundle"; ``available`` is False when
     the model cannot be loaded here (extra not installed, unreadable card);
-    ``location`` is the folder of a package or bundle.
+    ``location`` is the folder of a package or bundle. ``title`` is the name
+    the card gives (the folder name when it has none), ``modality`` and
+    ``body_region`` what the model is for (None: any), ``labels`` its
+    foreground label names, ``created`` when its card was written (seconds
+    since the epoch) and ``val_dice`` its validation Dice, when known.
     """
 
     name: str
@@ -36,6 +47,26 @@ class ModelEntry:
     kind: str
     available: bool
     location: Path | None = None
+    title: str = ""
+    modality: str | None = None
+    body_region: str | None = None
+    labels: tuple[str, ...] = ()
+    created: float | None = None
+    val_dice: float | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for a picker: title, labels, date and validation Dice where known."""
+        parts = [self.title or self.name]
+        if self.labels:
+            parts.append(", ".join(self.labels))
+        if self.modality:
+            parts.append(self.modality + (f" {self.body_region}" if self.body_region else ""))
+        if self.created is not None:
+            parts.append(time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created)))
+        if self.val_dice is not None:
+            parts.append(f"Dice {self.val_dice:.2f}")
+        return " · ".join(parts)
 
 
 def user_model_dir() -> Path:
@@ -51,7 +82,18 @@ def _builtin_entries() -> list[ModelEntry]:
     description = deepbet.DEEPBET_DESCRIPTION
     if not available:
         description += "; install with: pip install 'napari-medai[brain]'"
-    return [ModelEntry(deepbet.DEEPBET_NAME, description, "builtin", available)]
+    return [
+        ModelEntry(
+            deepbet.DEEPBET_NAME,
+            description,
+            "builtin",
+            available,
+            title=deepbet.DEEPBET_NAME,
+            modality=deepbet.DEEPBET_MODALITY,
+            body_region=deepbet.DEEPBET_BODY_REGION,
+            labels=("brain",),
+        )
+    ]
 
 
 def _folder_entry(folder: Path) -> ModelEntry | None:
@@ -60,9 +102,22 @@ def _folder_entry(folder: Path) -> ModelEntry | None:
             card = ModelCard.read(folder / CARD_FILE)
         except MedaiError as error:
             return ModelEntry(folder.name, f"unreadable card: {error}", "package", False, folder)
-        labels = ", ".join(name for value, name in sorted(card.label_names.items()) if value)
-        description = f"{card.task}: {labels} ({card.architecture})"
-        return ModelEntry(folder.name, description, "package", True, folder)
+        labels = tuple(name for value, name in sorted(card.label_names.items()) if value)
+        description = f"{card.task}: {', '.join(labels)} ({card.architecture})"
+        dice = card.training.get("val_dice")
+        return ModelEntry(
+            folder.name,
+            description,
+            "package",
+            True,
+            folder,
+            title=card.name or folder.name,
+            modality=card.modality,
+            body_region=card.body_region,
+            labels=labels,
+            created=(folder / CARD_FILE).stat().st_mtime,
+            val_dice=None if dice is None else float(dice),
+        )
     if is_bundle_folder(folder):
         try:
             metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
@@ -75,13 +130,55 @@ def _folder_entry(folder: Path) -> ModelEntry | None:
     return None
 
 
+def drafts_dir() -> Path:
+    """Where trained models wait until they are kept (not listed as ready)."""
+    return user_model_dir() / DRAFTS
+
+
+def _checkpoints(folder: Path) -> Path:
+    """The training checkpoints saved beside a model folder (see TrainConfig.checkpoints)."""
+    return folder.with_name(folder.name + ".checkpoints")
+
+
+def keep_model(draft: Path, name: str | None = None) -> Path:
+    """Move a model package (and its checkpoints) into the listed models; return its new folder.
+
+    ``name`` is the folder name (default: the draft's); an existing model is
+    never replaced, a number is added instead.
+    """
+    draft = Path(draft)
+    base = user_model_dir() / (name or draft.name)
+    target, number = base, 1
+    while target.exists() or _checkpoints(target).exists():
+        number += 1
+        target = base.with_name(f"{base.name}-{number}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(draft, target)
+    if _checkpoints(draft).exists():
+        os.replace(_checkpoints(draft), _checkpoints(target))
+    return target
+
+
+def delete_model(entry: ModelEntry) -> None:
+    """Delete a listed model of the user's folder (or a draft) with its checkpoints."""
+    folder = entry.location
+    root = user_model_dir().resolve()
+    if entry.kind == "builtin" or folder is None or root not in folder.resolve().parents:
+        raise MedaiError(
+            f"'{entry.name}' is not in the model folder {root}; only models there can be deleted"
+        )
+    shutil.rmtree(folder)
+    if _checkpoints(folder).is_dir():
+        shutil.rmtree(_checkpoints(folder))
+
+
 def _user_entries() -> list[ModelEntry]:
     root = user_model_dir()
     if not root.is_dir():
         return []
     # Hidden folders are unfinished atomic writes (see core.files.atomic_directory).
     folders = (p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith("."))
-    entries = (_folder_entry(p) for p in folders)
+    entries = (_folder_entry(p) for p in folders if p.name != DRAFTS)
     return [e for e in entries if e is not None]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_medai.core.models.card import ModelCard
+from napari_medai.core.training.quality import TrainingQuality
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
@@ -90,6 +91,11 @@ class TrainResult:
     last_path: Path
     history: list[dict[str, Any]]
     card: ModelCard
+
+    @property
+    def quality(self) -> TrainingQuality:
+        """The best model's validation Dice and the voxel counts it learnt from."""
+        return TrainingQuality.of(self.card)
 
 
 def training_threads(keep_free: int = 0) -> int:

@@ -223,6 +223,7 @@ def _new_card(
         in_channels=2 * context + 1,
         context_slices=context,
         intensity=intensity,
+        modality=pairs[0][0].modality or None,
     )
 
 

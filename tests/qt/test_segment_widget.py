@@ -18,14 +18,15 @@ from qtpy.QtWidgets import QFileDialog
 from napari_medai._napari import segmentation
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
 from napari_medai._napari.reader import read_layers
+from napari_medai._qt import segment_widget
 from napari_medai._qt.job_runner import JobOutcome
-from napari_medai._qt.segment_widget import LOAD_FILE, LOAD_FOLDER, SegmentWidget
+from napari_medai._qt.segment_widget import LOAD_FILE, LOAD_FOLDER, NO_IMAGE, SegmentWidget
 from napari_medai.cli import main
 from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
-from napari_medai.core.models.registry import MODELS_ENV
+from napari_medai.core.models.registry import MODELS_ENV, ModelEntry
 from napari_medai.core.volume import volume_to_sitk
 
 #: CT window of the threshold model; LEVEL lies between 40 and 41 HU in window units.
@@ -134,25 +135,25 @@ def viewer_widget(qtbot, scan):
     viewer = ViewerModel()
     [image] = [viewer.add_layer(Layer.create(*data)) for data in read_layers(str(scan))]
     widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
+    qtbot.addWidget(widget.native)
     return viewer, image, widget
 
 
 def choose_file(widget: SegmentWidget, monkeypatch, path: Path) -> None:
     """Pick a model through "Load from file..." with the dialog answered by ``path``."""
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
-    widget.model_combo.setCurrentIndex(widget.model_combo.findText(LOAD_FILE))
+    widget.model_combo.value = widget.model_combo.get_choice(LOAD_FILE)
 
 
 def choose_folder(widget: SegmentWidget, monkeypatch, path: Path) -> None:
     """Pick a model through "Load from folder..." with the dialog answered by ``path``."""
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(path))
-    widget.model_combo.setCurrentIndex(widget.model_combo.findText(LOAD_FOLDER))
+    widget.model_combo.value = widget.model_combo.get_choice(LOAD_FOLDER)
 
 
 def run_and_wait(qtbot, widget: SegmentWidget, timeout_ms: int = 20000) -> JobOutcome:
-    assert widget.run_button.isEnabled()
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    assert widget.run_button.enabled, widget.reason.value
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
     return widget.runner.outcome
 
@@ -172,7 +173,7 @@ def test_package_mask_equals_the_cli_mask(docked, qtbot, monkeypatch, unet_packa
     viewer, image, widget = docked
     choose_folder(widget, monkeypatch, unet_package)
     assert widget.current_model_source() == str(unet_package)
-    widget.device_combo.setCurrentText("cpu")
+    widget.device_combo.value = "cpu"
 
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
 
@@ -201,8 +202,8 @@ def test_threshold_model_masks_maps_and_reruns(docked, qtbot, monkeypatch, thres
     viewer, image, widget = docked
     hu = np.array(image.data, copy=True)
     choose_file(widget, monkeypatch, threshold_file)
-    widget.probability_check.setChecked(True)
-    widget.uncertainty_check.setChecked(True)
+    widget.probability_check.value = True
+    widget.uncertainty_check.value = True
 
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
 
@@ -232,7 +233,7 @@ def test_threshold_model_masks_maps_and_reruns(docked, qtbot, monkeypatch, thres
     np.testing.assert_array_equal(labels.data, (hu - 100 > 40).astype(np.uint8))
     assert labels.opacity == 0.3 and probability.colormap.name == "gray"
 
-    widget.new_layer_check.setChecked(True)
+    widget.new_layer_check.value = True
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
     assert len(viewer.layers) == 7
     assert widget.output_layers[0] != labels
@@ -262,9 +263,9 @@ def test_cancel_stops_within_a_second_and_leaves_the_viewer(viewer_widget, qtbot
     widget.add_model_source("sleepy")
     before = snapshot(viewer)
 
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "window" in widget.runner.message, timeout=10000)
-    assert not widget.run_button.isEnabled()
+    assert not widget.run_button.enabled
     started = time.perf_counter()
     qtbot.mouseClick(widget.runner.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=1000)
@@ -274,7 +275,7 @@ def test_cancel_stops_within_a_second_and_leaves_the_viewer(viewer_widget, qtbot
     assert widget.runner.outcome == JobOutcome.CANCELLED
     assert sleepy.calls < 96
     assert_unchanged(viewer, before)
-    assert widget.run_button.isEnabled()
+    assert widget.run_button.enabled
 
 
 def test_a_broken_model_is_reported_and_no_layer_is_touched(
@@ -303,7 +304,7 @@ def test_a_missing_device_is_reported(
         pytest.skip("this machine has a CUDA GPU")
     viewer, _image, widget = viewer_widget
     choose_file(widget, monkeypatch, threshold_file)
-    widget.device_combo.setCurrentText("cuda")
+    widget.device_combo.value = "cuda"
     before = snapshot(viewer)
 
     assert run_and_wait(qtbot, widget) == JobOutcome.FAILED
@@ -315,7 +316,7 @@ def test_a_missing_device_is_reported(
 
 def test_image_picker_follows_the_viewer(viewer_widget):
     viewer, image, widget = viewer_widget
-    items = lambda: [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]  # noqa: E731
+    items = lambda: [layer.name for layer in widget.image_combo.choices]  # noqa: E731
     assert items() == [image.name] and widget.current_image() == image
 
     second = viewer.add_image(np.zeros((4, 8, 8), dtype=np.float32), name="second")
@@ -330,7 +331,8 @@ def test_image_picker_follows_the_viewer(viewer_widget):
     assert items() == ["renamed"]
     viewer.layers.remove(second)
     assert items() == [] and widget.current_image() is None
-    assert not widget.run_button.isEnabled()
+    assert not widget.run_button.enabled
+    assert widget.reason.value == NO_IMAGE == widget.run_button.tooltip
 
 
 def test_model_picker_lists_registry_models_and_keeps_the_pick_on_a_cancelled_dialog(
@@ -342,16 +344,18 @@ def test_model_picker_lists_registry_models_and_keeps_the_pick_on_a_cancelled_di
     )
     widget.refresh_models()
     combo = widget.model_combo
-    assert combo.findText("liver-v1") >= 0
-    combo.setCurrentIndex(combo.findText("liver-v1"))
-    assert widget.current_model_source() == str(empty_model_folder / "liver-v1")
+    liver = str(empty_model_folder / "liver-v1")
+    assert liver in combo.choices
+    assert combo.native.itemText(combo.native.findData(liver)).startswith("liver · organ · ")
+    combo.value = liver
+    assert widget.current_model_source() == liver
 
     choose_file(widget, monkeypatch, threshold_file)
     assert widget.current_model_source() == str(threshold_file)
-    assert combo.currentText() == "threshold.pt"
+    assert combo.current_choice == "threshold.pt"
 
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: "")
-    combo.setCurrentIndex(combo.findText(LOAD_FOLDER))
+    combo.value = combo.get_choice(LOAD_FOLDER)
     assert widget.current_model_source() == str(threshold_file)
     widget.refresh_models()  # loaded models stay listed and picked
     assert widget.current_model_source() == str(threshold_file)
@@ -368,8 +372,100 @@ def test_trust_checkbox_reaches_the_loader(viewer_widget, qtbot, monkeypatch, th
 
     monkeypatch.setattr(segmentation, "load_model", fake_load)
     widget.add_model_source("/bundles/spleen")
-    widget.trust_check.setChecked(True)
+    widget.trust_check.value = True
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
-    widget.trust_check.setChecked(False)
+    widget.trust_check.value = False
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
     assert calls == [("/bundles/spleen", True), ("/bundles/spleen", False)]
+
+
+# Guards, colours and details ----------------------------------------------------------
+
+
+def fake_models(monkeypatch, *entries: ModelEntry) -> None:
+    monkeypatch.setattr(segment_widget, "list_models", lambda: list(entries))
+
+
+MR_BRAIN = ModelEntry(
+    "deepbet-brain", "brain", "builtin", True, None, "deepbet-brain", "MR", "head"
+)
+
+
+def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
+    viewer_widget, qtbot, monkeypatch, notifications, tmp_path
+):
+    _viewer, image, widget = viewer_widget
+    ct_model = ModelEntry("liver", "liver", "package", True, tmp_path / "liver", "liver", "CT")
+    fake_models(monkeypatch, MR_BRAIN, ct_model)
+    widget.refresh_models()
+    assert widget.current_model_source() == str(tmp_path / "liver")
+    assert widget.fit_warning.native.isHidden()
+
+    fake_models(monkeypatch, MR_BRAIN)
+    widget.refresh_models()  # the pick is gone; deepbet is never offered for a CT
+    assert widget.current_model_source() is None and not widget.run_button.enabled
+    assert widget.reason.value.startswith("No listed model is made for CT")
+
+    widget.model_combo.value = "deepbet-brain"
+    assert (
+        not widget.fit_warning.native.isHidden()
+        and "made for MRI head scans" in widget.fit_warning.value
+    )
+    loaded = []
+
+    def fake_load(source, trusted=False):
+        loaded.append(len(notifications))
+        return LoadedModel(threshold_card(), threshold_conv(), "t", "0" * 64)
+
+    monkeypatch.setattr(segmentation, "load_model", fake_load)
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE  # the user may still run it
+    [warning] = [str(n.message) for n in notifications]
+    assert "made for MRI head scans, but this image is CT" in warning
+    assert loaded == [1]  # warned before the model was even loaded
+
+
+def test_a_model_file_made_for_mr_warns_once_loaded(
+    viewer_widget, qtbot, monkeypatch, notifications, threshold_file
+):
+    _viewer, _image, widget = viewer_widget
+    model = LoadedModel(threshold_card(modality="MR"), threshold_conv(), "t", "0" * 64)
+    monkeypatch.setattr(segmentation, "load_model", lambda source, trusted=False: model)
+    choose_file(widget, monkeypatch, threshold_file)
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert any("made for MRI scans, but this image is CT" in str(n.message) for n in notifications)
+
+
+def test_results_stand_apart_and_show_their_details(
+    viewer_widget, qtbot, monkeypatch, threshold_file
+):
+    viewer, image, widget = viewer_widget
+    choose_file(widget, monkeypatch, threshold_file)
+    widget.probability_check.value = True
+    assert run_and_wait(qtbot, widget) == JobOutcome.DONE
+    labels, probability = widget.output_layers
+
+    # Predicted labels are yellow, unlike napari's brown label 1 of painted labels.
+    painted = viewer.add_labels(np.zeros((2, 2, 2), np.uint8))
+    assert np.allclose(labels.colormap.map(1)[:3], [1.0, 0.831, 0.0], atol=0.01)
+    assert not np.allclose(labels.colormap.map(1), painted.colormap.map(1))
+    widget.outline_check.value = True
+    assert labels.contour > 0
+    widget.outline_check.value = False
+    assert labels.contour == 0
+    # The probability map is see-through where low, opaque where high.
+    assert probability.blending == "translucent"
+    assert probability.colormap.map(np.array([0.0]))[0, 3] == 0
+    assert probability.colormap.map(np.array([1.0]))[0, 3] == 1
+
+    viewer.layers.selection.active = labels
+    text = widget.details.text()
+    voxel_ml = layer_geometry(labels).voxel_volume_ml()
+    expected_ml = np.count_nonzero(labels.data) * voxel_ml
+    assert "Model: threshold" in text and "SHA-256: " in text and "Timings: " in text
+    assert f"Volumes: dense {expected_ml:.1f} mL" in text
+    assert f"dense {expected_ml:.1f} mL" in widget.status.text()
+
+    # A failed run leaves no stale result line behind.
+    monkeypatch.setattr(segmentation, "load_model", lambda *a, **k: 1 / 0)
+    assert run_and_wait(qtbot, widget) == JobOutcome.FAILED
+    assert widget.status.text() == "" and "Segment failed" in widget.runner.message

@@ -7,6 +7,7 @@ opacity and visibility) instead of adding more layers.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from napari.components import ViewerModel
 from napari.layers import Image, Labels, Layer
 from napari.types import LayerDataTuple
+from napari.utils.colormaps import Colormap, DirectLabelColormap
 
 from napari_medai._napari.layers import (
     METADATA_KEY,
@@ -24,8 +26,10 @@ from napari_medai._napari.layers import (
 )
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
+from napari_medai.core.models.fit import modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+from napari_medai.core.models.sources import load_model
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
 from napari_medai.core.volume import Volume
 
 #: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.
@@ -34,11 +38,53 @@ OUTPUT_TAG = "segmentation"
 _LAYER_TYPES: dict[str, type[Layer]] = {"labels": Labels, "image": Image}
 #: Share of the progress bar given to loading the model.
 _LOADING_SHARE = 0.05
-#: Display of the optional float maps, both in [0, 1].
+#: Colours of predicted labels 1, 2, ... (cycled): bright hues that napari's
+#: default colours for painted labels (brown, cyan, lilac, ...) do not use, so
+#: a prediction never looks like the user's own paint.
+PREDICTION_COLOURS = ("#ffd400", "#ff2bd6", "#7cfc00", "#ff4040", "#4d7cff", "#ffffff")
+#: Outline width of predicted labels when shown as outlines (0: filled).
+OUTLINE_WIDTH = 2
+#: Display of the optional float maps, both in [0, 1]: transparent at 0 and
+#: opaque at 1 (an alpha ramp with translucent blending), so a low probability
+#: or a confident voxel leaves the scan as it was instead of tinting the slice.
 _MAP_DISPLAY = {
-    "probability": {"colormap": "magma", "blending": "additive", "opacity": 0.6},
-    "uncertainty": {"colormap": "viridis", "blending": "additive", "opacity": 0.6},
+    "probability": {
+        "colormap": Colormap(
+            [[1.0, 0.35, 0.0, 0.0], [1.0, 0.9, 0.1, 1.0]], name="medai probability"
+        ),
+        "blending": "translucent",
+        "opacity": 0.8,
+    },
+    "uncertainty": {
+        "colormap": Colormap(
+            [[0.5, 0.0, 1.0, 0.0], [1.0, 0.3, 1.0, 1.0]], name="medai uncertainty"
+        ),
+        "blending": "translucent",
+        "opacity": 0.8,
+    },
 }
+
+
+def prediction_colormap(values: list[int]) -> DirectLabelColormap:
+    """Labels colours for a prediction: :data:`PREDICTION_COLOURS` by value, 0 transparent."""
+    colours: dict[int | None, Any] = {0: "transparent", None: PREDICTION_COLOURS[-1]}
+    for value in values:
+        if value:
+            colours[int(value)] = PREDICTION_COLOURS[(int(value) - 1) % len(PREDICTION_COLOURS)]
+    return DirectLabelColormap(color_dict=colours)
+
+
+def prediction_display(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Labels layer kwargs shown in the prediction colours."""
+    kwargs["colormap"] = prediction_colormap(list(kwargs["features"]["index"]))
+    return kwargs
+
+
+def show_outlines(layers: list[Layer], outlines: bool) -> None:
+    """Draw the Labels among ``layers`` as outlines (or filled again)."""
+    for layer in layers:
+        if isinstance(layer, Labels):
+            layer.contour = OUTLINE_WIDTH if outlines else 0
 
 
 @dataclass(frozen=True)
@@ -81,29 +127,20 @@ def segmentation_input(layer: Layer) -> Volume:
     return replace(volume, metadata={**volume.metadata, "name": layer.name})
 
 
-def load_model(source: str, trusted: bool = False) -> LoadedModel:
-    """:func:`napari_medai.core.models.sources.load_model`, imported when first called.
-
-    Loading brings in torch and MONAI (seconds); the docks import this module
-    while they open, so it must not.
-    """
-    from napari_medai.core.models import sources
-
-    return sources.load_model(source, trusted=trusted)
-
-
 def load_and_segment_job(
-    source: str, trusted: bool, volume: Volume, config: SegmentConfig
+    source: str, trusted: bool, volume: Volume, config: SegmentConfig, check_modality: str = ""
 ) -> Job[tuple[LoadedModel, SegmentResult]]:
     """Load the model, then segment; both in the job so a slow load never blocks the GUI.
 
-    torch and MONAI are imported here too, in the job's thread, the first time.
+    With ``check_modality`` (the image's modality, for a model whose card was
+    not known before loading), a model made for another modality is warned
+    about as soon as it is loaded, before inference starts.
     """
-    from napari_medai.core.segmentation.inference import segment_job
-
-    # No fraction: loading is one step of unknown length (seconds with torch's first import).
-    yield Progress(None, f"loading model {Path(source).name or source}")
+    yield Progress(0.0, f"loading model {Path(source).name or source}")
     model = load_model(source, trusted=trusted)
+    problem = modality_mismatch(model.card, model.name, check_modality)
+    if problem is not None:
+        warnings.warn(problem, UserWarning, stacklevel=1)
     yield Progress(_LOADING_SHARE, f"loaded {model.name}")
     result = yield from scaled(segment_job(volume, model, config), _LOADING_SHARE, 1.0)
     return model, result
@@ -121,12 +158,14 @@ def result_layer_data(
 
     Every layer is named "<image> – <model>" (plus the map's kind), lies on the
     result's grid (the image's) and keeps the run's provenance in
-    ``metadata[METADATA_KEY]["provenance"]``.
+    ``metadata[METADATA_KEY]["provenance"]``. Labels are drawn in the
+    prediction colours, the maps with an alpha ramp (see :data:`_MAP_DISPLAY`).
     """
     base = f"{target.image_name} – {model_name}"
     provenance = {**result.provenance, "image": target.image_name}
     labels = replace(result.labels, metadata=provenance)
     data, kwargs, kind = labels_layer_data(labels, base)
+    prediction_display(kwargs)
     layers = [(data, _tagged(kwargs, target.tag("labels")), kind)]
     for output, volume in (
         ("probability", result.probability),

@@ -33,6 +33,7 @@ from napari_medai._napari.layers import (
 from napari_medai._napari.segmentation import (
     OUTPUT_TAG,
     load_and_segment_job,
+    prediction_display,
     show_segmentation,
 )
 from napari_medai.core.errors import GeometryError, MedaiError
@@ -45,7 +46,6 @@ from napari_medai.core.volume import LabelMap, Volume
 
 #: The prediction layer of image "CT" is called "CT – prediction".
 PREDICTION_SUFFIX = " – prediction"
-#: Key under ``metadata[METADATA_KEY]`` holding the ``unique_id`` of the predicted image.
 
 
 def training_pair(image: Image, labels: Labels) -> tuple[Volume, LabelMap]:
@@ -72,6 +72,7 @@ def show_prediction(viewer: ViewerModel, image: Image, labels: LabelMap) -> Labe
     maps its output back there).
     """
     data, kwargs, kind = labels_layer_data(labels, prediction_layer_name(image))
+    prediction_display(kwargs)
     kwargs["metadata"][METADATA_KEY][OUTPUT_TAG] = {
         "image": str(image.unique_id),
         "output": "prediction",

@@ -1,9 +1,10 @@
 """Dock widget "Segment": run a model on an image layer, result as layers on its grid.
 
-Thin by design: it reads its fields into a :class:`SegmentConfig`, runs
-:func:`load_and_segment_job` through the :class:`JobRunner` (progress, Cancel,
-errors as notifications) and hands the result to
-:func:`show_segmentation`, which adds or updates the layers.
+Thin by design: a magicgui form whose fields become a :class:`SegmentConfig`;
+:func:`load_and_segment_job` runs in the :class:`JobRunner` (progress, Cancel,
+errors as notifications) and :func:`show_segmentation` adds or updates the
+layers. The model picker offers first a model made for the image's modality
+and warns, before running, about a model made for another one.
 """
 
 from __future__ import annotations
@@ -12,254 +13,322 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QFileDialog, QLabel
 
+from napari_medai._napari.details import is_result_layer, label_volumes_ml, result_rows
+from napari_medai._napari.modality import layer_modality
 from napari_medai._napari.segmentation import (
     SegmentationTarget,
     is_segmentable,
     load_and_segment_job,
     result_layer_data,
     segmentation_input,
+    show_outlines,
     show_segmentation,
 )
-from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.details import DetailsView
+from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.models.formats import WEIGHT_SUFFIXES
+from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.registry import list_models
-from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+from napari_medai.core.models.registry import ModelEntry, list_models
+from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES
+from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOAD_FILE = "Load from file..."
 LOAD_FOLDER = "Load from folder..."
-#: Item data of the two entries that open a file dialog instead of naming a model.
-_LOAD_ACTIONS = {LOAD_FILE: "file", LOAD_FOLDER: "folder"}
-_SOURCE_ROLE = Qt.ItemDataRole.UserRole
+#: Values of the two entries that open a file dialog instead of naming a model.
+_LOAD_ACTIONS = {LOAD_FILE: "\0load file", LOAD_FOLDER: "\0load folder"}
 _MODEL_FILES = "Model files ({});;All files (*)".format(
     " ".join(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)
 )
+NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
+NO_MODEL = "Pick a model, or load one from a file or folder."
 
 
-class _ModelCombo(QComboBox):
-    """A combo box that says when it is about to open, so the list can be re-read."""
+class _OnPress(QObject):
+    """Calls ``callback`` when the watched widget is clicked (re-read the model list)."""
 
-    opening = Signal()
+    def __init__(self, callback: Any, parent: QObject) -> None:
+        super().__init__(parent)
+        self._callback = callback
 
-    def showPopup(self) -> None:  # noqa: N802 (Qt's name)
-        self.opening.emit()
-        super().showPopup()
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.MouseButtonPress:
+            self._callback()
+        return False
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(Container):
     """Pick an image layer and a model, Run; the mask appears on the image's grid.
 
     Running again with the same image and model replaces the earlier result's
     data, unless "New layer each run" is ticked. Models are the registry's
-    available entries plus files and folders the user loads.
+    available entries plus files and folders the user loads. Until the user
+    picks a model, the first one made for the image's modality (or for any
+    scan) is picked; none is picked when no listed model fits.
     """
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._images: list[Layer] = []
         self._loaded_sources: list[str] = []
-        self._model_index = -1
+        self._entries: dict[str, ModelEntry] = {}
+        self._model_value: str | None = None
+        self._auto_model = True
         #: The layers the last finished run showed (labels first).
-        self.output_layers: list[Layer] = []
+        self.output_layers: list[Any] = []
 
-        self.image_combo = QComboBox()
-        self.model_combo = _ModelCombo()
-        self.trust_check = QCheckBox("Trust this MONAI bundle")
-        self.trust_check.setToolTip(
+        self.image_combo = create_widget(
+            annotation=Image, label="Image", options={"choices": self._image_choices}
+        )
+        self.model_combo = ComboBox(label="Model", choices=self._model_choices, nullable=True)
+        self.fit_warning = Label(label="")
+        self.trust_check = CheckBox(text="Trust this MONAI bundle")
+        self.trust_check.tooltip = (
             "MONAI bundle configs can run any Python code. Tick only for bundles from "
             "authors you trust; untrusted bundles are refused."
         )
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        self.device_combo.setToolTip("auto: CUDA GPU, then Apple GPU, then the CPU")
-        self.tta_check = QCheckBox("Test-time augmentation (average over flips)")
-        self.probability_check = QCheckBox("Probability map")
-        self.uncertainty_check = QCheckBox("Uncertainty map")
-        self.new_layer_check = QCheckBox("New layer each run")
-        self.new_layer_check.setToolTip("Otherwise a run updates the layers of the previous run")
-        self.run_button = QPushButton("Run")
+        self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.device_combo.tooltip = "auto: CUDA GPU, then Apple GPU, then the CPU"
+        self.tta_check = CheckBox(text="Test-time augmentation (average over flips)")
+        self.probability_check = CheckBox(text="Also show the probability map")
+        self.uncertainty_check = CheckBox(text="Also show the uncertainty map")
+        self.outline_check = CheckBox(text="Show labels as outlines")
+        self.outline_check.tooltip = "Outlines leave the scan visible under the prediction"
+        self.new_layer_check = CheckBox(text="New layer each run")
+        self.new_layer_check.tooltip = "Otherwise a run updates the layers of the previous run"
+        self.run_button = PushButton(text="Run")
+        self.reason = Label(label="")
+        self.extend(
+            [self.image_combo, self.model_combo, self.fit_warning, self.trust_check]
+            + [self.device_combo, self.tta_check, self.probability_check, self.uncertainty_check]
+            + [self.outline_check, self.new_layer_check, self.run_button, self.reason]
+        )
+        self.fit_warning.native.setWordWrap(True)
+        self.fit_warning.native.setStyleSheet("color: #f0a030")
+        self.reason.native.setWordWrap(True)
         self.runner = JobRunner()
-
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("", self.trust_check)
-        form.addRow("Device", self.device_combo)
-        form.addRow("", self.tta_check)
-        outputs = QHBoxLayout()
-        outputs.addWidget(self.probability_check)
-        outputs.addWidget(self.uncertainty_check)
-        form.addRow("Also show", outputs)
-        form.addRow("", self.new_layer_check)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.runner)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.details = DetailsView()
+        layout = self.native.layout()
+        for widget in (self.runner, self.status, self.details):
+            layout.addWidget(widget)
         layout.addStretch(1)
 
-        self.refresh_models()
-        self.model_combo.opening.connect(self.refresh_models)
-        self.model_combo.currentIndexChanged.connect(self._on_model_chosen)
-        self.image_combo.currentIndexChanged.connect(self._update_run_button)
-        self.run_button.clicked.connect(self.run)
-        self.runner.runningChanged.connect(self._update_run_button)
+        self.model_combo.native.installEventFilter(_OnPress(self.refresh_models, self.native))
+        self.model_combo.changed.connect(self._on_model_chosen)
+        self.image_combo.changed.connect(self._on_image_chosen)
+        self.outline_check.changed.connect(self._show_outlines)
+        self.run_button.changed.connect(self.run)
+        self.runner.runningChanged.connect(self._update_state)
         layers = napari_viewer.layers
-        layers.events.inserted.connect(self._on_layer_inserted)
-        layers.events.removed.connect(self._on_layer_removed)
-        layers.events.moved.connect(self._refresh_images)
-        for layer in layers:
-            layer.events.name.connect(self._refresh_images)
-        self._refresh_images()
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self.reset_choices)
+        layers.events.renamed.connect(self.reset_choices)
+        layers.selection.events.active.connect(self._update_details)
+        self.refresh_models()
+        self._on_image_chosen()
 
-    # Image picker ---------------------------------------------------------------
+    # Pickers ----------------------------------------------------------------------
 
-    def current_image(self) -> Layer | None:
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if is_segmentable(layer)]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        """Available registry models, then models loaded from disk, then the load entries."""
+        self._entries = {}
+        items = []
+        for entry in list_models():
+            source = entry.name if entry.location is None else str(entry.location)
+            self._entries[source] = entry
+            items.append((entry.summary, source))
+        items += [(Path(source).name, source) for source in self._loaded_sources]
+        seen: set[str] = set()
+        unique = []
+        for text, source in items:  # the picker tells entries apart by their text
+            text = text if text not in seen else f"{text} ({Path(source).name})"
+            seen.add(text)
+            unique.append((text, source))
+        return unique + [(text, action) for text, action in _LOAD_ACTIONS.items()]
+
+    def current_image(self) -> Image | None:
         """The image layer picked for segmentation, or None."""
-        index = self.image_combo.currentIndex()
-        return self._images[index] if 0 <= index < len(self._images) else None
-
-    def _on_layer_inserted(self, event: Any) -> None:
-        event.value.events.name.connect(self._refresh_images)
-        self._refresh_images()
-
-    def _on_layer_removed(self, event: Any) -> None:
-        event.value.events.name.disconnect(self._refresh_images)
-        self._refresh_images()
-
-    def _refresh_images(self, _event: Any = None) -> None:
-        """List the viewer's segmentable images; keep the pick, else take the active one."""
-        current = self.current_image()
-        self._images = [layer for layer in self._viewer.layers if is_segmentable(layer)]
-        if current not in self._images:
-            active = self._viewer.layers.selection.active
-            current = active if active in self._images else None
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems([layer.name for layer in self._images])
-        if current is not None:
-            self.image_combo.setCurrentIndex(self._images.index(current))
-        self.image_combo.blockSignals(False)
-        self._update_run_button()
-
-    # Model picker ---------------------------------------------------------------
+        return self.image_combo.value
 
     def current_model_source(self) -> str | None:
         """The registry name or path of the picked model, or None."""
-        source = self.model_combo.currentData(_SOURCE_ROLE)
-        return None if source in _LOAD_ACTIONS.values() else source
+        return self._model_value
+
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the layers and the model list (napari calls this on layer changes)."""
+        with self.image_combo.changed.blocked():
+            self.image_combo.reset_choices()
+        self.refresh_models()
+        self._on_image_chosen()
 
     def refresh_models(self) -> None:
-        """Available registry models, then models loaded from disk, then the load entries."""
-        current = self.current_model_source()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for entry in list_models():
-            source = entry.name if entry.location is None else str(entry.location)
-            self.model_combo.addItem(entry.name, source)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, entry.description, Qt.ItemDataRole.ToolTipRole
-            )
-        for source in self._loaded_sources:
-            self.model_combo.addItem(Path(source).name, source)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, source, Qt.ItemDataRole.ToolTipRole
-            )
-        for text, action in _LOAD_ACTIONS.items():
-            self.model_combo.addItem(text, action)
-        index = self.model_combo.findData(current, _SOURCE_ROLE) if current else 0
-        if self.model_combo.itemData(index, _SOURCE_ROLE) in _LOAD_ACTIONS.values():
-            index = -1
-        self.model_combo.setCurrentIndex(index)
-        self._model_index = index
-        self.model_combo.blockSignals(False)
-        self._update_run_button()
+        """Re-read the model list; keep the pick, or pick the best fit until the user picks."""
+        with self.model_combo.changed.blocked():
+            self.model_combo.reset_choices()
+            for index in range(self.model_combo.native.count()):
+                entry = self._entries.get(self.model_combo.native.itemData(index))
+                tip = entry.description if entry is not None else None
+                self.model_combo.native.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
+            if self._model_value not in self.model_combo.choices:
+                self._model_value = None
+            if self._auto_model:
+                self._model_value = self._best_model()
+            self.model_combo.value = self._model_value
+        self._update_state()
+
+    def _best_model(self) -> str | None:
+        image = self.current_image()
+        entries = list(self._entries.items())
+        index = best_fit([entry for _, entry in entries], layer_modality(image) if image else "")
+        return None if index is None else entries[index][0]
 
     def add_model_source(self, path: str | Path) -> None:
         """Offer the model at ``path`` (file or folder) in the picker and pick it."""
         source = str(path)
         if source not in self._loaded_sources:
             self._loaded_sources.append(source)
+        self._auto_model = False
+        self._model_value = source
         self.refresh_models()
-        self.model_combo.setCurrentIndex(self.model_combo.findData(source, _SOURCE_ROLE))
 
-    def _on_model_chosen(self, index: int) -> None:
-        action = self.model_combo.itemData(index, _SOURCE_ROLE)
-        if action not in _LOAD_ACTIONS.values():
-            self._model_index = index
-            self._update_run_button()
+    def _on_model_chosen(self, value: Any) -> None:
+        if value not in _LOAD_ACTIONS.values():
+            self._auto_model = False
+            self._model_value = value
+            self._update_state()
             return
-        if action == "file":
-            path, _filter = QFileDialog.getOpenFileName(self, "Load a model file", "", _MODEL_FILES)
+        if value == _LOAD_ACTIONS[LOAD_FILE]:
+            path, _filter = QFileDialog.getOpenFileName(
+                self.native, "Load a model file", "", _MODEL_FILES
+            )
         else:
             path = QFileDialog.getExistingDirectory(
-                self, "Load a model folder (model package or MONAI bundle)"
+                self.native, "Load a model folder (model package or MONAI bundle)"
             )
         if path:
             self.add_model_source(path)
             return
-        self.model_combo.blockSignals(True)
-        self.model_combo.setCurrentIndex(self._model_index)
-        self.model_combo.blockSignals(False)
+        with self.model_combo.changed.blocked():
+            self.model_combo.value = self._model_value
 
-    # Running --------------------------------------------------------------------
+    def _on_image_chosen(self, _value: Any = None) -> None:
+        if self._auto_model:
+            self.refresh_models()
+        self._update_state()
+
+    # State ------------------------------------------------------------------------
+
+    def fit_problem(self) -> str | None:
+        """Why the picked model may not suit the picked image, or None."""
+        image, entry = self.current_image(), self._entries.get(self._model_value or "")
+        if image is None or entry is None:
+            return None
+        return modality_mismatch(entry, entry.title or entry.name, layer_modality(image))
+
+    def disabled_reason(self) -> str:
+        """Why Run is disabled, in words ("" when it is not)."""
+        if self.runner.running:
+            return "Running; Cancel stops it."
+        if self.current_image() is None:
+            return NO_IMAGE
+        if self._model_value is None:
+            image = self.current_image()
+            modality = layer_modality(image)
+            if self._auto_model and modality:
+                return (
+                    f"No listed model is made for {describe_modality(modality)}: pick one "
+                    "anyway, load one, or train one in the Train dock."
+                )
+            return NO_MODEL
+        return ""
+
+    def _update_state(self, _value: Any = None) -> None:
+        reason = self.disabled_reason()
+        self.run_button.enabled = not reason
+        self.run_button.tooltip = reason or "Segment the picked image with the picked model"
+        self.reason.value = "" if self.runner.running else reason
+        problem = self.fit_problem()
+        self.fit_warning.value = f"Warning: {problem}" if problem else ""
+        self.fit_warning.visible = bool(problem)
 
     def config(self) -> SegmentConfig:
         """The settings of the widget as the core config (the CLI fills the same)."""
         return SegmentConfig(
-            device=self.device_combo.currentText(),
-            tta=self.tta_check.isChecked(),
-            probabilities=self.probability_check.isChecked(),
-            uncertainty=self.uncertainty_check.isChecked(),
+            device=self.device_combo.value,
+            tta=self.tta_check.value,
+            probabilities=self.probability_check.value,
+            uncertainty=self.uncertainty_check.value,
         )
 
-    def _update_run_button(self, _value: Any = None) -> None:
-        ready = self.current_image() is not None and self.current_model_source() is not None
-        self.run_button.setEnabled(ready and not self.runner.running)
+    # Running ----------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Start segmenting the picked image with the picked model."""
-        image, source = self.current_image(), self.current_model_source()
+    def run(self, _value: Any = None) -> None:
+        """Start segmenting the picked image with the picked model (warn first on a misfit)."""
+        image, source = self.current_image(), self._model_value
         if image is None or source is None or self.runner.running:
             return
+        self.status.setText("")
         try:
             volume = segmentation_input(image)
         except MedaiError as error:
+            self.status.setText(f"Segment failed: {error}")
             show_error(f"Segment failed: {error}")
             return
+        problem = self.fit_problem()
+        if problem is not None:
+            show_warning(f"Segment: {problem}")
+        # A model known only after loading (a file) is checked in the job.
+        check = "" if source in self._entries else layer_modality(image)
         job = partial(
-            load_and_segment_job, source, self.trust_check.isChecked(), volume, self.config()
+            load_and_segment_job, source, self.trust_check.value, volume, self.config(), check
         )
-        show = partial(
-            self._show, SegmentationTarget.of(image, source), self.new_layer_check.isChecked()
-        )
-        self.runner.start(job, show, title="Segment")
+        target = SegmentationTarget.of(image, source)
+        show = partial(self._show, target, self.new_layer_check.value, self.outline_check.value)
+        self.runner.start(job, show, on_finished=self._finished, title="Segment")
 
     def _show(
         self,
         target: SegmentationTarget,
         new_layer: bool,
+        outlines: bool,
         outcome: tuple[LoadedModel, SegmentResult],
     ) -> None:
         model, result = outcome
         layer_data = result_layer_data(result, target, model.name)
         self.output_layers = show_segmentation(self._viewer, layer_data, new_layer)
+        if outlines:
+            show_outlines(self.output_layers, True)
+        labels = self.output_layers[0]
+        volumes = ", ".join(f"{name} {ml:.1f} mL" for name, ml in label_volumes_ml(labels).items())
+        self.status.setText(f"'{labels.name}': {volumes or 'no label found'}")
+        self._update_details()
+
+    def _finished(self, outcome: JobOutcome) -> None:
+        if outcome is not JobOutcome.DONE:
+            self.status.setText("")  # the runner's line says what happened
+        self._update_state()
+
+    def _show_outlines(self, outlines: bool) -> None:
+        show_outlines(self.output_layers, outlines)
+
+    def _update_details(self, _event: Any = None) -> None:
+        active = self._viewer.layers.selection.active
+        layer = active if is_result_layer(active) else None
+        if layer is None and self.output_layers and self.output_layers[0] in self._viewer.layers:
+            layer = self.output_layers[0]
+        self.details.show_rows(result_rows(layer) if layer is not None else [])

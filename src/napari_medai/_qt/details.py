@@ -1,0 +1,43 @@
+"""A collapsible "Details" view: rows of (what, value), for the Segment and Train docks."""
+
+from __future__ import annotations
+
+from html import escape
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QLabel, QWidget
+from superqt import QCollapsible
+
+from napari_medai._napari.details import Rows
+
+EMPTY = "Pick a result layer to see how it was made."
+
+
+class DetailsView(QCollapsible):
+    """Collapsed by default; shows rows as a small two-column table, selectable text."""
+
+    def __init__(self, title: str = "Details", parent: QWidget | None = None) -> None:
+        super().__init__(title, parent)
+        self.label = QLabel(EMPTY)
+        self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.addWidget(self.label)
+        self.rows: Rows = []
+
+    def show_rows(self, rows: Rows, empty: str = EMPTY) -> None:
+        """Replace the content with ``rows`` (``empty`` when there are none)."""
+        self.rows = list(rows)
+        if not rows:
+            self.label.setText(escape(empty))
+            return
+        cells = "".join(
+            f"<tr><td style='padding-right:8px'><b>{escape(key)}</b></td>"
+            f"<td>{escape(value)}</td></tr>"
+            for key, value in rows
+        )
+        self.label.setText(f"<table>{cells}</table>")
+
+    def text(self) -> str:
+        """The rows as plain text, one ``what: value`` per line (for tests and copying)."""
+        return "\n".join(f"{key}: {value}" for key, value in self.rows)

@@ -38,16 +38,16 @@ def test_event_loop_keeps_ticking_while_training(
     )
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Train")
-    widget.pair_rows[0].image_combo.set_layer(image)
-    widget.pair_rows[0].labels_combo.set_layer(labels)
-    widget.time_spin.setValue(TRAIN_SECONDS)
+    widget.pair_rows[0].image_combo.value = image
+    widget.pair_rows[0].labels_combo.value = labels
+    widget.time_spin.value = TRAIN_SECONDS
     # As a user would: the window is drawn and laid out before Train is clicked.
-    qtbot.waitExposed(widget)
+    qtbot.waitExposed(widget.native)
     qtbot.wait(500)
 
     monitor = EventLoopMonitor(interval_ms=10, threshold_ms=100.0)
     monitor.start()
-    qtbot.mouseClick(widget.train_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.train_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     monitor.stop()
 

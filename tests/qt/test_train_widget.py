@@ -22,14 +22,18 @@ from napari_medai._napari.training import (
     Review,
     displayed_slice,
     go_to_slice,
+    parse_label_names,
     show_prediction,
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.train_widget import TrainWidget
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import run_job
+from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.formats import is_model_package
+from napari_medai.core.models.registry import drafts_dir, list_models
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.training.config import GUI_KEEP_FREE, training_threads
@@ -90,10 +94,10 @@ def scene(viewer, phantom, models_dir):
 def widget(qtbot, scene):
     viewer, image, annotation = scene
     train = TrainWidget(viewer)
-    qtbot.addWidget(train)
+    qtbot.addWidget(train.native)
     row = train.pair_rows[0]
-    row.image_combo.set_layer(image)
-    row.labels_combo.set_layer(annotation)
+    row.image_combo.value = image
+    row.labels_combo.value = annotation
     return train
 
 
@@ -102,6 +106,7 @@ def wait_idle(qtbot, widget: TrainWidget, timeout_ms: int = TRAIN_TIMEOUT_MS) ->
 
 
 def click(qtbot, button) -> None:
+    button = getattr(button, "native", button)
     assert button.isEnabled(), button.text()
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
@@ -110,15 +115,21 @@ def click(qtbot, button) -> None:
 def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
     viewer, image, annotation = scene
     painted = np.array(annotation.data, copy=True)
-    assert not widget.predict_button.isEnabled()
-    widget.time_spin.setValue(3)
+    assert not widget.predict_button.enabled
+    widget.time_spin.value = 3
     click(qtbot, widget.train_button)
-    assert widget.runner.running and not widget.train_button.isEnabled()
+    assert widget.runner.running and not widget.train_button.enabled
     wait_idle(qtbot, widget)
 
     assert widget.runner.outcome is JobOutcome.DONE
     result = widget.last_result
-    assert widget.last_model == result.best_path and widget.last_model.parent == models_dir
+    # A model good enough joins the list at once; one that is not waits for Keep.
+    if not result.quality.ready:
+        assert widget.last_model == result.best_path
+        assert widget.last_model.parent == models_dir / "drafts"
+        click(qtbot, widget.keep_button)
+    assert widget.last_model.parent == models_dir
+    assert widget.last_model.name == result.best_path.name
     assert is_model_package(widget.last_model)
     # The plot got every step the trainer recorded, and drew it.
     history = result.history
@@ -167,7 +178,7 @@ def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
 def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scene, widget):
     _viewer, _image, annotation = scene
     painted = np.array(annotation.data, copy=True)
-    widget.time_spin.setValue(0)  # no budget: trains until stopped
+    widget.time_spin.value = 0  # no budget: trains until stopped
     click(qtbot, widget.train_button)
     qtbot.waitUntil(lambda: len(widget.plot.series("loss")) >= 2, timeout=TRAIN_TIMEOUT_MS)
     started = time.perf_counter()
@@ -180,27 +191,31 @@ def test_stop_ends_training_within_a_second_and_keeps_the_best_model(qtbot, scen
     assert widget.last_result is None
     model = load_model(widget.last_model)
     assert model.card.num_classes == 2
-    assert widget.predict_button.isEnabled()
+    assert widget.predict_button.enabled
     assert "Stopped" in widget.status.text()
     np.testing.assert_array_equal(annotation.data, painted)
 
 
 def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    widget.dimensionality_combo.setCurrentText("3d")
-    widget.time_spin.setValue(0)
-    widget.iterations_spin.setValue(25)
+    widget.dimensionality_combo.value = "3d"
+    widget.time_spin.value = 0
+    widget.iterations_spin.value = 25
     config = widget.config(widget.output_dir())
     assert config.dimensionality == "3d"
     assert config.max_time_s is None and config.max_iters == 25
     assert config.init is None
-    assert widget.threads_spin.text() == "auto"
+    assert widget.threads_spin.value == 0  # auto
     assert config.num_threads == training_threads(keep_free=GUI_KEEP_FREE) >= 1
-    assert config.out_dir.parent == models_dir and not config.out_dir.exists()
-    widget.threads_spin.setValue(1)
+    assert config.out_dir.parent == models_dir / "drafts" and not config.out_dir.exists()
+    assert config.name is None
+    widget.threads_spin.value = 1
     assert widget.config(widget.output_dir()).num_threads == 1
+    widget.name_edit.value = "Liver v2"
+    config = widget.config(widget.output_dir())
+    assert config.name == "Liver v2" and config.out_dir.name == "liver-v2"
 
-    widget.output_edit.setText(str(tmp_path / "mine"))
+    widget.output_edit.value = str(tmp_path / "mine")
     widget.set_start_model(tmp_path / "start")
     config = widget.config(widget.output_dir())
     assert config.out_dir == tmp_path / "mine"
@@ -217,15 +232,16 @@ def test_pairs_follow_the_layers(qtbot, scene, widget, phantom):
     second_labels = add_labels(viewer, truth.array.copy(), volume.geometry, "second labels")
     widget.add_pair(second_image, second_labels)
     assert widget.selected_pairs() == [(image, annotation), (second_image, second_labels)]
-    assert widget.train_button.isEnabled()
+    assert widget.train_button.enabled
 
     second_labels.name = "renamed"
-    assert widget.pair_rows[1].labels_combo.currentText() == "renamed"
+    assert widget.pair_rows[1].labels_combo.current_choice == "renamed"
     viewer.layers.remove(second_labels)
     assert widget.pair_rows[1].pair() is None
-    assert not widget.train_button.isEnabled()
-    widget.pair_rows[1].remove_button.click()
-    assert len(widget.pair_rows) == 1 and widget.train_button.isEnabled()
+    assert not widget.train_button.enabled
+    assert "Pick an image and the labels" in widget.train_button.tooltip
+    widget.pair_rows[1].remove_button.native.click()
+    assert len(widget.pair_rows) == 1 and widget.train_button.enabled
 
 
 def test_labels_off_the_image_grid_are_refused_and_left_alone(qtbot, scene, notifications):
@@ -235,17 +251,18 @@ def test_labels_off_the_image_grid_are_refused_and_left_alone(qtbot, scene, noti
     )
     before = np.array(other.data, copy=True)
     train = TrainWidget(viewer)
-    qtbot.addWidget(train)
-    train.pair_rows[0].image_combo.set_layer(image)
-    train.pair_rows[0].labels_combo.set_layer(other)
-    train.time_spin.setValue(2)
+    qtbot.addWidget(train.native)
+    train.pair_rows[0].image_combo.value = image
+    train.pair_rows[0].labels_combo.value = other
+    train.time_spin.value = 2
     click(qtbot, train.train_button)
     wait_idle(qtbot, train)
 
     assert train.runner.outcome is JobOutcome.FAILED
     errors = [n.message for n in notifications if n.severity == NotificationSeverity.ERROR]
     assert len(errors) == 1 and "not on the image's grid" in errors[0]
-    assert train.last_model is None and not train.predict_button.isEnabled()
+    assert train.last_model is None and not train.predict_button.enabled
+    assert train.status.text() == ""  # no stale "Training…" line
     np.testing.assert_array_equal(other.data, before)
 
 
@@ -324,3 +341,80 @@ def test_go_to_slice_honours_the_oblique_grid(viewer, phantom):
         centre = np.array([z, *(np.array(volume.array.shape[1:]) - 1) / 2])
         assert position == pytest.approx(volume.geometry.index_to_world(centre)[0, 0])
         assert displayed_slice(viewer, image) == z
+
+
+# Naming, judging and keeping models (packages written by hand: no training needed) ---
+
+
+def draft_package(models_dir, name: str, val_dice: float, label_voxels: int):
+    """A trained-model folder among the drafts, as the trainer leaves it."""
+    card = ModelCard(
+        name=name,
+        architecture="UNet",
+        architecture_args={},
+        label_names={0: "background", 1: "liver"},
+        patch_size=[1, 64, 64],
+        modality="CT",
+        training={
+            "val_dice": val_dice,
+            "val_held_out": True,
+            "dimensionality": "2.5d",
+            "iterations": 40,
+            "training_time_s": 3.0,
+            "data": [{"annotated_voxels": 8192, "label_voxels": {"1": label_voxels},
+                      "painted_slices": {"z": 2, "y": 0, "x": 0}}],
+        },
+    )  # fmt: skip
+    folder = drafts_dir() / name
+    folder.mkdir(parents=True)
+    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    return folder
+
+
+def listed_names() -> list[str]:
+    return [entry.name for entry in list_models()]
+
+
+def test_a_junk_model_is_reported_plainly_and_listed_only_when_kept(qtbot, widget, models_dir):
+    draft = draft_package(models_dir, "liver", val_dice=0.002, label_voxels=600)
+    widget._training_finished(draft, JobOutcome.DONE)
+
+    status = widget.status.text()
+    assert "validation Dice 0.002: paint more slices" in status and "Trained: best" not in status
+    assert "liver" not in listed_names()
+    assert not widget.keep_button.native.isHidden() and widget.last_model == draft
+    assert "Validation Dice: 0.002 on held-out slices" in widget.details.text()
+
+    click(qtbot, widget.keep_button)
+    assert widget.last_model == models_dir / "liver" and not draft.exists()
+    [entry] = [e for e in list_models() if e.name == "liver"]
+    assert entry.title == "liver" and entry.labels == ("liver",) and entry.modality == "CT"
+    assert entry.summary.startswith("liver · liver · CT · ") and entry.summary.endswith("Dice 0.00")
+    assert widget.keep_button.native.isHidden()
+
+
+def test_too_few_painted_voxels_is_reported(widget, models_dir):
+    draft = draft_package(models_dir, "speck", val_dice=0.95, label_voxels=12)
+    widget._training_finished(draft, JobOutcome.DONE)
+    assert "only 12 voxels were painted with a label" in widget.status.text()
+    assert "speck" not in listed_names()
+
+
+def test_a_good_model_joins_the_list_under_its_name(widget, models_dir):
+    draft_package(models_dir, "liver", val_dice=0.91, label_voxels=900)
+    (models_dir / "liver").mkdir()  # a model of that name exists: never replaced
+    widget._training_finished(drafts_dir() / "liver", JobOutcome.DONE)
+    assert widget.last_model == models_dir / "liver-2"
+    assert "validation Dice 0.910, in the model list" in widget.status.text()
+    assert "liver-2" in listed_names() and widget.keep_button.native.isHidden()
+
+
+def test_typed_label_names_reach_the_training_pair(scene):
+    _viewer, image, annotation = scene
+    assert parse_label_names("liver") == {1: "liver"}
+    assert parse_label_names("liver, spleen") == {1: "liver", 2: "spleen"}
+    assert parse_label_names("1: liver, 3: kidney") == {1: "liver", 3: "kidney"}
+    with pytest.raises(MedaiError, match="should look like"):
+        parse_label_names("one: liver")
+    _volume, labels = training_pair(image, annotation, {1: "liver"})
+    assert labels.label_names[1] == "liver"

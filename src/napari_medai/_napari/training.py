@@ -16,6 +16,8 @@ and found correct is accepted explicitly with :meth:`Review.accept_slice`.
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,9 +40,12 @@ from napari_medai._napari.segmentation import (
 )
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.jobs import Job
+from napari_medai.core.models.card import CARD_FILE, ModelCard
+from napari_medai.core.models.registry import drafts_dir, keep_model, user_model_dir
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
 from napari_medai.core.training.config import TrainConfig, TrainResult
+from napari_medai.core.training.quality import TrainingQuality
 from napari_medai.core.training.uncertainty import rank_slices_by_uncertainty
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -48,14 +53,95 @@ from napari_medai.core.volume import LabelMap, Volume
 PREDICTION_SUFFIX = " – prediction"
 
 
-def training_pair(image: Image, labels: Labels) -> tuple[Volume, LabelMap]:
+def training_pair(
+    image: Image, labels: Labels, names: dict[int, str] | None = None
+) -> tuple[Volume, LabelMap]:
     """The pair to train on: the scan and a snapshot of the labels painted so far.
 
     The label array is copied, so the user may keep painting while training
-    runs and training can never write into the layer.
+    runs and training can never write into the layer. ``names`` (label value
+    to name) override the names the layer carries.
     """
     label_map = label_map_from_layer(labels)
-    return volume_from_layer(image), replace(label_map, array=np.array(label_map.array, copy=True))
+    label_names = {**label_map.label_names, **(names or {})}
+    array = np.array(label_map.array, copy=True)
+    return volume_from_layer(image), replace(label_map, array=array, label_names=label_names)
+
+
+def parse_label_names(text: str) -> dict[int, str]:
+    """Label names typed by the user: "liver" or "liver, spleen" (labels 1, 2, ...),
+    or "1: liver, 3: kidney" with explicit values."""
+    names: dict[int, str] = {}
+    for number, part in enumerate((p.strip() for p in text.split(",") if p.strip()), start=1):
+        value, sep, name = part.partition(":")
+        if sep and value.strip().isdigit():
+            names[int(value)] = name.strip()
+        elif sep:
+            raise MedaiError(f"label names: '{part}' should look like '1: liver'")
+        else:
+            names[number] = part
+    if any(not name for name in names.values()) or 0 in names:
+        raise MedaiError("label names: give a name for each label value from 1 up")
+    return names
+
+
+def _slug(name: str) -> str:
+    """A folder name made from a model name ("Liver v2" -> "liver-v2")."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_output_dir(name: str = "", now: float | None = None) -> Path:
+    """A new folder among the drafts for the next model, named after it or by the date.
+
+    The name is free both among the drafts and among the kept models (a
+    number is added when needed); it never names the scan.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = drafts_dir() / (_slug(name) or f"trained-{stamp}")
+    path, number = base, 1
+
+    def taken(candidate: Path) -> bool:
+        kept = user_model_dir() / candidate.name
+        return any(
+            p.exists() or p.with_name(p.name + ".checkpoints").exists() for p in (candidate, kept)
+        )
+
+    while taken(path):
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What to tell the user after training, and whether the model joined the list."""
+
+    model: Path
+    card: ModelCard
+    quality: TrainingQuality
+    listed: bool
+    message: str
+
+
+def finish_training(out_dir: Path, stopped: bool) -> TrainingReport:
+    """Judge the model saved in ``out_dir``; a good draft joins the model list at once.
+
+    A model that is not ready (see :class:`TrainingQuality`) stays among the
+    drafts, reported plainly; :func:`keep_model` adds it when the user keeps it.
+    """
+    card = ModelCard.read(out_dir / CARD_FILE)
+    quality = TrainingQuality.of(card)
+    is_draft = out_dir.parent == drafts_dir()
+    ended = "Stopped" if stopped else "Trained"
+    if not quality.ready:
+        where = " It is not in the model list; Keep adds it anyway." if is_draft else ""
+        message = f"{ended}: '{card.name}' is not ready: {quality.problem}.{where}"
+        return TrainingReport(out_dir, card, quality, False, message)
+    model = keep_model(out_dir) if is_draft else out_dir
+    listed = model.parent == user_model_dir()
+    where = "in the model list" if listed else f"saved in {model}"
+    message = f"{ended}: '{card.name}', validation Dice {quality.val_dice:.3f}, {where}."
+    return TrainingReport(model, card, quality, listed, message)
 
 
 def prediction_layer_name(image: Image) -> str:

@@ -171,8 +171,11 @@ class SegmentWidget(Container):
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers and the model list (napari calls this on layer changes)."""
+        picked = self.image_combo.value
         with self.image_combo.changed.blocked():
             self.image_combo.reset_choices()
+            if picked is not None and picked in self.image_combo.choices:
+                self.image_combo.value = picked  # a renamed layer stays picked
         self.refresh_models()
         self._on_image_chosen()
 

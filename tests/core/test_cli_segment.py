@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,23 @@ def test_models_lists_names_first(tmp_path, package, monkeypatch, capfd):
     sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(scan))
     assert main(["segment", str(scan), "--model", "my-liver", "--out", str(out)]) == 0
     assert (out / "s_tiny-seg_seg.nii.gz").is_file()
+
+
+def test_models_shows_title_labels_and_deletes_with_confirmation(
+    tmp_path, package, monkeypatch, capfd
+):
+    folder = tmp_path / "models"
+    shutil.copytree(package, folder / "trained-20260101-120000")
+    monkeypatch.setenv(MODELS_ENV, str(folder))
+    assert main(["models"]) == 0
+    [line] = [x for x in capfd.readouterr().out.splitlines() if x.startswith("trained-")]
+    assert line.split("\t")[2].startswith("tiny seg · organ · ")
+
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["models", "--delete", "trained-20260101-120000"]) == 1
+    assert (folder / "trained-20260101-120000").is_dir()
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["models", "--delete", "trained-20260101-120000"]) == 0
+    assert not (folder / "trained-20260101-120000").exists()
+    assert main(["models", "--delete", "deepbet-brain", "--yes"]) == 2
+    assert "only models there can be deleted" in capfd.readouterr().err

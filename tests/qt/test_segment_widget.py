@@ -13,7 +13,7 @@ import torch
 from napari.components import ViewerModel
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from napari_medai._napari import segmentation
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
@@ -469,3 +469,20 @@ def test_results_stand_apart_and_show_their_details(
     monkeypatch.setattr(segmentation, "load_model", lambda *a, **k: 1 / 0)
     assert run_and_wait(qtbot, widget) == JobOutcome.FAILED
     assert widget.status.text() == "" and "Segment failed" in widget.runner.message
+
+
+def test_a_listed_model_is_deleted_after_confirmation(
+    viewer_widget, monkeypatch, empty_model_folder
+):
+    _viewer, _image, widget = viewer_widget
+    folder = empty_model_folder / "liver-v1"
+    save_model_package(folder, unet_card("liver"), build_network(unet_card()))
+    widget.refresh_models()
+    widget.model_combo.value = str(folder)
+    assert not widget.delete_button.native.isHidden()
+
+    answers = iter([QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes])
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: next(answers))
+    assert not widget.delete_model() and folder.is_dir()
+    assert widget.delete_model() and not folder.exists()
+    assert str(folder) not in widget.model_combo.choices

@@ -17,7 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, c
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QFileDialog, QLabel
+from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox
 
 from napari_medai._napari.details import is_result_layer, label_volumes_ml, result_rows
 from napari_medai._napari.modality import layer_modality
@@ -35,7 +35,7 @@ from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.registry import ModelEntry, list_models
+from napari_medai.core.models.registry import ModelEntry, delete_model, list_models
 from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES
 from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
 
@@ -92,6 +92,7 @@ class SegmentWidget(Container):
         )
         self.model_combo = ComboBox(label="Model", choices=self._model_choices, nullable=True)
         self.fit_warning = Label(label="")
+        self.delete_button = PushButton(text="Delete this model...")
         self.trust_check = CheckBox(text="Trust this MONAI bundle")
         self.trust_check.tooltip = (
             "MONAI bundle configs can run any Python code. Tick only for bundles from "
@@ -109,7 +110,8 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Run")
         self.reason = Label(label="")
         self.extend(
-            [self.image_combo, self.model_combo, self.fit_warning, self.trust_check]
+            [self.image_combo, self.model_combo, self.fit_warning, self.delete_button]
+            + [self.trust_check]
             + [self.device_combo, self.tta_check, self.probability_check, self.uncertainty_check]
             + [self.outline_check, self.new_layer_check, self.run_button, self.reason]
         )
@@ -130,6 +132,7 @@ class SegmentWidget(Container):
         self.image_combo.changed.connect(self._on_image_chosen)
         self.outline_check.changed.connect(self._show_outlines)
         self.run_button.changed.connect(self.run)
+        self.delete_button.changed.connect(self.delete_model)
         self.runner.runningChanged.connect(self._update_state)
         layers = napari_viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
@@ -268,6 +271,31 @@ class SegmentWidget(Container):
         problem = self.fit_problem()
         self.fit_warning.value = f"Warning: {problem}" if problem else ""
         self.fit_warning.visible = bool(problem)
+        entry = self._entries.get(self._model_value or "")
+        self.delete_button.visible = entry is not None and entry.kind != "builtin"
+        self.delete_button.enabled = not self.runner.running
+
+    def delete_model(self, _value: Any = None) -> bool:
+        """Delete the picked model of the user's folder, once the user confirms."""
+        entry = self._entries.get(self._model_value or "")
+        if entry is None or entry.kind == "builtin":
+            return False
+        answer = QMessageBox.question(
+            self.native,
+            "Delete model",
+            f"Delete the model '{entry.summary}' and its files in {entry.location}?\n"
+            "This cannot be undone.",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        try:
+            delete_model(entry)
+        except (MedaiError, OSError) as error:
+            show_error(f"Delete failed: {error}")
+            return False
+        self._model_value, self._auto_model = None, True
+        self.refresh_models()
+        return True
 
     def config(self) -> SegmentConfig:
         """The settings of the widget as the core config (the CLI fills the same)."""

@@ -160,16 +160,22 @@ def keep_model(draft: Path, name: str | None = None) -> Path:
 
 
 def delete_model(entry: ModelEntry) -> None:
-    """Delete a listed model of the user's folder (or a draft) with its checkpoints."""
+    """Delete a listed model of the user's folder (or a draft) with its checkpoints.
+
+    A model folder that is a link is unlinked; what it points to is left alone.
+    """
     folder = entry.location
-    root = user_model_dir().resolve()
-    if entry.kind == "builtin" or folder is None or root not in folder.resolve().parents:
+    root = Path(os.path.abspath(user_model_dir()))
+    inside = folder is not None and root in Path(os.path.abspath(folder)).parents
+    if entry.kind == "builtin" or folder is None or not inside:
         raise MedaiError(
             f"'{entry.name}' is not in the model folder {root}; only models there can be deleted"
         )
-    shutil.rmtree(folder)
-    if _checkpoints(folder).is_dir():
-        shutil.rmtree(_checkpoints(folder))
+    for path in (folder, _checkpoints(folder)):
+        if path.is_symlink():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
 
 
 def _user_entries() -> list[ModelEntry]:

@@ -1,12 +1,16 @@
 """Open napari with every napari-medai widget docked and a scan loaded.
 
-``python -m napari_medai._qt.launch [PATH] [--screenshot PNG]``
+``python -m napari_medai._qt.launch [PATH] [--screenshot PNG] [--segment]``
 
-Without PATH the synthetic phantom CT sample is loaded. With ``--screenshot``
-the window is saved as a PNG and the program exits instead of running the
-GUI. Without a display (Linux, no ``DISPLAY``/``WAYLAND_DISPLAY``, no
-``QT_QPA_PLATFORM``) it says so and does the same headless, on a private Xvfb
-X server when one is installed, else on Qt's offscreen platform.
+Without PATH the synthetic phantom CT sample is loaded; with ``--demo-model``
+a small model for it is trained once (about 15 s) into the user's model
+folder, so the Segment dock opens with a model that fits the scan
+(``scripts/demo`` asks for it). ``--segment`` runs that dock once before
+showing. With ``--screenshot`` the window is saved as a PNG and the program
+exits instead of running the GUI. Without a display (Linux, no
+``DISPLAY``/``WAYLAND_DISPLAY``, no ``QT_QPA_PLATFORM``) it says so and does
+the same headless, on a private Xvfb X server when one is installed, else on
+Qt's offscreen platform.
 
 This module is a program: it talks to the user on stdout/stderr.
 """
@@ -20,11 +24,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from napari.qt import get_qapp, run
-from napari.utils.io import imsave
 from napari.viewer import Viewer
 from npe2 import PluginManager
 from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
@@ -35,6 +40,9 @@ from napari_medai.core.files import atomic_write, check_can_write
 
 PLUGIN = "napari-medai"
 SAMPLE = "phantom_ct"
+#: Folder name of the demo model trained on the phantom (in the user's model folder).
+DEMO_MODEL = "phantom-organs-demo"
+DEMO_TRAIN_SECONDS = 15.0
 #: Window size for screenshots: room for the canvas and the docked widgets.
 SCREENSHOT_SIZE = (1400, 900)
 
@@ -123,19 +131,65 @@ def check_opengl() -> None:
     context.doneCurrent()
 
 
-def open_viewer(path: str | None = None) -> Viewer:
-    """A napari viewer with every widget of the plugin docked and a scan loaded."""
+def ensure_demo_model() -> Path:
+    """The phantom's demo model in the user's model folder, trained first if missing.
+
+    Trained on the phantom's own organ labels (every voxel annotated) with a
+    fixed seed, so the Segment dock has a CT model to offer for the sample.
+    """
+    from napari_medai.core.jobs import run_job
+    from napari_medai.core.models.registry import user_model_dir
+    from napari_medai.core.phantom import make_phantom
+    from napari_medai.core.training.trainer import TrainConfig, train_job
+
+    folder = user_model_dir() / DEMO_MODEL
+    if (folder / "card.json").is_file():
+        return folder
+    _say(f"Training a small demo model on the phantom, once ({DEMO_TRAIN_SECONDS:.0f} s)...")
+    volume, labels = make_phantom()
+    config = TrainConfig(
+        out_dir=folder,
+        max_time_s=DEMO_TRAIN_SECONDS,
+        seed=0,
+        dense=True,
+        name="phantom organs (demo)",
+        checkpoint_dir=Path(tempfile.mkdtemp(prefix="napari-medai-demo-")),
+    )
+    run_job(train_job([(volume, labels)], config))
+    return folder
+
+
+def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[Viewer, dict[str, Any]]:
+    """A napari viewer with every widget of the plugin docked and a scan loaded.
+
+    ``demo_model`` trains the phantom's demo model first when the phantom is
+    shown and the model is missing. Returns the viewer and the docked widgets
+    by display name.
+    """
     get_qapp()
     check_opengl()
+    if path is None and demo_model:
+        ensure_demo_model()
     viewer = Viewer(title="napari-medai")
     manifest = PluginManager.instance().get_manifest(PLUGIN)
+    widgets = {}
     for widget in manifest.contributions.widgets or []:
-        viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
+        _dock, docked = viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
+        widgets[widget.display_name] = docked
     if path is None:
         viewer.open_sample(PLUGIN, SAMPLE)
     else:
         viewer.open(path, plugin=PLUGIN)
-    return viewer
+    return viewer, widgets
+
+
+def run_segment(widget: Any, timeout_s: float = 300.0) -> None:
+    """Click the Segment dock's Run and wait for the result (for screenshots)."""
+    widget.run()
+    deadline = time.monotonic() + timeout_s
+    while widget.runner.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
 
 
 def save_screenshot(viewer: Viewer, path: Path) -> Path:
@@ -144,7 +198,17 @@ def save_screenshot(viewer: Viewer, path: Path) -> Path:
     QApplication.processEvents()
     viewer.reset_view()  # fit the scan into the canvas the docks leave
     image = viewer.screenshot(canvas_only=False, flash=False)
-    return atomic_write(path, lambda tmp: imsave(str(tmp), image))
+    return atomic_write(path, lambda tmp: _save_png(tmp, image))
+
+
+def _save_png(path: Path, image: Any) -> None:
+    """Save as a 256-colour PNG: a screenshot of flat GUI colours stays a few hundred KB."""
+    from PIL import Image as PILImage
+
+    picture = PILImage.fromarray(image[..., :3])
+    picture.quantize(colors=256, method=PILImage.Quantize.MEDIANCUT).save(
+        path, format="PNG", optimize=True
+    )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -155,6 +219,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("path", nargs="?", help="a scan file or DICOM folder to open")
     parser.add_argument(
+        "--demo-model",
+        action="store_true",
+        help="with the phantom, train its small demo model once if missing (about 15 s)",
+    )
+    parser.add_argument(
+        "--segment",
+        action="store_true",
+        help="run the Segment dock once (with the model it picks) before showing",
+    )
+    parser.add_argument(
         "--screenshot",
         type=Path,
         metavar="PNG",
@@ -163,8 +237,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _run(path: str | None, screenshot: Path | None) -> int:
-    viewer = open_viewer(path)
+def _run(args: argparse.Namespace, screenshot: Path | None) -> int:
+    viewer, widgets = open_viewer(args.path, args.demo_model)
+    if args.segment:
+        run_segment(widgets["Segment"])
     if screenshot is None:
         run()
         return 0
@@ -181,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.screenshot is not None:
             check_can_write(args.screenshot, overwrite=False)
         if has_display():
-            return _run(args.path, args.screenshot)
+            return _run(args, args.screenshot)
         screenshot = args.screenshot
         if screenshot is None:
             screenshot = Path(tempfile.mkdtemp(prefix="napari-medai-")) / "screenshot.png"
@@ -191,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "and saving a screenshot instead of opening a window."
         )
         with headless_display():
-            return _run(args.path, screenshot)
+            return _run(args, screenshot)
     except MedaiError as exc:
         _say(f"napari-medai: {exc}", error=True)
         return 1

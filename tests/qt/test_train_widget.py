@@ -418,3 +418,14 @@ def test_typed_label_names_reach_the_training_pair(scene):
         parse_label_names("one: liver")
     _volume, labels = training_pair(image, annotation, {1: "liver"})
     assert labels.label_names[1] == "liver"
+
+
+def test_pickers_take_layers_opened_after_the_dock(qtbot, phantom):
+    viewer = ViewerModel()
+    train = TrainWidget(viewer)
+    qtbot.addWidget(train.native)
+    assert not train.train_button.enabled and "Pick an image" in train.train_button.tooltip
+    volume, truth = phantom
+    image = add_volume(viewer, volume)
+    labels = add_labels(viewer, truth.array.copy(), volume.geometry, "organs")
+    assert train.selected_pairs() == [(image, labels)] and train.train_button.enabled

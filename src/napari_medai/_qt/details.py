@@ -1,16 +1,29 @@
-"""A collapsible "Details" view: rows of (what, value), for the Segment and Train docks."""
+"""A collapsible "Details" view: rows of (what, value), for the Segment and Train docks.
+
+Also :func:`narrow`, which keeps a combo box with long entries from widening its dock.
+"""
 
 from __future__ import annotations
 
 from html import escape
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QLabel, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QWidget
 from superqt import QCollapsible
 
 from napari_medai._napari.details import Rows
 
 EMPTY = "Pick a result layer to see how it was made."
+
+
+#: Characters a combo box shows before eliding; the popup still shows entries in full.
+COMBO_CHARS = 16
+
+
+def narrow(combo: QComboBox) -> None:
+    """Size ``combo`` by a few characters, not by its longest entry (model summaries are long)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(COMBO_CHARS)
 
 
 class DetailsView(QCollapsible):
@@ -28,15 +41,14 @@ class DetailsView(QCollapsible):
     def show_rows(self, rows: Rows, empty: str = EMPTY) -> None:
         """Replace the content with ``rows`` (``empty`` when there are none)."""
         self.rows = list(rows)
-        if not rows:
-            self.label.setText(escape(empty))
-            return
         cells = "".join(
             f"<tr><td style='padding-right:8px'><b>{escape(key)}</b></td>"
             f"<td>{escape(value)}</td></tr>"
             for key, value in rows
         )
-        self.label.setText(f"<table>{cells}</table>")
+        self.label.setText(f"<table>{cells}</table>" if rows else escape(empty))
+        if self.isExpanded():  # re-measure the content, which may have grown
+            self.expand(animate=False)
 
     def text(self) -> str:
         """The rows as plain text, one ``what: value`` per line (for tests and copying)."""

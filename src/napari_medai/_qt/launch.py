@@ -147,15 +147,16 @@ def ensure_demo_model() -> Path:
         return folder
     _say(f"Training a small demo model on the phantom, once ({DEMO_TRAIN_SECONDS:.0f} s)...")
     volume, labels = make_phantom()
-    config = TrainConfig(
-        out_dir=folder,
-        max_time_s=DEMO_TRAIN_SECONDS,
-        seed=0,
-        dense=True,
-        name="phantom organs (demo)",
-        checkpoint_dir=Path(tempfile.mkdtemp(prefix="napari-medai-demo-")),
-    )
-    run_job(train_job([(volume, labels)], config))
+    with tempfile.TemporaryDirectory(prefix="napari-medai-demo-") as scratch:
+        config = TrainConfig(
+            out_dir=folder,
+            max_time_s=DEMO_TRAIN_SECONDS,
+            seed=0,
+            dense=True,
+            name="phantom organs (demo)",
+            checkpoint_dir=Path(scratch) / "checkpoints",
+        )
+        run_job(train_job([(volume, labels)], config))
     return folder
 
 

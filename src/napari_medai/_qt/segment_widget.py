@@ -30,7 +30,7 @@ from napari_medai._napari.segmentation import (
     show_outlines,
     show_segmentation,
 )
-from napari_medai._qt.details import DetailsView
+from napari_medai._qt.details import DetailsView, narrow
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
@@ -115,6 +115,8 @@ class SegmentWidget(Container):
             + [self.device_combo, self.tta_check, self.probability_check, self.uncertainty_check]
             + [self.outline_check, self.new_layer_check, self.run_button, self.reason]
         )
+        for combo in (self.image_combo, self.model_combo, self.device_combo):
+            narrow(combo.native)
         self.fit_warning.native.setWordWrap(True)
         self.fit_warning.native.setStyleSheet("color: #f0a030")
         self.reason.native.setWordWrap(True)

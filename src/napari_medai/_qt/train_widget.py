@@ -23,14 +23,13 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
     SpinBox,
-    create_widget,
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel
 
 from napari_medai._napari.details import model_rows, result_rows
-from napari_medai._napari.segmentation import is_segmentable, segmentation_input
+from napari_medai._napari.segmentation import segmentation_input
 from napari_medai._napari.training import (
     Review,
     default_output_dir,
@@ -45,6 +44,7 @@ from napari_medai._napari.training import (
 )
 from napari_medai._qt.details import DetailsView
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
+from napari_medai._qt.pair_row import PairRow
 from napari_medai._qt.plot import LivePlot
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
@@ -68,59 +68,6 @@ MODEL_FOLDER = "Model folder..."
 DEFAULT_TIME_BUDGET_S = 60.0
 
 
-class _PairRow(Container):
-    """One training pair: an image and the labels painted on it (pickers follow the layers)."""
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        self.image_combo = create_widget(
-            annotation=Image,
-            options={"nullable": True, "choices": lambda _w: self._layers(is_segmentable)},
-        )
-        self.labels_combo = create_widget(
-            annotation=Labels,
-            options={"nullable": True, "choices": lambda _w: self._layers(_is_annotation)},
-        )
-        self.image_combo.tooltip = "The scan to train on"
-        self.labels_combo.tooltip = (
-            "The labels painted on that scan; slices holding a label count as annotated, "
-            "every other voxel is ignored"
-        )
-        self.remove_button = PushButton(text="x", tooltip="Remove this pair")
-        self._viewer = viewer
-        super().__init__(
-            widgets=[self.image_combo, self.labels_combo, self.remove_button],
-            layout="horizontal",
-            labels=False,
-        )
-        self.margins = (0, 0, 0, 0)
-        self.remove_button.native.setFixedWidth(28)
-        self.reset_choices()
-        for combo in (self.image_combo, self.labels_combo):
-            if combo.value is None and len(combo.choices) > 1:
-                combo.value = combo.choices[1]  # with nothing picked yet, the first layer
-
-    def _layers(self, accepts: Any) -> list[tuple[str, Any]]:
-        viewer = getattr(self, "_viewer", None)
-        return [] if viewer is None else [(x.name, x) for x in viewer.layers if accepts(x)]
-
-    def reset_choices(self, *_: Any) -> None:
-        """Re-read the layers; a renamed layer stays picked, a removed one leaves no pick."""
-        picked = [combo.value for combo in (self.image_combo, self.labels_combo)]
-        super().reset_choices()
-        for combo, value in zip((self.image_combo, self.labels_combo), picked):
-            if value is not None and value in combo.choices:
-                combo.value = value
-
-    def pair(self) -> tuple[Image, Labels] | None:
-        """The picked (image, labels), or None while either is missing."""
-        image, labels = self.image_combo.value, self.labels_combo.value
-        return None if image is None or labels is None else (image, labels)
-
-
-def _is_annotation(layer: Any) -> bool:
-    return isinstance(layer, Labels) and layer.ndim == 3
-
-
 class TrainWidget(Container):
     """Train a model on the labels painted so far; predict, correct and train again.
 
@@ -139,7 +86,7 @@ class TrainWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._rows: list[_PairRow] = []
+        self._rows: list[PairRow] = []
         self._start_paths: dict[str, Path] = {}
         #: The last model trained (listed, or a draft waiting for Keep), once on disk.
         self.last_model: Path | None = None
@@ -244,13 +191,13 @@ class TrainWidget(Container):
     # Training data ------------------------------------------------------------------
 
     @property
-    def pair_rows(self) -> list[_PairRow]:
+    def pair_rows(self) -> list[PairRow]:
         """The rows of (image, labels) pickers, first one first."""
         return list(self._rows)
 
-    def add_pair(self, image: Image | None = None, labels: Labels | None = None) -> _PairRow:
+    def add_pair(self, image: Image | None = None, labels: Labels | None = None) -> PairRow:
         """Add a row of pickers, set to ``image`` and ``labels`` when given."""
-        row = _PairRow(self._viewer)
+        row = PairRow(self._viewer)
         row.remove_button.changed.connect(lambda _value=None: self._remove_pair(row))
         row.changed.connect(self._update_buttons)
         if image is not None:
@@ -262,7 +209,7 @@ class TrainWidget(Container):
         self._update_buttons()
         return row
 
-    def _remove_pair(self, row: _PairRow) -> None:
+    def _remove_pair(self, row: PairRow) -> None:
         if len(self._rows) > 1:
             self._rows.remove(row)
             self._pairs.remove(row)

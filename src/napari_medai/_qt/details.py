@@ -20,10 +20,10 @@ EMPTY = "Pick a result layer to see how it was made."
 COMBO_CHARS = 16
 
 
-def narrow(combo: QComboBox) -> None:
-    """Size ``combo`` by a few characters, not by its longest entry (model summaries are long)."""
+def narrow(combo: QComboBox, chars: int = COMBO_CHARS) -> None:
+    """Size ``combo`` by ``chars`` characters, not by its longest entry (model summaries)."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(COMBO_CHARS)
+    combo.setMinimumContentsLength(chars)
 
 
 class DetailsView(QCollapsible):

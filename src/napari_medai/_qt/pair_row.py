@@ -47,7 +47,7 @@ class PairRow(Container):
         self.margins = (0, 0, 0, 0)
         self.remove_button.native.setFixedWidth(28)
         for combo in (self.image_combo, self.labels_combo):
-            narrow(combo.native)
+            narrow(combo.native, chars=6)
         self._lost: set[str] = set()
         self.reset_choices()
 

@@ -100,7 +100,8 @@ class SegmentWidget(Container):
         )
         self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.device_combo.tooltip = "auto: CUDA GPU, then Apple GPU, then the CPU"
-        self.tta_check = CheckBox(text="Test-time augmentation (average over flips)")
+        self.tta_check = CheckBox(text="Test-time augmentation")
+        self.tta_check.tooltip = "Average the model's output over flipped copies of the scan"
         self.probability_check = CheckBox(text="Also show the probability map")
         self.uncertainty_check = CheckBox(text="Also show the uncertainty map")
         self.outline_check = CheckBox(text="Show labels as outlines")

@@ -95,8 +95,9 @@ class TrainWidget(Container):
         #: The prediction being reviewed, once Predict has run.
         self.review: Review | None = None
 
-        self._pairs = Container(labels=False, label="Image, labels")
+        self._pairs = Container(labels=False, label="Pairs")
         self.add_pair_button = PushButton(text="Add pair", tooltip="Train on several scans")
+        self._pairs.tooltip = "Each row: a scan and the labels painted on it"
         self.name_edit = LineEdit(label="Model name", tooltip="How the model is listed")
         self.name_edit.native.setPlaceholderText("e.g. liver (default: the label names)")
         self.label_names_edit = LineEdit(label="Label names")

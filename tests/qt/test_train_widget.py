@@ -144,6 +144,8 @@ def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
     assert widget.runner.outcome is JobOutcome.DONE
     prediction = viewer.layers[image.name + PREDICTION_SUFFIX]
     assert isinstance(prediction, Labels)
+    details = widget.details.text()
+    assert f"Model: {result.card.name}" in details and "Volumes: " in details
     assert prediction.data.shape == image.data.shape
     assert layer_geometry(prediction).is_close(layer_geometry(image))
     np.testing.assert_allclose(prediction.affine.affine_matrix, image.affine.affine_matrix)

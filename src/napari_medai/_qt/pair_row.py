@@ -8,7 +8,7 @@ from magicgui.widgets import Container, PushButton, create_widget
 from napari.layers import Image, Labels
 
 from napari_medai._napari.segmentation import is_segmentable
-from napari_medai._qt.details import narrow
+from napari_medai._qt.parts import narrow
 
 if TYPE_CHECKING:
     import napari

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox
 
 from napari_medai._napari.details import is_result_layer, label_volumes_ml, result_rows
@@ -30,12 +30,17 @@ from napari_medai._napari.segmentation import (
     show_outlines,
     show_segmentation,
 )
-from napari_medai._qt.details import DetailsView, narrow
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
+from napari_medai._qt.parts import DetailsView, OnPress, narrow
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.registry import ModelEntry, delete_model, list_models
+from napari_medai.core.models.registry import (
+    ModelEntry,
+    delete_model,
+    list_models,
+    picker_items,
+)
 from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES
 from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
 
@@ -52,19 +57,6 @@ _MODEL_FILES = "Model files ({});;All files (*)".format(
 )
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
 NO_MODEL = "Pick a model, or load one from a file or folder."
-
-
-class _OnPress(QObject):
-    """Calls ``callback`` when the watched widget is clicked (re-read the model list)."""
-
-    def __init__(self, callback: Any, parent: QObject) -> None:
-        super().__init__(parent)
-        self._callback = callback
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.MouseButtonPress:
-            self._callback()
-        return False
 
 
 class SegmentWidget(Container):
@@ -130,7 +122,7 @@ class SegmentWidget(Container):
             layout.addWidget(widget)
         layout.addStretch(1)
 
-        self.model_combo.native.installEventFilter(_OnPress(self.refresh_models, self.native))
+        self.model_combo.native.installEventFilter(OnPress(self.refresh_models, self.native))
         self.model_combo.changed.connect(self._on_model_chosen)
         self.image_combo.changed.connect(self._on_image_chosen)
         self.outline_check.changed.connect(self._show_outlines)
@@ -152,20 +144,10 @@ class SegmentWidget(Container):
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         """Available registry models, then models loaded from disk, then the load entries."""
-        self._entries = {}
-        items = []
-        for entry in list_models():
-            source = entry.name if entry.location is None else str(entry.location)
-            self._entries[source] = entry
-            items.append((entry.summary, source))
-        items += [(Path(source).name, source) for source in self._loaded_sources]
-        seen: set[str] = set()
-        unique = []
-        for text, source in items:  # the picker tells entries apart by their text
-            text = text if text not in seen else f"{text} ({Path(source).name})"
-            seen.add(text)
-            unique.append((text, source))
-        return unique + [(text, action) for text, action in _LOAD_ACTIONS.items()]
+        entries = list_models()
+        items = picker_items(entries, self._loaded_sources)
+        self._entries = {source: entry for (_text, source), entry in zip(items, entries)}
+        return items + [(text, action) for text, action in _LOAD_ACTIONS.items()]
 
     def current_image(self) -> Image | None:
         """The image layer picked for segmentation, or None."""

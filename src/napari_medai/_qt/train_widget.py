@@ -11,6 +11,7 @@ annotation layer.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +43,9 @@ from napari_medai._napari.training import (
     train_job,
     training_pair,
 )
-from napari_medai._qt.details import DetailsView
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.pair_row import PairRow
+from napari_medai._qt.parts import DetailsView
 from napari_medai._qt.plot import LivePlot
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
@@ -366,7 +367,8 @@ class TrainWidget(Container):
         self, image: Image, annotation: Labels, outcome: tuple[SegmentResult, list[int]]
     ) -> None:
         result, ranking = outcome
-        layer = show_prediction(self._viewer, image, result.labels)
+        provenance = {**result.provenance, "image": image.name}
+        layer = show_prediction(self._viewer, image, replace(result.labels, metadata=provenance))
         self.review = Review(image, annotation, layer, np.array(layer.data, copy=True), ranking)
         most = f" Most uncertain unpainted slice: {ranking[0]}." if ranking else ""
         self.status.setText(

@@ -194,6 +194,23 @@ def list_models(include_unavailable: bool = False) -> list[ModelEntry]:
     return [e for e in entries if e.available or include_unavailable]
 
 
+def picker_items(entries: list[ModelEntry], paths: list[str]) -> list[tuple[str, str]]:
+    """(text, source) for a model picker: each entry's summary, then each loaded path's name.
+
+    ``source`` is what ``load_model`` takes (a registry name or a folder); texts
+    are made unique (a picker tells its entries apart by text).
+    """
+    items = [(e.summary, e.name if e.location is None else str(e.location)) for e in entries]
+    items += [(Path(path).name, path) for path in paths]
+    seen: set[str] = set()
+    unique = []
+    for text, source in items:
+        text = text if text not in seen else f"{text} ({Path(source).name})"
+        seen.add(text)
+        unique.append((text, source))
+    return unique
+
+
 def find_model(name: str) -> ModelEntry | None:
     """The entry called ``name`` (available or not), or None."""
     return next((e for e in list_models(include_unavailable=True) if e.name == name), None)

@@ -1,19 +1,35 @@
-"""A collapsible "Details" view: rows of (what, value), for the Segment and Train docks.
+"""Small Qt parts the docks share, for what magicgui has no widget.
 
-Also :func:`narrow`, which keeps a combo box with long entries from widening its dock.
+:class:`DetailsView`, a collapsible view of (what, value) rows; :func:`narrow`,
+which keeps a combo box with long entries from widening its dock; and
+:class:`OnPress`, which tells when a widget is clicked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QComboBox, QLabel, QWidget
 from superqt import QCollapsible
 
 from napari_medai._napari.details import Rows
 
 EMPTY = "Pick a result layer to see how it was made."
+
+
+class OnPress(QObject):
+    """Calls ``callback`` when the watched widget is clicked (to re-read a list first)."""
+
+    def __init__(self, callback: Callable[[], None], parent: QObject) -> None:
+        super().__init__(parent)
+        self._callback = callback
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.MouseButtonPress:
+            self._callback()
+        return False
 
 
 #: Characters a combo box shows before eliding; the popup still shows entries in full.

@@ -194,8 +194,7 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
     # The first dock (window presets, a few buttons) shares a tab with the last,
     # leaving the canvas room on a laptop screen.
     if len(docks) > 2:
-        docks[0].parentWidget().tabifyDockWidget(docks[-1], docks[0])
-        docks[-1].raise_()
+        docks[0].parentWidget().tabifyDockWidget(docks[0], docks[-1])
     if path is None:
         viewer.open_sample(PLUGIN, SAMPLE)
     else:

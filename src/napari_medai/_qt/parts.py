@@ -64,6 +64,8 @@ class DetailsView(QCollapsible):
         )
         self.label.setText(f"<table>{cells}</table>" if rows else escape(empty))
         if self.isExpanded():  # re-measure the content, which may have grown
+            self.label.adjustSize()
+            self.collapse(animate=False)
             self.expand(animate=False)
 
     def text(self) -> str:

@@ -152,7 +152,7 @@ def choose_folder(widget: SegmentWidget, monkeypatch, path: Path) -> None:
 
 
 def run_and_wait(qtbot, widget: SegmentWidget, timeout_ms: int = 20000) -> JobOutcome:
-    assert widget.run_button.enabled, widget.reason.value
+    assert widget.run_button.enabled, widget.reason.text()
     qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
     return widget.runner.outcome
@@ -332,7 +332,7 @@ def test_image_picker_follows_the_viewer(viewer_widget):
     viewer.layers.remove(second)
     assert items() == [] and widget.current_image() is None
     assert not widget.run_button.enabled
-    assert widget.reason.value == NO_IMAGE == widget.run_button.tooltip
+    assert widget.reason.text() == NO_IMAGE == widget.run_button.tooltip
 
 
 def test_model_picker_lists_registry_models_and_keeps_the_pick_on_a_cancelled_dialog(
@@ -399,17 +399,16 @@ def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
     fake_models(monkeypatch, MR_BRAIN, ct_model)
     widget.refresh_models()
     assert widget.current_model_source() == str(tmp_path / "liver")
-    assert widget.fit_warning.native.isHidden()
+    assert widget.fit_warning.isHidden()
 
     fake_models(monkeypatch, MR_BRAIN)
     widget.refresh_models()  # the pick is gone; deepbet is never offered for a CT
     assert widget.current_model_source() is None and not widget.run_button.enabled
-    assert widget.reason.value.startswith("No listed model is made for CT")
+    assert widget.reason.text().startswith("No listed model is made for CT")
 
     widget.model_combo.value = "deepbet-brain"
     assert (
-        not widget.fit_warning.native.isHidden()
-        and "made for MRI head scans" in widget.fit_warning.value
+        not widget.fit_warning.isHidden() and "made for MRI head scans" in widget.fit_warning.text()
     )
     loaded = []
 

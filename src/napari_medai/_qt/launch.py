@@ -195,6 +195,8 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
     # leaving the canvas room on a laptop screen.
     if len(docks) > 2:
         docks[0].parentWidget().tabifyDockWidget(docks[0], docks[-1])
+        QApplication.processEvents()
+        docks[-1].raise_()
     if path is None:
         viewer.open_sample(PLUGIN, SAMPLE)
     else:

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, create_widget
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
@@ -83,7 +83,6 @@ class SegmentWidget(Container):
             annotation=Image, label="Image", options={"choices": self._image_choices}
         )
         self.model_combo = ComboBox(label="Model", choices=self._model_choices, nullable=True)
-        self.fit_warning = Label(label="")
         self.delete_button = PushButton(text="Delete this model...")
         self.trust_check = CheckBox(text="Trust this MONAI bundle")
         self.trust_check.tooltip = (
@@ -101,24 +100,25 @@ class SegmentWidget(Container):
         self.new_layer_check = CheckBox(text="New layer each run")
         self.new_layer_check.tooltip = "Otherwise a run updates the layers of the previous run"
         self.run_button = PushButton(text="Run")
-        self.reason = Label(label="")
         self.extend(
-            [self.image_combo, self.model_combo, self.fit_warning, self.delete_button]
+            [self.image_combo, self.model_combo, self.delete_button]
             + [self.trust_check]
             + [self.device_combo, self.tta_check, self.probability_check, self.uncertainty_check]
-            + [self.outline_check, self.new_layer_check, self.run_button, self.reason]
+            + [self.outline_check, self.new_layer_check, self.run_button]
         )
         for combo in (self.image_combo, self.model_combo, self.device_combo):
             narrow(combo.native)
-        self.fit_warning.native.setWordWrap(True)
-        self.fit_warning.native.setStyleSheet("color: #f0a030")
-        self.reason.native.setWordWrap(True)
+        # Plain labels under Run: they wrap cleanly, unlike a labelled magicgui row.
+        self.fit_warning = QLabel("")
+        self.fit_warning.setStyleSheet("color: #f0a030")
+        self.reason = QLabel("")
         self.runner = JobRunner()
         self.status = QLabel("")
-        self.status.setWordWrap(True)
+        for label in (self.fit_warning, self.reason, self.status):
+            label.setWordWrap(True)
         self.details = DetailsView()
         layout = self.native.layout()
-        for widget in (self.runner, self.status, self.details):
+        for widget in (self.fit_warning, self.reason, self.runner, self.status, self.details):
             layout.addWidget(widget)
         layout.addStretch(1)
 
@@ -252,10 +252,10 @@ class SegmentWidget(Container):
         reason = self.disabled_reason()
         self.run_button.enabled = not reason
         self.run_button.tooltip = reason or "Segment the picked image with the picked model"
-        self.reason.value = "" if self.runner.running else reason
+        self.reason.setText("" if self.runner.running else reason)
         problem = self.fit_problem()
-        self.fit_warning.value = f"Warning: {problem}" if problem else ""
-        self.fit_warning.visible = bool(problem)
+        self.fit_warning.setText(f"Warning: {problem}" if problem else "")
+        self.fit_warning.setVisible(bool(problem))
         entry = self._entries.get(self._model_value or "")
         self.delete_button.visible = entry is not None and entry.kind != "builtin"
         self.delete_button.enabled = not self.runner.running

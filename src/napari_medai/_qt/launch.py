@@ -43,6 +43,8 @@ from napari_medai.core.files import atomic_write, check_can_write
 
 PLUGIN = "napari-medai"
 SAMPLE = "phantom_ct"
+#: The dock shown in front of those sharing its tab.
+FRONT_DOCK = "Train"
 #: Folder name of the demo model trained on the phantom (in the user's model folder).
 DEMO_MODEL = "phantom-liver-demo"
 #: Steps of the demo model: on the phantom's liver, 150 steps reach a validation
@@ -186,17 +188,20 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
         ensure_demo_model()
     viewer = Viewer(title="napari-medai")
     manifest = PluginManager.instance().get_manifest(PLUGIN)
-    widgets, docks = {}, []
+    widgets, docks = {}, {}
     for widget in manifest.contributions.widgets or []:
         dock, docked = viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
         widgets[widget.display_name] = docked
-        docks.append(dock)
-    # The first dock (window presets, a few buttons) shares a tab with the last,
-    # leaving the canvas room on a laptop screen.
-    if len(docks) > 2:
-        docks[0].parentWidget().tabifyDockWidget(docks[0], docks[-1])
+        docks[widget.display_name] = dock
+    # Docks other than Segment and Train share a tab with Train, leaving the
+    # canvas room on a laptop screen; Train stays in front.
+    front = docks.get(FRONT_DOCK)
+    for name, dock in docks.items():
+        if front is not None and name not in (FRONT_DOCK, "Segment"):
+            front.parentWidget().tabifyDockWidget(front, dock)
+    if front is not None:
         QApplication.processEvents()
-        docks[-1].raise_()
+        front.raise_()
     if path is None:
         viewer.open_sample(PLUGIN, SAMPLE)
     else:

@@ -35,8 +35,9 @@ from napari.qt import get_qapp, run
 from napari.utils.io import imsave
 from napari.viewer import Viewer
 from npe2 import PluginManager
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
-from qtpy.QtWidgets import QApplication, QWidget
+from qtpy.QtWidgets import QApplication, QDockWidget, QWidget
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, check_can_write
@@ -212,11 +213,17 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
 def run_segment(widget: Any, timeout_s: float = 300.0) -> None:
     """Click the Segment dock's Run and wait for the result (for screenshots)."""
     widget.run()
-    widget.details.expand(animate=False)
     deadline = time.monotonic() + timeout_s
     while widget.runner.running and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
+    widget.details.expand(animate=False)
+    dock = widget.native
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is not None:  # room for the details just opened
+        extra = widget.details.content().sizeHint().height()
+        dock.parentWidget().resizeDocks([dock], [dock.height() + extra], Qt.Orientation.Vertical)
 
 
 def save_screenshot(viewer: Viewer, path: Path) -> Path:

@@ -37,7 +37,7 @@ from napari.viewer import Viewer
 from npe2 import PluginManager
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
-from qtpy.QtWidgets import QApplication, QDockWidget, QWidget
+from qtpy.QtWidgets import QApplication, QWidget
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write, check_can_write
@@ -195,12 +195,16 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
         widgets[widget.display_name] = docked
         docks[widget.display_name] = dock
     # Docks other than Segment and Train share a tab with Train, leaving the
-    # canvas room on a laptop screen; Train stays in front.
-    front = docks.get(FRONT_DOCK)
-    for name, dock in docks.items():
-        if front is not None and name not in (FRONT_DOCK, "Segment"):
-            front.parentWidget().tabifyDockWidget(front, dock)
+    # canvas room on a laptop screen; Train stays in front, Segment below it
+    # takes the height left (its results and details grow downwards).
+    front, segment = docks.get(FRONT_DOCK), docks.get("Segment")
     if front is not None:
+        window = front.parentWidget()
+        if segment is not None:
+            window.splitDockWidget(front, segment, Qt.Orientation.Vertical)
+        for name, dock in docks.items():
+            if name not in (FRONT_DOCK, "Segment"):
+                window.tabifyDockWidget(front, dock)
         QApplication.processEvents()
         front.raise_()
     if path is None:
@@ -218,12 +222,6 @@ def run_segment(widget: Any, timeout_s: float = 300.0) -> None:
         QApplication.processEvents()
         time.sleep(0.02)
     widget.details.expand(animate=False)
-    dock = widget.native
-    while dock is not None and not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    if dock is not None:  # room for the details just opened
-        extra = widget.details.content().sizeHint().height()
-        dock.parentWidget().resizeDocks([dock], [dock.height() + extra], Qt.Orientation.Vertical)
 
 
 def save_screenshot(viewer: Viewer, path: Path) -> Path:

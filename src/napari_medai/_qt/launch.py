@@ -221,7 +221,6 @@ def run_segment(widget: Any, timeout_s: float = 300.0) -> None:
     while widget.runner.running and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
-    widget.details.expand(animate=False)
 
 
 def save_screenshot(viewer: Viewer, path: Path) -> Path:

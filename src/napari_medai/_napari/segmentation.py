@@ -28,8 +28,7 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.fit import modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.sources import load_model
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult, segment_job
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.volume import Volume
 
 #: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.
@@ -127,6 +126,17 @@ def segmentation_input(layer: Layer) -> Volume:
     return replace(volume, metadata={**volume.metadata, "name": layer.name})
 
 
+def load_model(source: str, trusted: bool = False) -> LoadedModel:
+    """:func:`napari_medai.core.models.sources.load_model`, imported when first called.
+
+    Loading brings in torch and MONAI (seconds); the docks import this module
+    while they open, so it must not.
+    """
+    from napari_medai.core.models import sources
+
+    return sources.load_model(source, trusted=trusted)
+
+
 def load_and_segment_job(
     source: str, trusted: bool, volume: Volume, config: SegmentConfig, check_modality: str = ""
 ) -> Job[tuple[LoadedModel, SegmentResult]]:
@@ -134,9 +144,13 @@ def load_and_segment_job(
 
     With ``check_modality`` (the image's modality, for a model whose card was
     not known before loading), a model made for another modality is warned
-    about as soon as it is loaded, before inference starts.
+    about as soon as it is loaded, before inference starts. torch and MONAI
+    are imported here too, in the job's thread, the first time.
     """
-    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    from napari_medai.core.segmentation.inference import segment_job
+
+    # No fraction: loading is one step of unknown length (seconds with torch's first import).
+    yield Progress(None, f"loading model {Path(source).name or source}")
     model = load_model(source, trusted=trusted)
     problem = modality_mismatch(model.card, model.name, check_modality)
     if problem is not None:

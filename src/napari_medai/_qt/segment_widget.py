@@ -34,6 +34,7 @@ from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.parts import DetailsView, OnPress, narrow
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
+from napari_medai.core.models.formats import WEIGHT_SUFFIXES
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.registry import (
     ModelEntry,
@@ -41,8 +42,7 @@ from napari_medai.core.models.registry import (
     list_models,
     picker_items,
 )
-from napari_medai.core.models.torchscript import WEIGHT_SUFFIXES
-from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 
 if TYPE_CHECKING:
     import napari

@@ -97,6 +97,9 @@ class MetricsView(QWidget):
         self.metrics: dict[str, Any] | None = None
         self.computed_on = QLabel(EMPTY)
         self.computed_on.setWordWrap(True)
+        # A wrapped label under-reports its height to the dock's layout, which then
+        # overlaps the widgets below it; three lines hold the longest description.
+        self.computed_on.setMinimumHeight(3 * self.computed_on.fontMetrics().lineSpacing() + 4)
         self.figures = _table()
         self.confusion_title = QLabel("Confusion matrix (rows: true, columns: predicted)")
         self.confusion = _table()
@@ -113,6 +116,7 @@ class MetricsView(QWidget):
         self.save_button.clicked.connect(self.ask_and_save)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 4, 0, 0)
+        layout.setSpacing(6)
         for widget in (
             self.computed_on,
             self.figures,
@@ -151,6 +155,9 @@ class MetricsView(QWidget):
             label = f"{name} (AUC {auc:.3f})"
             self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
         self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+        # The tables' heights changed: ask the dock for room, or the layout overlaps them.
+        self.layout().activate()
+        self.updateGeometry()
 
     def save(self, base: Path) -> list[Path]:
         """Write the shown metrics to ``<base>.json`` and ``<base>.csv``."""

@@ -246,6 +246,7 @@ class ClassifyWidget(Container):
         )
         self.training.clear()
         self.metrics.show_metrics(None)
+        self.status.value = f"training; the best model goes to {out.name}"
         self.runner.start(
             partial(what, config),
             partial(self._trained, noun),

@@ -190,6 +190,12 @@ class ClassifyWidget(Container):
     def _box_layer(self) -> Shapes | Points | None:
         return self.boxes.value if self.boxes.value is not None else self.points.value
 
+    def _regions(self, layer: Shapes | Points, image: Image) -> list:
+        if isinstance(layer, Shapes):
+            return regions_from_shapes(layer, image)
+        size = int(self.box_size.value)
+        return regions_from_points(layer, image, (size, size))
+
     def run(self, *_args) -> None:
         """Start classifying with the form's settings."""
         if self._problem() is not None:
@@ -202,11 +208,7 @@ class ClassifyWidget(Container):
             regions = None
             if config.scope == "regions":
                 layer = self._box_layer()
-                if isinstance(layer, Shapes):
-                    regions = regions_from_shapes(layer, image)
-                else:
-                    size = int(self.box_size.value)
-                    regions = regions_from_points(layer, image, (size, size))
+                regions = self._regions(layer, image)
         except MedaiError as error:
             show_error(f"Classify failed: {error}")
             return
@@ -230,11 +232,7 @@ class ClassifyWidget(Container):
                 what = partial(what, "zyx".index(self.axis.value))
             else:
                 class_labels(layer)
-                if isinstance(layer, Shapes):
-                    regions = regions_from_shapes(layer, image)
-                else:
-                    size = int(self.box_size.value)
-                    regions = regions_from_points(layer, image, (size, size))
+                regions = self._regions(layer, image)
                 what = partial(train_from_boxes_job, volume, regions, layer)
         except MedaiError as error:
             show_error(f"Train classifier failed: {error}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from napari.layers import Layer
 from qtpy.QtCore import Qt
 
-from napari_medai._napari.layers import image_layer_data
+from napari_medai._napari.layers import image_layer_data, labels_layer_data
 from napari_medai._qt.classify_widget import ClassifyWidget
 from napari_medai._qt.job_runner import JobOutcome
 from napari_medai.core.models import sources
@@ -184,3 +185,79 @@ def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, t
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
     assert boxes.features["class"].tolist() == ["liver", "other"] * 4
     assert set(boxes.features["predicted"]) <= {"liver", "other"}
+    assert widget.metrics.figures.rowCount() == 3  # liver, other, macro
+    assert widget.training.series("loss")
+
+
+def train_on_spleen_slices(viewer, phantom, widget, seconds: int):
+    """Pick slices labelled by the phantom's labels (spleen = 2) and press Train."""
+    labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
+    widget.source.value = widget.source.choices[1]
+    widget.labels.value = labels
+    widget.values.value = "2"
+    widget.train_time.value = seconds
+    assert widget.train_button.enabled, widget.train_button.tooltip
+    widget.train_button.native.click()
+
+
+def test_train_on_labelled_slices_shows_and_saves_the_held_out_metrics(
+    dock, qtbot, monkeypatch, tmp_path, phantom
+):
+    viewer, _image, widget = dock
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path))
+    assert not widget.metrics.save_button.isEnabled()
+    train_on_spleen_slices(viewer, phantom, widget, seconds=2)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
+    assert widget.runner.outcome == JobOutcome.DONE
+
+    metrics = widget.metrics.metrics
+    assert metrics is not None and set(metrics["per_class"]) == {"no spleen", "spleen"}
+    held_out = metrics["computed_on"]["cases"]
+    assert f"Computed on {held_out} held-out cases" in widget.metrics.computed_on.text()
+    assert "slice positions" in widget.metrics.computed_on.text()
+    figures = widget.metrics.figures
+    assert figures.rowCount() == 3 and figures.item(2, 0).text() == "macro"
+    assert figures.item(2, 4).text() == f"{metrics['macro']['roc_auc']:.3f}"
+    confusion = widget.metrics.confusion
+    assert (confusion.rowCount(), confusion.columnCount()) == (2, 2)
+    assert sum(int(confusion.item(r, c).text()) for r in range(2) for c in range(2)) == held_out
+    assert widget.metrics.roc.series("chance") == [(0.0, 0.0), (1.0, 1.0)]
+    roc = widget.metrics.roc.series("spleen")
+    assert roc[0] == (0.0, 0.0) and roc[-1] == (1.0, 1.0)
+    assert len(widget.training.series("loss")) > 1
+
+    paths = widget.metrics.save(tmp_path / "spleen-metrics")
+    assert [p.name for p in paths] == ["spleen-metrics.json", "spleen-metrics.csv"]
+    assert json.loads(paths[0].read_text())["accuracy"] == metrics["accuracy"]
+    assert "true \\ predicted" in paths[1].read_text()
+
+
+def test_stop_training_lands_within_a_second(dock, qtbot, monkeypatch, tmp_path, phantom):
+    viewer, _image, widget = dock
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path))
+    train_on_spleen_slices(viewer, phantom, widget, seconds=120)
+    qtbot.waitUntil(lambda: len(widget.training.series("loss")) >= 2, timeout=30000)
+    started = time.perf_counter()
+    widget.runner.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=3000)
+    assert time.perf_counter() - started < 1.0
+    assert widget.runner.outcome == JobOutcome.CANCELLED
+
+
+def test_bad_label_values_are_refused_before_training(dock, notifications, phantom):
+    viewer, _image, widget = dock
+    labels = viewer.add_labels(np.zeros_like(phantom[1].array), name="empty")
+    widget.source.value = widget.source.choices[1]
+    widget.labels.value = labels
+    widget.train_button.native.click()
+    assert "holds no labels" in str(notifications[-1].message)
+    labels.data = phantom[1].array
+    widget.values.value = "2, liver"
+    widget.train_button.native.click()
+    assert "whole numbers" in str(notifications[-1].message)
+    widget.values.value = "9"
+    widget.train_button.native.click()
+    assert "holds no label 9" in str(notifications[-1].message)
+    assert not widget.runner.running and widget.metrics.metrics is None
+    widget.labels.value = None
+    assert not widget.train_button.enabled and "Labels layer" in widget.train_button.tooltip

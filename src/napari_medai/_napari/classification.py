@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from napari.layers import Image, Layer, Points, Shapes
+from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.types import LayerDataTuple
 
-from napari_medai._napari.layers import METADATA_KEY, image_layer_data
+from napari_medai._napari.layers import METADATA_KEY, image_layer_data, label_map_from_layer
 from napari_medai.core.classification.config import (
     ClassificationError,
     ClassifyConfig,
@@ -192,3 +192,38 @@ def cam_layer_data(
     )
     kwargs["metadata"][METADATA_KEY][OUTPUT_TAG] = target.tag("cam")
     return data, kwargs, kind
+
+
+def label_values(labels: Labels, text: str) -> list[int]:
+    """The label values a slice is classified by: ``text`` ("5" or "1, 2"), or every one present."""
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ClassificationError(
+            f"label values must be whole numbers such as '5' or '1, 2', not {text!r}"
+        ) from None
+    present = {int(v) for v in np.unique(np.asarray(labels.data))} - {0}
+    if not values:
+        values = sorted(present)
+    if not values:
+        raise ClassificationError(f"the Labels layer '{labels.name}' holds no labels; paint some")
+    missing = [v for v in values if v not in present]
+    if missing:
+        raise ClassificationError(
+            f"the Labels layer '{labels.name}' holds no label {missing[0]}; it holds "
+            f"{', '.join(map(str, sorted(present))) or 'none'}"
+        )
+    return values
+
+
+def train_from_label_slices_job(
+    volume: Volume, labels: Labels, values: list[int], axis: int, config: Any
+) -> Job[Any]:
+    """Train on every slice along ``axis``, positive for class k when it holds label k."""
+    from napari_medai.core.classification.examples import examples_from_label_slices
+    from napari_medai.core.classification.training import train_classifier_job
+
+    label_map = label_map_from_layer(labels)
+    yield Progress(0.0, "reading the slices")
+    examples = examples_from_label_slices(volume, label_map, values, axis)
+    return (yield from train_classifier_job(examples, config))

@@ -5,7 +5,9 @@ themselves) becomes a :class:`ClassifyConfig`; :func:`load_and_classify_job`
 runs in the :class:`JobRunner` (progress, Cancel, errors as notifications);
 the result fills a table, the box layer's features and text, a per-slice
 curve (click it to go to that slice) and the Grad-CAM layer. Nothing is
-touched unless a run completes.
+touched unless a run completes. "Train" learns from the boxes' classes or a
+Labels layer's slices, plots loss and held-out AUC live, and shows the
+held-out figures (``classify_results``).
 
 The per-slice curve is the shared themed :class:`LivePlot`.
 """
@@ -23,23 +25,29 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
     create_widget,
 )
-from napari.layers import Image, Points, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
 from napari_medai._napari.classification import (
     annotate_layer,
     cam_layer_data,
+    class_labels,
+    label_values,
     load_and_classify_job,
     regions_from_points,
     regions_from_shapes,
     result_table,
+    train_from_boxes_job,
+    train_from_label_slices_job,
 )
 from napari_medai._napari.layers import volume_from_layer
+from napari_medai._qt.classify_results import MetricsView, training_plot
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.plot import LivePlot
 from napari_medai.core.classification.config import ClassifyConfig, ClassifyResult
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
 CURVE = "per-slice probability"
 SCOPES = {"whole volume": "volume", "every slice": "slices", "boxes": "regions"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SOURCES = ("boxes (Shapes/Points with a class feature)", "slices labelled by a Labels layer")
 
 
 class ClassifyWidget(Container):
@@ -73,21 +82,27 @@ class ClassifyWidget(Container):
         self.cam_class = SpinBox(value=-1, min=-1, max=999, label="CAM class (-1: predicted)")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="Device")
         self.run_button = PushButton(text="Run")
+        self.source = ComboBox(choices=list(SOURCES), value=SOURCES[0], label="Train on")
+        self.labels = create_widget(annotation=Labels, label="Labels", options={"nullable": True})
+        self.values = LineEdit(value="", label="Label values")
+        self.values.tooltip = "a slice is class k when it holds label k ('5', '1, 2'); blank: all"
         self.train_time = SpinBox(value=60, min=1, max=3600, label="Training time (s)")
-        self.train_button = PushButton(text="Train a classifier on the boxes' classes")
+        self.train_button = PushButton(text="Train a classifier")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend(
             [
                 self.image, self.model, self.trust, self.scope, self.axis, self.boxes,
                 self.points, self.box_size, self.cam, self.cam_class, self.device,
-                self.run_button, self.train_time, self.train_button, self.status,
+                self.run_button, self.source, self.labels, self.values, self.train_time,
+                self.train_button, self.status,
             ]
         )  # fmt: skip
         self.runner = JobRunner()
         self.table = QTableWidget(0, 0)
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(120)
+        self.table.setVisible(False)
         self.curve = LivePlot(
             napari_viewer,
             x_label="slice",
@@ -95,12 +110,15 @@ class ClassifyWidget(Container):
             empty_text="Run 'every slice' to see the curve; click it to go to a slice",
             y_range=(0.0, 1.0),
         )
-        for extra in (self.runner, self.curve, self.table):
+        self.training = training_plot(napari_viewer)
+        self.metrics = MetricsView(napari_viewer)
+        for extra in (self.runner, self.curve, self.table, self.training, self.metrics):
             self.native.layout().addWidget(extra)
         #: The last completed run's result, and the CAM layer it showed.
         self.result: ClassifyResult | None = None
         self.cam_layer = None
-        for field in (self.image, self.model, self.scope, self.boxes, self.points):
+        fields = (self.image, self.model, self.scope, self.boxes, self.points, self.source)
+        for field in (*fields, self.labels):
             field.changed.connect(self._update_run_button)
         self.run_button.changed.connect(self.run)
         self.train_button.changed.connect(self.train)
@@ -133,15 +151,31 @@ class ClassifyWidget(Container):
         problem = self._problem()
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or "classify with these settings"
-        boxes = self.image.value is not None and self._box_layer() is not None
-        self.train_button.enabled = boxes and not self.runner.running
+        slices = self.source.value == SOURCES[1]
+        self.labels.visible = self.values.visible = slices
+        why = self._train_problem()
+        self.train_button.enabled = why is None
         self.train_button.tooltip = (
-            "train on the boxes' 'class' feature; the model is kept and picked for Run"
-            if boxes
-            else "choose an image and a box layer whose boxes have a 'class' feature"
+            why
+            or (
+                "train on every slice's labels" if slices else "train on the boxes' 'class' feature"
+            )
+            + "; the best model is kept and picked for Run"
         )
         if problem is not None and not self.runner.running:
             self.status.value = problem
+
+    def _train_problem(self) -> str | None:
+        """Why Train cannot start now, or None."""
+        if self.runner.running:
+            return "a run is in progress"
+        if self.image.value is None:
+            return "open a 3D image first"
+        if self.source.value == SOURCES[1]:
+            return None if self.labels.value is not None else "choose a Labels layer"
+        if self._box_layer() is None:
+            return "choose a box layer whose boxes have a 'class' feature"
+        return None
 
     def config(self) -> ClassifyConfig:
         """The form as the core config (the CLI fills the same)."""
@@ -156,6 +190,12 @@ class ClassifyWidget(Container):
     def _box_layer(self) -> Shapes | Points | None:
         return self.boxes.value if self.boxes.value is not None else self.points.value
 
+    def _regions(self, layer: Shapes | Points, image: Image) -> list:
+        if isinstance(layer, Shapes):
+            return regions_from_shapes(layer, image)
+        size = int(self.box_size.value)
+        return regions_from_points(layer, image, (size, size))
+
     def run(self, *_args) -> None:
         """Start classifying with the form's settings."""
         if self._problem() is not None:
@@ -168,11 +208,7 @@ class ClassifyWidget(Container):
             regions = None
             if config.scope == "regions":
                 layer = self._box_layer()
-                if isinstance(layer, Shapes):
-                    regions = regions_from_shapes(layer, image)
-                else:
-                    size = int(self.box_size.value)
-                    regions = regions_from_points(layer, image, (size, size))
+                regions = self._regions(layer, image)
         except MedaiError as error:
             show_error(f"Classify failed: {error}")
             return
@@ -181,42 +217,60 @@ class ClassifyWidget(Container):
         self.runner.start(job, partial(self._show, image, layer, source), title="Classify")
 
     def train(self, *_args) -> None:
-        """Train a new classifier on the box layer's classes; pick it when done."""
-        from napari_medai._napari.classification import class_labels, train_from_boxes_job
+        """Train a new classifier on the boxes' classes or labelled slices; pick it when done."""
         from napari_medai.core.classification.training import ClassifierTrainConfig
         from napari_medai.core.models.registry import user_model_dir
 
-        image, layer = self.image.value, self._box_layer()
-        if image is None or layer is None or self.runner.running:
+        if self._train_problem() is not None:
             return
+        image, layer, labels = self.image.value, self._box_layer(), self.labels.value
         try:
-            class_labels(layer)
             volume = volume_from_layer(image)
-            if isinstance(layer, Shapes):
-                regions = regions_from_shapes(layer, image)
+            if self.source.value == SOURCES[1]:
+                values = label_values(labels, self.values.value)
+                what = partial(train_from_label_slices_job, volume, labels, values)
+                what = partial(what, "zyx".index(self.axis.value))
             else:
-                size = int(self.box_size.value)
-                regions = regions_from_points(layer, image, (size, size))
+                class_labels(layer)
+                regions = self._regions(layer, image)
+                what = partial(train_from_boxes_job, volume, regions, layer)
         except MedaiError as error:
             show_error(f"Train classifier failed: {error}")
             return
+        noun = "slices" if self.source.value == SOURCES[1] else "boxes"
         out = user_model_dir() / f"classifier-{time.strftime('%Y%m%d-%H%M%S')}"
         config = ClassifierTrainConfig(
             out, max_time_s=float(self.train_time.value), device=self.device.value
         )
-        job = partial(train_from_boxes_job, volume, regions, layer, config)
-        self.runner.start(job, self._trained, title="Train classifier")
+        self.training.clear()
+        self.metrics.show_metrics(None)
+        self.status.value = f"training; the best model goes to {out.name}"
+        self.runner.start(
+            partial(what, config),
+            partial(self._trained, noun),
+            self._on_progress,
+            title="Train classifier",
+        )
 
-    def _trained(self, result) -> None:
+    def _on_progress(self, event) -> None:
+        """Plot the loss and the held-out macro AUC the training job puts in its payload."""
+        payload = event.payload
+        if isinstance(payload, dict) and "loss" in payload:
+            self.training.append("loss", payload["iteration"], payload["loss"])
+            if payload.get("val_auc") is not None:
+                self.training.append("auc", payload["iteration"], payload["val_auc"])
+
+    def _trained(self, noun: str, result) -> None:
         self.model.value = str(result.best_path)
         metrics = result.metrics
+        self.metrics.show_metrics(metrics)
         if metrics is None:
             self.status.value = f"saved {result.best_path.name}; nothing was held out to score it"
             return
         on = metrics["computed_on"]
         self.status.value = (
             f"held-out accuracy {metrics['accuracy']:.2f}, macro ROC AUC "
-            f"{metrics['macro']['roc_auc']} on {on['cases']} boxes ({on['description']})"
+            f"{metrics['macro']['roc_auc']} on {on['cases']} {noun} ({on['description']})"
         )
         self.status.tooltip = self.status.value
 
@@ -241,6 +295,7 @@ class ClassifyWidget(Container):
     def _fill_table(self, result: ClassifyResult) -> None:
         frame = result_table(result)
         self.table.setRowCount(len(frame))
+        self.table.setVisible(True)
         self.table.setColumnCount(len(frame.columns))
         self.table.setHorizontalHeaderLabels([str(c) for c in frame.columns])
         for row, values in enumerate(frame.itertuples(index=False)):

@@ -1,0 +1,183 @@
+"""The held-out figures of a trained classifier, drawn in the Classify dock.
+
+Shows what core computed (``core.classification.metrics.classification_metrics``):
+a line saying what the figures were computed on, a per-class and macro table
+(accuracy, precision, recall, F1, ROC AUC, support), the one-vs-rest ROC
+curves on the themed :class:`LivePlot` with the chance diagonal, and the
+confusion matrix. No metric maths here. "Save metrics..." writes JSON and
+CSV through core's ``save_metrics``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medai._qt.plot import LivePlot
+from napari_medai.core.errors import MedaiError
+
+if TYPE_CHECKING:
+    import napari
+
+CHANCE = "chance"
+COLUMNS = ("precision", "recall", "f1", "roc_auc", "support")
+HEADERS = ("class", "precision", "recall", "F1", "ROC AUC", "n")
+EMPTY = "Train a classifier: its held-out figures show here"
+
+
+def _figure(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _fill(table: QTableWidget, headers: list[str], rows: list[list[Any]]) -> None:
+    """Put ``rows`` into ``table`` read-only, sized to its contents (no inner scrolling)."""
+    table.clear()
+    table.setColumnCount(len(headers))
+    table.setRowCount(len(rows))
+    table.setHorizontalHeaderLabels(headers)
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            table.setItem(r, c, QTableWidgetItem(_figure(value)))
+    table.resizeColumnsToContents()
+    table.resizeRowsToContents()
+    height = table.horizontalHeader().height() + 2 * table.frameWidth()
+    height += sum(table.rowHeight(r) for r in range(len(rows)))
+    table.setFixedHeight(height + 2)
+
+
+def _table() -> QTableWidget:
+    table = QTableWidget(0, 0)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    table.setFixedHeight(0)
+    return table
+
+
+def training_plot(viewer: napari.viewer.Viewer | None) -> LivePlot:
+    """The live plot of a training run: loss (left), held-out macro ROC AUC (right, 0..1)."""
+    plot = LivePlot(
+        viewer,
+        x_label="iteration",
+        y_label="loss",
+        right_y_label="held-out macro ROC AUC",
+        right_y_range=(0.0, 1.0),
+        empty_text="Loss and held-out macro ROC AUC show here while training",
+    )
+    plot.set_series("loss", [], [], label="loss")
+    plot.set_series("auc", [], [], axis="right", style="line+points", label="held-out AUC")
+    return plot
+
+
+class MetricsView(QWidget):
+    """Per-class figures, ROC curves and confusion matrix of one metrics dict."""
+
+    def __init__(self, viewer: napari.viewer.Viewer | None = None) -> None:
+        super().__init__()
+        #: The metrics shown (as core returned them), or None.
+        self.metrics: dict[str, Any] | None = None
+        self.computed_on = QLabel(EMPTY)
+        self.computed_on.setWordWrap(True)
+        # A wrapped label under-reports its height to the dock's layout, which then
+        # overlaps the widgets below it; three lines hold the longest description.
+        self.computed_on.setMinimumHeight(3 * self.computed_on.fontMetrics().lineSpacing() + 4)
+        self.figures = _table()
+        self.confusion_title = QLabel("Confusion matrix (rows: true, columns: predicted)")
+        self.confusion = _table()
+        self.confusion.verticalHeader().setVisible(True)
+        self.roc = LivePlot(
+            viewer,
+            x_label="false positive rate",
+            y_label="true positive rate",
+            empty_text="ROC curves (one per class) show here after training",
+            y_range=(0.0, 1.0),
+        )
+        self.save_button = QPushButton("Save metrics...")
+        self.save_button.setToolTip("write the figures as JSON and CSV")
+        self.save_button.clicked.connect(self.ask_and_save)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 4, 0, 0)
+        layout.setSpacing(6)
+        for widget in (
+            self.computed_on,
+            self.figures,
+            self.roc,
+            self.confusion_title,
+            self.confusion,
+            self.save_button,
+        ):
+            layout.addWidget(widget)
+        self.show_metrics(None)
+
+    def show_metrics(self, metrics: dict[str, Any] | None) -> None:
+        """Show ``metrics`` (None: the empty state)."""
+        self.metrics = metrics
+        self.save_button.setEnabled(metrics is not None)
+        self.roc.clear()
+        for widget in (self.figures, self.confusion_title, self.confusion):
+            widget.setVisible(metrics is not None)
+        if metrics is None:
+            self.computed_on.setText(EMPTY)
+            return
+        on = metrics["computed_on"]
+        counts = ", ".join(f"{n} {name}" for name, n in on["per_class"].items())
+        self.computed_on.setText(
+            f"Computed on {on['cases']} held-out cases ({counts}); {on['description']}. "
+            f"Accuracy {metrics['accuracy']:.3f}."
+        )
+        rows = [[name, *(row[c] for c in COLUMNS)] for name, row in metrics["per_class"].items()]
+        rows.append(["macro", *(metrics["macro"][c] for c in COLUMNS[:-1]), on["cases"]])
+        _fill(self.figures, list(HEADERS), rows)
+        matrix = metrics["confusion_matrix"]
+        _fill(self.confusion, list(matrix["classes"]), matrix["rows_true_columns_predicted"])
+        self.confusion.setVerticalHeaderLabels(list(matrix["classes"]))
+        for name, curve in metrics["roc_curves"].items():
+            auc = metrics["per_class"][name]["roc_auc"]
+            label = f"{name} (AUC {auc:.3f})"
+            self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
+        self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+        # The tables' heights changed: ask the dock for room, or the layout overlaps them.
+        self.layout().activate()
+        self.updateGeometry()
+
+    def save(self, base: Path) -> list[Path]:
+        """Write the shown metrics to ``<base>.json`` and ``<base>.csv``."""
+        # Imported here: core's metrics module loads torch, which a dock must not at start.
+        from napari_medai.core.classification.metrics import save_metrics
+
+        if self.metrics is None:
+            raise MedaiError("there are no metrics to save; train a classifier first")
+        return save_metrics(self.metrics, base, overwrite=True)
+
+    def ask_and_save(self, *_args) -> None:
+        """Ask where, then save (the dialog's own overwrite question covers both files)."""
+        path, _ = QFileDialog.getSaveFileName(self, "Save metrics", "metrics.json", "JSON (*.json)")
+        if not path:
+            return
+        base = Path(path)
+        base = base.with_suffix("") if base.suffix.lower() in (".json", ".csv") else base
+        try:
+            paths = self.save(base)
+        except (MedaiError, OSError) as error:
+            show_error(f"Save metrics failed: {error}")
+            return
+        show_info("saved " + " and ".join(p.name for p in paths))

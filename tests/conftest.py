@@ -30,6 +30,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def optional_shared_data() -> Path | None:
+    """The ``../shared/data`` folder, or None for tests that also run without it."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
 def phantom():
     """A small synthetic CT and its organ labels (fixed seed)."""
     return make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)

@@ -155,12 +155,9 @@ def judge(case: Case, outcome: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[list[Case], Path]:
+def corpus(tmp_path_factory, optional_shared_data) -> tuple[list[Case], Path]:
     root = tmp_path_factory.mktemp("fuzz")
-    from conftest import SHARED_DATA
-
-    real = SHARED_DATA if SHARED_DATA.is_dir() else None
-    return build_corpus(root / "cases", real=real), root
+    return build_corpus(root / "cases", real=optional_shared_data), root
 
 
 def test_corpus_is_large_enough(corpus):

@@ -145,3 +145,19 @@ def test_the_job_reports_a_broken_model_before_any_work(viewer_with_image, tmp_p
     job = load_and_segment_job(str(broken), False, volume, SegmentConfig(device="cpu"))
     with pytest.raises(ModelLoadError, match="weights.pt"):
         run_job(job)
+
+
+def test_painting_a_models_mask_makes_its_dicom_seg_semiautomatic(viewer_with_image):
+    from napari_medai.core.io.dicom_seg import algorithm_of
+
+    viewer, image = viewer_with_image
+    volume = segmentation_input(image)
+    target = SegmentationTarget.of(image, "/models/tiny")
+    labels = show_segmentation(viewer, result_layer_data(fake_result(volume, 1), target, "tiny"))[0]
+    assert algorithm_of(labels.metadata[METADATA_KEY]["provenance"])[0] == "AUTOMATIC"
+
+    labels.paint((0, 1, 1), 1)
+
+    assert algorithm_of(labels.metadata[METADATA_KEY]["provenance"])[0] == "SEMIAUTOMATIC"
+    second = show_segmentation(viewer, result_layer_data(fake_result(volume, 2), target, "tiny"))
+    assert algorithm_of(second[0].metadata[METADATA_KEY]["provenance"])[0] == "AUTOMATIC"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,14 @@ def _update(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
     layer.data = data
 
 
+def _mark_edited(layer: Labels, _event: Any = None) -> None:
+    """Record that the user painted on a model's mask (DICOM-SEG calls it SEMIAUTOMATIC)."""
+    info = layer.metadata.get(METADATA_KEY, {})
+    provenance = info.get("provenance")
+    if provenance is not None and not provenance.get("edited"):
+        info["provenance"] = {**provenance, "edited": True}
+
+
 def show_segmentation(
     viewer: ViewerModel, layer_data: list[LayerDataTuple], new_layer: bool = False
 ) -> list[Layer]:
@@ -232,6 +241,8 @@ def show_segmentation(
         existing = None if new_layer else find_output_layer(viewer, tag, kind, data.shape)
         if existing is None:
             existing = viewer.add_layer(Layer.create(data, kwargs, kind))
+            if isinstance(existing, Labels):
+                existing.events.paint.connect(partial(_mark_edited, existing))
         else:
             _update(existing, data, kwargs)
         shown.append(existing)

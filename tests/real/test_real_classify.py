@@ -106,6 +106,7 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
     print(  # noqa: T201 (the issue asks the test to print the ratio; shown with pytest -s)
         f"kidney Grad-CAM: mean heat inside / outside the kidney mask = {figures['ratio_of_means']}"
     )
-    # The issue's goal is 2x; measured 1.475 here (1.2-1.7 for other seeds and models kept),
+    # The issue's goal is 2x; measured 1.651 here with the one-block default DenseNet (seeds
+    # 1-3: 1.24, 2.02, 2.11; the earlier two-block default gave 1.475, 0.96, 1.41, 1.43),
     # so this guards the localisation reached, not the goal (see the issue note).
-    assert figures["ratio_of_means"] >= 1.3
+    assert figures["ratio_of_means"] >= 1.5

@@ -41,10 +41,12 @@ from napari_medai.core.training.dataset import Augmenter
 # One clock for both trainers: training time excludes time the consumer holds an event.
 from napari_medai.core.training.trainer import _Clock, training_threads
 
-#: A small DenseNet (two dense blocks, so a 32-pixel box keeps a 4x4 feature map for
-#: Grad-CAM): learns organ boxes in seconds on a laptop CPU.
+#: A small DenseNet with one dense block: learns organ boxes in seconds on a laptop CPU, and a
+#: 32-pixel box keeps an 8x8 feature map for Grad-CAM (two blocks pool it to 4x4, whose heat
+#: smears over the box: on the kidney benchmark, heat inside/outside the kidney 1.75 against
+#: 1.32, mean of four seeds).
 DEFAULT_ARCHITECTURE = "DenseNet"
-DEFAULT_ARGS = {"init_features": 16, "growth_rate": 12, "block_config": [4, 4], "bn_size": 2}
+DEFAULT_ARGS = {"init_features": 16, "growth_rate": 12, "block_config": [6], "bn_size": 2}
 
 
 @dataclass

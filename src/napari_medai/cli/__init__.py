@@ -23,7 +23,7 @@ COMMANDS = (
     "evaluate",
     "classify",
     "train_classifier",
-)
+, "gan")
 
 
 def build_parser() -> argparse.ArgumentParser:

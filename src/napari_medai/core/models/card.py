@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.generative.config import GENERATION_TASK
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -116,3 +117,12 @@ class ModelCard:
     def read(cls, path: Path) -> ModelCard:
         """Read a card from a JSON file."""
         return cls.from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
+
+
+def refuse_generator(card: ModelCard, action: str) -> None:
+    """Refuse a generator package where a model that predicts labels is needed."""
+    if card.task == GENERATION_TASK:
+        raise ModelLoadError(
+            f"'{card.name}' is an image generator (card task '{GENERATION_TASK}'): it makes "
+            f"synthetic images and cannot {action}; pick a segmentation model"
+        )

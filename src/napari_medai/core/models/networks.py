@@ -9,6 +9,8 @@ import torch
 from monai.networks import nets
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.generative.config import GENERATION_TASK
+from napari_medai.core.generative.networks import build_generator
 from napari_medai.core.models.card import ModelCard
 
 #: Architectures a card may name. Extending this list is a code change, never a
@@ -45,6 +47,8 @@ ARCHITECTURES.update(CLASSIFIERS)
 
 def build_network(card: ModelCard) -> torch.nn.Module:
     """Instantiate the card's architecture with its arguments (untrained)."""
+    if card.task == GENERATION_TASK:
+        return build_generator(card)
     factory = ARCHITECTURES.get(card.architecture)
     if factory is None:
         raise ModelLoadError(

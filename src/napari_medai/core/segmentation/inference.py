@@ -38,7 +38,7 @@ from napari_medai.core.devices import (
 )
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
-from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.card import ModelCard, refuse_generator
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.segmentation.preprocessing import (
@@ -91,6 +91,7 @@ def check_image_values(array: np.ndarray, what: str = "the image") -> None:
 
 
 def _check_input(volume: Volume, card: ModelCard) -> None:
+    refuse_generator(card, "segment")
     if card.num_classes < 2:
         raise MedaiError(f"the model '{card.name}' names no foreground label to segment")
     check_image_values(volume.array)

@@ -17,6 +17,7 @@ from napari_medai.core.training.quality import TrainingQuality
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
+    from napari_medai.core.training.synthetic import SyntheticPairs
 
 DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
 #: Cores the Train widget leaves free for napari's event loop when it picks the
@@ -69,6 +70,9 @@ class TrainConfig:
     name: str | None = None
     checkpoint_dir: Path | None = None
     augment: bool = True
+    #: Opt-in generated (image, mask) pairs, ``synthetic_ratio`` of each batch (see .synthetic).
+    synthetic: SyntheticPairs | None = None
+    synthetic_ratio: float = 0.0
 
     @property
     def checkpoints(self) -> Path:

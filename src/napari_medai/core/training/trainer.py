@@ -32,7 +32,7 @@ from napari_medai.core.distributed import ddp
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.files import check_can_write
 from napari_medai.core.jobs import Job, Progress
-from napari_medai.core.models.card import CARD_FILE, ModelCard
+from napari_medai.core.models.card import CARD_FILE, ModelCard, refuse_generator
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
@@ -59,6 +59,7 @@ from napari_medai.core.training.dataset import (
     prepare_pairs,
 )
 from napari_medai.core.training.loss import MaskedDiceCELoss
+from napari_medai.core.training.synthetic import SyntheticMixer
 from napari_medai.core.volume import LabelMap, Volume
 
 # torch imports its compiler (torch._dynamo, seconds) the first time an optimizer
@@ -232,6 +233,7 @@ def _init_model(init: LoadedModel | str | Path) -> tuple[ModelCard, torch.nn.Mod
     if not isinstance(init, LoadedModel):
         init = load_model(init)
     card = init.card
+    refuse_generator(card, "be fine-tuned for segmentation")
     if card.spacing is not None or card.orientation is not None:
         raise MedaiError(
             f"the model '{card.name}' runs at a fixed spacing or orientation; fine-tuning "
@@ -344,6 +346,7 @@ class _Session:
             rng,
         )
         self.augment = Augmenter(self.card.spatial_dims, seed + self.dist.rank)
+        self.synthetic = _mixer(config, self.card, self.data.classes, rng)
         self.loss = MaskedDiceCELoss(self.data.classes)
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -358,6 +361,10 @@ class _Session:
         """One optimizer step on an augmented batch; returns the loss."""
         batch = self.sampler.batch(self.batch_size * self.dist.world_size)
         batch = ddp.shard(batch, self.dist)
+        if self.synthetic is not None:
+            count = self.synthetic.count(len(batch[0]))
+            mixed = self.synthetic.batch(count)
+            batch = tuple(torch.cat([a[count:], b]) for a, b in zip(batch, mixed))
         image, target, mask = self.augment(*batch) if self.config.augment else batch
         image, target, mask = (t.to(self.device) for t in (image, target, mask))
         self.optimizer.zero_grad(set_to_none=True)
@@ -440,6 +447,7 @@ class _Session:
             "augmentation": "affine (in-plane rotation, scale, shift), intensity scale/shift/noise",
             "init": self.init_info,
             "data": [pair.description for pair in self.data.pairs],
+            "synthetic": None if self.synthetic is None else self.synthetic.describe(),
             "versions": {"torch": torch.__version__, "monai": monai.__version__},
         }
         return replace(self.card, training=info)
@@ -470,6 +478,28 @@ class _Session:
             self.state.best_val_dice = val_dice
             self.state.best_iteration = self.state.iteration
             self.save_best(val_dice)
+
+
+def _mixer(
+    config: TrainConfig, card: ModelCard, classes: list[int], rng: np.random.Generator
+) -> SyntheticMixer | None:
+    """The synthetic-pair mixer when asked for; 2D pairs only fit slice models."""
+    if config.synthetic is None or not config.synthetic_ratio:
+        return None
+    if card.spatial_dims != 2:
+        raise MedaiError(
+            "synthetic pairs are 2D slices; they mix into 2D or 2.5D training only, not 3D"
+        )
+    patch = (card.patch_size[1], card.patch_size[2])
+    return SyntheticMixer(
+        config.synthetic,
+        config.synthetic_ratio,
+        card.intensity,
+        patch,
+        card.in_channels,
+        classes,
+        rng,
+    )
 
 
 def _fraction(config: TrainConfig, steps: int, seconds: float) -> float:

@@ -1,0 +1,1 @@
+"""Generative models: GAN training and sampling on the open scan, quality metrics."""

@@ -1,0 +1,260 @@
+"""Train a GAN on the open scan as a generator job; save the generator as a model package.
+
+:func:`train_gan_job` yields a :class:`Progress` after every step of the
+generator and critic (a fraction of a second on a CPU) with both losses, and
+every ``preview_every_s`` seconds a preview grid of samples (in [0, 1]) in
+the payload. Stopping the iteration saves the generator trained so far. At
+the end of the budget the generator is measured against held-out real
+patches (:mod:`.quality`) and the result goes on its card.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from monai.losses import PatchAdversarialLoss
+from monai.utils import set_determinism
+
+from napari_medai.core.devices import choose_device
+from napari_medai.core.files import check_can_write
+from napari_medai.core.generative import networks
+from napari_medai.core.generative.config import GENERATION_TASK, GanConfig, GenerativeError
+from napari_medai.core.generative.patches import PatchSource
+from napari_medai.core.generative.quality import quality_job
+from napari_medai.core.jobs import Job, Progress, scaled
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.package import save_model_package
+from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.volume import LabelMap, Volume
+
+#: Patches shown in a preview grid.
+PREVIEW_COUNT = 8
+
+
+@dataclass
+class GanResult:
+    """The saved generator package, its card, the loss history and the quality report."""
+
+    path: Path
+    card: ModelCard
+    history: list[dict[str, Any]]
+    quality: dict[str, Any]
+
+
+def train_gan_job(image: Volume, labels: LabelMap | None, config: GanConfig) -> Job[GanResult]:
+    """Train a GAN on 2D axial patches of ``image`` (read only) as a job.
+
+    Checks the settings, the input and the output folder at once (raising
+    :class:`~napari_medai.core.errors.MedaiError`), before any work starts.
+    """
+    config.check()
+    if config.kind == "conditional" and labels is None:
+        raise GenerativeError("a label-conditioned GAN needs labels: pick a labels layer")
+    check_can_write(Path(config.out_dir), config.overwrite)
+    device = choose_device(config.device)
+    rng = np.random.default_rng(config.seed)
+    source = PatchSource(image, labels, config.patch_size, config.holdout_every, rng)
+    return _train(image, source, config, device)
+
+
+class _Gan:
+    """Generator, critic, optimisers and one training step."""
+
+    def __init__(self, source: PatchSource, config: GanConfig, device: torch.device) -> None:
+        self.source = source
+        self.config = config
+        self.device = device
+        self.conditional = config.kind == "conditional"
+        architecture, args = networks.generator_args(
+            config.kind, config.patch_size, config.latent_dim
+        )
+        names = {v: ("background" if v == 0 else f"label {v}") for v in source.values}
+        self.card = ModelCard(
+            name=config.name or f"{config.kind} GAN {config.patch_size}px",
+            architecture=architecture,
+            architecture_args=args,
+            label_names=names if self.conditional else {},
+            patch_size=[1, config.patch_size, config.patch_size],
+            task=GENERATION_TASK,
+            spatial_dims=2,
+            in_channels=len(source.values) + 1 if self.conditional else 1,
+            intensity=source.intensity,
+        )
+        self.generator = networks.build_generator(self.card).to(device).train()
+        critic_channels = 1 + (len(source.values) if self.conditional else 0)
+        self.critic = networks.build_discriminator(critic_channels).to(device).train()
+        betas = (0.5, 0.999)
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), config.learning_rate, betas=betas
+        )
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), config.learning_rate, betas=betas)
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        seed = config.seed if config.seed is not None else int(source.rng.integers(2**31))
+        self.noise = torch.Generator().manual_seed(seed)
+        self.iteration = 0
+        preview_real, preview_labels = source.batch(PREVIEW_COUNT, held_out=True)
+        self.preview_input = self.inputs(preview_labels, PREVIEW_COUNT)
+        self.preview_real = preview_real
+
+    def inputs(self, labels: torch.Tensor | None, count: int) -> torch.Tensor:
+        """The generator's input: latent vectors, or one-hot labels plus noise."""
+        if self.conditional:
+            onehot = networks.label_channels(labels, self.source.values)
+            return networks.condition(onehot, self.noise).to(self.device)
+        return networks.latent(count, self.config.latent_dim, self.noise).to(self.device)
+
+    def _critic_input(self, image: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        return image if onehot is None else torch.cat([image, onehot], dim=1)
+
+    def step(self) -> tuple[float, float]:
+        """One critic and one generator update; returns (generator loss, critic loss)."""
+        real, labels = self.source.batch(self.config.batch_size)
+        real = real.to(self.device)
+        z = self.inputs(labels, len(real))
+        onehot = z[:, :-1] if self.conditional else None
+        fake = self.generator(z)
+        self.opt_d.zero_grad(set_to_none=True)
+        score_real = self.critic(self._critic_input(real, onehot))[-1]
+        score_fake = self.critic(self._critic_input(fake.detach(), onehot))[-1]
+        loss_d = 0.5 * (
+            self.adversarial(score_real, target_is_real=True, for_discriminator=True)
+            + self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
+        )
+        loss_d.backward()
+        self.opt_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        score = self.critic(self._critic_input(fake, onehot))[-1]
+        loss_g = self.adversarial(score, target_is_real=True, for_discriminator=False)
+        if self.conditional:
+            # pix2pix: the paired real image anchors the layout the labels imply.
+            loss_g = loss_g + self.config.l1_weight * torch.nn.functional.l1_loss(fake, real)
+        loss_g.backward()
+        self.opt_g.step()
+        self.iteration += 1
+        return float(loss_g.detach()), float(loss_d.detach())
+
+    def generate(self, z: torch.Tensor) -> np.ndarray:
+        """Samples for ``z`` as (n, y, x) in [0, 1], in eval mode."""
+        self.generator.eval()
+        try:
+            with torch.no_grad():
+                out = self.generator(z.to(self.device))
+        finally:
+            self.generator.train()
+        return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+    def preview(self) -> np.ndarray:
+        """Real held-out patches (top row) above generated ones (bottom row), in [0, 1]."""
+        real = (self.preview_real[:, 0].numpy() + 1.0) / 2.0
+        return networks.grid(
+            np.concatenate([real, self.generate(self.preview_input)]), PREVIEW_COUNT
+        )
+
+
+def _fraction(config: GanConfig, steps: int, seconds: float) -> float:
+    parts = [0.0]
+    if config.max_iters:
+        parts.append(steps / config.max_iters)
+    if config.max_time_s:
+        parts.append(seconds / config.max_time_s)
+    return min(max(parts), 1.0)
+
+
+def _measure(gan: _Gan) -> Job[dict[str, Any]]:
+    """Quality of the generator against patches of the held-out slices."""
+    count = gan.config.quality_samples
+    real, labels = gan.source.batch(count, held_out=True)
+    chunks = []
+    for start in range(0, count, 32):
+        part = None if labels is None else labels[start : start + 32]
+        chunks.append(gan.generate(gan.inputs(part, len(real[start : start + 32]))))
+        yield Progress(0.3 * start / count, "sampling for the quality measures")
+    fake = np.concatenate(chunks)
+    real01 = (real[:, 0].numpy() + 1.0) / 2.0
+    report = yield from scaled(
+        quality_job(real01, fake, gan.config.seed or 0, gan.config.quality_steps), 0.3, 1.0
+    )
+    report["held_out_slices"] = gan.source.held_out
+    return report
+
+
+def _card(gan: _Gan, image: Volume, elapsed: float, history: list, quality: dict) -> ModelCard:
+    """The card with the training facts (no patient identifiers)."""
+    source = gan.source
+    last = history[-1] if history else {}
+    info = {
+        "trained_with": "napari-medai",
+        "kind": gan.config.kind,
+        "iterations": gan.iteration,
+        "training_time_s": round(elapsed, 2),
+        "loss_generator": last.get("loss_g"),
+        "loss_critic": last.get("loss_d"),
+        "batch_size": gan.config.batch_size,
+        "learning_rate": gan.config.learning_rate,
+        "seed": gan.config.seed,
+        "threads": torch.get_num_threads(),
+        "loss": "least-squares PatchGAN"
+        + (f" + {gan.config.l1_weight} x L1 to the paired image" if gan.conditional else ""),
+        "intensity_range": [source.low, source.high],
+        "pixel_spacing_mm": [round(float(s), 4) for s in image.geometry.spacing[1:]],
+        "data": {
+            "shape": list(image.spatial_shape),
+            "modality": image.modality,
+            "train_slices": len(source.train_slices),
+            "held_out_slices": len(source.test_slices) if source.held_out else 0,
+        },
+        "quality": quality,
+        "versions": {"torch": torch.__version__, "monai": monai.__version__},
+    }
+    return replace(gan.card, training=info)
+
+
+def _train(
+    image: Volume, source: PatchSource, config: GanConfig, device: torch.device
+) -> Job[GanResult]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads or training_threads())
+    gan: _Gan | None = None
+    history: list[dict[str, Any]] = []
+    elapsed = 0.0
+    quality: dict[str, Any] = {}
+    try:
+        if config.seed is not None:
+            set_determinism(seed=config.seed)
+        yield Progress(0.0, f"building the {config.kind} GAN")
+        gan = _Gan(source, config, device)
+        started = time.perf_counter()
+        held = 0.0  # time the consumer held progress events, not counted as training
+        next_preview = 0.0
+        while _fraction(config, gan.iteration, elapsed) < 1.0:
+            loss_g, loss_d = gan.step()
+            elapsed = time.perf_counter() - started - held
+            entry = {
+                "iteration": gan.iteration,
+                "elapsed_s": round(elapsed, 3),
+                "loss_g": loss_g,
+                "loss_d": loss_d,
+            }
+            history.append(entry)
+            payload: dict[str, Any] = dict(entry)
+            if elapsed >= next_preview:
+                payload["preview"] = gan.preview()
+                next_preview = elapsed + config.preview_every_s
+            message = f"step {gan.iteration}: generator {loss_g:.3f}, critic {loss_d:.3f}"
+            pause = time.perf_counter()
+            yield Progress(0.9 * _fraction(config, gan.iteration, elapsed), message, payload)
+            held += time.perf_counter() - pause
+        quality = yield from scaled(_measure(gan), 0.9, 1.0)
+        yield Progress(1.0, "saving the generator")
+    finally:
+        if gan is not None and gan.iteration:
+            card = _card(gan, image, elapsed, history, quality)
+            save_model_package(Path(config.out_dir), card, gan.generator, overwrite=True)
+        torch.set_num_threads(threads)
+    return GanResult(Path(config.out_dir), card, history, quality)

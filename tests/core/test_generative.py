@@ -192,3 +192,21 @@ def test_training_with_synthetic_pairs_says_so_on_the_card(conditional, phantom,
     unpaired = replace(samples, masks=None)
     with pytest.raises(MedaiError, match="no masks"):
         SyntheticPairs.from_samples(unpaired)
+
+
+def test_cli_samples_a_generator_and_explains_bad_input(unconditional, phantom, tmp_path, capsys):
+    from napari_medai.cli import main
+    from napari_medai.core.io.writing import write_label_map
+
+    out = tmp_path / "synthetic.nii.gz"
+    assert main(["gan", "sample", str(unconditional[0].path), "-n", "3", "--out", str(out)]) == 0
+    assert sitk.ReadImage(str(out)).GetSize() == (32, 32, 3)
+    assert json.loads((tmp_path / "synthetic.json").read_text())["synthetic"] is True
+    empty = write_label_map(
+        replace(phantom[1], array=np.zeros_like(phantom[1].array)), tmp_path / "empty.nii.gz"
+    )
+    image = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(phantom[0].array), str(image))
+    args = ["gan", "train", str(image), "--labels", str(empty), "--conditional"]
+    assert main([*args, "--out", str(tmp_path / "g"), "--max-iters", "1"]) == 2
+    assert "labels are empty" in capsys.readouterr().err

@@ -44,8 +44,8 @@ def test_histogram_distance_and_diversity():
 
 
 def test_two_sample_accuracy_separates_different_sets_only():
-    real = blobs(96, 0)
-    different = run_job(two_sample_accuracy_job(real, blobs(96, 1, brightness=0.0), steps=60))
-    same = run_job(two_sample_accuracy_job(real, blobs(96, 1), steps=60))
+    real = blobs(64, 0)
+    different = run_job(two_sample_accuracy_job(real, blobs(64, 1, brightness=0.0), steps=40))
+    same = run_job(two_sample_accuracy_job(real, blobs(64, 1), steps=40))
     assert different > 0.9
     assert same < 0.75

@@ -19,6 +19,7 @@ import numpy as np
 from napari.layers import Labels, Layer
 from napari.utils.notifications import show_info, show_warning
 
+from napari_medai._napari.generation import is_synthetic
 from napari_medai._napari.layers import (
     METADATA_KEY,
     label_map_from_layer,
@@ -26,7 +27,7 @@ from napari_medai._napari.layers import (
     stored_geometry,
     world_geometry,
 )
-from napari_medai.core.errors import GeometryError
+from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.files import compound_stem
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.writing import (
@@ -179,8 +180,14 @@ def _sidecar(label_map: LabelMap, provenance: dict[str, Any], mask: Path) -> dic
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Write one Labels layer to .nii.gz, .nii, .nrrd or .mha, plus a ``.json`` sidecar.
 
-    napari's save dialog has already asked before replacing a file.
+    napari's save dialog has already asked before replacing a file. Masks of
+    generated samples are refused: they belong to no scan.
     """
+    if is_synthetic(meta.get("metadata", {})):
+        raise MedaiError(
+            f"'{meta.get('name', 'this layer')}' holds masks of synthetic samples, not of a "
+            "patient's scan; save samples with 'napari-medai gan sample' instead"
+        )
     target = Path(path)
     layer = Labels(np.asarray(data), **meta)
     _check_shape(layer, target)

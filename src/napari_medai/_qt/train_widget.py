@@ -29,6 +29,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel
 
+from napari_medai._napari.generation import augmentation_for
 from napari_medai._napari.details import model_rows, result_rows
 from napari_medai._napari.segmentation import segmentation_input
 from napari_medai._napari.training import (
@@ -284,6 +285,7 @@ class TrainWidget(Container):
             init=self.start_model(),
             num_threads=self.threads_spin.value or training_threads(keep_free=GUI_KEEP_FREE),
             name=self.name_edit.value.strip() or None,
+            augmentation=augmentation_for(self._viewer),
         )
 
     # Training ---------------------------------------------------------------------

@@ -23,7 +23,8 @@ COMMANDS = (
     "evaluate",
     "classify",
     "train_classifier",
-, "gan")
+    "gan",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

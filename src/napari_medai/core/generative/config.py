@@ -32,6 +32,8 @@ class GanConfig:
     ``holdout_every`` keeps every n-th axial slice out of training; quality is
     measured on patches of those slices. Budgets: ``max_time_s`` seconds of
     training, ``max_iters`` steps (either may be None, not both).
+    ``budget_clock`` "wall" counts elapsed seconds, "cpu" this process's CPU
+    seconds (benchmarks on a shared machine: the same work whatever the load).
     ``preview_every_s`` sets how often a preview grid rides on a progress event.
     Quality is measured on ``quality_samples`` patches, the two-sample
     classifier trained for ``quality_steps`` steps.
@@ -55,6 +57,7 @@ class GanConfig:
     num_threads: int | None = None
     overwrite: bool = False
     name: str | None = None
+    budget_clock: str = "wall"
 
     def check(self) -> None:
         """Raise :class:`GenerativeError` for settings that cannot work."""
@@ -73,5 +76,7 @@ class GanConfig:
             raise GenerativeError(f"the iteration budget must be at least 1, not {self.max_iters}")
         if self.batch_size < 2:
             raise GenerativeError(f"the batch size must be at least 2, not {self.batch_size}")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise GenerativeError(f"the budget clock is 'wall' or 'cpu', not {self.budget_clock!r}")
         if self.holdout_every < 2:
             raise GenerativeError("holdout_every must be 2 or more (one slice in n is held out)")

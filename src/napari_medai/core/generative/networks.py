@@ -94,9 +94,12 @@ def build_generator(card: ModelCard) -> torch.nn.Module:
 
 
 def build_discriminator(in_channels: int) -> torch.nn.Module:
-    """A PatchGAN critic: one score per receptive field of about 30 pixels."""
+    """A PatchGAN critic: one score per receptive field of about 30 pixels.
+
+    16 base channels: 2.5x cheaper per step on a CPU than 32, so more steps fit a budget.
+    """
     return PatchDiscriminator(
-        spatial_dims=2, channels=32, in_channels=in_channels, num_layers_d=3, norm="INSTANCE"
+        spatial_dims=2, channels=16, in_channels=in_channels, num_layers_d=3, norm="INSTANCE"
     )
 
 

@@ -116,7 +116,11 @@ def two_sample_accuracy_job(
     test_y = torch.cat([torch.ones(n - half), torch.zeros(n - half)])
     torch.manual_seed(seed)
     model = Classifier(
-        in_shape=tuple(train_x.shape[1:]), classes=1, channels=(8, 16, 32), strides=(2, 2, 2)
+        in_shape=tuple(train_x.shape[1:]),
+        classes=1,
+        channels=(8, 16, 32),
+        strides=(2, 2, 2),
+        num_res_units=0,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss = torch.nn.BCEWithLogitsLoss()

@@ -8,12 +8,13 @@ imported only when training starts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.training.quality import TrainingQuality
+from napari_medai.core.training.strengths import AugmentStrengths
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
@@ -73,6 +74,7 @@ class TrainConfig:
     #: Opt-in generated (image, mask) pairs, ``synthetic_ratio`` of each batch (see .synthetic).
     synthetic: SyntheticPairs | None = None
     synthetic_ratio: float = 0.0
+    augmentation: AugmentStrengths = field(default_factory=AugmentStrengths)
 
     @property
     def checkpoints(self) -> Path:

@@ -10,11 +10,13 @@ and intensity changes to a whole batch of tensors.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.blocks import Warp
 from monai.networks.layers import AffineTransform
 from monai.transforms import Compose, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 from monai.utils import convert_to_tensor
@@ -22,6 +24,7 @@ from monai.utils import convert_to_tensor
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.segmentation.preprocessing import Normaliser
 from napari_medai.core.training.annotations import AXIS_NAMES, annotation_mask, painted_planes
+from napari_medai.core.training.strengths import AugmentStrengths
 from napari_medai.core.volume import LabelMap, Volume
 
 #: CT: a window on the Hounsfield units of the painted structures (see
@@ -294,11 +297,13 @@ class PatchSampler:
 
 
 class Augmenter:
-    """Random affine (whole batch in one MONAI ``AffineTransform`` call) and intensity changes.
+    """Random affine (one MONAI ``AffineTransform`` call per batch), elastic and intensity changes.
 
     Rotation is in-plane only (about z): the slices keep their thickness. No
     flips: left and right differ in anatomy and the model should learn which
-    side an organ is on.
+    side an organ is on. ``strengths`` scale each range (see
+    :class:`AugmentStrengths`); elastic warping (MONAI ``Warp`` with a smooth
+    random in-plane displacement) runs only when its strength is above 0.
     """
 
     #: In-plane rotation (radians), overall scale, per-axis stretch on top of it,
@@ -307,18 +312,37 @@ class Augmenter:
     SCALE = (0.75, 1.25)
     STRETCH = (0.85, 1.15)
     SHIFT = 0.05
+    #: Elastic displacement (pixels, at strength 1) on a coarse grid of this many nodes per axis.
+    ELASTIC_PIXELS = 4.0
+    ELASTIC_NODES = 5
 
-    def __init__(self, spatial_dims: int, seed: int, probability: float = 0.8) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        seed: int,
+        probability: float = 0.8,
+        strengths: AugmentStrengths | None = None,
+    ) -> None:
         self.spatial_dims = spatial_dims
         self.probability = probability
+        self.strengths = strengths or AugmentStrengths()
         self.generator = torch.Generator().manual_seed(seed)
         self.warp_image = AffineTransform(zero_centered=True, mode="bilinear")
         self.warp_labels = AffineTransform(zero_centered=True, mode="nearest")
+        with warnings.catch_warnings():  # Warp notes that it uses torch's grid_sample
+            warnings.simplefilter("ignore", UserWarning)
+            self.elastic_image = Warp(mode="bilinear", padding_mode="zeros")
+            self.elastic_labels = Warp(mode="nearest", padding_mode="zeros")
+        a, i = self.strengths.affine, self.strengths.intensity
+        self.rotation = self.ROTATION * a
+        self.scale = (1 - (1 - self.SCALE[0]) * a, 1 + (self.SCALE[1] - 1) * a)
+        self.stretch = (1 - (1 - self.STRETCH[0]) * a, 1 + (self.STRETCH[1] - 1) * a)
+        self.shift = self.SHIFT * a
         self.intensity = Compose(
             [
-                RandScaleIntensity(factors=0.1, prob=0.5),
-                RandShiftIntensity(offsets=0.1, prob=0.5),
-                RandGaussianNoise(prob=0.3, std=0.03),
+                RandScaleIntensity(factors=0.1 * i, prob=0.5),
+                RandShiftIntensity(offsets=0.1 * i, prob=0.5),
+                RandGaussianNoise(prob=0.3, std=0.03 * self.strengths.noise),
             ]
         )
         self.intensity.set_random_state(seed)
@@ -329,9 +353,9 @@ class Augmenter:
     def _matrices(self, size: int, shape: tuple[int, ...]) -> torch.Tensor:
         """(B, d+1, d+1) pull matrices in index order: rotate, scale, shift."""
         d = self.spatial_dims
-        angle = self._uniform(-self.ROTATION, self.ROTATION, size)
-        scale = self._uniform(*self.SCALE, size, 1) * self._uniform(*self.STRETCH, size, d)
-        shift = self._uniform(-self.SHIFT, self.SHIFT, size, d) * torch.tensor(shape).float()
+        angle = self._uniform(-self.rotation, self.rotation, size)
+        scale = self._uniform(*self.scale, size, 1) * self._uniform(*self.stretch, size, d)
+        shift = self._uniform(-self.shift, self.shift, size, d) * torch.tensor(shape).float()
         theta = torch.eye(d + 1).repeat(size, 1, 1)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta[:, d - 2, d - 2], theta[:, d - 2, d - 1] = cos, -sin
@@ -349,6 +373,15 @@ class Augmenter:
             [convert_to_tensor(self.intensity(sample), track_meta=False) for sample in image]
         )
 
+    def _displacement(self, size: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """(B, d, *shape) smooth random in-plane displacement, in pixels."""
+        d = self.spatial_dims
+        coarse = self._uniform(-1.0, 1.0, size, d, *([self.ELASTIC_NODES] * d))
+        coarse[:, : d - 2] = 0.0  # 3D: no displacement across slices
+        mode = "bicubic" if d == 2 else "trilinear"
+        field = torch.nn.functional.interpolate(coarse, size=shape, mode=mode, align_corners=True)
+        return field * self.ELASTIC_PIXELS * self.strengths.elastic
+
     def __call__(
         self, image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -357,7 +390,29 @@ class Augmenter:
         image = self.warp_image(image, theta)
         labels = torch.stack([target.float(), mask.float()], dim=1)
         labels = self.warp_labels(labels, theta)
+        if self.strengths.elastic > 0:
+            ddf = self._displacement(len(image), tuple(image.shape[2:]))
+            image = self.elastic_image(image, ddf)
+            labels = self.elastic_labels(labels, ddf)
         image = torch.stack(
             [convert_to_tensor(self.intensity(sample), track_meta=False) for sample in image]
         )
         return image, labels[:, 0].round().long(), labels[:, 1] > 0.5
+
+
+def preview_augmentations(
+    image: np.ndarray, strengths: AugmentStrengths, count: int = 8, seed: int = 0
+) -> np.ndarray:
+    """``count`` randomly augmented copies (n, y, x) of a 2D slice, in its own units.
+
+    The slice is scaled to [0, 1] by its 0.5-99.5% percentiles (where the
+    intensity augmentations act in training), augmented as a batch, and scaled back.
+    """
+    low, high = (float(v) for v in np.percentile(image, [0.5, 99.5]))
+    span = high - low or 1.0
+    batch = torch.from_numpy(((np.asarray(image, dtype=np.float32) - low) / span)[None, None])
+    batch = batch.repeat(count, 1, 1, 1)
+    target = torch.zeros((count, *image.shape), dtype=torch.long)
+    augmenter = Augmenter(2, seed, probability=1.0, strengths=strengths)
+    augmented, _, _ = augmenter(batch, target, torch.ones_like(target, dtype=torch.bool))
+    return augmented[:, 0].numpy() * span + low

@@ -345,7 +345,9 @@ class _Session:
             self.card.context_slices,
             rng,
         )
-        self.augment = Augmenter(self.card.spatial_dims, seed + self.dist.rank)
+        self.augment = Augmenter(
+            self.card.spatial_dims, seed + self.dist.rank, strengths=config.augmentation
+        )
         self.synthetic = _mixer(config, self.card, self.data.classes, rng)
         self.loss = MaskedDiceCELoss(self.data.classes)
         self.optimizer = torch.optim.AdamW(
@@ -445,6 +447,7 @@ class _Session:
             "loss": "masked cross-entropy + masked soft Dice (unannotated voxels ignored)",
             "optimizer": "AdamW",
             "augmentation": "affine (in-plane rotation, scale, shift), intensity scale/shift/noise",
+            "augmentation_strengths": self.config.augmentation.to_dict(),
             "init": self.init_info,
             "data": [pair.description for pair in self.data.pairs],
             "synthetic": None if self.synthetic is None else self.synthetic.describe(),

@@ -1,0 +1,36 @@
+"""How strongly training augments: torch-free, so widgets can hold and share it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from napari_medai.core.errors import MedaiError
+
+#: Names of the adjustable augmentations, in display order.
+AUGMENTATIONS = ("affine", "elastic", "intensity", "noise")
+
+
+@dataclass(frozen=True)
+class AugmentStrengths:
+    """Multipliers of each augmentation's default range; 0 turns it off.
+
+    ``affine`` scales rotation, scale, stretch and shift; ``elastic`` the
+    smooth random displacement (off by default, so training is unchanged
+    unless asked); ``intensity`` the random intensity scale and shift;
+    ``noise`` the Gaussian noise's standard deviation.
+    """
+
+    affine: float = 1.0
+    elastic: float = 0.0
+    intensity: float = 1.0
+    noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in AUGMENTATIONS:
+            if not 0.0 <= getattr(self, name) <= 3.0:
+                raise MedaiError(f"the {name} augmentation strength must be within 0..3")
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the model card."""
+        return asdict(self)

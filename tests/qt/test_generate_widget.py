@@ -75,6 +75,7 @@ def test_train_sample_and_mark_synthetic(qtbot, scene, widget):
     assert samples.metadata["synthetic"] is True
     assert tuple(samples.scale) == (1.0, 5.0, 5.0)
     np.testing.assert_array_equal(samples.affine.affine_matrix, np.eye(4))
+    assert samples.extent.world[0][2] > image.extent.world[1][2]  # beside the scan
     np.testing.assert_array_equal(image.data, source)
     np.testing.assert_array_equal(annotation.data, painted)
     assert len(viewer.layers) == 3

@@ -52,6 +52,7 @@ def synthetic_layers(samples: Any, title: str) -> list[LayerDataTuple]:
             {
                 "name": name,
                 "scale": spacing,
+                "units": ("mm", "mm", "mm"),
                 "metadata": _metadata(dict(samples.metadata)),
                 "contrast_limits": (low, high if high > low else low + 1.0),
                 "colormap": "gray",
@@ -67,6 +68,7 @@ def synthetic_layers(samples: Any, title: str) -> list[LayerDataTuple]:
                 {
                     "name": f"{name} masks",
                     "scale": spacing,
+                    "units": ("mm", "mm", "mm"),
                     "metadata": _metadata({**samples.metadata, "label_names": names}),
                     "opacity": 0.5,
                 },
@@ -80,7 +82,12 @@ def preview_layer(grid: np.ndarray, spacing: tuple[float, float], name: str) -> 
     """A 2D preview grid (training previews or augmented slices), marked synthetic."""
     return (
         np.asarray(grid, dtype=np.float32),
-        {"name": f"{SYNTHETIC_PREFIX} {name}", "scale": spacing, "metadata": _metadata({})},
+        {
+            "name": f"{SYNTHETIC_PREFIX} {name}",
+            "scale": spacing,
+            "units": ("mm",) * len(spacing),
+            "metadata": _metadata({}),
+        },
         "image",
     )
 

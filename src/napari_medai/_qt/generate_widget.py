@@ -143,6 +143,7 @@ class GenerateWidget(QWidget):
         self.preview = QLabel("Samples (bottom row) under held-out real patches show here")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.preview.setWordWrap(True)
+        self.preview.setMinimumHeight(PREVIEW_WIDTH_PX // 4)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         train_form = Container(
@@ -261,12 +262,20 @@ class GenerateWidget(QWidget):
 
     def _show_samples(self, samples: Any) -> None:
         title = f"{samples.metadata.get('kind', 'GAN')} samples ({len(samples.images)})"
-        self.sample_layers = [
-            getattr(self._viewer, f"add_{kind}")(data, **kwargs)
-            for data, kwargs, kind in synthetic_layers(samples, title)
-        ]
+        # Beside everything shown (display only; the stack keeps its own grid, no affine),
+        # so samples never sit on top of a patient's anatomy.
+        low, high = np.asarray(self._viewer.layers.extent.world)[:, -3:]
+        beside = (float(low[0]), float(low[1]), float(high[2]) + 10.0)
+        self.sample_layers = []
+        for data, kwargs, kind in synthetic_layers(samples, title):
+            layer = getattr(self._viewer, f"add_{kind}")(data, translate=beside, **kwargs)
+            self.sample_layers.append(layer)
+        self._viewer.dims.set_point(self._viewer.dims.ndim - 3, beside[0])
+        self._viewer.reset_view()
+        self._viewer.layers.selection.active = self.sample_layers[0]
         self.status.setText(
-            f"{len(samples.images)} synthetic samples in '{self.sample_layers[0].name}'"
+            f"{len(samples.images)} synthetic samples in '{self.sample_layers[0].name}', "
+            "one per slice, shown beside the scan on their own grid"
         )
 
     # Augmentation preview --------------------------------------------------------------

@@ -26,9 +26,9 @@ class GanConfig:
     """How to train a GAN on 2D axial patches of one scan.
 
     ``kind`` "unconditional" learns noise -> patch; "conditional" learns label
-    map -> patch and needs labels (patches are taken from the labelled axial
-    slices, centred on labelled voxels). With labels, an unconditional GAN only
-    takes patches centred inside the labelled region ("only inside a mask").
+    map -> patch and needs labels. With labels (either kind), patches come from
+    the labelled axial slices only, half of them centred on a labelled voxel
+    (training "inside a mask"); without, from anywhere in the scan.
     ``holdout_every`` keeps every n-th axial slice out of training; quality is
     measured on patches of those slices. Budgets: ``max_time_s`` seconds of
     training, ``max_iters`` steps (either may be None, not both).

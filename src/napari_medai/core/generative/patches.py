@@ -46,8 +46,8 @@ class PatchSource:
 
     Without labels, patches come from anywhere in the slices. With labels, only
     slices holding a label are used and patches are centred on labelled
-    voxels (half of them on foreground), so a conditional GAN sees each label
-    map with its image and an unconditional one learns "inside the mask".
+    voxels half of the time, so a conditional GAN sees each label map with its
+    image and an unconditional one learns the region around the mask.
     ``values`` are the label values the conditional generator's channels stand for.
     """
 

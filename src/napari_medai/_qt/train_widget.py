@@ -29,8 +29,8 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel
 
-from napari_medai._napari.generation import augmentation_for
 from napari_medai._napari.details import model_rows, result_rows
+from napari_medai._napari.generation import augmentation_for
 from napari_medai._napari.segmentation import segmentation_input
 from napari_medai._napari.training import (
     Review,

@@ -116,7 +116,7 @@ def test_augmentation_preview_and_strengths_for_train(qtbot, scene, widget):
     chosen = AugmentStrengths(affine=1.0, elastic=2.0, intensity=1.0, noise=0.0)
     assert augmentation_for(viewer) == chosen
     train = TrainWidget(viewer)
-    qtbot.addWidget(train)
+    qtbot.addWidget(train.native)
     assert train.config(train.output_dir()).augmentation == chosen
 
 

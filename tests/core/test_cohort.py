@@ -12,15 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cohort_scans import save_tiny_model, write_cohort, write_manifest
 
 from napari_medai.cli import main
+from napari_medai.core.classification.config import ClassifyConfig
+from napari_medai.core.classification.inference import classify_job
 from napari_medai.core.distributed.cohort import cohort_job
 from napari_medai.core.distributed.manifest import ManifestError, read_manifest
 from napari_medai.core.distributed.record import RECORD_FILE, TABLE_FILE, RunRecord
 from napari_medai.core.distributed.tasks import TaskSpec
 from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 
@@ -149,3 +155,48 @@ def test_killed_driver_resumes_with_only_unfinished_scans(tmp_path, model):
     for item in items:
         assert (out / f"{item.id}_seg.nii.gz").is_file() and (out / f"{item.id}_seg.json").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_local_classify_run_writes_one_json_per_scan_and_resumes(tmp_path):
+    card = ModelCard(
+        name="tiny cls",
+        architecture="DenseNet",
+        architecture_args={"init_features": 4, "growth_rate": 4, "block_config": [1], "bn_size": 1},
+        label_names={0: "normal", 1: "lesion"},
+        patch_size=[8, 16, 16],
+        spacing=[12.0, 10.0, 10.0],
+        task="classification",
+        spatial_dims=3,
+        intensity={"kind": "window", "low": -160, "high": 240},
+    )
+    torch.manual_seed(0)
+    package = save_model_package(tmp_path / "cls", card, build_network(card))
+    scans = write_cohort(tmp_path / "scans", phantoms=3)[:4]  # three phantoms and a truncated one
+    items = read_manifest(write_manifest(tmp_path / "cohort.csv", scans))
+    spec = TaskSpec("classify", str(package), device="cpu")
+    out = tmp_path / "out"
+
+    summary = run_job(cohort_job(items, spec, out))
+    assert (summary.done, summary.failed, summary.skipped) == (3, 1, 0)
+    failed = [row for row in summary.rows if row["status"] == "failed"]
+    assert Path(failed[0]["input"]).name == "truncated.nii.gz" and failed[0]["error"]
+
+    # Each JSON equals a direct whole-volume classify_job and names the scan by its id only.
+    model = load_model(package)
+    for item in items[:3]:
+        written = json.loads((out / f"{item.id}_class.json").read_text())
+        expected = run_job(
+            classify_job(read_volume(item.path), model, ClassifyConfig(device="cpu"))
+        ).predictions[0]
+        assert written["class"] == expected.name and written["label"] == expected.label
+        probabilities = written["probabilities"]
+        assert list(probabilities) == ["normal", "lesion"]
+        np.testing.assert_allclose(list(probabilities.values()), expected.probabilities, atol=1e-5)
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert written["model"]["name"] == "tiny cls" and written["model"]["sha256"] == model.sha256
+        assert written["settings"]["scope"] == "volume" and written["input_id"] == item.id
+        assert Path(item.path).name not in json.dumps(written)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    again = run_job(cohort_job(items, spec, out))
+    assert (again.done, again.failed, again.skipped) == (0, 1, 3)

@@ -1,4 +1,4 @@
-"""``napari-medai cohort segment MANIFEST``: run a model on a whole cohort, resumable.
+"""``napari-medai cohort segment|classify MANIFEST``: run a model on a whole cohort, resumable.
 
 MANIFEST is a CSV with a ``path`` column (or scan paths in the first column),
 a folder of scans, or a glob pattern. Outputs go to ``--out`` named by each
@@ -15,8 +15,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-#: Cohort tasks this command offers (``classify`` joins with core.classification).
-TASK_HELP = {"segment": "segment every scan and save each mask on its scan's grid"}
+#: Cohort tasks this command offers.
+TASK_HELP = {
+    "segment": "segment every scan and save each mask on its scan's grid",
+    "classify": "classify every whole scan and save each result as <id>_class.json",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

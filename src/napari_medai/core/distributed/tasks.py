@@ -2,7 +2,7 @@
 
 A task is built once per worker (it loads the model then) and turns one scan
 into output files. Adding a task (``classify``) means one class with the same
-three members and one entry in :data:`TASKS`. :class:`CohortWorker` wraps a
+three members and one entry in :data:`TASKS` (as ``classify`` did). :class:`CohortWorker` wraps a
 task so a bad scan becomes a ``failed`` row with a one-line reason instead of
 an exception, and times every scan; the local engine drives it in this process,
 the Ray engine inside actors.
@@ -102,8 +102,76 @@ class SegmentTask:
         return {"seconds": seconds, "model_sha256": self.model.sha256}
 
 
-#: Task name -> class; ``classify`` joins when core.classification has its jobs.
-TASKS: dict[str, type] = {"segment": SegmentTask}
+class ClassifyTask:
+    """Classify a whole scan; write ``<id>_class.json`` (class, probabilities, model, settings).
+
+    The JSON names the scan only by its cohort id: no file name, no header fields.
+    """
+
+    def __init__(self, spec: TaskSpec) -> None:
+        from napari_medai.core.classification.config import ClassifyConfig
+        from napari_medai.core.models.sources import load_model
+
+        if spec.tta:
+            raise MedaiError("--tta (flipped copies) is for segmentation; drop it to classify")
+        self.spec = spec
+        self.model = load_model(spec.model, trusted=spec.trusted)
+        self.config = ClassifyConfig(scope="volume", device=spec.device)
+        self.config.check()
+
+    def outputs(self, item: ScanItem) -> list[str]:
+        return [f"{item.id}_class.json"]
+
+    def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
+        from napari_medai.core.classification.inference import classify_job
+        from napari_medai.core.files import atomic_write
+        from napari_medai.core.io.reading import read_volume_job
+
+        mark = time.perf_counter()
+        volume = yield from scaled(read_volume_job(item.path), 0.0, 0.3)
+        seconds = {"read": time.perf_counter() - mark}
+        with model_lock:
+            mark = time.perf_counter()
+            result = yield from scaled(classify_job(volume, self.model, self.config), 0.3, 0.95)
+            seconds["model"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        prediction = result.predictions[0]
+        report = {
+            "input_id": item.id,
+            "class": prediction.name,
+            "label": prediction.label,
+            "probability": round(prediction.probability, 6),
+            "probabilities": {
+                result.class_names.get(label, str(label)): round(p, 6)
+                for label, p in enumerate(prediction.probabilities)
+            },
+            "model": {
+                "name": self.model.card.name,
+                "source": self.model.source,
+                "sha256": self.model.sha256,
+                "format": self.model.extra.get("format"),
+            },
+            "settings": asdict(self.config),
+            # Model and settings are given above; keep the rest (device, timings, model space).
+            "provenance": {
+                key: value
+                for key, value in result.provenance.items()
+                if key not in ("model", "source", "sha256", "config")
+            },
+        }
+        text = json.dumps(report, indent=2, default=str)
+        atomic_write(
+            out / self.outputs(item)[0],
+            lambda tmp: tmp.write_text(text, encoding="utf-8"),
+            overwrite=True,
+        )
+        seconds["write"] = time.perf_counter() - mark
+        yield Progress(1.0, "written")
+        return {"seconds": seconds, "model_sha256": self.model.sha256}
+
+
+#: Task name -> class.
+TASKS: dict[str, type] = {"segment": SegmentTask, "classify": ClassifyTask}
 
 
 def one_line(error: BaseException) -> str:

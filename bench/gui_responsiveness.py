@@ -137,11 +137,11 @@ def measure(seconds: float, threads: int | None) -> dict:
     sparse = LabelMap(painted_liver(truth.array), volume.geometry)
     labels = viewer.add_layer(Layer.create(*labels_layer_data(sparse, "annotation")))
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
-    widget.pair_rows[0].image_combo.set_layer(image)
-    widget.pair_rows[0].labels_combo.set_layer(labels)
-    widget.time_spin.setValue(seconds)
+    widget.pair_rows[0].image_combo.value = image
+    widget.pair_rows[0].labels_combo.value = labels
+    widget.time_spin.value = seconds
     if threads:
-        widget.threads_spin.setValue(threads)
+        widget.threads_spin.value = threads
     config_threads = widget.config(widget.output_dir()).num_threads
     # As a user would: the window is drawn and laid out before Train is clicked.
     settle = QEventLoop()
@@ -153,7 +153,7 @@ def measure(seconds: float, threads: int | None) -> dict:
     monitor = EventLoopMonitor(interval_ms=10, threshold_ms=0.0)
     monitor.start()
     started = time.perf_counter()
-    widget.train_button.click()
+    widget.train_button.native.click()
     done.exec()
     monitor.stop()
     wall = time.perf_counter() - started

@@ -36,6 +36,7 @@ from napari_medai.core.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
+from napari_medai.core.training.config import checkpoints_folder
 from napari_medai.core.training.dataset import Augmenter
 
 # One clock for both trainers: training time excludes time the consumer holds an event.
@@ -81,10 +82,7 @@ class ClassifierTrainConfig:
     @property
     def checkpoints(self) -> Path:
         """Where the last checkpoint and the training state live."""
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        out = Path(self.out_dir)
-        return out.with_name(out.name + ".checkpoints")
+        return checkpoints_folder(self.out_dir, self.checkpoint_dir)
 
 
 @dataclass

@@ -26,6 +26,14 @@ DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
 GUI_KEEP_FREE = 1
 
 
+def checkpoints_folder(out_dir: Path, checkpoint_dir: Path | None) -> Path:
+    """``checkpoint_dir``, or ``<out_dir>.checkpoints`` beside the model package."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    out = Path(out_dir)
+    return out.with_name(out.name + ".checkpoints")
+
+
 @dataclass
 class TrainConfig:
     """How to train; the widget and the CLI fill in the same object.
@@ -79,10 +87,7 @@ class TrainConfig:
     @property
     def checkpoints(self) -> Path:
         """Where the last checkpoint and the training state live."""
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        out = Path(self.out_dir)
-        return out.with_name(out.name + ".checkpoints")
+        return checkpoints_folder(self.out_dir, self.checkpoint_dir)
 
 
 @dataclass

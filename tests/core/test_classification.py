@@ -13,6 +13,7 @@ from napari_medai.core.classification.config import (
     parse_axis,
 )
 from napari_medai.core.classification.inference import classify_job
+from napari_medai.core.classification.inputs import Inputs, RegionInputs
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
@@ -211,3 +212,24 @@ def test_two_channel_images_feed_two_channel_models():
     assert len(result.predictions) == 6
     with pytest.raises(MedaiError, match="takes 2"):
         classify_job(Volume(np.zeros((6, 16, 16))), model, ClassifyConfig(scope="slices"))
+
+
+@pytest.mark.parametrize(
+    "changes, channels, size",
+    [
+        ({}, 1, (1, 10, 12)),
+        ({"context_slices": 1, "in_channels": 3}, 1, (1, 10, 12)),
+        ({"in_channels": 2}, 2, (1, 10, 12)),
+        ({"spatial_dims": 3, "patch_size": [4, 16, 16], "in_channels": 2}, 2, (5, 10, 12)),
+    ],
+)
+def test_boxes_read_in_one_gather_equal_box_by_box(changes, channels, size):
+    rng = np.random.default_rng(0)
+    shape = (20, 40, 50) if channels == 1 else (channels, 20, 40, 50)
+    volume = Volume(rng.integers(-1000, 1000, size=shape, dtype=np.int16))
+    inside = [Region.around((z, 20 + z, 25 - z), size) for z in range(3, 17, 3)]
+    inputs = RegionInputs(volume, _card(**changes), inside)
+    indices = list(range(len(inside)))
+    gathered = inputs.read(indices, torch.device("cpu"))
+    assert torch.equal(gathered, Inputs.read(inputs, indices, torch.device("cpu")))
+    assert gathered.shape[:2] == (len(inside), _card(**changes).in_channels)

@@ -159,6 +159,37 @@ class RegionInputs(Inputs):
         )
         return out
 
+    def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+        """As :meth:`Inputs.read`; boxes of one size inside the image in one gather.
+
+        A per-box Python loop of slicing and NaN filling costs milliseconds per
+        hundred boxes, which is most of our overhead on small boxes.
+        """
+        regions = [self.regions[i] for i in indices]
+        starts = np.array([r.start for r in regions])
+        stops = np.array([r.stop for r in regions])
+        sizes = stops - starts
+        if not ((sizes == sizes[0]).all() and (starts >= 0).all() and (stops <= self.shape).all()):
+            return super().read(indices, device)
+        ramps = [start[:, None] + np.arange(n) for start, n in zip(starts.T, sizes[0])]
+        context = self.card.context_slices
+        if self.card.spatial_dims == 3:
+            z, y, x = ramps
+            gathered = self.data[:, z[:, :, None, None], y[:, None, :, None], x[:, None, None, :]]
+            gathered = np.moveaxis(gathered, 0, 1)
+        elif context:
+            offsets = np.arange(-context, context + 1)
+            z = np.clip(starts[:, :1] + offsets, 0, self.shape[0] - 1)
+            y, x = ramps[1:]
+            gathered = self.data[0][z[:, :, None, None], y[:, None, :, None], x[:, None, None, :]]
+        else:
+            y, x = ramps[1:]
+            z = starts[:, 0]
+            gathered = self.data[:, z[:, None, None], y[:, :, None], x[:, None, :]]
+            gathered = np.moveaxis(gathered, 0, 1)
+        batch = torch.from_numpy(np.ascontiguousarray(gathered, dtype=np.float32)).to(device)
+        return resize(self.normaliser(batch), self.patch)
+
     def raw(self, index: int) -> np.ndarray:
         region = self.regions[index]
         if self.card.spatial_dims == 3:

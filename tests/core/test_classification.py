@@ -13,7 +13,7 @@ from napari_medai.core.classification.config import (
     parse_axis,
 )
 from napari_medai.core.classification.inference import classify_job
-from napari_medai.core.classification.inputs import Inputs, RegionInputs
+from napari_medai.core.classification.inputs import RegionInputs
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
@@ -223,13 +223,25 @@ def test_two_channel_images_feed_two_channel_models():
         ({"spatial_dims": 3, "patch_size": [4, 16, 16], "in_channels": 2}, 2, (5, 10, 12)),
     ],
 )
-def test_boxes_read_in_one_gather_equal_box_by_box(changes, channels, size):
+def test_boxes_inside_the_image_read_their_voxels_unpadded(changes, channels, size):
     rng = np.random.default_rng(0)
     shape = (20, 40, 50) if channels == 1 else (channels, 20, 40, 50)
-    volume = Volume(rng.integers(-1000, 1000, size=shape, dtype=np.int16))
+    array = rng.integers(-1000, 1000, size=shape, dtype=np.int16)
+    channel_first = array if channels > 1 else array[None]
     inside = [Region.around((z, 20 + z, 25 - z), size) for z in range(3, 17, 3)]
-    inputs = RegionInputs(volume, _card(**changes), inside)
-    indices = list(range(len(inside)))
-    gathered = inputs.read(indices, torch.device("cpu"))
-    assert torch.equal(gathered, Inputs.read(inputs, indices, torch.device("cpu")))
-    assert gathered.shape[:2] == (len(inside), _card(**changes).in_channels)
+    card = _card(**changes)
+    inputs = RegionInputs(Volume(array), card, inside)
+    for index, region in enumerate(inside):
+        (z0, y0, x0), (z1, y1, x1) = region.start, region.stop
+        if card.spatial_dims == 3:
+            expected = channel_first[:, z0:z1, y0:y1, x0:x1]
+        elif card.context_slices:
+            expected = array[[z0 - 1, z0, z0 + 1], y0:y1, x0:x1]
+        else:
+            expected = channel_first[:, z0, y0:y1, x0:x1]
+        np.testing.assert_array_equal(inputs.raw(index), expected)
+    cpu = torch.device("cpu")
+    batch = inputs.read(list(range(len(inside))), cpu)
+    one_by_one = torch.cat([inputs.read([i], cpu) for i in range(len(inside))])
+    assert torch.equal(batch, one_by_one)
+    assert batch.shape[:2] == (len(inside), card.in_channels)

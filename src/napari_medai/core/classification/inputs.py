@@ -159,43 +159,26 @@ class RegionInputs(Inputs):
         )
         return out
 
-    def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
-        """As :meth:`Inputs.read`; boxes of one size inside the image in one gather.
-
-        A per-box Python loop of slicing and NaN filling costs milliseconds per
-        hundred boxes, which is most of our overhead on small boxes.
-        """
-        regions = [self.regions[i] for i in indices]
-        starts = np.array([r.start for r in regions])
-        stops = np.array([r.stop for r in regions])
-        sizes = stops - starts
-        if not ((sizes == sizes[0]).all() and (starts >= 0).all() and (stops <= self.shape).all()):
-            return super().read(indices, device)
-        ramps = [start[:, None] + np.arange(n) for start, n in zip(starts.T, sizes[0])]
-        context = self.card.context_slices
-        if self.card.spatial_dims == 3:
-            z, y, x = ramps
-            gathered = self.data[:, z[:, :, None, None], y[:, None, :, None], x[:, None, None, :]]
-            gathered = np.moveaxis(gathered, 0, 1)
-        elif context:
-            offsets = np.arange(-context, context + 1)
-            z = np.clip(starts[:, :1] + offsets, 0, self.shape[0] - 1)
-            y, x = ramps[1:]
-            gathered = self.data[0][z[:, :, None, None], y[:, None, :, None], x[:, None, None, :]]
-        else:
-            y, x = ramps[1:]
-            z = starts[:, 0]
-            gathered = self.data[:, z[:, None, None], y[:, :, None], x[:, None, :]]
-            gathered = np.moveaxis(gathered, 0, 1)
-        batch = torch.from_numpy(np.ascontiguousarray(gathered, dtype=np.float32)).to(device)
-        return resize(self.normaliser(batch), self.patch)
-
     def raw(self, index: int) -> np.ndarray:
+        """The box's voxels; a view (no NaN padding) when the box lies inside the image.
+
+        Boxes inside are the common case, and skipping the padded copy halves
+        the reading time of a hundred small boxes.
+        """
         region = self.regions[index]
-        if self.card.spatial_dims == 3:
-            return self._box(region.start, region.stop, None)
         z = region.start[0]
         context = self.card.context_slices
+        inside = min(region.start) >= 0 and all(b <= n for b, n in zip(region.stop, self.shape))
+        if inside and self.card.spatial_dims == 3:
+            return self.data[(slice(None), *map(slice, region.start, region.stop))]
+        if inside:
+            plane = tuple(map(slice, region.start[1:], region.stop[1:]))
+            if not context:
+                return self.data[(slice(None), z, *plane)]
+            neighbours = np.clip(np.arange(z - context, z + context + 1), 0, self.shape[0] - 1)
+            return self.data[0][(neighbours, *plane)]
+        if self.card.spatial_dims == 3:
+            return self._box(region.start, region.stop, None)
         neighbours = np.clip(np.arange(z - context, z + context + 1), 0, self.shape[0] - 1)
         channels = neighbours.tolist() if context else None
         return self._box((z, *region.start[1:]), (z + 1, *region.stop[1:]), channels)[:, 0]

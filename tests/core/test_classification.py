@@ -245,3 +245,12 @@ def test_boxes_inside_the_image_read_their_voxels_unpadded(changes, channels, si
     one_by_one = torch.cat([inputs.read([i], cpu) for i in range(len(inside))])
     assert torch.equal(batch, one_by_one)
     assert batch.shape[:2] == (len(inside), card.in_channels)
+
+
+def test_reading_boxes_of_several_sizes_leaves_a_float_scan_untouched():
+    array = np.linspace(-500, 500, 20 * 40 * 50, dtype=np.float32).reshape(20, 40, 50)
+    before = array.copy()
+    boxes = [Region.around((5, 20, 25), (1, 10, 12)), Region.around((8, 20, 25), (1, 16, 8))]
+    batch = RegionInputs(Volume(array), _card(), boxes).read([0, 1], torch.device("cpu"))
+    assert batch.shape == (2, 1, 16, 16)
+    np.testing.assert_array_equal(array, before)

@@ -71,7 +71,7 @@ class Inputs:
                 row[...] = raw
             groups = [stacked]
         else:
-            groups = [r[None].astype(np.float32, copy=False) for r in raws]
+            groups = [r[None].astype(np.float32) for r in raws]  # a copy: raws may be views
         batches = []
         for group in groups:
             batch = self.normaliser(torch.from_numpy(group).to(device))

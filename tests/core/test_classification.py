@@ -13,6 +13,7 @@ from napari_medai.core.classification.config import (
     parse_axis,
 )
 from napari_medai.core.classification.inference import classify_job
+from napari_medai.core.classification.inputs import RegionInputs
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
@@ -211,3 +212,45 @@ def test_two_channel_images_feed_two_channel_models():
     assert len(result.predictions) == 6
     with pytest.raises(MedaiError, match="takes 2"):
         classify_job(Volume(np.zeros((6, 16, 16))), model, ClassifyConfig(scope="slices"))
+
+
+@pytest.mark.parametrize(
+    "changes, channels, size",
+    [
+        ({}, 1, (1, 10, 12)),
+        ({"context_slices": 1, "in_channels": 3}, 1, (1, 10, 12)),
+        ({"in_channels": 2}, 2, (1, 10, 12)),
+        ({"spatial_dims": 3, "patch_size": [4, 16, 16], "in_channels": 2}, 2, (5, 10, 12)),
+    ],
+)
+def test_boxes_inside_the_image_read_their_voxels_unpadded(changes, channels, size):
+    rng = np.random.default_rng(0)
+    shape = (20, 40, 50) if channels == 1 else (channels, 20, 40, 50)
+    array = rng.integers(-1000, 1000, size=shape, dtype=np.int16)
+    channel_first = array if channels > 1 else array[None]
+    inside = [Region.around((z, 20 + z, 25 - z), size) for z in range(3, 17, 3)]
+    card = _card(**changes)
+    inputs = RegionInputs(Volume(array), card, inside)
+    for index, region in enumerate(inside):
+        (z0, y0, x0), (z1, y1, x1) = region.start, region.stop
+        if card.spatial_dims == 3:
+            expected = channel_first[:, z0:z1, y0:y1, x0:x1]
+        elif card.context_slices:
+            expected = array[[z0 - 1, z0, z0 + 1], y0:y1, x0:x1]
+        else:
+            expected = channel_first[:, z0, y0:y1, x0:x1]
+        np.testing.assert_array_equal(inputs.raw(index), expected)
+    cpu = torch.device("cpu")
+    batch = inputs.read(list(range(len(inside))), cpu)
+    one_by_one = torch.cat([inputs.read([i], cpu) for i in range(len(inside))])
+    assert torch.equal(batch, one_by_one)
+    assert batch.shape[:2] == (len(inside), card.in_channels)
+
+
+def test_reading_boxes_of_several_sizes_leaves_a_float_scan_untouched():
+    array = np.linspace(-500, 500, 20 * 40 * 50, dtype=np.float32).reshape(20, 40, 50)
+    before = array.copy()
+    boxes = [Region.around((5, 20, 25), (1, 10, 12)), Region.around((8, 20, 25), (1, 16, 8))]
+    batch = RegionInputs(Volume(array), _card(), boxes).read([0, 1], torch.device("cpu"))
+    assert batch.shape == (2, 1, 16, 16)
+    np.testing.assert_array_equal(array, before)

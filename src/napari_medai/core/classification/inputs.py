@@ -71,7 +71,7 @@ class Inputs:
                 row[...] = raw
             groups = [stacked]
         else:
-            groups = [r[None].astype(np.float32, copy=False) for r in raws]
+            groups = [r[None].astype(np.float32) for r in raws]  # a copy: raws may be views
         batches = []
         for group in groups:
             batch = self.normaliser(torch.from_numpy(group).to(device))
@@ -160,11 +160,25 @@ class RegionInputs(Inputs):
         return out
 
     def raw(self, index: int) -> np.ndarray:
+        """The box's voxels; a view (no NaN padding) when the box lies inside the image.
+
+        Boxes inside are the common case, and skipping the padded copy halves
+        the reading time of a hundred small boxes.
+        """
         region = self.regions[index]
-        if self.card.spatial_dims == 3:
-            return self._box(region.start, region.stop, None)
         z = region.start[0]
         context = self.card.context_slices
+        inside = min(region.start) >= 0 and all(b <= n for b, n in zip(region.stop, self.shape))
+        if inside and self.card.spatial_dims == 3:
+            return self.data[(slice(None), *map(slice, region.start, region.stop))]
+        if inside:
+            plane = tuple(map(slice, region.start[1:], region.stop[1:]))
+            if not context:
+                return self.data[(slice(None), z, *plane)]
+            neighbours = np.clip(np.arange(z - context, z + context + 1), 0, self.shape[0] - 1)
+            return self.data[0][(neighbours, *plane)]
+        if self.card.spatial_dims == 3:
+            return self._box(region.start, region.stop, None)
         neighbours = np.clip(np.arange(z - context, z + context + 1), 0, self.shape[0] - 1)
         channels = neighbours.tolist() if context else None
         return self._box((z, *region.start[1:]), (z + 1, *region.stop[1:]), channels)[:, 0]

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QStyledItemDelegate
 from napari_medai._napari.evaluation import evaluation_input
 from napari_medai._qt.export_widget import ask_overwrite
 from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.parts import follow_layer_list, layers_of
 from napari_medai.core.files import atomic_write
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class EvaluateWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
+        self._layers = layers_of(napari_viewer.layers, Labels)
         self.prediction = ComboBox(label="Prediction", annotation=Labels, choices=self._layers)
         self.reference = ComboBox(label="Reference", annotation=Labels, choices=self._layers)
         self.tolerance = FloatSpinBox(
@@ -75,12 +77,8 @@ class EvaluateWidget(Container):
             widget.changed.connect(self._update)
         self.runner.runningChanged.connect(self._update)
         layers = napari_viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self._refresh_layers)
+        follow_layer_list(layers, self._refresh_layers)
         self._refresh_layers()
-
-    def _layers(self, _widget=None) -> list[Labels]:
-        return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
 
     def _refresh_layers(self, _event=None) -> None:
         self.prediction.reset_choices()

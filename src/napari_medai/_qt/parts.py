@@ -1,20 +1,40 @@
 """Small Qt parts the docks share, for what magicgui has no widget.
 
 :class:`DetailsView`, a collapsible view of (what, value) rows; :func:`narrow`,
-which keeps a combo box with long entries from widening its dock; and
-:class:`OnPress`, which tells when a widget is clicked.
+which keeps a combo box with long entries from widening its dock;
+:class:`OnPress`, which tells when a widget is clicked; and
+:func:`layers_of` / :func:`follow_layer_list` for layer pickers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from html import escape
+from typing import Any
 
+from napari.components import LayerList
+from napari.layers import Layer
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QComboBox, QLabel, QWidget
 from superqt import QCollapsible
 
 from napari_medai._napari.details import Rows
+
+
+def layers_of(layers: LayerList, kind: type[Layer]) -> Callable[[Any], list[Layer]]:
+    """A magicgui ``choices`` callable: the layers of ``kind`` in the list."""
+    return lambda _widget=None: [layer for layer in layers if isinstance(layer, kind)]
+
+
+def follow_layer_list(layers: LayerList, callback: Callable[..., Any]) -> None:
+    """Call ``callback`` whenever a layer is added, removed or moved.
+
+    magicgui's pickers refresh by themselves only in docks napari built; the
+    docks here also update defaults and the reason a button is disabled.
+    """
+    for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+        event.connect(callback)
+
 
 EMPTY = "Pick a result layer to see how it was made."
 

@@ -31,7 +31,7 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import DetailsView, OnPress, narrow
+from napari_medai._qt.parts import DetailsView, OnPress, follow_layer_list, narrow
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
 from napari_medai.core.models.formats import WEIGHT_SUFFIXES
@@ -130,8 +130,7 @@ class SegmentWidget(Container):
         self.delete_button.changed.connect(self.delete_model)
         self.runner.runningChanged.connect(self._update_state)
         layers = napari_viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self.reset_choices)
+        follow_layer_list(layers, self.reset_choices)
         layers.events.renamed.connect(self.reset_choices)
         layers.selection.events.active.connect(self._update_details)
         self.refresh_models()

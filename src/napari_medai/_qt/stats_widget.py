@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QStyledItemDelegate
 from napari_medai._napari.evaluation import statistics_input
 from napari_medai._qt.export_widget import ask_overwrite
 from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.parts import follow_layer_list, layers_of
 from napari_medai.core.evaluation.statistics import (
     CSV_COLUMNS,
     LabelStatistics,
@@ -40,6 +41,8 @@ class StatisticsWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
+        self._labels_layers = layers_of(napari_viewer.layers, Labels)
+        self._image_layers = layers_of(napari_viewer.layers, Image)
         self.labels_layer = ComboBox(label="Labels", annotation=Labels, choices=self._labels_layers)
         self.image_layer = ComboBox(
             label="Scan", annotation=Image, choices=self._image_layers, nullable=True
@@ -75,15 +78,8 @@ class StatisticsWidget(Container):
         self.csv_path.changed.connect(self._update)
         self.runner.runningChanged.connect(self._update)
         layers = napari_viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self._refresh_layers)
+        follow_layer_list(layers, self._refresh_layers)
         self._refresh_layers()
-
-    def _labels_layers(self, _widget=None) -> list[Labels]:
-        return [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
-
-    def _image_layers(self, _widget=None) -> list[Image]:
-        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
 
     def _refresh_layers(self, _event=None) -> None:
         self.labels_layer.reset_choices()

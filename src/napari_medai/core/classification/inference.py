@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 
 import numpy as np
@@ -215,13 +214,7 @@ def _classify(
             for i, (label, row) in enumerate(zip(winners.tolist(), table.tolist()))
         ]
         provenance = {
-            "model": card.name,
-            "source": model.source,
-            "sha256": model.sha256,
-            "config": asdict(config),
-            "device": str(runner.placement.compute),
-            "fallbacks": list(runner.fallbacks),
-            "time": when,
+            **model.run_provenance(config, str(runner.placement.compute), runner.fallbacks, when),
             "inputs": inputs.count,
             "durations": {
                 "network_and_reading": round(network_s, 3),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from napari_medai.core.models.card import ModelCard
@@ -37,3 +37,17 @@ class LoadedModel:
     def name(self) -> str:
         """The card's model name."""
         return self.card.name
+
+    def run_provenance(
+        self, config: Any, device: str, fallbacks: list[str], when: str
+    ) -> dict[str, Any]:
+        """What every run of this model records: model, hash, settings, device, time."""
+        return {
+            "model": self.card.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "config": asdict(config),
+            "device": device,
+            "fallbacks": list(fallbacks),
+            "time": when,
+        }

@@ -17,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -150,13 +149,7 @@ def _segment(
         durations["to_source"] = time.perf_counter() - mark
         durations["total"] = time.perf_counter() - started
         provenance = {
-            "model": card.name,
-            "source": model.source,
-            "sha256": model.sha256,
-            "config": asdict(config),
-            "device": str(runner.placement.compute),
-            "fallbacks": list(runner.fallbacks),
-            "time": when,
+            **model.run_provenance(config, str(runner.placement.compute), runner.fallbacks, when),
             "durations": {key: round(value, 3) for key, value in durations.items()},
             "model_space": space.describe(),
             "normalisation": {**card.intensity, "statistics": normaliser.describe()},

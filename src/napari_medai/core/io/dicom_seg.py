@@ -77,6 +77,15 @@ def present_labels(array: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(array) if v != 0]
 
 
+def labels_to_export(label_map: LabelMap, source: SourceSeries) -> list[int]:
+    """The label values to export, once the mask is known to lie on ``source``'s slices."""
+    match_slices(source, label_map.geometry, label_map.spatial_shape)
+    values = present_labels(label_map.array)
+    if not values:
+        raise ExportError("the label layer is empty: there is nothing to export")
+    return values
+
+
 def write_dicom_seg_job(
     label_map: LabelMap,
     source: SourceSeries,
@@ -92,10 +101,7 @@ def write_dicom_seg_job(
     from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
     yield Progress(0.0, "matching the labels to the source slices")
-    match_slices(source, label_map.geometry, label_map.spatial_shape)
-    values = present_labels(label_map.array)
-    if not values:
-        raise ExportError("the label layer is empty: there is nothing to export")
+    values = labels_to_export(label_map, source)
     kind, model_name = algorithm_of(provenance, config.algorithm)
     identification = None
     if model_name is not None:

@@ -24,10 +24,10 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_medai import __version__
-from napari_medai.core.errors import ExportError, UnreadableFileError
+from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.files import atomic_write
-from napari_medai.core.io.dicom_seg import DicomExportConfig, algorithm_of, present_labels
-from napari_medai.core.io.dicom_source import SourceSeries, deidentify, match_slices
+from napari_medai.core.io.dicom_seg import DicomExportConfig, algorithm_of, labels_to_export
+from napari_medai.core.io.dicom_source import SourceSeries, deidentify
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -64,10 +64,7 @@ def write_rtstruct_job(
     from skimage.measure import find_contours
 
     yield Progress(0.0, "matching the labels to the source slices")
-    match_slices(source, label_map.geometry, label_map.spatial_shape)
-    values = present_labels(label_map.array)
-    if not values:
-        raise ExportError("the label layer is empty: there is nothing to export")
+    values = labels_to_export(label_map, source)
     kind, model_name = algorithm_of(provenance, config.algorithm)
     first = source.datasets[0]
     by_slice = dict(zip(source.slice_index, source.datasets))

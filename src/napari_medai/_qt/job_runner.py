@@ -9,17 +9,21 @@ its next yield, running its ``finally`` in the worker thread.
 
 Progress is shown honestly: every change of message is shown when it
 arrives (only fraction-only updates are throttled, and the last one is always
-shown), and the bar turns busy (indeterminate) while the job yields no
-fraction (``Progress(None, ...)``) or has been silent for a while, e.g. during
-one long network call or the first import of torch.
+shown), and the bar turns busy while the job yields no fraction
+(``Progress(None, ...)``) or has been silent for a while, e.g. during one long
+network call or the first import of torch. Busy is told by the bar's text
+("working… 12 s", ticking once a second), not Qt's indeterminate animation:
+inside napari's window every frame of that animation recomposes the whole
+window, OpenGL canvas included (~30 ms each on software OpenGL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -38,8 +42,10 @@ logger = logging.getLogger(__name__)
 
 #: Resolution of the progress bar (fractions are shown to 0.1 %).
 _STEPS = 1000
-#: Least time between two moves of the bar (a message change shows at once).
-_PAINT_INTERVAL_S = 0.1
+#: Least time between two repaints of the bar and its message. Inside napari's
+#: window any repaint recomposes the whole window, OpenGL canvas included
+#: (~30 ms on software OpenGL), so progress paints about twice a second.
+_PAINT_INTERVAL_S = 0.5
 #: After this long without a progress event the bar turns busy. Longer than
 #: the ~0.5 s jobs aim for, so that a bar fed every half second never flickers.
 _QUIET_BUSY_S = 1.0
@@ -139,6 +145,8 @@ class JobRunner(QWidget):
         self._bar = QProgressBar()
         self._bar.setRange(0, _STEPS)
         self._bar.setValue(0)
+        self._busy = False
+        self._busy_since = 0.0
         self._cancel = QPushButton("Cancel")
         self._cancel.setEnabled(False)
         self._cancel.clicked.connect(self.cancel)
@@ -154,9 +162,10 @@ class JobRunner(QWidget):
         self._run: _Run | None = None
         self._painted_at = 0.0
         self._event_at = 0.0
-        #: The bar's value in steps, kept while the bar is busy (Qt resets it then).
+        #: The bar's value in steps, kept while the bar is busy.
         self._value = 0
         self._pending_fraction: float | None = None
+        self._pending_message: str | None = None
         # Shows the last fraction-only update once the throttle interval has passed.
         self._flush = QTimer(self)
         self._flush.setSingleShot(True)
@@ -194,12 +203,14 @@ class JobRunner(QWidget):
 
     @property
     def busy(self) -> bool:
-        """Whether the bar shows "working" without a fraction (indeterminate)."""
-        return self._bar.maximum() == 0
+        """Whether the bar shows "working" without a fraction."""
+        return self._busy
 
     @property
     def message(self) -> str:
         """The text under the progress bar."""
+        if self._pending_message is not None:
+            return self._pending_message
         return self._message.text()
 
     def start(
@@ -236,6 +247,7 @@ class JobRunner(QWidget):
         self._set_busy(False)
         self._set_value(0)
         self._pending_fraction = None
+        self._pending_message = None
         self._event_at = time.monotonic()
         self._watch.start()
         self._message.setText(f"{title}: starting")
@@ -251,6 +263,7 @@ class JobRunner(QWidget):
         run.cancel_requested = True
         run.worker.quit()
         self._cancel.setEnabled(False)
+        self._pending_message = None
         self._message.setText(f"{run.title}: cancelling")
 
     def _on_yielded(self, event: Progress) -> None:
@@ -259,18 +272,18 @@ class JobRunner(QWidget):
             return
         now = time.monotonic()
         self._event_at = now
-        if event.message and event.message != self._message.text():
-            self._message.setText(event.message)
+        if event.message and not run.cancel_requested:
+            self._pending_message = event.message
         if event.fraction is None:
             self._set_busy(True)
         else:
-            # Moving the bar costs the GUI thread; jobs may yield far more often.
             self._pending_fraction = min(max(float(event.fraction), 0.0), 1.0)
-            wait = _PAINT_INTERVAL_S - (now - self._painted_at)
-            if wait <= 0 or self._pending_fraction >= 1.0 or self.busy:
-                self._show_fraction()
-            elif not self._flush.isActive():
-                self._flush.start(max(1, round(wait * 1000)))
+        # Painting costs the GUI thread a window repaint; jobs may yield far more often.
+        wait = _PAINT_INTERVAL_S - (now - self._painted_at)
+        if wait <= 0 or self._pending_fraction == 1.0 or (self.busy and event.fraction is not None):
+            self._show_fraction()
+        elif not self._flush.isActive():
+            self._flush.start(max(1, round(wait * 1000)))
         if run.on_progress is not None:
             error = _call(run.on_progress, event)
             if error is not None:
@@ -278,29 +291,61 @@ class JobRunner(QWidget):
                 self.cancel()
 
     def _show_fraction(self) -> None:
-        """Move the bar to the last fraction received (leaving the busy state)."""
+        """Show the last message and fraction received (a fraction leaves the busy state)."""
         self._flush.stop()
-        if self._pending_fraction is None:
-            return
-        self._set_busy(False)
-        self._set_value(round(self._pending_fraction * _STEPS))
-        self._pending_fraction = None
+        if self._pending_message is not None:
+            if self._pending_message != self._message.text():
+                self._message.setText(self._pending_message)
+            self._pending_message = None
+        if self._pending_fraction is not None:
+            self._set_busy(False)
+            self._set_value(round(self._pending_fraction * _STEPS))
+            self._pending_fraction = None
         self._painted_at = time.monotonic()
 
     def _check_quiet(self) -> None:
         if self._run is not None and time.monotonic() - self._event_at > _QUIET_BUSY_S:
             self._set_busy(True)
+        if self._busy:
+            self._show_busy_time()
 
     def _set_busy(self, busy: bool) -> None:
-        if busy != self.busy:
-            self._bar.setRange(0, 0 if busy else _STEPS)
-            if not busy:
-                self._bar.setValue(self._value)
+        if busy != self._busy:
+            self._busy = busy
+            self._busy_since = time.monotonic()
+            with self._deferred_paint():
+                if busy:
+                    self._show_busy_time()
+                else:
+                    self._bar.setFormat("%p%")
+                    self._bar.setValue(self._value)
+
+    def _show_busy_time(self) -> None:
+        text = f"working… {time.monotonic() - self._busy_since:.0f} s"
+        if text != self._bar.format():
+            self._bar.setFormat(text)
 
     def _set_value(self, value: int) -> None:
         self._value = value
         if not self.busy:
-            self._bar.setValue(value)
+            with self._deferred_paint():
+                self._bar.setValue(value)
+
+    @contextlib.contextmanager
+    def _deferred_paint(self) -> Iterator[None]:
+        """Let the bar repaint with the next frame, not at once.
+
+        QProgressBar.setValue repaints synchronously, and inside napari's
+        window that repaint recomposes the whole window (its OpenGL canvas
+        included): tens of ms per move on software OpenGL. With updates
+        disabled the repaint is skipped, and re-enabling them only schedules
+        an ordinary update, merged with the window's next paint.
+        """
+        self._bar.setUpdatesEnabled(False)
+        try:
+            yield
+        finally:
+            self._bar.setUpdatesEnabled(True)
 
     def _on_returned(self, result: Any) -> None:
         if self._run is not None:

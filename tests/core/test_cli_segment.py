@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from cohort_scans import save_tiny_model
 from dicom_factory import write_series
 
 from napari_medai.cli import main
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
-from napari_medai.core.models.card import ModelCard
-from napari_medai.core.models.networks import build_network
-from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.registry import MODELS_ENV
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
@@ -28,23 +25,7 @@ from napari_medai.core.volume import volume_to_sitk
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     """A tiny two-class UNet that runs in LPS at 8 mm, so the CLI must map back."""
-    card = ModelCard(
-        name="tiny seg",
-        architecture="UNet",
-        architecture_args={"channels": [4, 8], "strides": [2], "num_res_units": 0},
-        label_names={0: "background", 1: "organ"},
-        patch_size=[16, 16, 16],
-        spacing=[8.0, 8.0, 8.0],
-        orientation="LPS",
-        intensity={"kind": "window", "low": -200.0, "high": 300.0},
-    )
-    torch.manual_seed(0)
-    network = build_network(card)
-    final = [m for m in network.modules() if getattr(m, "bias", None) is not None][-1]
-    with torch.no_grad():
-        # A small foreground bias on the last layer makes both labels appear.
-        final.bias.copy_(torch.tensor([0.0, 0.02]))
-    return save_model_package(tmp_path_factory.mktemp("models") / "tiny-pkg", card, network)
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-pkg")
 
 
 @pytest.fixture(scope="module")

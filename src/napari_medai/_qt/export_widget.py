@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QMessageBox
 
 from napari_medai._napari.export import export_input, is_dicom_source, source_path
 from napari_medai._qt.job_runner import JobRunner
-from napari_medai._qt.parts import follow_layer_list, layers_of
+from napari_medai._qt.parts import follow_layer_list, layers_of, refresh_scan_pickers
 from napari_medai.core.files import compound_stem
 from napari_medai.core.io.dicom_seg import ALGORITHM_TYPES, DicomExportConfig
 from napari_medai.core.io.export import (
@@ -118,10 +118,7 @@ class ExportWidget(Container):
         self._refresh_layers()
 
     def _refresh_layers(self, _event=None) -> None:
-        self.labels_layer.reset_choices()
-        self.image_layer.reset_choices()
-        if self.image_layer.value is None and self._image_layers():
-            self.image_layer.value = self._image_layers()[0]
+        refresh_scan_pickers(self.labels_layer, self.image_layer)
         self._update()
 
     def blocker(self) -> str:

@@ -36,6 +36,15 @@ def follow_layer_list(layers: LayerList, callback: Callable[..., Any]) -> None:
         event.connect(callback)
 
 
+def refresh_scan_pickers(labels_combo: Any, image_combo: Any) -> None:
+    """Re-list a Labels and a scan picker; pick the first scan when none is picked."""
+    labels_combo.reset_choices()
+    image_combo.reset_choices()
+    scans = [choice for choice in image_combo.choices if choice is not None]
+    if image_combo.value is None and scans:
+        image_combo.value = scans[0]
+
+
 EMPTY = "Pick a result layer to see how it was made."
 
 

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QStyledItemDelegate
 from napari_medai._napari.evaluation import statistics_input
 from napari_medai._qt.export_widget import ask_overwrite
 from napari_medai._qt.job_runner import JobRunner
-from napari_medai._qt.parts import follow_layer_list, layers_of
+from napari_medai._qt.parts import follow_layer_list, layers_of, refresh_scan_pickers
 from napari_medai.core.evaluation.statistics import (
     CSV_COLUMNS,
     LabelStatistics,
@@ -82,10 +82,7 @@ class StatisticsWidget(Container):
         self._refresh_layers()
 
     def _refresh_layers(self, _event=None) -> None:
-        self.labels_layer.reset_choices()
-        self.image_layer.reset_choices()
-        if self.image_layer.value is None and self._image_layers():
-            self.image_layer.value = self._image_layers()[0]
+        refresh_scan_pickers(self.labels_layer, self.image_layer)
         self._update()
 
     def _update(self, _event=None) -> None:

@@ -134,3 +134,47 @@ def test_open_segmentation_menu_entry(make_napari_viewer, phantom, tmp_path, mon
     [layer] = viewer.layers
     assert isinstance(layer, Labels) and _has_geometry(layer)
     np.testing.assert_array_equal(layer.data, labels.array)
+
+
+def test_demo_launcher_claims_the_readers_so_the_first_file_open_asks_nothing(
+    make_napari_viewer, first_session, reader_dialogs, monkeypatch, phantom, tmp_path
+):
+    """A brand-new napari (fresh in-memory settings, plugin never used): the demo's start
+    makes the very first File > Open of a scan and of a mask go to napari-medai, unasked."""
+    from napari_medai._qt import launch
+
+    volume, labels = phantom
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(volume_to_sitk(volume), str(ct))
+    seg = tmp_path / "ct_seg.nii.gz"
+    sitk.WriteImage(volume_to_sitk(labels), str(seg))
+    assert "*.nii.gz" not in get_settings().plugins.extension2reader
+    claimed_when_docking: list[bool] = []
+
+    def viewer_recording_docks(**kwargs):
+        viewer = make_napari_viewer(**kwargs)
+        dock = viewer.window.add_plugin_dock_widget
+
+        def add_dock(*args, **dock_kwargs):
+            preferences = get_settings().plugins.extension2reader
+            claimed_when_docking.append("*.nii.gz" in preferences)
+            return dock(*args, **dock_kwargs)
+
+        monkeypatch.setattr(viewer.window, "add_plugin_dock_widget", add_dock)
+        return viewer
+
+    monkeypatch.setattr(launch, "Viewer", viewer_recording_docks)
+
+    viewer, _ = launch.open_viewer()
+    # Claimed at start, not as a side effect of docking (which activates the plugin too).
+    assert claimed_when_docking and all(claimed_when_docking)
+    sample = len(viewer.layers)
+    viewer.window._qt_viewer._qt_open([str(ct), str(seg)], stack=False)
+
+    assert reader_dialogs == []
+    assert get_settings().plugins.extension2reader["*.nii.gz"] == "napari-medai"
+    assert len(first_session) == 1 and "Preferences > Plugins" in first_session[0]
+    scan, mask = viewer.layers[sample:]
+    assert isinstance(scan, Image) and isinstance(mask, Labels)
+    assert _has_geometry(scan) and _has_geometry(mask)
+    assert scan.source.reader_plugin == mask.source.reader_plugin == "napari-medai"

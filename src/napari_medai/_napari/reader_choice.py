@@ -10,6 +10,16 @@ there the first time the plugin is activated, leaves every pattern the user
 has already given to another reader alone, says in a notification what it set
 and how to undo it, and never sets anything again in that settings folder, so
 a pattern the user removes stays removed.
+
+Limit: napari activates a plugin (runs its npe2 ``on_activate``) only when one
+of its contributions is first used, and it picks readers from the manifests'
+filename patterns without running plugin code. npe2 has no start-up activation
+(open discussion: napari/npe2#139; napari dropped plugin start-up hooks with
+npe2 on purpose, napari/napari#9261 asks for opt-in start-up items). So in a
+napari where napari-medai has never been used, the very first File > Open of a
+file or folder napari's own reader also accepts still asks; picking
+napari-medai there activates the plugin and ends the question for good. The
+demo launcher (``_qt/launch.py``) activates the plugin at start, so it never asks.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ Without PATH the synthetic phantom CT sample is loaded; with ``--demo-model``
 a small liver model for it is trained once (a minute or two) into the user's model
 folder, so the Segment dock opens with a model that fits the scan
 (``scripts/demo`` asks for it). ``--segment`` runs that dock once before
-showing. With ``--screenshot`` the window is saved as a PNG and the program
-exits instead of running the GUI. Without a display (Linux, no
+showing. At start it activates the plugin, which makes napari-medai napari's
+reader for medical files and DICOM folders (see ``_napari/reader_choice.py``),
+so opening a scan from the demo never asks "Choose reader". With
+``--screenshot`` the window is saved as a PNG and the program exits instead of
+running the GUI. Without a display (Linux, no
 ``DISPLAY``/``WAYLAND_DISPLAY``, no ``QT_QPA_PLATFORM``) it says so and does
 the same headless, on a private Xvfb X server when one is installed, else on
 Qt's offscreen platform.
@@ -188,7 +191,14 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
     if path is None and demo_model:
         ensure_demo_model()
     viewer = Viewer(title="napari-medai")
-    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    plugins = PluginManager.instance()
+    # napari activates a plugin only when one of its contributions is first used,
+    # and npe2 has no start-up activation; activating here runs our on_activate
+    # (napari-medai becomes the reader for medical files and DICOM folders) before
+    # anything is opened, so the demo never asks "Choose reader". After the viewer
+    # exists, so its notification about the preferences shows in the window.
+    plugins.activate(PLUGIN)
+    manifest = plugins.get_manifest(PLUGIN)
     widgets, docks = {}, {}
     for widget in manifest.contributions.widgets or []:
         dock, docked = viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)

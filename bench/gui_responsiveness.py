@@ -141,7 +141,7 @@ def measure(seconds: float, threads: int | None) -> dict:
     widget.pair_rows[0].labels_combo.value = labels
     widget.time_spin.value = seconds
     if threads:
-        widget.threads_spin.value = threads
+        widget.threads_combo.value = threads
     config_threads = widget.config(widget.output_dir()).num_threads
     # As a user would: the window is drawn and laid out before Train is clicked.
     settle = QEventLoop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -207,11 +208,11 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, m
     assert config.dimensionality == "3d"
     assert config.max_time_s is None and config.max_iters == 25
     assert config.init is None
-    assert widget.threads_spin.value == 0  # auto
+    assert widget.threads_combo.value == 0  # auto
     assert config.num_threads == training_threads(keep_free=GUI_KEEP_FREE) >= 1
     assert config.out_dir.parent == models_dir / "drafts" and not config.out_dir.exists()
     assert config.name is None
-    widget.threads_spin.value = 1
+    widget.threads_combo.value = 1
     assert widget.config(widget.output_dir()).num_threads == 1
     widget.name_edit.value = "Liver v2"
     config = widget.config(widget.output_dir())
@@ -224,6 +225,24 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, m
     assert config.init == tmp_path / "start"
     widget.set_start_model(None)
     assert widget.start_model() is None
+
+
+def test_cpu_threads_say_what_auto_means(qtbot, widget, monkeypatch):
+    combo = widget.threads_combo.native
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    idle = training_threads(keep_free=GUI_KEEP_FREE)
+    widget.reset_choices()  # as napari does when a layer changes
+    assert widget.threads_combo.value == 0 and combo.currentText() == f"auto ({idle})"
+    assert combo.itemText(combo.count() - 1) == str(os.cpu_count())
+
+    # Free cores are read again when training starts, and the text follows.
+    monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert widget.config(widget.output_dir()).num_threads == 1
+    assert widget.threads_combo.value == 0 and combo.currentText() == "auto (1)"
+
+    widget.threads_combo.value = 1
+    assert combo.currentText() == "1"
+    assert widget.config(widget.output_dir()).num_threads == 1
 
 
 def test_pairs_follow_the_layers(qtbot, scene, widget, phantom):

@@ -113,9 +113,10 @@ class TrainWidget(Container):
         self.time_spin = FloatSpinBox(label="Time budget", max=24 * 3600.0, step=10.0)
         self.time_spin.value = DEFAULT_TIME_BUDGET_S
         self.iterations_spin = SpinBox(label="Iterations", max=10_000_000)
-        self.threads_spin = SpinBox(label="CPU threads", max=os.cpu_count() or 1)
-        self.threads_spin.tooltip = (
-            "CPU threads for training; 0 (auto): the cores other programs leave free"
+        self._auto_threads = 1
+        self.threads_combo = ComboBox(label="CPU threads", choices=self._thread_choices)
+        self.threads_combo.tooltip = (
+            "CPU threads for training; auto (N): the N cores other programs leave free now"
             + (f", keeping {GUI_KEEP_FREE} for napari" if GUI_KEEP_FREE else "")
         )
         self.output_edit = LineEdit(label="Save to")
@@ -126,7 +127,7 @@ class TrainWidget(Container):
         self.extend(
             [self._pairs, self.add_pair_button, self.name_edit, self.label_names_edit]
             + [self.start_combo, self.dimensionality_combo, self.time_spin, self.iterations_spin]
-            + [self.threads_spin]
+            + [self.threads_combo]
             + [self.output_edit, self.browse_button, self.train_button]
         )
         self.time_spin.native.setSuffix(" s")
@@ -183,6 +184,7 @@ class TrainWidget(Container):
         self.accept_button.changed.connect(self.accept_corrections)
         self.accept_slice_button.changed.connect(self.accept_shown_slice)
         self.runner.runningChanged.connect(self._update_buttons)
+        self.runner.runningChanged.connect(self.auto_threads)
         layers = napari_viewer.layers
         for event in (layers.events.inserted, layers.events.reordered, layers.events.renamed):
             event.connect(self.reset_choices)
@@ -283,10 +285,21 @@ class TrainWidget(Container):
             max_time_s=self.time_spin.value or None,
             max_iters=self.iterations_spin.value or None,
             init=self.start_model(),
-            num_threads=self.threads_spin.value or training_threads(keep_free=GUI_KEEP_FREE),
+            num_threads=self.threads_combo.value or self.auto_threads(),
             name=self.name_edit.value.strip() or None,
             augmentation=augmentation_for(self._viewer),
         )
+
+    def _thread_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+        """ "auto (N)" (value 0: the N cores free now, re-read on each call), then 1, 2, ..."""
+        self._auto_threads = training_threads(keep_free=GUI_KEEP_FREE)
+        cores = range(1, (os.cpu_count() or 1) + 1)
+        return [(f"auto ({self._auto_threads})", 0)] + [(str(n), n) for n in cores]
+
+    def auto_threads(self, _value: Any = None) -> int:
+        """The threads "auto" means now (free cores vary with load); its entry says so."""
+        self.threads_combo.reset_choices()
+        return self._auto_threads
 
     # Training ---------------------------------------------------------------------
 

@@ -18,9 +18,10 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_medai._napari import segmentation
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
 from napari_medai._napari.reader import read_layers
-from napari_medai._qt import segment_widget
+from napari_medai._qt import model_picker
 from napari_medai._qt.job_runner import JobOutcome
-from napari_medai._qt.segment_widget import LOAD_FILE, LOAD_FOLDER, NO_IMAGE, SegmentWidget
+from napari_medai._qt.model_picker import LOAD_FILE, LOAD_FOLDER
+from napari_medai._qt.segment_widget import NO_IMAGE, SegmentWidget
 from napari_medai.cli import main
 from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
@@ -383,7 +384,7 @@ def test_trust_checkbox_reaches_the_loader(viewer_widget, qtbot, monkeypatch, th
 
 
 def fake_models(monkeypatch, *entries: ModelEntry) -> None:
-    monkeypatch.setattr(segment_widget, "list_models", lambda: list(entries))
+    monkeypatch.setattr(model_picker, "list_models", lambda: list(entries))
 
 
 MR_BRAIN = ModelEntry(

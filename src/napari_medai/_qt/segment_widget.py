@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, create_widget
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox
+from qtpy.QtWidgets import QLabel
 
 from napari_medai._napari.details import is_result_layer, label_volumes_ml, result_rows
 from napari_medai._napari.modality import layer_modality
@@ -31,30 +30,17 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import DetailsView, OnPress, follow_layer_list, narrow
+from napari_medai._qt.model_picker import ModelPicker
+from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.models.fit import best_fit, describe_modality, modality_mismatch
-from napari_medai.core.models.formats import WEIGHT_SUFFIXES
+from napari_medai.core.models.fit import describe_modality, modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.registry import (
-    ModelEntry,
-    delete_model,
-    list_models,
-    picker_items,
-)
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 
 if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-LOAD_FILE = "Load from file..."
-LOAD_FOLDER = "Load from folder..."
-#: Values of the two entries that open a file dialog instead of naming a model.
-_LOAD_ACTIONS = {LOAD_FILE: "\0load file", LOAD_FOLDER: "\0load folder"}
-_MODEL_FILES = "Model files ({});;All files (*)".format(
-    " ".join(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)
-)
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
 NO_MODEL = "Pick a model, or load one from a file or folder."
 
@@ -63,27 +49,21 @@ class SegmentWidget(Container):
     """Pick an image layer and a model, Run; the mask appears on the image's grid.
 
     Running again with the same image and model replaces the earlier result's
-    data, unless "New layer each run" is ticked. Models are the registry's
-    available entries plus files and folders the user loads. Until the user
-    picks a model, the first one made for the image's modality (or for any
-    scan) is picked; none is picked when no listed model fits.
+    data, unless "New layer each run" is ticked. The models on offer, and the
+    one picked until the user picks, are the :class:`ModelPicker`'s.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._loaded_sources: list[str] = []
-        self._entries: dict[str, ModelEntry] = {}
-        self._model_value: str | None = None
-        self._auto_model = True
         #: The layers the last finished run showed (labels first).
         self.output_layers: list[Any] = []
 
         self.image_combo = create_widget(
             annotation=Image, label="Image", options={"choices": self._image_choices}
         )
-        self.model_combo = ComboBox(label="Model", choices=self._model_choices, nullable=True)
-        self.delete_button = PushButton(text="Delete this model...")
+        self.models = ModelPicker(self.native, self._image_modality, self._update_state)
+        self.model_combo, self.delete_button = self.models.combo, self.models.delete_button
         self.trust_check = CheckBox(text="Trust this MONAI bundle")
         self.trust_check.tooltip = (
             "MONAI bundle configs can run any Python code. Tick only for bundles from "
@@ -122,12 +102,9 @@ class SegmentWidget(Container):
             layout.addWidget(widget)
         layout.addStretch(1)
 
-        self.model_combo.native.installEventFilter(OnPress(self.refresh_models, self.native))
-        self.model_combo.changed.connect(self._on_model_chosen)
         self.image_combo.changed.connect(self._on_image_chosen)
         self.outline_check.changed.connect(self._show_outlines)
         self.run_button.changed.connect(self.run)
-        self.delete_button.changed.connect(self.delete_model)
         self.runner.runningChanged.connect(self._update_state)
         layers = napari_viewer.layers
         follow_layer_list(layers, self.reset_choices)
@@ -141,20 +118,17 @@ class SegmentWidget(Container):
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if is_segmentable(layer)]
 
-    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        """Available registry models, then models loaded from disk, then the load entries."""
-        entries = list_models()
-        items = picker_items(entries, self._loaded_sources)
-        self._entries = {source: entry for (_text, source), entry in zip(items, entries)}
-        return items + [(text, action) for text, action in _LOAD_ACTIONS.items()]
-
     def current_image(self) -> Image | None:
         """The image layer picked for segmentation, or None."""
         return self.image_combo.value
 
     def current_model_source(self) -> str | None:
         """The registry name or path of the picked model, or None."""
-        return self._model_value
+        return self.models.source
+
+    def _image_modality(self) -> str:
+        image = self.current_image()
+        return layer_modality(image) if image is not None else ""
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers and the model list (napari calls this on layer changes)."""
@@ -168,56 +142,14 @@ class SegmentWidget(Container):
 
     def refresh_models(self) -> None:
         """Re-read the model list; keep the pick, or pick the best fit until the user picks."""
-        with self.model_combo.changed.blocked():
-            self.model_combo.reset_choices()
-            for index in range(self.model_combo.native.count()):
-                entry = self._entries.get(self.model_combo.native.itemData(index))
-                tip = entry.description if entry is not None else None
-                self.model_combo.native.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
-            if self._model_value not in self.model_combo.choices:
-                self._model_value = None
-            if self._auto_model:
-                self._model_value = self._best_model()
-            self.model_combo.value = self._model_value
-        self._update_state()
-
-    def _best_model(self) -> str | None:
-        image = self.current_image()
-        entries = list(self._entries.items())
-        index = best_fit([entry for _, entry in entries], layer_modality(image) if image else "")
-        return None if index is None else entries[index][0]
+        self.models.refresh()
 
     def add_model_source(self, path: str | Path) -> None:
         """Offer the model at ``path`` (file or folder) in the picker and pick it."""
-        source = str(path)
-        if source not in self._loaded_sources:
-            self._loaded_sources.append(source)
-        self._auto_model = False
-        self._model_value = source
-        self.refresh_models()
-
-    def _on_model_chosen(self, value: Any) -> None:
-        if value not in _LOAD_ACTIONS.values():
-            self._auto_model = False
-            self._model_value = value
-            self._update_state()
-            return
-        if value == _LOAD_ACTIONS[LOAD_FILE]:
-            path, _filter = QFileDialog.getOpenFileName(
-                self.native, "Load a model file", "", _MODEL_FILES
-            )
-        else:
-            path = QFileDialog.getExistingDirectory(
-                self.native, "Load a model folder (model package or MONAI bundle)"
-            )
-        if path:
-            self.add_model_source(path)
-            return
-        with self.model_combo.changed.blocked():
-            self.model_combo.value = self._model_value
+        self.models.add_source(path)
 
     def _on_image_chosen(self, _value: Any = None) -> None:
-        if self._auto_model:
+        if self.models.automatic:
             self.refresh_models()
         self._update_state()
 
@@ -225,7 +157,7 @@ class SegmentWidget(Container):
 
     def fit_problem(self) -> str | None:
         """Why the picked model may not suit the picked image, or None."""
-        image, entry = self.current_image(), self._entries.get(self._model_value or "")
+        image, entry = self.current_image(), self.models.entry()
         if image is None or entry is None:
             return None
         return modality_mismatch(entry, entry.title or entry.name, layer_modality(image))
@@ -236,10 +168,9 @@ class SegmentWidget(Container):
             return "Running; Cancel stops it."
         if self.current_image() is None:
             return NO_IMAGE
-        if self._model_value is None:
-            image = self.current_image()
-            modality = layer_modality(image)
-            if self._auto_model and modality:
+        if self.models.source is None:
+            modality = self._image_modality()
+            if self.models.automatic and modality:
                 return (
                     f"No listed model is made for {describe_modality(modality)}: pick one "
                     "anyway, load one, or train one in the Train dock."
@@ -255,31 +186,11 @@ class SegmentWidget(Container):
         problem = self.fit_problem()
         self.fit_warning.setText(f"Warning: {problem}" if problem else "")
         self.fit_warning.setVisible(bool(problem))
-        entry = self._entries.get(self._model_value or "")
-        self.delete_button.visible = entry is not None and entry.kind != "builtin"
-        self.delete_button.enabled = not self.runner.running
+        self.models.update(self.runner.running)
 
     def delete_model(self, _value: Any = None) -> bool:
         """Delete the picked model of the user's folder, once the user confirms."""
-        entry = self._entries.get(self._model_value or "")
-        if entry is None or entry.kind == "builtin":
-            return False
-        answer = QMessageBox.question(
-            self.native,
-            "Delete model",
-            f"Delete the model '{entry.summary}' and its files in {entry.location}?\n"
-            "This cannot be undone.",
-        )
-        if answer != QMessageBox.StandardButton.Yes:
-            return False
-        try:
-            delete_model(entry)
-        except (MedaiError, OSError) as error:
-            show_error(f"Delete failed: {error}")
-            return False
-        self._model_value, self._auto_model = None, True
-        self.refresh_models()
-        return True
+        return self.models.delete()
 
     def config(self) -> SegmentConfig:
         """The settings of the widget as the core config (the CLI fills the same)."""
@@ -294,7 +205,7 @@ class SegmentWidget(Container):
 
     def run(self, _value: Any = None) -> None:
         """Start segmenting the picked image with the picked model (warn first on a misfit)."""
-        image, source = self.current_image(), self._model_value
+        image, source = self.current_image(), self.models.source
         if image is None or source is None or self.runner.running:
             return
         self.status.setText("")
@@ -308,7 +219,7 @@ class SegmentWidget(Container):
         if problem is not None:
             show_warning(f"Segment: {problem}")
         # A model known only after loading (a file) is checked in the job.
-        check = "" if source in self._entries else layer_modality(image)
+        check = "" if self.models.is_listed(source) else layer_modality(image)
         job = partial(
             load_and_segment_job, source, self.trust_check.value, volume, self.config(), check
         )

@@ -1,0 +1,190 @@
+"""The Train dock's form: what to train on and how, as a :class:`TrainConfig`.
+
+Rows of (scan, labels) pickers, the model's name and label names, the model
+to start from, network, budgets, CPU threads and where the model goes. The
+dock (:class:`~napari_medai._qt.train_widget.TrainWidget`) adds the Train
+button and what runs from it; the CLI fills in the same config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QFileDialog
+
+from napari_medai._napari.generation import augmentation_for
+from napari_medai._napari.training import default_output_dir
+from napari_medai._qt.pair_row import PairRow
+from napari_medai.core.models.registry import user_model_dir
+from napari_medai.core.training.config import (
+    DIMENSIONALITIES,
+    GUI_KEEP_FREE,
+    TrainConfig,
+    training_threads,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+NEW_MODEL = "New model"
+LAST_MODEL = "Last trained model"
+MODEL_FOLDER = "Model folder..."
+DEFAULT_TIME_BUDGET_S = 60.0
+
+
+class TrainForm(Container):
+    """The fields of a training run; :meth:`config` turns them into a :class:`TrainConfig`.
+
+    Starts with no pair row: the dock adds the first once it is built.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._rows: list[PairRow] = []
+        self._start_paths: dict[str, Path] = {}
+        #: The last model trained (listed, or a draft waiting for Keep), once on disk.
+        self.last_model: Path | None = None
+
+        self._pairs = Container(labels=False, label="Pairs")
+        self.add_pair_button = PushButton(text="Add pair", tooltip="Train on several scans")
+        self._pairs.tooltip = "Each row: a scan and the labels painted on it"
+        self.name_edit = LineEdit(label="Model name", tooltip="How the model is listed")
+        self.name_edit.native.setPlaceholderText("e.g. liver (default: the label names)")
+        self.label_names_edit = LineEdit(label="Label names")
+        self.label_names_edit.native.setPlaceholderText("e.g. liver  or  1: liver, 2: spleen")
+        self.start_combo = ComboBox(label="Start from", choices=self._start_choices)
+        self.start_combo.tooltip = "Start from scratch, or fine-tune a model package"
+        self.dimensionality_combo = ComboBox(label="Network", choices=DIMENSIONALITIES)
+        self.dimensionality_combo.tooltip = (
+            "auto: 2.5D for a few painted axial slices, 3D for dense labels or other axes"
+        )
+        self.time_spin = FloatSpinBox(label="Time budget", max=24 * 3600.0, step=10.0)
+        self.time_spin.value = DEFAULT_TIME_BUDGET_S
+        self.iterations_spin = SpinBox(label="Iterations", max=10_000_000)
+        self._auto_threads = 1
+        self.threads_combo = ComboBox(label="CPU threads", choices=self._thread_choices)
+        self.threads_combo.tooltip = (
+            "CPU threads for training; auto (N): the N cores other programs leave free now"
+            + (f", keeping {GUI_KEEP_FREE} for napari" if GUI_KEEP_FREE else "")
+        )
+        self.output_edit = LineEdit(label="Save to")
+        self.output_edit.native.setPlaceholderText("the model list (default)")
+        self.output_edit.tooltip = "Folder for the model package instead (must not exist yet)"
+        self.browse_button = PushButton(text="Choose folder...")
+        self.extend(
+            [self._pairs, self.add_pair_button, self.name_edit, self.label_names_edit]
+            + [self.start_combo, self.dimensionality_combo, self.time_spin, self.iterations_spin]
+            + [self.threads_combo, self.output_edit, self.browse_button]
+        )
+        self.time_spin.native.setSuffix(" s")
+        for spin in (self.time_spin, self.iterations_spin):
+            spin.tooltip = "0: no limit"
+        self.add_pair_button.changed.connect(lambda _value=None: self.add_pair())
+        self.start_combo.changed.connect(self._on_start_chosen)
+        self.browse_button.changed.connect(self._browse_output)
+
+    # Pairs ------------------------------------------------------------------------
+
+    @property
+    def pair_rows(self) -> list[PairRow]:
+        """The rows of (image, labels) pickers, first one first."""
+        return list(self._rows)
+
+    def add_pair(self, image: Image | None = None, labels: Labels | None = None) -> PairRow:
+        """Add a row of pickers, set to ``image`` and ``labels`` when given."""
+        row = PairRow(self._viewer)
+        row.remove_button.changed.connect(lambda _value=None: self._remove_pair(row))
+        row.changed.connect(self._update_buttons)
+        if image is not None:
+            row.image_combo.value = image
+        if labels is not None:
+            row.labels_combo.value = labels
+        self._rows.append(row)
+        self._pairs.append(row)
+        self._update_buttons()
+        return row
+
+    def _remove_pair(self, row: PairRow) -> None:
+        if len(self._rows) > 1:
+            self._rows.remove(row)
+            self._pairs.remove(row)
+            self._update_buttons()
+
+    def selected_pairs(self) -> list[tuple[Image, Labels]]:
+        """The complete (image, labels) pairs picked, in row order."""
+        return [pair for row in self._rows if (pair := row.pair()) is not None]
+
+    # Settings ---------------------------------------------------------------------
+
+    def _start_choices(self, _widget: Any = None) -> list[str]:
+        return [NEW_MODEL, LAST_MODEL, *self._start_paths, MODEL_FOLDER]
+
+    def set_start_model(self, path: str | Path | None) -> None:
+        """Fine-tune the model package at ``path`` next; None starts a new model."""
+        if path is None:
+            self.start_combo.value = NEW_MODEL
+            return
+        self._start_paths[f"Folder: {Path(path).name}"] = Path(path)
+        self.start_combo.reset_choices()
+        with self.start_combo.changed.blocked():
+            self.start_combo.value = f"Folder: {Path(path).name}"
+
+    def start_model(self) -> Path | None:
+        """The model package training starts from, or None for a new model."""
+        if self.start_combo.value == LAST_MODEL:
+            return self.last_model
+        return self._start_paths.get(self.start_combo.value)
+
+    def _on_start_chosen(self, value: str) -> None:
+        if value != MODEL_FOLDER:
+            self._update_buttons()
+            return
+        path = QFileDialog.getExistingDirectory(self.native, "Model package to start from")
+        with self.start_combo.changed.blocked():
+            self.start_combo.value = NEW_MODEL
+        if path:
+            self.set_start_model(path)
+
+    def _browse_output(self, _value: Any = None) -> None:
+        path, _filter = QFileDialog.getSaveFileName(
+            self.native, "New folder for the trained model", str(user_model_dir())
+        )
+        if path:
+            self.output_edit.value = path
+
+    def output_dir(self) -> Path:
+        """Where the next model goes: the typed folder, else a new draft folder."""
+        text = self.output_edit.value.strip()
+        return Path(text).expanduser() if text else default_output_dir(self.name_edit.value)
+
+    def config(self, out_dir: Path) -> TrainConfig:
+        """The settings as the core config (the CLI fills in the same object)."""
+        return TrainConfig(
+            out_dir=out_dir,
+            dimensionality=self.dimensionality_combo.value,
+            max_time_s=self.time_spin.value or None,
+            max_iters=self.iterations_spin.value or None,
+            init=self.start_model(),
+            num_threads=self.threads_combo.value or self.auto_threads(),
+            name=self.name_edit.value.strip() or None,
+            augmentation=augmentation_for(self._viewer),
+        )
+
+    def _thread_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+        """ "auto (N)" (value 0: the N cores free now, re-read on each call), then 1, 2, ..."""
+        self._auto_threads = training_threads(keep_free=GUI_KEEP_FREE)
+        cores = range(1, (os.cpu_count() or 1) + 1)
+        return [(f"auto ({self._auto_threads})", 0)] + [(str(n), n) for n in cores]
+
+    def auto_threads(self, _value: Any = None) -> int:
+        """The threads "auto" means now (free cores vary with load); its entry says so."""
+        self.threads_combo.reset_choices()
+        return self._auto_threads
+
+    def _update_buttons(self, _value: Any = None) -> None:
+        """Called when the pairs or the start model change; the dock re-checks its buttons."""

@@ -39,6 +39,7 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai.core.errors import GeometryError, MedaiError
+from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.registry import drafts_dir, keep_model, user_model_dir
@@ -168,14 +169,16 @@ def show_prediction(viewer: ViewerModel, image: Image, labels: LabelMap) -> Labe
 
 
 def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[TrainResult]:
-    """:func:`napari_medai.core.training.trainer.train_job`, imported as the job starts.
+    """:func:`napari_medai.core.training.trainer.train_job`, run in a worker process.
 
-    The trainer needs torch and MONAI (seconds to import); importing them here,
-    in the job's thread, keeps them out of the dock's start and off the GUI thread.
+    In a thread of napari's process, importing torch and every optimizer
+    step's Python code hold the GIL and stall the GUI; in a worker process
+    (kept for the next run, so torch loads once) they cannot. The pairs are
+    the snapshot :func:`training_pair` took; the model lands in
+    ``config.out_dir`` as before.
     """
-    from napari_medai.core.training import trainer
-
-    return (yield from trainer.train_job(pairs, config))
+    trainer = "napari_medai.core.training.trainer:train_job"
+    return (yield from run_in_process(trainer, pairs, config))
 
 
 def predict_job(

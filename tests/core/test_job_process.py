@@ -1,0 +1,81 @@
+"""Jobs run in a worker process: events, results, errors, cancel, and a dead worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from napari_medai.core import job_process
+from napari_medai.core.errors import GeometryError, MedaiError
+from napari_medai.core.job_process import JobProcessError, RemoteTraceback, run_in_process
+from napari_medai.core.jobs import run_job
+
+JOBS = "jobs_for_processes"
+
+
+def test_events_and_result_come_back_and_the_worker_is_reused(monkeypatch):
+    monkeypatch.setenv("MEDAI_TEST_VALUE", "seen by the child")
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    events = []
+    result = run_job(run_in_process(f"{JOBS}:count", 3, array), events.append)
+    assert [e.message for e in events] == ["step 0", "step 1", "step 2"]
+    assert [e.payload["i"] for e in events] == [0, 1, 2]
+    np.testing.assert_array_equal(result["array"], array * 2)
+    np.testing.assert_array_equal(array, np.arange(12).reshape(3, 4))  # ours is untouched
+    assert result["pid"] != os.getpid()
+    assert result["env"] == "seen by the child"
+    again = run_job(run_in_process(f"{JOBS}:count", 1, array))
+    assert again["pid"] == result["pid"]
+
+
+def test_an_error_arrives_as_itself_with_the_child_traceback():
+    with pytest.raises(GeometryError, match="differ by 2 mm") as info:
+        run_job(run_in_process(f"{JOBS}:fail_after_one"))
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "fail_after_one" in str(info.value.__cause__)
+
+
+def test_an_error_that_cannot_travel_is_told_by_name():
+    with pytest.raises(MedaiError, match="_Odd: odd 1 2"):
+        run_job(run_in_process(f"{JOBS}:fail_unpicklable"))
+
+
+def test_closing_runs_the_child_cleanup_before_returning(tmp_path):
+    marker = tmp_path / "marker"
+    job = run_in_process(f"{JOBS}:forever", marker)
+    next(job)
+    started = time.monotonic()
+    job.close()
+    assert time.monotonic() - started < 1.0
+    assert marker.read_text() == "cleaned up"
+    result = run_job(run_in_process(f"{JOBS}:count", 1, np.zeros(2)))
+    assert result["array"].tolist() == [0, 0]  # the same worker is usable after a cancel
+
+
+def test_a_killed_worker_is_an_error_and_the_next_job_gets_a_new_one(tmp_path):
+    job = run_in_process(f"{JOBS}:forever", tmp_path / "marker")
+    pid = next(job).payload
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(JobProcessError, match="SIGKILL.*out of memory"):
+        for _ in job:
+            pass
+    result = run_job(run_in_process(f"{JOBS}:count", 1, np.zeros(2)))
+    assert result["pid"] != pid
+
+
+def test_a_worker_that_ignores_cancel_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(job_process, "CLEANUP_TIMEOUT_S", 0.5)
+    job = run_in_process(f"{JOBS}:forever", tmp_path / "marker")
+    pid = next(job).payload
+    os.kill(pid, signal.SIGSTOP)  # a child stuck in a long step
+    started = time.monotonic()
+    job.close()
+    assert time.monotonic() - started < 3.0
+    with pytest.raises(ProcessLookupError):
+        for _ in range(20):
+            os.kill(pid, 0)
+            time.sleep(0.1)

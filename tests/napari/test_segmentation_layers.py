@@ -10,7 +10,6 @@ from napari.layers import Image, Labels, Layer
 from napari_medai._napari.layers import METADATA_KEY, image_layer_data, layer_geometry
 from napari_medai._napari.segmentation import (
     SegmentationTarget,
-    load_and_segment_job,
     result_layer_data,
     segmentation_input,
     show_segmentation,
@@ -18,6 +17,7 @@ from napari_medai._napari.segmentation import (
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.jobs import run_job
 from napari_medai.core.segmentation.inference import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.jobs import load_and_segment_job
 from napari_medai.core.volume import LabelMap, Volume
 
 LABEL_NAMES = {0: "background", 1: "organ", 2: "lesion"}

@@ -15,7 +15,6 @@ from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from napari_medai._napari import segmentation
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
 from napari_medai._napari.reader import read_layers
 from napari_medai._qt import model_picker
@@ -28,6 +27,7 @@ from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.registry import MODELS_ENV, ModelEntry
+from napari_medai.core.segmentation import jobs as segmentation_jobs
 from napari_medai.core.volume import volume_to_sitk
 
 #: CT window of the threshold model; LEVEL lies between 40 and 41 HU in window units.
@@ -260,7 +260,7 @@ def test_cancel_stops_within_a_second_and_leaves_the_viewer(viewer_widget, qtbot
     sleepy = Sleepy()
     # 4x8x8 windows over 24x64x64 voxels: 384 windows, 96 calls, about 20 s.
     model = LoadedModel(threshold_card(patch_size=[4, 8, 8]), sleepy, "sleepy", "0" * 64)
-    monkeypatch.setattr(segmentation, "load_model", lambda source, trusted=False: model)
+    monkeypatch.setattr(segmentation_jobs, "load_model", lambda source, trusted=False: model)
     widget.add_model_source("sleepy")
     before = snapshot(viewer)
 
@@ -371,7 +371,7 @@ def test_trust_checkbox_reaches_the_loader(viewer_widget, qtbot, monkeypatch, th
         calls.append((source, trusted))
         return model
 
-    monkeypatch.setattr(segmentation, "load_model", fake_load)
+    monkeypatch.setattr(segmentation_jobs, "load_model", fake_load)
     widget.add_model_source("/bundles/spleen")
     widget.trust_check.value = True
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
@@ -417,7 +417,7 @@ def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
         loaded.append(len(notifications))
         return LoadedModel(threshold_card(), threshold_conv(), "t", "0" * 64)
 
-    monkeypatch.setattr(segmentation, "load_model", fake_load)
+    monkeypatch.setattr(segmentation_jobs, "load_model", fake_load)
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE  # the user may still run it
     [warning] = [str(n.message) for n in notifications]
     assert "made for MRI head scans, but this image is CT" in warning
@@ -429,7 +429,7 @@ def test_a_model_file_made_for_mr_warns_once_loaded(
 ):
     _viewer, _image, widget = viewer_widget
     model = LoadedModel(threshold_card(modality="MR"), threshold_conv(), "t", "0" * 64)
-    monkeypatch.setattr(segmentation, "load_model", lambda source, trusted=False: model)
+    monkeypatch.setattr(segmentation_jobs, "load_model", lambda source, trusted=False: model)
     choose_file(widget, monkeypatch, threshold_file)
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
     assert any("made for MRI scans, but this image is CT" in str(n.message) for n in notifications)
@@ -466,7 +466,7 @@ def test_results_stand_apart_and_show_their_details(
     assert f"dense {expected_ml:.1f} mL" in widget.status.text()
 
     # A failed run leaves no stale result line behind.
-    monkeypatch.setattr(segmentation, "load_model", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(segmentation_jobs, "load_model", lambda *a, **k: 1 / 0)
     assert run_and_wait(qtbot, widget) == JobOutcome.FAILED
     assert widget.status.text() == "" and "Segment failed" in widget.runner.message
 

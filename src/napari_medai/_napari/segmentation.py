@@ -7,10 +7,8 @@ opacity and visibility) instead of adding more layers.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,18 +24,13 @@ from napari_medai._napari.layers import (
     volume_from_layer,
 )
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.jobs import Job, Progress, scaled
-from napari_medai.core.models.fit import modality_mismatch
-from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.config import SegmentResult
 from napari_medai.core.volume import Volume
 
 #: Key under ``metadata[METADATA_KEY]`` naming which run an output layer belongs to.
 OUTPUT_TAG = "segmentation"
 #: Layer class for each layer type string of a LayerDataTuple.
 _LAYER_TYPES: dict[str, type[Layer]] = {"labels": Labels, "image": Image}
-#: Share of the progress bar given to loading the model.
-_LOADING_SHARE = 0.05
 #: Colours of predicted labels 1, 2, ... (cycled): bright hues that napari's
 #: default colours for painted labels (brown, cyan, lilac, ...) do not use, so
 #: a prediction never looks like the user's own paint.
@@ -125,40 +118,6 @@ def segmentation_input(layer: Layer) -> Volume:
         )
     volume = volume_from_layer(layer)
     return replace(volume, metadata={**volume.metadata, "name": layer.name})
-
-
-def load_model(source: str, trusted: bool = False) -> LoadedModel:
-    """:func:`napari_medai.core.models.sources.load_model`, imported when first called.
-
-    Loading brings in torch and MONAI (seconds); the docks import this module
-    while they open, so it must not.
-    """
-    from napari_medai.core.models import sources
-
-    return sources.load_model(source, trusted=trusted)
-
-
-def load_and_segment_job(
-    source: str, trusted: bool, volume: Volume, config: SegmentConfig, check_modality: str = ""
-) -> Job[tuple[LoadedModel, SegmentResult]]:
-    """Load the model, then segment; both in the job so a slow load never blocks the GUI.
-
-    With ``check_modality`` (the image's modality, for a model whose card was
-    not known before loading), a model made for another modality is warned
-    about as soon as it is loaded, before inference starts. torch and MONAI
-    are imported here too, in the job's thread, the first time.
-    """
-    from napari_medai.core.segmentation.inference import segment_job
-
-    # No fraction: loading is one step of unknown length (seconds with torch's first import).
-    yield Progress(None, f"loading model {Path(source).name or source}")
-    model = load_model(source, trusted=trusted)
-    problem = modality_mismatch(model.card, model.name, check_modality)
-    if problem is not None:
-        warnings.warn(problem, UserWarning, stacklevel=1)
-    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
-    result = yield from scaled(segment_job(volume, model, config), _LOADING_SHARE, 1.0)
-    return model, result
 
 
 def _tagged(kwargs: dict[str, Any], tag: dict[str, str]) -> dict[str, Any]:

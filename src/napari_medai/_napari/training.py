@@ -34,7 +34,6 @@ from napari_medai._napari.layers import (
 )
 from napari_medai._napari.segmentation import (
     OUTPUT_TAG,
-    load_and_segment_job,
     prediction_display,
     show_segmentation,
 )
@@ -43,11 +42,10 @@ from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.registry import drafts_dir, keep_model, user_model_dir
-from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.config import SegmentResult
 from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
 from napari_medai.core.training.config import TrainConfig, TrainResult
 from napari_medai.core.training.quality import TrainingQuality
-from napari_medai.core.training.uncertainty import rank_slices_by_uncertainty
 from napari_medai.core.volume import LabelMap, Volume
 
 #: The prediction layer of image "CT" is called "CT – prediction".
@@ -184,18 +182,13 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
 def predict_job(
     model: Path, volume: Volume, annotation: np.ndarray
 ) -> Job[tuple[SegmentResult, list[int]]]:
-    """Segment ``volume`` with uncertainty; rank the axial slices still to annotate.
+    """:func:`~napari_medai.core.training.review.predict_for_review_job` in the worker process.
 
-    The ranking holds every axial slice the user has not painted in
-    ``annotation`` (read only), most uncertain first. Both steps run in the
-    job, so a large scan never holds up the GUI thread.
+    The process that trained the model has torch loaded already, so the
+    first prediction imports nothing into napari's process either.
     """
-    _model, result = yield from load_and_segment_job(
-        str(model), False, volume, SegmentConfig(uncertainty=True)
-    )
-    painted = painted_planes(annotation)[0]
-    ranking = rank_slices_by_uncertainty(result.uncertainty.array)
-    return result, [z for z in ranking if not painted[z]]
+    review = "napari_medai.core.training.review:predict_for_review_job"
+    return (yield from run_in_process(review, model, volume, annotation))
 
 
 def _check_same_grid(prediction: Labels, annotation: Labels) -> None:

@@ -23,7 +23,6 @@ from napari_medai._napari.modality import layer_modality
 from napari_medai._napari.segmentation import (
     SegmentationTarget,
     is_segmentable,
-    load_and_segment_job,
     result_layer_data,
     segmentation_input,
     show_outlines,
@@ -36,6 +35,7 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import describe_modality, modality_mismatch
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
+from napari_medai.core.segmentation.jobs import load_and_segment_job
 
 if TYPE_CHECKING:
     import napari

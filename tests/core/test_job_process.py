@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +82,25 @@ def test_a_worker_that_ignores_cancel_is_killed(tmp_path, monkeypatch):
         for _ in range(20):
             os.kill(pid, 0)
             time.sleep(0.1)
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """multiprocessing's spawn would rerun such a script (a second napari window)."""
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from napari_medai.core.job_process import run_in_process\n"
+        "from napari_medai.core.jobs import run_job\n"
+        "print('script ran')\n"
+        f"print(run_job(run_in_process('{JOBS}:count', 2, np.ones(3)))['array'].sum())\n"
+    )
+    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
+        check=True,
+    )
+    assert done.stdout.split() == ["script", "ran", "6.0"]

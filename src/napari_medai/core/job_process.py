@@ -9,8 +9,10 @@ its result, and closing it asks the child to close its job, so the child's
 ``finally`` blocks (saving the best model) run before the close returns.
 
 Written by hand because the standard pools do not stream progress or cancel
-a running task: ``concurrent.futures.ProcessPoolExecutor`` returns only a
-final result, and ``multiprocessing.Pool`` has no way to stop one task.
+a running task (``concurrent.futures.ProcessPoolExecutor`` returns only a
+final result, ``multiprocessing.Pool`` cannot stop one task), and both start
+workers the way multiprocessing does, which reruns the parent's ``__main__``:
+a napari script without a ``__main__`` guard would open a second viewer.
 
 A finished worker process stays idle for the next job, so torch is imported
 once per session, not once per job. Arrays travel out of band (pickle
@@ -20,22 +22,18 @@ holding the GIL for the copy.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import multiprocessing
 import os
-import pickle
 import signal
+import socket
+import subprocess
+import sys
 import threading
-import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any
 
+from napari_medai.core import job_worker
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job
-
-T = TypeVar("T")
 
 #: How long a closed job may take to clean up (save its model) before its
 #: process is killed.
@@ -44,8 +42,6 @@ CLEANUP_TIMEOUT_S = 60.0
 POLL_S = 0.2
 #: Idle worker processes kept for later jobs (each holds torch in memory).
 MAX_IDLE = 1
-
-_PROGRESS, _RETURNED, _RAISED, _CLOSED = "progress", "returned", "raised", "closed"
 
 
 class JobProcessError(MedaiError):
@@ -59,125 +55,52 @@ class RemoteTraceback(Exception):
         return str(self.args[0])
 
 
-def _send(conn: Connection, message: Any) -> None:
-    """Send ``message`` with its buffers (arrays) out of band, sizes first."""
-    buffers: list[pickle.PickleBuffer] = []
-    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    views = [buffer.raw() for buffer in buffers]
-    conn.send(([view.nbytes for view in views], header))
-    for view in views:
-        conn.send_bytes(view)
-
-
-def _receive(conn: Connection) -> Any:
-    """The next message; its arrays land in writable buffers, copied once."""
-    sizes, header = conn.recv()
-    buffers = [bytearray(size) for size in sizes]
-    for buffer in buffers:
-        conn.recv_bytes_into(buffer)
-    return pickle.loads(header, buffers=buffers)
-
-
-def _resolve(target: str) -> Callable[..., Job[Any]]:
-    """``"package.module:function"`` -> the function, imported here (in the child)."""
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a MedaiError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return MedaiError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-def _run_one(conn: Connection, cancel: Any, target: str, args: tuple, env: dict, cwd: str) -> None:
-    """Run one job in the child, relaying events until it ends or is cancelled."""
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    job = None
-    try:
-        job = _resolve(target)(*args)
-        while True:
-            if cancel.is_set():
-                job.close()
-                _send(conn, (_CLOSED, None))
-                return
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                _send(conn, (_RETURNED, stop.value))
-                return
-            _send(conn, (_PROGRESS, event))
-    except Exception as exc:
-        _send(conn, (_RAISED, (_portable(exc), traceback.format_exc())))
-    finally:
-        if job is not None:
-            job.close()
-
-
-def _serve(conn: Connection, cancel: Any) -> None:
-    """The worker process: run the jobs sent over ``conn`` one after another."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    while True:
-        try:
-            request = _receive(conn)
-        except EOFError:
-            return
-        if request is None:
-            return
-        _run_one(conn, cancel, *request)
-
-
 class _Worker:
-    """One spawned worker process and its end of the pipe."""
+    """One worker process (``python -m napari_medai.core.job_worker``) and our socket to it."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_conn = context.Pipe()
-        self.cancel = context.Event()
-        self.process = context.Process(
-            target=_serve, args=(child_conn, self.cancel), daemon=True, name="napari-medai job"
-        )
-        self.process.start()
-        child_conn.close()
+        ours, theirs = socket.socketpair()
+        # The worker imports what this process can: its sys.path, as spawn would pass it.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        command = [sys.executable, "-m", "napari_medai.core.job_worker", str(theirs.fileno())]
+        self.process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def alive(self) -> bool:
+        """Whether the worker process is still running."""
+        return self.process.poll() is None
 
     def next_message(self, timeout: float | None = None) -> tuple[str, Any]:
-        """The child's next message; JobProcessError if it died first or ``timeout`` passed."""
+        """The worker's next message; JobProcessError if it died first or ``timeout`` passed."""
         waited = 0.0
         while not self.conn.poll(POLL_S):
             waited += POLL_S
-            if not self.process.is_alive():
-                self.process.join()
-                raise JobProcessError(_death_message(self.process.exitcode))
+            if not self.alive():
+                raise JobProcessError(_death_message(self.process.returncode))
             if timeout is not None and waited >= timeout:
                 raise JobProcessError(f"the job did not stop within {timeout:.0f} s")
         try:
-            return _receive(self.conn)
-        except EOFError:
-            self.process.join()
-            raise JobProcessError(_death_message(self.process.exitcode)) from None
+            return job_worker.receive(self.conn)
+        except (EOFError, OSError):
+            raise JobProcessError(_death_message(self.process.wait())) from None
 
     def stop(self) -> None:
-        """End the process: politely if it is idle, else by force."""
-        with contextlib.suppress(OSError):
-            _send(self.conn, None)
-        self.process.join(timeout=1.0)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+        """End the process: by closing its socket if it is idle, else by force."""
         self.conn.close()
+        try:
+            self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def _death_message(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = " (killed: maybe out of memory)" if exitcode == -signal.SIGKILL else ""
+def _death_message(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (killed: maybe out of memory)" if returncode == -signal.SIGKILL else ""
         return f"the job's process ended with signal {name}{hint}; nothing was changed in napari"
-    return f"the job's process ended unexpectedly (exit code {exitcode})"
+    return f"the job's process ended unexpectedly (exit code {returncode})"
 
 
 _idle: list[_Worker] = []
@@ -188,7 +111,7 @@ def _take_worker() -> _Worker:
     with _idle_lock:
         while _idle:
             worker = _idle.pop()
-            if worker.process.is_alive():
+            if worker.alive():
                 return worker
     return _Worker()
 
@@ -205,23 +128,22 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
     """Run the job ``target(*args)`` in a worker process; yield its events, return its result.
 
     ``target`` names the job function as ``"package.module:function"``, so
-    its module (and torch, if it needs it) is imported only in the child.
+    its module (and torch, if it needs it) is imported only in the worker.
     ``args`` and everything the job yields or returns must pickle. An error
-    the job raises is raised here, with the child's traceback as its cause;
-    the child's environment and working folder are this process's.
+    the job raises is raised here, with the worker's traceback as its cause;
+    the worker's environment and working folder are this process's.
     """
     worker = _take_worker()
-    worker.cancel.clear()
     ended = False
     try:
-        _send(worker.conn, (target, args, dict(os.environ), os.getcwd()))
+        job_worker.send(worker.conn, (target, args, dict(os.environ), os.getcwd()))
         while True:
             kind, value = worker.next_message()
-            if kind == _PROGRESS:
+            if kind == job_worker.PROGRESS:
                 yield value
                 continue
             ended = True
-            if kind == _RAISED:
+            if kind == job_worker.RAISED:
                 error, text = value
                 raise error from RemoteTraceback(text)
             return value
@@ -232,17 +154,17 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
     finally:
         if not ended:
             _close_remote(worker)
-        elif worker.process.is_alive():
+        elif worker.alive():
             _give_back(worker)
 
 
 def _close_remote(worker: _Worker) -> None:
-    """Close the child's job and wait for its cleanup; a child that hangs is killed."""
-    worker.cancel.set()
+    """Close the worker's job and wait for its cleanup; a worker that hangs is killed."""
     try:
-        while worker.next_message(timeout=CLEANUP_TIMEOUT_S)[0] == _PROGRESS:
+        job_worker.send(worker.conn, job_worker.CANCEL)
+        while worker.next_message(timeout=CLEANUP_TIMEOUT_S)[0] == job_worker.PROGRESS:
             pass
-    except JobProcessError:
+    except (JobProcessError, OSError):
         worker.stop()
         return
     _give_back(worker)

@@ -1,0 +1,110 @@
+"""The worker process side of :mod:`napari_medai.core.job_process`.
+
+Started as ``python -m napari_medai.core.job_worker FD`` (a fresh interpreter
+that never imports the parent's ``__main__``, unlike multiprocessing's
+spawn, which would rerun a user's napari script). It runs the jobs it is
+sent over the socket ``FD`` one after another and relays their events.
+A message that arrives while a job runs asks it to stop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import Job
+
+PROGRESS, RETURNED, RAISED, CLOSED = "progress", "returned", "raised", "closed"
+#: What the parent sends to stop the running job (or, too late, an idle worker).
+CANCEL = "cancel"
+
+
+def send(conn: Connection, message: Any) -> None:
+    """Send ``message`` with its buffers (arrays) out of band, sizes first.
+
+    The arrays go through the socket without a copy in Python, so a scan
+    is sent without holding the GIL for a memcpy of it.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    conn.send(([view.nbytes for view in views], header))
+    for view in views:
+        conn.send_bytes(view)
+
+
+def receive(conn: Connection) -> Any:
+    """The next message; its arrays land in writable buffers."""
+    sizes, header = conn.recv()
+    buffers = [bytearray(size) for size in sizes]
+    for buffer in buffers:
+        conn.recv_bytes_into(buffer)
+    return pickle.loads(header, buffers=buffers)
+
+
+def _resolve(target: str) -> Callable[..., Job[Any]]:
+    """``"package.module:function"`` -> the function, imported here (in the worker)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a MedaiError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return MedaiError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _run_one(conn: Connection, target: str, args: tuple, env: dict, cwd: str) -> None:
+    """Run one job, relaying its events until it ends or a cancel arrives."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    job = None
+    try:
+        job = _resolve(target)(*args)
+        while True:
+            if conn.poll():
+                receive(conn)  # the only message during a job is CANCEL
+                job.close()
+                send(conn, (CLOSED, None))
+                return
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                send(conn, (RETURNED, stop.value))
+                return
+            send(conn, (PROGRESS, event))
+    except Exception as exc:
+        send(conn, (RAISED, (_portable(exc), traceback.format_exc())))
+    finally:
+        if job is not None:
+            job.close()
+
+
+def serve(conn: Connection) -> None:
+    """Run the jobs sent over ``conn`` until the parent closes it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            request = receive(conn)
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        if request != CANCEL:  # a cancel that came after its job had ended
+            _run_one(conn, *request)
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))

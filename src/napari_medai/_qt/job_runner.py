@@ -31,9 +31,11 @@ from typing import Any, TypeVar
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer, Signal
+from qtpy.QtGui import QShowEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import GeneratorWorker
 
+from napari_medai._qt.parts import paint_apart
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress
 
@@ -180,6 +182,11 @@ class JobRunner(QWidget):
         # clear a Python slot before Qt calls it, which crashes the process.
         self._workers: set[GeneratorWorker] = set()
         weakref.finalize(self, _quit_all, self._workers)
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt's name)
+        """Once docked, its dock paints apart from napari's canvas (see :func:`paint_apart`)."""
+        super().showEvent(event)
+        paint_apart(self)
 
     @property
     def running(self) -> bool:

@@ -20,19 +20,32 @@ from napari_medai.core.jobs import run_job
 JOBS = "jobs_for_processes"
 
 
+def until_working(job) -> int:
+    """Advance a ``forever`` job past the worker's start; return the worker's pid."""
+    for event in job:
+        if event.message == "working":
+            return event.payload
+    raise AssertionError("the job ended")
+
+
 def test_events_and_result_come_back_and_the_worker_is_reused(monkeypatch):
     monkeypatch.setenv("MEDAI_TEST_VALUE", "seen by the child")
+    monkeypatch.setattr(job_process, "_idle", [])  # no warm worker: this run starts one
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     events = []
     result = run_job(run_in_process(f"{JOBS}:count", 3, array), events.append)
-    assert [e.message for e in events] == ["step 0", "step 1", "step 2"]
-    assert [e.payload["i"] for e in events] == [0, 1, 2]
+    assert events[0].fraction is None and events[0].message.startswith("starting a worker")
+    steps = [e for e in events if e.message.startswith("step")]
+    assert [e.message for e in steps] == ["step 0", "step 1", "step 2"]
+    assert [e.payload["i"] for e in steps] == [0, 1, 2]
     np.testing.assert_array_equal(result["array"], array * 2)
     np.testing.assert_array_equal(array, np.arange(12).reshape(3, 4))  # ours is untouched
     assert result["pid"] != os.getpid()
     assert result["env"] == "seen by the child"
-    again = run_job(run_in_process(f"{JOBS}:count", 1, array))
+    events.clear()
+    again = run_job(run_in_process(f"{JOBS}:count", 1, array), events.append)
     assert again["pid"] == result["pid"]
+    assert [e.message for e in events] == ["step 0"]  # the warm worker starts nothing
 
 
 def test_an_error_arrives_as_itself_with_the_child_traceback():
@@ -50,7 +63,7 @@ def test_an_error_that_cannot_travel_is_told_by_name():
 def test_closing_runs_the_child_cleanup_before_returning(tmp_path):
     marker = tmp_path / "marker"
     job = run_in_process(f"{JOBS}:forever", marker)
-    next(job)
+    until_working(job)
     started = time.monotonic()
     job.close()
     assert time.monotonic() - started < 1.0
@@ -61,7 +74,7 @@ def test_closing_runs_the_child_cleanup_before_returning(tmp_path):
 
 def test_a_killed_worker_is_an_error_and_the_next_job_gets_a_new_one(tmp_path):
     job = run_in_process(f"{JOBS}:forever", tmp_path / "marker")
-    pid = next(job).payload
+    pid = until_working(job)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(JobProcessError, match="SIGKILL.*out of memory"):
         for _ in job:
@@ -73,7 +86,7 @@ def test_a_killed_worker_is_an_error_and_the_next_job_gets_a_new_one(tmp_path):
 def test_a_worker_that_ignores_cancel_is_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(job_process, "CLEANUP_TIMEOUT_S", 0.5)
     job = run_in_process(f"{JOBS}:forever", tmp_path / "marker")
-    pid = next(job).payload
+    pid = until_working(job)
     os.kill(pid, signal.SIGSTOP)  # a child stuck in a long step
     started = time.monotonic()
     job.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 from napari_medai.core import job_worker
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.jobs import Job
+from napari_medai.core.jobs import Job, Progress
 
 #: How long a closed job may take to clean up (save its model) before its
 #: process is killed.
@@ -107,13 +107,13 @@ _idle: list[_Worker] = []
 _idle_lock = threading.Lock()
 
 
-def _take_worker() -> _Worker:
+def _idle_worker() -> _Worker | None:
     with _idle_lock:
         while _idle:
             worker = _idle.pop()
             if worker.alive():
                 return worker
-    return _Worker()
+    return None
 
 
 def _give_back(worker: _Worker) -> None:
@@ -133,7 +133,10 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
     the job raises is raised here, with the worker's traceback as its cause;
     the worker's environment and working folder are this process's.
     """
-    worker = _take_worker()
+    worker = _idle_worker()
+    if worker is None:
+        yield Progress(None, "starting a worker process (its first job loads the libraries)")
+        worker = _Worker()
     ended = False
     try:
         job_worker.send(worker.conn, (target, args, dict(os.environ), os.getcwd()))

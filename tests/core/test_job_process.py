@@ -117,3 +117,12 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
         check=True,
     )
     assert done.stdout.split() == ["script", "ran", "6.0"]
+
+
+def test_without_separate_processes_the_job_runs_here(monkeypatch):
+    """Windows has no pass_fds: the same job then runs in the caller's thread."""
+    monkeypatch.setattr(job_process, "SEPARATE_PROCESS", False)
+    events = []
+    result = run_job(run_in_process(f"{JOBS}:count", 2, np.ones(2)), events.append)
+    assert result["pid"] == os.getpid()
+    assert [e.message for e in events] == ["step 0", "step 1"]

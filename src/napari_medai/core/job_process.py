@@ -42,6 +42,10 @@ CLEANUP_TIMEOUT_S = 60.0
 POLL_S = 0.2
 #: Idle worker processes kept for later jobs (each holds torch in memory).
 MAX_IDLE = 1
+#: Whether jobs run in a worker process. The worker's socket is handed over
+#: with ``pass_fds``, which Windows lacks; there the job runs in the caller's
+#: thread (the same job, with the GUI stalls a thread has).
+SEPARATE_PROCESS = os.name == "posix"
 
 
 class JobProcessError(MedaiError):
@@ -133,6 +137,8 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
     the job raises is raised here, with the worker's traceback as its cause;
     the worker's environment and working folder are this process's.
     """
+    if not SEPARATE_PROCESS:
+        return (yield from job_worker.resolve(target)(*args))
     worker = _idle_worker()
     if worker is None:
         yield Progress(None, "starting a worker process (its first job loads the libraries)")

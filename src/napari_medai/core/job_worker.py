@@ -50,7 +50,7 @@ def receive(conn: Connection) -> Any:
     return pickle.loads(header, buffers=buffers)
 
 
-def _resolve(target: str) -> Callable[..., Job[Any]]:
+def resolve(target: str) -> Callable[..., Job[Any]]:
     """``"package.module:function"`` -> the function, imported here (in the worker)."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -72,7 +72,7 @@ def _run_one(conn: Connection, target: str, args: tuple, env: dict, cwd: str) ->
     os.chdir(cwd)
     job = None
     try:
-        job = _resolve(target)(*args)
+        job = resolve(target)(*args)
         while True:
             if conn.poll():
                 receive(conn)  # the only message during a job is CANCEL

@@ -51,7 +51,7 @@ def test_slice_text_round_trips():
     assert parse_slices("15-17, 3") == [3, 15, 16, 17]
     assert slices_text([3, 15, 16, 17]) == "3, 15-17"
     assert slices_text(range(0, 40, 2)) == "0-38 (20 slices)"
-    for bad, why in (("a-3", "'15-29'"), ("9-2", "backwards")):
+    for bad, why in (("a-3", "'15-29'"), ("7-", "'15-29'"), ("9-2", "backwards")):
         with pytest.raises(ClassificationError, match=why):
             parse_slices(bad)
 

@@ -27,9 +27,9 @@ def parse_slices(text: str) -> list[int] | None:
         return None
     indices: set[int] = set()
     for part in parts:
-        first, _, last = part.partition("-")
+        first, dash, last = part.partition("-")
         try:
-            low, high = int(first), int(last or first)
+            low, high = int(first), int(last if dash else first)
         except ValueError:
             raise ClassificationError(
                 f"slices must be given as '15-29' or '3, 7-9', not {text!r}"

@@ -292,7 +292,7 @@ def test_evaluate_on_picked_slices_and_points_fills_the_metrics(dock, qtbot, pha
     on = metrics["computed_on"]
     assert on["cases"] == 11 and on["per_class"] == {"other": 3, "liver": 8}
     text = widget.metrics.computed_on.text()
-    assert "'tiny' scored on 11 held-out cases (3 other, 8 liver)" in text
+    assert "Model 'tiny' scored on 11 held-out cases (3 other, 8 liver)" in text
     assert f"layer 'organs' slices 5-15 along z (label 1) of image '{image.name}'" in text
     assert widget.metrics.figures.rowCount() == 3 and widget.metrics.save_button.isEnabled()
     assert "on 11 picked slices" in widget.status.value

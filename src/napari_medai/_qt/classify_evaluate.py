@@ -95,7 +95,7 @@ class Evaluation:
         on = metrics["computed_on"]
         auc = metrics["macro"]["roc_auc"]
         self.dock.status.value = (
-            f"'{on['model']}' on {on['cases']} picked {kind}: accuracy "
+            f"Evaluated '{on['model']}' on {on['cases']} picked {kind}: accuracy "
             f"{metrics['accuracy']:.2f}, macro ROC AUC {'–' if auc is None else f'{auc:.2f}'}"
         )
         self.dock.status.tooltip = on["description"]

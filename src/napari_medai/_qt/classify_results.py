@@ -140,9 +140,6 @@ class MetricsView(QWidget):
         self.metrics: dict[str, Any] | None = None
         self.computed_on = QLabel(EMPTY)
         self.computed_on.setWordWrap(True)
-        # A wrapped label under-reports its height to the dock's layout, which then
-        # overlaps the widgets below it; three lines hold the longest description.
-        self.computed_on.setMinimumHeight(3 * self.computed_on.fontMetrics().lineSpacing() + 4)
         self.figures = _table()
         self.confusion_title = QLabel("Confusion matrix (rows: true, columns: predicted)")
         self.confusion = _table()
@@ -180,10 +177,11 @@ class MetricsView(QWidget):
             widget.setVisible(metrics is not None)
         if metrics is None:
             self.computed_on.setText(EMPTY)
+            self._fit_text()
             return
         on = metrics["computed_on"]
         counts = ", ".join(f"{n} {name}" for name, n in on["per_class"].items())
-        model = f"'{on['model']}' scored on" if "model" in on else "Computed on"
+        model = f"Model '{on['model']}' scored on" if "model" in on else "Computed on"
         self.computed_on.setText(
             f"{model} {on['cases']} held-out cases ({counts}); {on['description']}. "
             f"Accuracy {metrics['accuracy']:.3f}."
@@ -200,8 +198,25 @@ class MetricsView(QWidget):
             self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
         self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
         # The tables' heights changed: ask the dock for room, or the layout overlaps them.
+        self._fit_text()
         self.layout().activate()
         self.updateGeometry()
+
+    def _fit_text(self) -> None:
+        """Reserve the wrapped "computed on" text's height at the current width.
+
+        A wrapped label under-reports its height to the dock's layout, which then
+        overlaps the widgets below it; the description names user-picked layers,
+        so its length varies.
+        """
+        label = self.computed_on
+        lines = 3 * label.fontMetrics().lineSpacing() + 4
+        label.setMinimumHeight(max(lines, label.heightForWidth(max(label.width(), 200))))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Re-fit the wrapped text to the new width."""
+        super().resizeEvent(event)
+        self._fit_text()
 
     def save(self, base: Path) -> list[Path]:
         """Write the shown metrics to ``<base>.json`` and ``<base>.csv``."""

@@ -31,6 +31,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_medai._napari.classification import (
     annotate_layer,
@@ -96,12 +97,13 @@ class ClassifyWidget(Container):
         self.evaluation = Evaluation(self)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
         self.extend(
             [
                 self.image, self.model, self.trust, self.scope, self.axis, self.boxes,
                 self.points, self.box_size, self.cam, self.cam_class, self.device,
                 self.run_button, self.source, self.labels, self.values, self.train_time,
-                self.train_button, *self.evaluation.widgets, self.status,
+                self.train_button, *self.evaluation.widgets,
             ]
         )  # fmt: skip
         self.runner = JobRunner()
@@ -109,7 +111,8 @@ class ClassifyWidget(Container):
         self.curve = slice_curve(napari_viewer)
         self.training = training_plot(napari_viewer)
         self.metrics = MetricsView(napari_viewer)
-        for extra in (self.runner, self.curve, self.table, self.training, self.metrics):
+        extras = (self.status.native, self.runner, self.curve, self.table, self.training)
+        for extra in (*extras, self.metrics):  # full width, below the form
             self.native.layout().addWidget(extra)
         #: The last completed run's result, and the CAM layer it showed.
         self.result: ClassifyResult | None = None

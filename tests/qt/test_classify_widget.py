@@ -174,12 +174,20 @@ def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, t
     boxes.features = {"class": ["liver", "other"] * 4}
     widget.boxes.value = boxes
     widget.train_time.value = 1
+    widget.evaluation.slices.value = "10-11"  # Train leaves them out, Evaluate scores them
     assert widget.train_button.enabled
     qtbot.mouseClick(widget.train_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
     assert widget.runner.outcome == JobOutcome.DONE
     assert str(widget.model.value).startswith(str(tmp_path))
     assert "held-out accuracy" in widget.status.value and "boxes" in widget.status.value
+    card = ModelCard.read(widget.model.value / "card.json")
+    # Six boxes off slices 10-11: slices 8-9 validate, 4-7 train.
+    assert card.training["examples"] == {"liver": 2, "other": 2}
+    assert "slice positions 8-9 held out" in card.training["held_out"]
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert widget.metrics.metrics["computed_on"]["per_class"] == {"liver": 1, "other": 1}
+    assert "boxes on slices 10-11" in widget.metrics.computed_on.text()
 
     widget.scope.value = "boxes"
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
@@ -250,7 +258,7 @@ def test_stop_training_lands_within_a_second(dock, qtbot, monkeypatch, tmp_path,
     assert widget.runner.outcome == JobOutcome.CANCELLED
 
 
-def test_bad_label_values_are_refused_before_training(dock, notifications, phantom):
+def test_bad_label_values_are_refused_before_training(dock, notifications, phantom, qtbot):
     viewer, _image, widget = dock
     labels = viewer.add_labels(np.zeros_like(phantom[1].array), name="empty")
     widget.source.value = widget.source.choices[1]
@@ -267,6 +275,12 @@ def test_bad_label_values_are_refused_before_training(dock, notifications, phant
     assert not widget.runner.running and widget.metrics.metrics is None
     widget.labels.value = None
     assert not widget.train_button.enabled and "Labels layer" in widget.train_button.tooltip
+    widget.labels.value = labels
+    widget.values.value = "2"
+    widget.evaluation.slices.value = "0-23"
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=10000)
+    assert "every slice is held out" in str(notifications[-1].message)
 
 
 def evaluate_and_wait(qtbot, widget, timeout_ms: int = 20000) -> JobOutcome:

@@ -163,14 +163,27 @@ def class_labels(layer: Shapes | Points) -> tuple[list[int], dict[int, str]]:
 
 
 def train_from_boxes_job(
-    volume: Volume, regions: list[Region], layer: Shapes | Points, config: Any
+    volume: Volume,
+    regions: list[Region],
+    layer: Shapes | Points,
+    config: Any,
+    held_out: list[int] | None = None,
 ) -> Job[Any]:
-    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig)."""
+    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig).
+
+    Boxes on the ``held_out`` slices (z) are left out, for Evaluate to score on.
+    """
     from napari_medai.core.classification.examples import examples_from_regions
     from napari_medai.core.classification.training import train_classifier_job
 
     labels, names = class_labels(layer)
+    keep = [n for n, r in enumerate(regions) if r.start[0] not in (held_out or [])]
+    if not keep:
+        raise ClassificationError(
+            f"every box of '{layer.name}' lies on a held-out slice; leave some to train on"
+        )
     yield Progress(0.0, "reading the boxes")
+    regions, labels = [regions[n] for n in keep], [labels[n] for n in keep]
     examples = examples_from_regions(volume, regions, labels, names)
     return (yield from train_classifier_job(examples, config))
 
@@ -223,15 +236,23 @@ def label_values(labels: Labels, text: str) -> list[int]:
 
 
 def train_from_label_slices_job(
-    volume: Volume, labels: Labels, values: list[int], axis: int, config: Any
+    volume: Volume,
+    labels: Labels,
+    values: list[int],
+    axis: int,
+    config: Any,
+    held_out: list[int] | None = None,
 ) -> Job[Any]:
-    """Train on every slice along ``axis``, positive for class k when it holds label k."""
+    """Train on every slice along ``axis`` but the ``held_out`` ones, class k when it holds k."""
     from napari_medai.core.classification.examples import examples_from_label_slices
     from napari_medai.core.classification.training import train_classifier_job
 
     label_map = label_map_from_layer(labels)
+    kept = [i for i in range(volume.spatial_shape[axis]) if i not in set(held_out or [])]
+    if not kept:
+        raise ClassificationError("every slice is held out; leave some to train on")
     yield Progress(0.0, "reading the slices")
-    examples = examples_from_label_slices(volume, label_map, values, axis)
+    examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
     return (yield from train_classifier_job(examples, config))
 
 

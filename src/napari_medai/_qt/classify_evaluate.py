@@ -3,8 +3,9 @@
 The examples are the dock's own: the boxes with a ``class`` feature, or the
 slices labelled by the Labels layer and label values (as Train reads them),
 narrowed to the "Held-out slices" typed here (z for boxes, the slice axis for
-labelled slices), so that slices a model was not trained on can be held out.
-The classifier is the dock's Model: the one just trained, or any picked.
+labelled slices). Train leaves those slices out, so they are truly held out
+from the model it makes. The classifier is the dock's Model: the one just
+trained, or any picked.
 :func:`~napari_medai._napari.classification.load_and_evaluate_job` runs in the
 dock's JobRunner (progress, Cancel, errors as notifications); the figures
 replace the dock's metrics only when it completes, and say what they were
@@ -39,8 +40,8 @@ class Evaluation:
         self.dock = dock
         self.slices = LineEdit(value="", label="Held-out slices")
         self.slices.tooltip = (
-            "score only examples on these slices, e.g. '15-29' or '3, 7-9' (blank: all); "
-            "z for boxes, the slice axis for labelled slices"
+            "e.g. '15-29' or '3, 7-9': Train leaves these slices out, Evaluate scores only "
+            "them (blank: all); z for boxes, the slice axis for labelled slices"
         )
         self.button = PushButton(text="Evaluate on the picked examples")
         self.button.changed.connect(self.start)

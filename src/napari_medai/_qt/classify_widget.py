@@ -6,9 +6,9 @@ runs in the :class:`JobRunner` (progress, Cancel, errors as notifications);
 the result fills a table, the box layer's features and text, a per-slice
 curve (click it to go to that slice) and the Grad-CAM layer. Nothing is
 touched unless a run completes. "Train" learns from the boxes' classes or a
-Labels layer's slices, plots loss and held-out AUC live, and shows the
-held-out figures (``classify_results``); "Evaluate" scores the Model on
-examples the user picks (``classify_evaluate``).
+Labels layer's slices but the "Held-out slices", plots loss and held-out AUC
+live, and shows the held-out figures (``classify_results``); "Evaluate"
+scores the Model on the held-out slices' examples (``classify_evaluate``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from napari_medai._qt.classify_results import (
 )
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai.core.classification.config import ClassifyConfig, ClassifyResult
+from napari_medai.core.classification.heldout import parse_slices, slices_text
 from napari_medai.core.errors import MedaiError
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ CURVE = "per-slice probability"
 SCOPES = {"whole volume": "volume", "every slice": "slices", "boxes": "regions"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SOURCES = ("boxes (Shapes/Points with a class feature)", "slices labelled by a Labels layer")
+OPTIONAL = {"nullable": True}
 SLICES_TIP = "a slice is class k when it holds label k ('5', '1, 2'); blank: all"
 
 
@@ -80,17 +82,15 @@ class ClassifyWidget(Container):
         self.trust = CheckBox(text="Trust this MONAI bundle (its configs run code)")
         self.scope = ComboBox(choices=list(SCOPES), value="every slice", label="Classify")
         self.axis = ComboBox(choices=["z", "y", "x"], value="z", label="Slice axis")
-        self.boxes = create_widget(annotation=Shapes, label="Boxes", options={"nullable": True})
-        self.points = create_widget(
-            annotation=Points, label="or points", options={"nullable": True}
-        )
+        self.boxes = create_widget(annotation=Shapes, label="Boxes", options=OPTIONAL)
+        self.points = create_widget(annotation=Points, label="or points", options=OPTIONAL)
         self.box_size = SpinBox(value=32, min=4, max=1024, label="Box size (px)")
         self.cam = CheckBox(text="Grad-CAM heat map", value=True)
         self.cam_class = SpinBox(value=-1, min=-1, max=999, label="CAM class (-1: predicted)")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="Device")
         self.run_button = PushButton(text="Run")
         self.source = ComboBox(choices=list(SOURCES), value=SOURCES[0], label="Examples")
-        self.labels = create_widget(annotation=Labels, label="Labels", options={"nullable": True})
+        self.labels = create_widget(annotation=Labels, label="Labels", options=OPTIONAL)
         self.values = LineEdit(value="", label="Label values", tooltip=SLICES_TIP)
         self.train_time = SpinBox(value=60, min=1, max=3600, label="Training time (s)")
         self.train_button = PushButton(text="Train a classifier")
@@ -229,14 +229,13 @@ class ClassifyWidget(Container):
         image, layer, labels = self.image.value, self.box_layer(), self.labels.value
         try:
             volume = volume_from_layer(image)
+            held_out = parse_slices(self.evaluation.slices.value)
             if self.from_labels():
-                values = label_values(labels, self.values.value)
-                what = partial(train_from_label_slices_job, volume, labels, values)
-                what = partial(what, "zyx".index(self.axis.value))
+                values, axis = label_values(labels, self.values.value), "zyx".index(self.axis.value)
+                what = partial(train_from_label_slices_job, volume, labels, values, axis)
             else:
                 class_labels(layer)
-                regions = self.regions(layer, image)
-                what = partial(train_from_boxes_job, volume, regions, layer)
+                what = partial(train_from_boxes_job, volume, self.regions(layer, image), layer)
         except MedaiError as error:
             show_error(f"Train classifier failed: {error}")
             return
@@ -247,9 +246,10 @@ class ClassifyWidget(Container):
         )
         self.training.clear()
         self.metrics.show_metrics(None)
-        self.status.value = f"training; the best model goes to {out.name}"
+        kept = f"; slices {slices_text(held_out)} are held out" if held_out else ""
+        self.status.value = f"training; the best model goes to {out.name}{kept}"
         self.runner.start(
-            partial(what, config),
+            partial(what, config, held_out),
             partial(self._trained, noun),
             lambda event: plot_training(self.training, event.payload),
             title="Train classifier",

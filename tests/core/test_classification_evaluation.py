@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
+from napari_medai.cli import main
 from napari_medai.core.classification.config import ClassificationError, Region
 from napari_medai.core.classification.evaluation import evaluate_job
 from napari_medai.core.classification.examples import examples_from_label_slices
@@ -15,11 +19,14 @@ from napari_medai.core.classification.training import (
     train_classifier_job,
 )
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.sources import load_model
+from napari_medai.core.volume import volume_to_sitk
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,3 +121,34 @@ def test_boxes_by_class_name_and_clear_refusals(phantom):
     )
     with pytest.raises(ClassificationError, match="not a classifier"):
         evaluate_job(segmenter, ct, spleen_slices(organs))
+
+
+def test_cli_evaluates_picked_slices_and_boxes(phantom, tmp_path, capsys):
+    ct, organs = phantom
+    image, labels = tmp_path / "ct.nii.gz", tmp_path / "organs.nii.gz"
+    sitk.WriteImage(volume_to_sitk(ct), str(image))
+    write_label_map(organs, labels)
+    model = tiny_model({0: "no spleen", 1: "spleen"})
+    package = save_model_package(tmp_path / "spleen", model.card, model.network)
+    argv = ["evaluate-classifier", str(image), "--model", str(package), "--labels", str(labels)]
+    argv += ["--label-values", "2", "--slices", "15-23", "--out", str(tmp_path / "held")]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["computed_on"]["cases"] == 9 and report["computed_on"]["model"] == "tiny"
+    assert "layer 'organs.nii.gz' slices 15-23 along z" in report["computed_on"]["description"]
+    assert "roc_curves" in json.loads((tmp_path / "held.json").read_text())
+    assert (tmp_path / "held.csv").is_file()
+    assert main(argv) == 2 and "exists" in capsys.readouterr().err
+
+    boxes = [{"start": [z, 20, 20], "stop": [z + 1, 36, 36], "class": z % 2} for z in (4, 5, 9)]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    argv = ["evaluate-classifier", str(image), "--model", str(package)]
+    assert main([*argv, "--boxes", str(tmp_path / "boxes.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["computed_on"]["per_class"] == {
+        "no spleen": 1,
+        "spleen": 2,
+    }
+    boxes[0]["class"] = 7
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    assert main([*argv, "--boxes", str(tmp_path / "boxes.json")]) == 2
+    assert "box class 7 is not one of the model's classes 0-1" in capsys.readouterr().err

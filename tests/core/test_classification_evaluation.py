@@ -135,7 +135,7 @@ def test_cli_evaluates_picked_slices_and_boxes(phantom, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["computed_on"]["cases"] == 9 and report["computed_on"]["model"] == "tiny"
-    assert "layer 'organs.nii.gz' slices 15-23 along z" in report["computed_on"]["description"]
+    assert "file 'organs.nii.gz' slices 15-23 along z" in report["computed_on"]["description"]
     assert "roc_curves" in json.loads((tmp_path / "held.json").read_text())
     assert (tmp_path / "held.csv").is_file()
     assert main(argv) == 2 and "exists" in capsys.readouterr().err

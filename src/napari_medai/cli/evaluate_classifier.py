@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.labels:
         labels = read_label_map(args.labels, reference=image)
         axis = parse_axis(args.axis)
-        picked = HeldOutSet(name, args.labels.name, labels, args.label_values, axis, slices=slices)
+        picked = HeldOutSet(name, args.labels.name, labels, args.label_values, axis)
     else:
         regions, numbers = read_boxes(args.boxes)
         names = class_names(model.card)
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                 f"0-{len(names) - 1}; every box needs one"
             )
         classes = [names[k] for k in numbers]
-        picked = HeldOutSet(name, args.boxes.name, regions=regions, classes=classes, slices=slices)
+        picked = HeldOutSet(name, args.boxes.name, regions=regions, classes=classes)
+    picked.slices, picked.source_noun = slices, "file"
     job = evaluate_job(model, image, picked, args.device)
     metrics = run_with_bar(job, "scoring", sys.stderr)
     if args.out is not None:

@@ -67,8 +67,8 @@ class HeldOutSet:
     training derives it. Boxes: 2D boxes in voxel indices with their class
     name in ``classes`` (one of the model's class names). ``slices`` keeps
     only those slice indices (along ``axis``; a box's slice is its z); None
-    keeps all. ``image_name`` and ``source_name`` (the Labels or box layer)
-    go into the description.
+    keeps all. ``image_name`` and ``source_name`` (the Labels or box layer,
+    or a ``file`` as ``source_noun`` says) go into the description.
     """
 
     image_name: str
@@ -79,6 +79,7 @@ class HeldOutSet:
     regions: list[Region] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     slices: list[int] | None = None
+    source_noun: str = "layer"
 
     @property
     def kind(self) -> str:
@@ -132,13 +133,10 @@ class HeldOutSet:
 
     def describe(self, slices: Sequence[int]) -> str:
         """What the figures are computed on, given the slices actually used."""
+        source = f"user-picked: {self.source_noun} '{self.source_name}'"
         where = f"of image '{self.image_name}'"
         if self.kind == "slices":
             values = ", ".join(str(v) for v in self.values)
-            return (
-                f"user-picked: layer '{self.source_name}' slices {slices_text(slices)} along "
-                f"{'zyx'[self.axis]} (label {values}) {where}"
-            )
-        return (
-            f"user-picked: layer '{self.source_name}' boxes on slices {slices_text(slices)} {where}"
-        )
+            axis = "zyx"[self.axis]
+            return f"{source} slices {slices_text(slices)} along {axis} (label {values}) {where}"
+        return f"{source} boxes on slices {slices_text(slices)} {where}"

@@ -365,3 +365,17 @@ def test_evaluate_cancel_and_errors_keep_layers_and_metrics(
     fresh.labels.value = labels
     assert not fresh.evaluation.button.enabled
     assert "choose a classifier model" in fresh.evaluation.button.tooltip
+
+
+def test_the_roc_legend_drops_the_classes_of_an_earlier_model(qtbot):
+    from napari_medai._qt.classify_results import MetricsView
+    from napari_medai.core.classification.metrics import classification_metrics
+
+    view = MetricsView()
+    qtbot.addWidget(view)
+    scores = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    view.show_metrics(classification_metrics([0, 1, 1], scores, {0: "a", 1: "b"}, "first"))
+    view.show_metrics(classification_metrics([0, 1, 1], scores, {0: "c", 1: "d"}, "second"))
+    legend = [s.label for s in view.roc._series.values() if s.label]  # what the legend lists
+    assert legend == ["chance", "c (AUC 1.000)", "d (AUC 1.000)"]
+    assert view.roc.series("a") == [] and len(view.roc.series("d")) == 4

@@ -26,6 +26,7 @@ from napari_medai._napari.classification import (
     load_and_evaluate_job,
 )
 from napari_medai._napari.layers import volume_from_layer
+from napari_medai._qt.classify_results import figure_text
 from napari_medai.core.classification.heldout import parse_slices
 from napari_medai.core.errors import MedaiError
 
@@ -94,9 +95,7 @@ class Evaluation:
     def _show(self, kind: str, metrics: dict[str, Any]) -> None:
         self.dock.metrics.show_metrics(metrics)
         on = metrics["computed_on"]
-        auc = metrics["macro"]["roc_auc"]
         self.dock.status.value = (
             f"Evaluated '{on['model']}' on {on['cases']} picked {kind}: accuracy "
-            f"{metrics['accuracy']:.2f}, macro ROC AUC {'–' if auc is None else f'{auc:.2f}'}"
+            f"{metrics['accuracy']:.3f}, macro ROC AUC {figure_text(metrics['macro']['roc_auc'])}"
         )
-        self.dock.status.tooltip = on["description"]

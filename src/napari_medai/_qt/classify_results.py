@@ -43,7 +43,8 @@ HEADERS = ("class", "precision", "recall", "F1", "ROC AUC", "n")
 EMPTY = "Train a classifier, or Evaluate one on picked examples: its figures show here"
 
 
-def _figure(value: Any) -> str:
+def figure_text(value: Any) -> str:
+    """A figure as the dock shows it: three decimals, "–" for none."""
     if value is None:
         return "–"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -57,7 +58,7 @@ def _fill(table: QTableWidget, headers: list[str], rows: list[list[Any]]) -> Non
     table.setHorizontalHeaderLabels(headers)
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
-            table.setItem(r, c, QTableWidgetItem(_figure(value)))
+            table.setItem(r, c, QTableWidgetItem(figure_text(value)))
     table.resizeColumnsToContents()
     table.resizeRowsToContents()
     height = table.horizontalHeader().height() + 2 * table.frameWidth()
@@ -138,6 +139,8 @@ class MetricsView(QWidget):
         super().__init__()
         #: The metrics shown (as core returned them), or None.
         self.metrics: dict[str, Any] | None = None
+        #: Every class an ROC curve was drawn for (another model may have other classes).
+        self._curves: set[str] = set()
         self.computed_on = QLabel(EMPTY)
         self.computed_on.setWordWrap(True)
         self.figures = _table()
@@ -192,11 +195,14 @@ class MetricsView(QWidget):
         matrix = metrics["confusion_matrix"]
         _fill(self.confusion, list(matrix["classes"]), matrix["rows_true_columns_predicted"])
         self.confusion.setVerticalHeaderLabels(list(matrix["classes"]))
+        self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+        for name in self._curves - set(metrics["roc_curves"]):  # out of the legend
+            self.roc.set_series(name, [], [], label="")
         for name, curve in metrics["roc_curves"].items():
             auc = metrics["per_class"][name]["roc_auc"]
             label = f"{name} (AUC {auc:.3f})"
             self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
-        self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+            self._curves.add(name)
         # The tables' heights changed: ask the dock for room, or the layout overlaps them.
         self._fit_text()
         self.layout().activate()

@@ -49,6 +49,7 @@ from napari_medai._napari.layers import volume_from_layer
 from napari_medai._qt.classify_evaluate import Evaluation
 from napari_medai._qt.classify_results import (
     MetricsView,
+    figure_text,
     new_result_table,
     plot_training,
     show_results,
@@ -262,12 +263,11 @@ class ClassifyWidget(Container):
         if metrics is None:
             self.status.value = f"saved {result.best_path.name}; nothing was held out to score it"
             return
-        on = metrics["computed_on"]
+        on, auc = metrics["computed_on"], figure_text(metrics["macro"]["roc_auc"])
         self.status.value = (
-            f"held-out accuracy {metrics['accuracy']:.2f}, macro ROC AUC "
-            f"{metrics['macro']['roc_auc']} on {on['cases']} {noun} ({on['description']})"
+            f"held-out accuracy {metrics['accuracy']:.3f}, macro ROC AUC {auc} on {on['cases']} "
+            f"{noun} ({on['description']})"
         )
-        self.status.tooltip = self.status.value
 
     def _show(self, image: Image, layer: Shapes | Points | None, source: str, outcome) -> None:
         model, result = outcome

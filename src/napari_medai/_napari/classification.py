@@ -177,7 +177,8 @@ def train_from_boxes_job(
     from napari_medai.core.classification.training import train_classifier_job
 
     labels, names = class_labels(layer)
-    keep = [n for n, r in enumerate(regions) if r.start[0] not in (held_out or [])]
+    skipped = set(held_out or [])
+    keep = [n for n, r in enumerate(regions) if r.start[0] not in skipped]
     if not keep:
         raise ClassificationError(
             f"every box of '{layer.name}' lies on a held-out slice; leave some to train on"
@@ -248,7 +249,8 @@ def train_from_label_slices_job(
     from napari_medai.core.classification.training import train_classifier_job
 
     label_map = label_map_from_layer(labels)
-    kept = [i for i in range(volume.spatial_shape[axis]) if i not in set(held_out or [])]
+    skipped = set(held_out or [])
+    kept = [i for i in range(volume.spatial_shape[axis]) if i not in skipped]
     if not kept:
         raise ClassificationError("every slice is held out; leave some to train on")
     yield Progress(0.0, "reading the slices")

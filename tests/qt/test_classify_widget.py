@@ -174,12 +174,20 @@ def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, t
     boxes.features = {"class": ["liver", "other"] * 4}
     widget.boxes.value = boxes
     widget.train_time.value = 1
+    widget.evaluation.slices.value = "10-11"  # Train leaves them out, Evaluate scores them
     assert widget.train_button.enabled
     qtbot.mouseClick(widget.train_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
     assert widget.runner.outcome == JobOutcome.DONE
     assert str(widget.model.value).startswith(str(tmp_path))
     assert "held-out accuracy" in widget.status.value and "boxes" in widget.status.value
+    card = ModelCard.read(widget.model.value / "card.json")
+    # Six boxes off slices 10-11: slices 8-9 validate, 4-7 train.
+    assert card.training["examples"] == {"liver": 2, "other": 2}
+    assert "slice positions 8-9 held out" in card.training["held_out"]
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert widget.metrics.metrics["computed_on"]["per_class"] == {"liver": 1, "other": 1}
+    assert "boxes on slices 10-11" in widget.metrics.computed_on.text()
 
     widget.scope.value = "boxes"
     assert run_and_wait(qtbot, widget) == JobOutcome.DONE
@@ -231,6 +239,12 @@ def test_train_on_labelled_slices_shows_and_saves_the_held_out_metrics(
     assert json.loads(paths[0].read_text())["accuracy"] == metrics["accuracy"]
     assert "true \\ predicted" in paths[1].read_text()
 
+    widget.evaluation.slices.value = "12-23"  # the just-trained model, on slices the user picks
+    widget.evaluation.button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20000)
+    assert widget.metrics.metrics["computed_on"]["cases"] == 12
+    assert "slices 12-23 along z (label 2)" in widget.metrics.computed_on.text()
+
 
 def test_stop_training_lands_within_a_second(dock, qtbot, monkeypatch, tmp_path, phantom):
     viewer, _image, widget = dock
@@ -244,7 +258,7 @@ def test_stop_training_lands_within_a_second(dock, qtbot, monkeypatch, tmp_path,
     assert widget.runner.outcome == JobOutcome.CANCELLED
 
 
-def test_bad_label_values_are_refused_before_training(dock, notifications, phantom):
+def test_bad_label_values_are_refused_before_training(dock, notifications, phantom, qtbot):
     viewer, _image, widget = dock
     labels = viewer.add_labels(np.zeros_like(phantom[1].array), name="empty")
     widget.source.value = widget.source.choices[1]
@@ -261,3 +275,107 @@ def test_bad_label_values_are_refused_before_training(dock, notifications, phant
     assert not widget.runner.running and widget.metrics.metrics is None
     widget.labels.value = None
     assert not widget.train_button.enabled and "Labels layer" in widget.train_button.tooltip
+    widget.labels.value = labels
+    widget.values.value = "2"
+    widget.evaluation.slices.value = "0-23"
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=10000)
+    assert "every slice is held out" in str(notifications[-1].message)
+
+
+def evaluate_and_wait(qtbot, widget, timeout_ms: int = 20000) -> JobOutcome:
+    button = widget.evaluation.button
+    assert button.enabled, button.tooltip
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
+    return widget.runner.outcome
+
+
+def test_evaluate_on_picked_slices_and_points_fills_the_metrics(dock, qtbot, phantom):
+    viewer, image, widget = dock
+    labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
+    labels.name = "organs"
+    widget.source.value = widget.source.choices[1]
+    widget.labels.value = labels
+    widget.values.value = "1"
+    widget.evaluation.slices.value = "5-15"
+    before = snapshot(viewer)
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.DONE
+    assert_unchanged(viewer, before)
+    metrics = widget.metrics.metrics
+    on = metrics["computed_on"]
+    assert on["cases"] == 11 and on["per_class"] == {"other": 3, "liver": 8}
+    text = widget.metrics.computed_on.text()
+    assert "Model 'tiny' scored on 11 held-out cases (3 other, 8 liver)" in text
+    assert f"layer 'organs' slices 5-15 along z (label 1) of image '{image.name}'" in text
+    assert widget.metrics.figures.rowCount() == 3 and widget.metrics.save_button.isEnabled()
+    assert "on 11 picked slices" in widget.status.value
+
+    z = [4, 6, 10, 12]
+    points = viewer.add_points([image.data_to_world([k, 32, 32]) for k in z], name="rois")
+    points.features = {"class": ["other", "liver", "other", "liver"]}
+    widget.source.value = widget.source.choices[0]
+    widget.points.value = points
+    widget.box_size.value = 16
+    widget.evaluation.slices.value = ""
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.DONE
+    text = widget.metrics.computed_on.text()
+    assert "4 held-out cases" in text and "layer 'rois' boxes on slices 4, 6, 10, 12" in text
+    assert widget.metrics.confusion.rowCount() == 2
+
+
+def test_evaluate_cancel_and_errors_keep_layers_and_metrics(
+    dock, qtbot, monkeypatch, phantom, notifications
+):
+    viewer, _image, widget = dock
+    labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
+    widget.source.value = widget.source.choices[1]
+    widget.labels.value = labels
+    widget.values.value = "1"
+    before = snapshot(viewer)
+    sleepy = Sleepy(build_network(tiny_card()).eval())
+    slow = LoadedModel(tiny_card(), sleepy, "sleepy", "")
+    monkeypatch.setattr(sources, "load_model", lambda source, trusted=False: slow)
+    widget.evaluation.button.native.click()
+    qtbot.waitUntil(lambda: "scored" in widget.runner.message, timeout=10000)
+    widget.runner.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=1500)
+    assert widget.runner.outcome == JobOutcome.CANCELLED and sleepy.calls < 6
+    assert widget.metrics.metrics is None
+    assert_unchanged(viewer, before)
+
+    segmenter = LoadedModel(tiny_card(task="segmentation"), sleepy.inner, "seg", "")
+    monkeypatch.setattr(sources, "load_model", lambda source, trusted=False: segmenter)
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.FAILED
+    assert "not a classifier" in str(notifications[-1].message)
+    monkeypatch.undo()
+    widget.evaluation.slices.value = "0-7"
+    assert evaluate_and_wait(qtbot, widget) == JobOutcome.FAILED
+    assert "no example of class 'liver'" in str(notifications[-1].message)
+    widget.evaluation.slices.value = "7-"
+    widget.evaluation.button.native.click()
+    assert "Evaluate failed: slices must be given as" in str(notifications[-1].message)
+    assert not widget.runner.running and widget.metrics.metrics is None
+    assert_unchanged(viewer, before)
+    widget.labels.value = None
+    assert not widget.evaluation.button.enabled
+    assert "choose a Labels layer" in widget.evaluation.button.tooltip
+    fresh = ClassifyWidget(viewer)
+    fresh.source.value = fresh.source.choices[1]
+    fresh.labels.value = labels
+    assert not fresh.evaluation.button.enabled
+    assert "choose a classifier model" in fresh.evaluation.button.tooltip
+
+
+def test_the_roc_legend_drops_the_classes_of_an_earlier_model(qtbot):
+    from napari_medai._qt.classify_results import MetricsView
+    from napari_medai.core.classification.metrics import classification_metrics
+
+    view = MetricsView()
+    qtbot.addWidget(view)
+    scores = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    view.show_metrics(classification_metrics([0, 1, 1], scores, {0: "a", 1: "b"}, "first"))
+    view.show_metrics(classification_metrics([0, 1, 1], scores, {0: "c", 1: "d"}, "second"))
+    legend = [s.label for s in view.roc._series.values() if s.label]  # what the legend lists
+    assert legend == ["chance", "c (AUC 1.000)", "d (AUC 1.000)"]
+    assert view.roc.series("a") == [] and len(view.roc.series("d")) == 4

@@ -26,6 +26,7 @@ from napari_medai.core.classification.config import (
     ClassifyResult,
     Region,
 )
+from napari_medai.core.classification.heldout import HeldOutSet
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import Volume
 
@@ -136,17 +137,22 @@ def annotate_layer(layer: Shapes | Points, result: ClassifyResult) -> None:
     layer.text = {**TEXT, "string": f"{{{column}}} {{probability:.2f}}"}
 
 
+def box_classes(layer: Shapes | Points) -> list[str]:
+    """Each box's class name from the layer's ``class`` feature (not our predictions)."""
+    if "class" not in layer.features or layer.metadata.get(PREDICTIONS_KEY):
+        raise ClassificationError(
+            f"the boxes of '{layer.name}' carry no class: give each one a 'class' feature "
+            "(e.g. liver, other) to train or evaluate on them"
+        )
+    return [str(v) for v in layer.features["class"]]
+
+
 def class_labels(layer: Shapes | Points) -> tuple[list[int], dict[int, str]]:
     """Each box's class number from the layer's ``class`` feature, and the class names.
 
     Names are sorted, so the same names always get the same numbers.
     """
-    if "class" not in layer.features or layer.metadata.get(PREDICTIONS_KEY):
-        raise ClassificationError(
-            f"the boxes of '{layer.name}' carry no class: give each one a 'class' feature "
-            "(e.g. liver, other) to train on them"
-        )
-    values = [str(v) for v in layer.features["class"]]
+    values = box_classes(layer)
     names = sorted(set(values))
     if len(names) < 2:
         raise ClassificationError(
@@ -157,14 +163,28 @@ def class_labels(layer: Shapes | Points) -> tuple[list[int], dict[int, str]]:
 
 
 def train_from_boxes_job(
-    volume: Volume, regions: list[Region], layer: Shapes | Points, config: Any
+    volume: Volume,
+    regions: list[Region],
+    layer: Shapes | Points,
+    config: Any,
+    held_out: list[int] | None = None,
 ) -> Job[Any]:
-    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig)."""
+    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig).
+
+    Boxes on the ``held_out`` slices (z) are left out, for Evaluate to score on.
+    """
     from napari_medai.core.classification.examples import examples_from_regions
     from napari_medai.core.classification.training import train_classifier_job
 
     labels, names = class_labels(layer)
+    skipped = set(held_out or [])
+    keep = [n for n, r in enumerate(regions) if r.start[0] not in skipped]
+    if not keep:
+        raise ClassificationError(
+            f"every box of '{layer.name}' lies on a held-out slice; leave some to train on"
+        )
     yield Progress(0.0, "reading the boxes")
+    regions, labels = [regions[n] for n in keep], [labels[n] for n in keep]
     examples = examples_from_regions(volume, regions, labels, names)
     return (yield from train_classifier_job(examples, config))
 
@@ -217,13 +237,54 @@ def label_values(labels: Labels, text: str) -> list[int]:
 
 
 def train_from_label_slices_job(
-    volume: Volume, labels: Labels, values: list[int], axis: int, config: Any
+    volume: Volume,
+    labels: Labels,
+    values: list[int],
+    axis: int,
+    config: Any,
+    held_out: list[int] | None = None,
 ) -> Job[Any]:
-    """Train on every slice along ``axis``, positive for class k when it holds label k."""
+    """Train on every slice along ``axis`` but the ``held_out`` ones, class k when it holds k."""
     from napari_medai.core.classification.examples import examples_from_label_slices
     from napari_medai.core.classification.training import train_classifier_job
 
     label_map = label_map_from_layer(labels)
+    skipped = set(held_out or [])
+    kept = [i for i in range(volume.spatial_shape[axis]) if i not in skipped]
+    if not kept:
+        raise ClassificationError("every slice is held out; leave some to train on")
     yield Progress(0.0, "reading the slices")
-    examples = examples_from_label_slices(volume, label_map, values, axis)
+    examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
     return (yield from train_classifier_job(examples, config))
+
+
+def held_out_slices(
+    image: Image, labels: Labels, values_text: str, axis: int, slices: list[int] | None
+) -> HeldOutSet:
+    """The slices of ``image`` labelled by ``labels`` (``values_text`` as in training)."""
+    values = label_values(labels, values_text)
+    label_map = label_map_from_layer(labels)
+    return HeldOutSet(image.name, labels.name, label_map, values, axis, slices=slices)
+
+
+def held_out_boxes(
+    image: Image, layer: Shapes | Points, regions: list[Region], slices: list[int] | None
+) -> HeldOutSet:
+    """The boxes of ``layer`` (voxel ``regions`` of ``image``) with their ``class`` feature."""
+    return HeldOutSet(
+        image.name, layer.name, regions=regions, classes=box_classes(layer), slices=slices
+    )
+
+
+def load_and_evaluate_job(
+    source: str, trusted: bool, volume: Volume, picked: HeldOutSet, device: str
+) -> Job[dict[str, Any]]:
+    """Load the model, then score it on the picked examples; returns the metrics dict."""
+    from napari_medai.core.classification.evaluation import evaluate_job
+    from napari_medai.core.models.sources import load_model
+
+    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    model = load_model(source, trusted=trusted)
+    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    job = evaluate_job(model, volume, picked, device)
+    return (yield from scaled(job, _LOADING_SHARE, 1.0))

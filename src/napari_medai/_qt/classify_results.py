@@ -1,11 +1,13 @@
-"""The held-out figures of a trained classifier, drawn in the Classify dock.
+"""Results in the Classify dock: the per-input table and a classifier's held-out figures.
 
-Shows what core computed (``core.classification.metrics.classification_metrics``):
-a line saying what the figures were computed on, a per-class and macro table
-(accuracy, precision, recall, F1, ROC AUC, support), the one-vs-rest ROC
-curves on the themed :class:`LivePlot` with the chance diagonal, and the
-confusion matrix. No metric maths here. "Save metrics..." writes JSON and
-CSV through core's ``save_metrics``.
+The figures are those of the split a training run held out, or of examples
+the user picked ("Evaluate", ``classify_evaluate``), as core computed them
+(``core.classification.metrics.classification_metrics``): a line saying what
+they were computed on, a per-class and macro table (accuracy, precision,
+recall, F1, ROC AUC, support), the one-vs-rest ROC curves on the themed
+:class:`LivePlot` with the chance diagonal, and the confusion matrix. No
+metric maths here. "Save metrics..." writes JSON and CSV through core's
+``save_metrics``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -37,10 +40,11 @@ if TYPE_CHECKING:
 CHANCE = "chance"
 COLUMNS = ("precision", "recall", "f1", "roc_auc", "support")
 HEADERS = ("class", "precision", "recall", "F1", "ROC AUC", "n")
-EMPTY = "Train a classifier: its held-out figures show here"
+EMPTY = "Train a classifier, or Evaluate one on picked examples: its figures show here"
 
 
-def _figure(value: Any) -> str:
+def figure_text(value: Any) -> str:
+    """A figure as the dock shows it: three decimals, "–" for none."""
     if value is None:
         return "–"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -54,7 +58,7 @@ def _fill(table: QTableWidget, headers: list[str], rows: list[list[Any]]) -> Non
     table.setHorizontalHeaderLabels(headers)
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
-            table.setItem(r, c, QTableWidgetItem(_figure(value)))
+            table.setItem(r, c, QTableWidgetItem(figure_text(value)))
     table.resizeColumnsToContents()
     table.resizeRowsToContents()
     height = table.horizontalHeader().height() + 2 * table.frameWidth()
@@ -71,6 +75,46 @@ def _table() -> QTableWidget:
     table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
     table.setFixedHeight(0)
     return table
+
+
+def new_result_table() -> QTableWidget:
+    """The per-input results table (hidden until a run fills it)."""
+    table = QTableWidget(0, 0)
+    table.verticalHeader().setVisible(False)
+    table.setMinimumHeight(120)
+    table.setVisible(False)
+    return table
+
+
+def show_results(table: QTableWidget, frame: pd.DataFrame) -> None:
+    """Put a run's results (one row per input) into ``table``."""
+    table.setRowCount(len(frame))
+    table.setVisible(True)
+    table.setColumnCount(len(frame.columns))
+    table.setHorizontalHeaderLabels([str(c) for c in frame.columns])
+    for row, values in enumerate(frame.itertuples(index=False)):
+        for column, value in enumerate(values):
+            table.setItem(row, column, QTableWidgetItem(str(value)))
+    table.resizeColumnsToContents()
+
+
+def plot_training(plot: LivePlot, payload: Any) -> None:
+    """Add the loss and held-out macro AUC a training job's progress ``payload`` carries."""
+    if isinstance(payload, dict) and "loss" in payload:
+        plot.append("loss", payload["iteration"], payload["loss"])
+        if payload.get("val_auc") is not None:
+            plot.append("auc", payload["iteration"], payload["val_auc"])
+
+
+def slice_curve(viewer: napari.viewer.Viewer | None) -> LivePlot:
+    """The per-slice probability curve (the dock moves to a slice when it is clicked)."""
+    return LivePlot(
+        viewer,
+        x_label="slice",
+        y_label="probability",
+        empty_text="Run 'every slice' to see the curve; click it to go to a slice",
+        y_range=(0.0, 1.0),
+    )
 
 
 def training_plot(viewer: napari.viewer.Viewer | None) -> LivePlot:
@@ -95,11 +139,10 @@ class MetricsView(QWidget):
         super().__init__()
         #: The metrics shown (as core returned them), or None.
         self.metrics: dict[str, Any] | None = None
+        #: Every class an ROC curve was drawn for (another model may have other classes).
+        self._curves: set[str] = set()
         self.computed_on = QLabel(EMPTY)
         self.computed_on.setWordWrap(True)
-        # A wrapped label under-reports its height to the dock's layout, which then
-        # overlaps the widgets below it; three lines hold the longest description.
-        self.computed_on.setMinimumHeight(3 * self.computed_on.fontMetrics().lineSpacing() + 4)
         self.figures = _table()
         self.confusion_title = QLabel("Confusion matrix (rows: true, columns: predicted)")
         self.confusion = _table()
@@ -108,7 +151,7 @@ class MetricsView(QWidget):
             viewer,
             x_label="false positive rate",
             y_label="true positive rate",
-            empty_text="ROC curves (one per class) show here after training",
+            empty_text="ROC curves (one per class) show here after Train or Evaluate",
             y_range=(0.0, 1.0),
         )
         self.save_button = QPushButton("Save metrics...")
@@ -137,11 +180,13 @@ class MetricsView(QWidget):
             widget.setVisible(metrics is not None)
         if metrics is None:
             self.computed_on.setText(EMPTY)
+            self._fit_text()
             return
         on = metrics["computed_on"]
         counts = ", ".join(f"{n} {name}" for name, n in on["per_class"].items())
+        model = f"Model '{on['model']}' scored on" if "model" in on else "Computed on"
         self.computed_on.setText(
-            f"Computed on {on['cases']} held-out cases ({counts}); {on['description']}. "
+            f"{model} {on['cases']} held-out cases ({counts}); {on['description']}. "
             f"Accuracy {metrics['accuracy']:.3f}."
         )
         rows = [[name, *(row[c] for c in COLUMNS)] for name, row in metrics["per_class"].items()]
@@ -150,14 +195,34 @@ class MetricsView(QWidget):
         matrix = metrics["confusion_matrix"]
         _fill(self.confusion, list(matrix["classes"]), matrix["rows_true_columns_predicted"])
         self.confusion.setVerticalHeaderLabels(list(matrix["classes"]))
+        self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+        for name in self._curves - set(metrics["roc_curves"]):  # out of the legend
+            self.roc.set_series(name, [], [], label="")
         for name, curve in metrics["roc_curves"].items():
             auc = metrics["per_class"][name]["roc_auc"]
             label = f"{name} (AUC {auc:.3f})"
             self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
-        self.roc.set_series(CHANCE, [0, 1], [0, 1], label="chance")
+            self._curves.add(name)
         # The tables' heights changed: ask the dock for room, or the layout overlaps them.
+        self._fit_text()
         self.layout().activate()
         self.updateGeometry()
+
+    def _fit_text(self) -> None:
+        """Reserve the wrapped "computed on" text's height at the current width.
+
+        A wrapped label under-reports its height to the dock's layout, which then
+        overlaps the widgets below it; the description names user-picked layers,
+        so its length varies.
+        """
+        label = self.computed_on
+        lines = 3 * label.fontMetrics().lineSpacing() + 4
+        label.setMinimumHeight(max(lines, label.heightForWidth(max(label.width(), 200))))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Re-fit the wrapped text to the new width."""
+        super().resizeEvent(event)
+        self._fit_text()
 
     def save(self, base: Path) -> list[Path]:
         """Write the shown metrics to ``<base>.json`` and ``<base>.csv``."""
@@ -165,7 +230,7 @@ class MetricsView(QWidget):
         from napari_medai.core.classification.metrics import save_metrics
 
         if self.metrics is None:
-            raise MedaiError("there are no metrics to save; train a classifier first")
+            raise MedaiError("there are no metrics to save; train or evaluate a classifier first")
         return save_metrics(self.metrics, base, overwrite=True)
 
     def ask_and_save(self, *_args) -> None:

@@ -6,10 +6,9 @@ runs in the :class:`JobRunner` (progress, Cancel, errors as notifications);
 the result fills a table, the box layer's features and text, a per-slice
 curve (click it to go to that slice) and the Grad-CAM layer. Nothing is
 touched unless a run completes. "Train" learns from the boxes' classes or a
-Labels layer's slices, plots loss and held-out AUC live, and shows the
-held-out figures (``classify_results``).
-
-The per-slice curve is the shared themed :class:`LivePlot`.
+Labels layer's slices but the "Held-out slices", plots loss and held-out AUC
+live, and shows the held-out figures (``classify_results``); "Evaluate"
+scores the Model on the held-out slices' examples (``classify_evaluate``).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_medai._napari.classification import (
     annotate_layer,
@@ -47,10 +46,19 @@ from napari_medai._napari.classification import (
     train_from_label_slices_job,
 )
 from napari_medai._napari.layers import volume_from_layer
-from napari_medai._qt.classify_results import MetricsView, training_plot
+from napari_medai._qt.classify_evaluate import Evaluation
+from napari_medai._qt.classify_results import (
+    MetricsView,
+    figure_text,
+    new_result_table,
+    plot_training,
+    show_results,
+    slice_curve,
+    training_plot,
+)
 from napari_medai._qt.job_runner import JobRunner
-from napari_medai._qt.plot import LivePlot
 from napari_medai.core.classification.config import ClassifyConfig, ClassifyResult
+from napari_medai.core.classification.heldout import parse_slices, slices_text
 from napari_medai.core.errors import MedaiError
 
 if TYPE_CHECKING:
@@ -60,6 +68,8 @@ CURVE = "per-slice probability"
 SCOPES = {"whole volume": "volume", "every slice": "slices", "boxes": "regions"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SOURCES = ("boxes (Shapes/Points with a class feature)", "slices labelled by a Labels layer")
+OPTIONAL = {"nullable": True}
+SLICES_TIP = "a slice is class k when it holds label k ('5', '1, 2'); blank: all"
 
 
 class ClassifyWidget(Container):
@@ -73,46 +83,37 @@ class ClassifyWidget(Container):
         self.trust = CheckBox(text="Trust this MONAI bundle (its configs run code)")
         self.scope = ComboBox(choices=list(SCOPES), value="every slice", label="Classify")
         self.axis = ComboBox(choices=["z", "y", "x"], value="z", label="Slice axis")
-        self.boxes = create_widget(annotation=Shapes, label="Boxes", options={"nullable": True})
-        self.points = create_widget(
-            annotation=Points, label="or points", options={"nullable": True}
-        )
+        self.boxes = create_widget(annotation=Shapes, label="Boxes", options=OPTIONAL)
+        self.points = create_widget(annotation=Points, label="or points", options=OPTIONAL)
         self.box_size = SpinBox(value=32, min=4, max=1024, label="Box size (px)")
         self.cam = CheckBox(text="Grad-CAM heat map", value=True)
         self.cam_class = SpinBox(value=-1, min=-1, max=999, label="CAM class (-1: predicted)")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="Device")
         self.run_button = PushButton(text="Run")
-        self.source = ComboBox(choices=list(SOURCES), value=SOURCES[0], label="Train on")
-        self.labels = create_widget(annotation=Labels, label="Labels", options={"nullable": True})
-        self.values = LineEdit(value="", label="Label values")
-        self.values.tooltip = "a slice is class k when it holds label k ('5', '1, 2'); blank: all"
+        self.source = ComboBox(choices=list(SOURCES), value=SOURCES[0], label="Examples")
+        self.labels = create_widget(annotation=Labels, label="Labels", options=OPTIONAL)
+        self.values = LineEdit(value="", label="Label values", tooltip=SLICES_TIP)
         self.train_time = SpinBox(value=60, min=1, max=3600, label="Training time (s)")
         self.train_button = PushButton(text="Train a classifier")
+        self.evaluation = Evaluation(self)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
         self.extend(
             [
                 self.image, self.model, self.trust, self.scope, self.axis, self.boxes,
                 self.points, self.box_size, self.cam, self.cam_class, self.device,
                 self.run_button, self.source, self.labels, self.values, self.train_time,
-                self.train_button, self.status,
+                self.train_button, *self.evaluation.widgets,
             ]
         )  # fmt: skip
         self.runner = JobRunner()
-        self.table = QTableWidget(0, 0)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(120)
-        self.table.setVisible(False)
-        self.curve = LivePlot(
-            napari_viewer,
-            x_label="slice",
-            y_label="probability",
-            empty_text="Run 'every slice' to see the curve; click it to go to a slice",
-            y_range=(0.0, 1.0),
-        )
+        self.table = new_result_table()
+        self.curve = slice_curve(napari_viewer)
         self.training = training_plot(napari_viewer)
         self.metrics = MetricsView(napari_viewer)
-        for extra in (self.runner, self.curve, self.table, self.training, self.metrics):
+        extras = (self.status.native, self.runner, self.curve, self.table, self.training)
+        for extra in (*extras, self.metrics):  # full width, below the form
             self.native.layout().addWidget(extra)
         #: The last completed run's result, and the CAM layer it showed.
         self.result: ClassifyResult | None = None
@@ -137,13 +138,9 @@ class ClassifyWidget(Container):
             return "a run is in progress"
         if self.image.value is None:
             return "open a 3D image first"
-        if not str(self.model.value) or str(self.model.value) == ".":
+        if self.model_path() is None:
             return "choose a classifier model folder"
-        if (
-            SCOPES[self.scope.value] == "regions"
-            and self.boxes.value is None
-            and self.points.value is None
-        ):
+        if SCOPES[self.scope.value] == "regions" and self.box_layer() is None:
             return "draw boxes in a Shapes layer, or add a Points layer"
         return None
 
@@ -151,29 +148,34 @@ class ClassifyWidget(Container):
         problem = self._problem()
         self.run_button.enabled = problem is None
         self.run_button.tooltip = problem or "classify with these settings"
-        slices = self.source.value == SOURCES[1]
+        slices = self.from_labels()
         self.labels.visible = self.values.visible = slices
-        why = self._train_problem()
+        self.evaluation.update()
+        why = self.examples_problem()
         self.train_button.enabled = why is None
-        self.train_button.tooltip = (
-            why
-            or (
-                "train on every slice's labels" if slices else "train on the boxes' 'class' feature"
-            )
-            + "; the best model is kept and picked for Run"
-        )
+        what = "every slice's labels" if slices else "the boxes' 'class' feature"
+        self.train_button.tooltip = why or f"train on {what}; the best model is picked for Run"
         if problem is not None and not self.runner.running:
             self.status.value = problem
 
-    def _train_problem(self) -> str | None:
-        """Why Train cannot start now, or None."""
+    def model_path(self) -> str | None:
+        """The Model field's folder, or None when empty."""
+        text = str(self.model.value)
+        return None if not text or text == "." else text
+
+    def from_labels(self) -> bool:
+        """Whether the examples are slices labelled by a Labels layer (else boxes)."""
+        return self.source.value == SOURCES[1]
+
+    def examples_problem(self) -> str | None:
+        """Why Train (or Evaluate) cannot read examples now, or None."""
         if self.runner.running:
             return "a run is in progress"
         if self.image.value is None:
             return "open a 3D image first"
-        if self.source.value == SOURCES[1]:
+        if self.from_labels():
             return None if self.labels.value is not None else "choose a Labels layer"
-        if self._box_layer() is None:
+        if self.box_layer() is None:
             return "choose a box layer whose boxes have a 'class' feature"
         return None
 
@@ -187,10 +189,12 @@ class ClassifyWidget(Container):
             cam_class=None if self.cam_class.value < 0 else int(self.cam_class.value),
         )
 
-    def _box_layer(self) -> Shapes | Points | None:
+    def box_layer(self) -> Shapes | Points | None:
+        """The Boxes layer, else the points layer, else None."""
         return self.boxes.value if self.boxes.value is not None else self.points.value
 
-    def _regions(self, layer: Shapes | Points, image: Image) -> list:
+    def regions(self, layer: Shapes | Points, image: Image) -> list:
+        """The voxel boxes of ``layer`` on ``image`` (points get the box size)."""
         if isinstance(layer, Shapes):
             return regions_from_shapes(layer, image)
         size = int(self.box_size.value)
@@ -207,12 +211,12 @@ class ClassifyWidget(Container):
             volume = volume_from_layer(image)
             regions = None
             if config.scope == "regions":
-                layer = self._box_layer()
-                regions = self._regions(layer, image)
+                layer = self.box_layer()
+                regions = self.regions(layer, image)
         except MedaiError as error:
             show_error(f"Classify failed: {error}")
             return
-        source = str(self.model.value)
+        source = self.model_path()
         job = partial(load_and_classify_job, source, self.trust.value, volume, config, regions)
         self.runner.start(job, partial(self._show, image, layer, source), title="Classify")
 
@@ -221,44 +225,36 @@ class ClassifyWidget(Container):
         from napari_medai.core.classification.training import ClassifierTrainConfig
         from napari_medai.core.models.registry import user_model_dir
 
-        if self._train_problem() is not None:
+        if self.examples_problem() is not None:
             return
-        image, layer, labels = self.image.value, self._box_layer(), self.labels.value
+        image, layer, labels = self.image.value, self.box_layer(), self.labels.value
         try:
             volume = volume_from_layer(image)
-            if self.source.value == SOURCES[1]:
-                values = label_values(labels, self.values.value)
-                what = partial(train_from_label_slices_job, volume, labels, values)
-                what = partial(what, "zyx".index(self.axis.value))
+            held_out = parse_slices(self.evaluation.slices.value)
+            if self.from_labels():
+                values, axis = label_values(labels, self.values.value), "zyx".index(self.axis.value)
+                what = partial(train_from_label_slices_job, volume, labels, values, axis)
             else:
                 class_labels(layer)
-                regions = self._regions(layer, image)
-                what = partial(train_from_boxes_job, volume, regions, layer)
+                what = partial(train_from_boxes_job, volume, self.regions(layer, image), layer)
         except MedaiError as error:
             show_error(f"Train classifier failed: {error}")
             return
-        noun = "slices" if self.source.value == SOURCES[1] else "boxes"
+        noun = "slices" if self.from_labels() else "boxes"
         out = user_model_dir() / f"classifier-{time.strftime('%Y%m%d-%H%M%S')}"
         config = ClassifierTrainConfig(
             out, max_time_s=float(self.train_time.value), device=self.device.value
         )
         self.training.clear()
         self.metrics.show_metrics(None)
-        self.status.value = f"training; the best model goes to {out.name}"
+        kept = f"; slices {slices_text(held_out)} are held out" if held_out else ""
+        self.status.value = f"training; the best model goes to {out.name}{kept}"
         self.runner.start(
-            partial(what, config),
+            partial(what, config, held_out),
             partial(self._trained, noun),
-            self._on_progress,
+            lambda event: plot_training(self.training, event.payload),
             title="Train classifier",
         )
-
-    def _on_progress(self, event) -> None:
-        """Plot the loss and the held-out macro AUC the training job puts in its payload."""
-        payload = event.payload
-        if isinstance(payload, dict) and "loss" in payload:
-            self.training.append("loss", payload["iteration"], payload["loss"])
-            if payload.get("val_auc") is not None:
-                self.training.append("auc", payload["iteration"], payload["val_auc"])
 
     def _trained(self, noun: str, result) -> None:
         self.model.value = str(result.best_path)
@@ -267,19 +263,18 @@ class ClassifyWidget(Container):
         if metrics is None:
             self.status.value = f"saved {result.best_path.name}; nothing was held out to score it"
             return
-        on = metrics["computed_on"]
+        on, auc = metrics["computed_on"], figure_text(metrics["macro"]["roc_auc"])
         self.status.value = (
-            f"held-out accuracy {metrics['accuracy']:.2f}, macro ROC AUC "
-            f"{metrics['macro']['roc_auc']} on {on['cases']} {noun} ({on['description']})"
+            f"held-out accuracy {metrics['accuracy']:.3f}, macro ROC AUC {auc} on {on['cases']} "
+            f"{noun} ({on['description']})"
         )
-        self.status.tooltip = self.status.value
 
     def _show(self, image: Image, layer: Shapes | Points | None, source: str, outcome) -> None:
         model, result = outcome
         if layer is not None:
             annotate_layer(layer, result)
         self.result = result
-        self._fill_table(result)
+        show_results(self.table, result_table(result))
         if result.scope == "slices":
             positive = max(result.class_names)
             values = result.curve(positive)
@@ -291,17 +286,6 @@ class ClassifyWidget(Container):
             data = cam_layer_data(result, image, source, model.name)
             self.cam_layer = show_segmentation(self._viewer, [data])[0]
         self.status.value = f"{len(result.predictions)} classified with {model.name}"
-
-    def _fill_table(self, result: ClassifyResult) -> None:
-        frame = result_table(result)
-        self.table.setRowCount(len(frame))
-        self.table.setVisible(True)
-        self.table.setColumnCount(len(frame.columns))
-        self.table.setHorizontalHeaderLabels([str(c) for c in frame.columns])
-        for row, values in enumerate(frame.itertuples(index=False)):
-            for column, value in enumerate(values):
-                self.table.setItem(row, column, QTableWidgetItem(str(value)))
-        self.table.resizeColumnsToContents()
 
     def go_to_slice(self, index: float) -> None:
         """Move the viewer to slice ``index`` of the last per-slice run's image axis."""

@@ -23,6 +23,7 @@ COMMANDS = (
     "evaluate",
     "classify",
     "train_classifier",
+    "evaluate_classifier",
     "gan",
 )
 

@@ -8,6 +8,7 @@ same side (:func:`~napari_medai.core.classification.metrics.spatial_split`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,8 +122,13 @@ def examples_from_regions(
     intensity: dict[str, Any] | None = None,
     patch_size: list[int] | None = None,
     scan: int = 0,
+    context_slices: int = 0,
 ) -> Examples:
-    """2D boxes (one slice each) with their class label; patch = the boxes' median size."""
+    """2D boxes (one slice each) with their class label; patch = the boxes' median size.
+
+    ``context_slices`` neighbouring slices on each side become extra channels
+    (a 2.5D model's input).
+    """
     check_regions(regions, volume.spatial_shape)
     if len(labels) != len(regions):
         raise ClassificationError(f"{len(regions)} boxes but {len(labels)} class labels")
@@ -130,12 +136,12 @@ def examples_from_regions(
     if unknown:
         raise ClassificationError(f"boxes carry classes {unknown} that have no name")
     if any(r.size[0] != 1 for r in regions):
-        raise ClassificationError("training boxes must be 2D, on one slice each")
+        raise ClassificationError("the boxes must be 2D, on one slice each")
     if patch_size is None:
         sizes = np.median([r.size[1:] for r in regions], axis=0)
         patch_size = [1, *(_round_edge(s, 256) for s in sizes)]
     intensity = _intensity(volume, intensity)
-    inputs = RegionInputs(volume, _card_like(patch_size, intensity, 0), regions)
+    inputs = RegionInputs(volume, _card_like(patch_size, intensity, context_slices), regions)
     images = inputs.read(list(range(len(regions))), torch.device("cpu"))
     return Examples(
         images,
@@ -144,6 +150,7 @@ def examples_from_regions(
         dict(class_names),
         list(patch_size),
         intensity,
+        context_slices=context_slices,
         sources=[{"kind": "boxes", "count": len(regions)}],
     )
 
@@ -171,8 +178,13 @@ def examples_from_label_slices(
     intensity: dict[str, Any] | None = None,
     patch_size: list[int] | None = None,
     scan: int = 0,
+    context_slices: int = 0,
+    slices: Sequence[int] | None = None,
 ) -> Examples:
-    """Every slice along ``axis``, its class derived from ``labels`` (see :func:`slice_classes`)."""
+    """Every slice along ``axis`` (or those in ``slices``), its class derived from ``labels``.
+
+    See :func:`slice_classes`; ``context_slices`` as in :func:`examples_from_regions`.
+    """
     if labels.array.shape != volume.spatial_shape:
         raise ClassificationError(
             f"the labels ({labels.array.shape}) are not on the image's grid "
@@ -187,16 +199,24 @@ def examples_from_label_slices(
         scale = min(1.0, SLICE_EDGE_MAX / max(shape))
         patch_size = [1, *(_round_edge(n * scale, SLICE_EDGE_MAX) for n in shape)]
     intensity = _intensity(volume, intensity)
-    inputs = SliceInputs(volume, _card_like(patch_size, intensity, 0), axis)
-    images = inputs.read(list(range(inputs.count)), torch.device("cpu"))
+    inputs = SliceInputs(volume, _card_like(patch_size, intensity, context_slices), axis)
+    indices = list(range(inputs.count)) if slices is None else [int(i) for i in slices]
+    outside = [i for i in indices if not 0 <= i < inputs.count]
+    if outside:
+        raise ClassificationError(
+            f"slice {outside[0]} is outside the image, which has {inputs.count} slices along "
+            f"{'zyx'[axis]} (0-{inputs.count - 1})"
+        )
+    images = inputs.read(indices, torch.device("cpu"))
     return Examples(
         images,
-        classes,
-        scan * 100000 + np.arange(inputs.count, dtype=np.float64),
+        classes[indices],
+        scan * 100000 + np.asarray(indices, dtype=np.float64),
         names,
         list(patch_size),
         intensity,
-        sources=[{"kind": "slices", "axis": "zyx"[axis], "count": inputs.count}],
+        context_slices=context_slices,
+        sources=[{"kind": "slices", "axis": "zyx"[axis], "count": len(indices)}],
     )
 
 

@@ -1,0 +1,185 @@
+"""Score a classifier on a held-out set the user picked, as a generator job.
+
+The examples are built by the training path's own builders
+(:mod:`~napari_medai.core.classification.examples`) with the model's patch
+size, intensity normalisation and context slices, so a slice or box reaches
+the network exactly as in training and inference. The figures come from
+:func:`~napari_medai.core.classification.metrics.classification_metrics`,
+described by :meth:`~napari_medai.core.classification.heldout.HeldOutSet.describe`
+and tagged with the model's name. Evaluating on the split a training run held
+out gives that run's held-out figures again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_medai.core.classification.config import ClassificationError
+from napari_medai.core.classification.examples import (
+    Examples,
+    examples_from_label_slices,
+    examples_from_regions,
+    slice_classes,
+)
+from napari_medai.core.classification.heldout import HeldOutSet
+
+# The one conversion of a classifier's outputs to probabilities (one sigmoid
+# output for two classes, else softmax), shared with inference.
+from napari_medai.core.classification.inference import _probabilities
+from napari_medai.core.classification.metrics import classification_metrics
+from napari_medai.core.classification.model import check_classifier, class_names
+from napari_medai.core.devices import (
+    CPU,
+    Placement,
+    autocast,
+    choose_device,
+    is_out_of_memory,
+    next_fallback,
+    release_memory,
+)
+from napari_medai.core.jobs import Job, Progress
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.loaded import LoadedModel
+from napari_medai.core.volume import Volume
+
+#: The batch doubles while a network call takes less than this (Cancel lands between calls).
+TARGET_CALL_S = 0.25
+MAX_BATCH = 64
+#: Share of the progress bar given to reading the examples.
+_READING_SHARE = 0.2
+
+
+def _truth(volume: Volume, picked: HeldOutSet, names: dict[int, str]) -> tuple[np.ndarray, list]:
+    """Each picked example's true class and the slices used; cheap, before anything is read."""
+    if picked.kind == "slices":
+        labels = picked.labels
+        if labels.array.shape != volume.spatial_shape:
+            raise ClassificationError(
+                f"the labels ({labels.array.shape}) are not on the image's grid "
+                f"({volume.spatial_shape})"
+            )
+        if len(picked.values) + 1 != len(names):
+            listed = ", ".join(names[k] for k in sorted(names))
+            raise ClassificationError(
+                f"the classifier has {len(names)} classes ({listed}), so it needs "
+                f"{len(names) - 1} label value(s), one per class after {names[0]!r}; "
+                f"{len(picked.values)} given"
+            )
+        used = picked.slice_indices(volume.spatial_shape[picked.axis])
+        return slice_classes(labels.array, picked.values, picked.axis)[used], used
+    picked.slice_indices(volume.spatial_shape[0])
+    regions, classes = picked.picked_boxes()
+    index = {name: k for k, name in names.items()}
+    unknown = sorted(set(classes) - set(index))
+    if unknown:
+        raise ClassificationError(
+            f"boxes of '{picked.source_name}' have class {unknown[0]!r}, which the classifier "
+            f"does not know; its classes are {', '.join(names[k] for k in sorted(names))}"
+        )
+    used = sorted({region.start[0] for region in regions})
+    return np.asarray([index[c] for c in classes], dtype=np.int64), used
+
+
+def held_out_examples(volume: Volume, picked: HeldOutSet, card: ModelCard) -> Examples:
+    """The picked examples read as ``card``'s model reads them, with its class names."""
+    names = class_names(card)
+    common = {
+        "intensity": dict(card.intensity),
+        "patch_size": list(card.patch_size),
+        "context_slices": card.context_slices,
+    }
+    if picked.kind == "slices":
+        used = picked.slice_indices(volume.spatial_shape[picked.axis])
+        examples = examples_from_label_slices(
+            volume, picked.labels, picked.values, picked.axis, slices=used, **common
+        )
+        examples.class_names = names
+        return examples
+    regions, classes = picked.picked_boxes()
+    index = {name: k for k, name in names.items()}
+    return examples_from_regions(volume, regions, [index[c] for c in classes], names, **common)
+
+
+def evaluate_job(
+    model: LoadedModel, volume: Volume, picked: HeldOutSet, device: str = "auto"
+) -> Job[dict[str, Any]]:
+    """Score ``model`` on the ``picked`` examples of ``volume``; returns the metrics dict.
+
+    Checks the set, the model and that every class has an example at once,
+    raising :class:`ClassificationError` before anything is read.
+    """
+    picked.check()
+    card = model.card
+    check_classifier(model, volume, "slices" if picked.kind == "slices" else "regions")
+    if card.spatial_dims != 2:
+        raise ClassificationError(
+            f"'{card.name}' is a 3D classifier; held-out evaluation scores 2D classifiers on "
+            "slices or boxes"
+        )
+    names = class_names(card)
+    truth, used = _truth(volume, picked, names)
+    missing = [names[k] for k in sorted(names) if not (truth == k).any()]
+    if missing:
+        raise ClassificationError(
+            f"the picked {picked.kind} hold no example of class "
+            f"{', '.join(repr(n) for n in missing)}; metrics need at least one of each class: "
+            "widen the slice range or pick another layer"
+        )
+    return _evaluate(model, volume, picked, used, choose_device(device))
+
+
+def _evaluate(
+    model: LoadedModel, volume: Volume, picked: HeldOutSet, used: list, device: torch.device
+) -> Job[dict[str, Any]]:
+    network, card = model.network, model.card
+    parameter = next(iter(network.parameters()), None)
+    home = parameter.device if parameter is not None else CPU
+    placement = Placement(device, CPU, 4)
+    try:
+        yield Progress(0.0, f"reading the held-out {picked.kind}")
+        examples = held_out_examples(volume, picked, card)
+        network.eval().to(device)
+        rows: list[np.ndarray] = []
+        done, count = 0, len(examples)
+        while done < count:
+            batch = examples.images[done : done + placement.batch]
+            started = time.perf_counter()
+            try:
+                with torch.no_grad(), autocast(placement.compute):
+                    logits = network(batch.to(placement.compute))
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                placement = _fall_back(network, placement, card.name)
+                continue
+            rows.append(_probabilities(logits, card.num_classes, card.name).cpu().numpy())
+            done += len(batch)
+            if time.perf_counter() - started < TARGET_CALL_S:
+                placement = Placement(placement.compute, CPU, min(2 * placement.batch, MAX_BATCH))
+            fraction = _READING_SHARE + (1 - _READING_SHARE) * done / count
+            yield Progress(fraction, f"scored {done}/{count} held-out {picked.kind}")
+        metrics = classification_metrics(
+            examples.labels, np.concatenate(rows), examples.class_names, picked.describe(used)
+        )
+        metrics["computed_on"]["model"] = card.name
+        return metrics
+    finally:
+        network.to(home)
+        release_memory(device)
+
+
+def _fall_back(network: torch.nn.Module, placement: Placement, name: str) -> Placement:
+    """The devices' next rung down after running out of GPU memory."""
+    step = next_fallback(placement)
+    if step is None:
+        raise ClassificationError(
+            f"not enough memory to run '{name}' even one input at a time on the CPU"
+        )
+    if step[0].compute != placement.compute:
+        network.to(step[0].compute)
+    release_memory(placement.compute)
+    return step[0]

@@ -27,6 +27,7 @@ from napari_medai.core.classification.config import (
     Region,
 )
 from napari_medai.core.classification.heldout import HeldOutSet
+from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import Volume
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Share of the progress bar given to loading the model.
 _LOADING_SHARE = 0.05
+#: Classifier training runs in a worker process, off napari's GIL (see core/job_process.py).
+CLASSIFIER_TRAINER = "napari_medai.core.classification.training:train_classifier_job"
 CAM_DISPLAY = {"colormap": "inferno", "blending": "additive", "opacity": 0.5}
 #: ``layer.metadata`` key set when the ``class`` feature holds our predictions.
 PREDICTIONS_KEY = "napari_medai_predictions"
@@ -174,7 +177,6 @@ def train_from_boxes_job(
     Boxes on the ``held_out`` slices (z) are left out, for Evaluate to score on.
     """
     from napari_medai.core.classification.examples import examples_from_regions
-    from napari_medai.core.classification.training import train_classifier_job
 
     labels, names = class_labels(layer)
     skipped = set(held_out or [])
@@ -186,7 +188,7 @@ def train_from_boxes_job(
     yield Progress(0.0, "reading the boxes")
     regions, labels = [regions[n] for n in keep], [labels[n] for n in keep]
     examples = examples_from_regions(volume, regions, labels, names)
-    return (yield from train_classifier_job(examples, config))
+    return (yield from run_in_process(CLASSIFIER_TRAINER, examples, config))
 
 
 def cam_layer_data(
@@ -246,7 +248,6 @@ def train_from_label_slices_job(
 ) -> Job[Any]:
     """Train on every slice along ``axis`` but the ``held_out`` ones, class k when it holds k."""
     from napari_medai.core.classification.examples import examples_from_label_slices
-    from napari_medai.core.classification.training import train_classifier_job
 
     label_map = label_map_from_layer(labels)
     skipped = set(held_out or [])
@@ -255,7 +256,7 @@ def train_from_label_slices_job(
         raise ClassificationError("every slice is held out; leave some to train on")
     yield Progress(0.0, "reading the slices")
     examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
-    return (yield from train_classifier_job(examples, config))
+    return (yield from run_in_process(CLASSIFIER_TRAINER, examples, config))
 
 
 def held_out_slices(

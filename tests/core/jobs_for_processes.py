@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,10 @@ def fail_unpicklable() -> Job[None]:
     """Raise an exception that cannot be rebuilt from its pickle."""
     yield Progress(0.0, "starting")
     raise _Odd(1, 2)
+
+
+def warn_once() -> Job[str]:
+    """Warn the user, then return."""
+    yield Progress(0.0, "starting")
+    warnings.warn("this model was made for MRI scans", UserWarning, stacklevel=1)
+    return "done"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,12 @@ def test_without_separate_processes_the_job_runs_here(monkeypatch):
     result = run_job(run_in_process(f"{JOBS}:count", 2, np.ones(2)), events.append)
     assert result["pid"] == os.getpid()
     assert [e.message for e in events] == ["step 0", "step 1"]
+
+
+def test_warnings_are_warned_here_with_their_category():
+    for _ in range(2):  # a second job warns again
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert run_job(run_in_process(f"{JOBS}:warn_once")) == "done"
+        told = [(w.category, str(w.message)) for w in caught]
+        assert told == [(UserWarning, "this model was made for MRI scans")]

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -134,8 +135,9 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
     ``target`` names the job function as ``"package.module:function"``, so
     its module (and torch, if it needs it) is imported only in the worker.
     ``args`` and everything the job yields or returns must pickle. An error
-    the job raises is raised here, with the worker's traceback as its cause;
-    the worker's environment and working folder are this process's.
+    the job raises is raised here, with the worker's traceback as its cause,
+    and its warnings are warned here; the worker's environment and working
+    folder are this process's.
     """
     if not SEPARATE_PROCESS:
         return (yield from job_worker.resolve(target)(*args))
@@ -150,6 +152,10 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
             kind, value = worker.next_message()
             if kind == job_worker.PROGRESS:
                 yield value
+                continue
+            if kind == job_worker.WARNED:
+                category, text = value
+                warnings.warn(text, category, stacklevel=1)
                 continue
             ended = True
             if kind == job_worker.RAISED:
@@ -171,7 +177,10 @@ def _close_remote(worker: _Worker) -> None:
     """Close the worker's job and wait for its cleanup; a worker that hangs is killed."""
     try:
         job_worker.send(worker.conn, job_worker.CANCEL)
-        while worker.next_message(timeout=CLEANUP_TIMEOUT_S)[0] == job_worker.PROGRESS:
+        while worker.next_message(timeout=CLEANUP_TIMEOUT_S)[0] in (
+            job_worker.PROGRESS,
+            job_worker.WARNED,
+        ):
             pass
     except (JobProcessError, OSError):
         worker.stop()

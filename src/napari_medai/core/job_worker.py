@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job
 
-PROGRESS, RETURNED, RAISED, CLOSED = "progress", "returned", "raised", "closed"
+PROGRESS, WARNED, RETURNED, RAISED, CLOSED = "progress", "warned", "returned", "raised", "closed"
 #: What the parent sends to stop the running job (or, too late, an idle worker).
 CANCEL = "cancel"
 
@@ -65,31 +66,52 @@ def _portable(exc: BaseException) -> BaseException:
     return exc
 
 
+def _portable_category(category: type[Warning]) -> type[Warning]:
+    """``category`` if the parent can unpickle it (an importable class), else UserWarning."""
+    try:
+        pickle.loads(pickle.dumps(category))
+    except Exception:
+        return UserWarning
+    return category
+
+
+def _relay_warnings(conn: Connection, caught: list[warnings.WarningMessage]) -> None:
+    """Send the warnings the job raised, so the GUI tells them as it would from a thread."""
+    for warning in caught:
+        send(conn, (WARNED, (_portable_category(warning.category), str(warning.message))))
+    caught.clear()
+
+
 def _run_one(conn: Connection, target: str, args: tuple, env: dict, cwd: str) -> None:
-    """Run one job, relaying its events until it ends or a cancel arrives."""
+    """Run one job, relaying its events and warnings until it ends or a cancel arrives."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     job = None
-    try:
-        job = resolve(target)(*args)
-        while True:
-            if conn.poll():
-                receive(conn)  # the only message during a job is CANCEL
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            job = resolve(target)(*args)
+            while True:
+                if conn.poll():
+                    receive(conn)  # the only message during a job is CANCEL
+                    job.close()
+                    _relay_warnings(conn, caught)
+                    send(conn, (CLOSED, None))
+                    return
+                try:
+                    event = next(job)
+                except StopIteration as stop:
+                    _relay_warnings(conn, caught)
+                    send(conn, (RETURNED, stop.value))
+                    return
+                _relay_warnings(conn, caught)
+                send(conn, (PROGRESS, event))
+        except Exception as exc:
+            _relay_warnings(conn, caught)
+            send(conn, (RAISED, (_portable(exc), traceback.format_exc())))
+        finally:
+            if job is not None:
                 job.close()
-                send(conn, (CLOSED, None))
-                return
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                send(conn, (RETURNED, stop.value))
-                return
-            send(conn, (PROGRESS, event))
-    except Exception as exc:
-        send(conn, (RAISED, (_portable(exc), traceback.format_exc())))
-    finally:
-        if job is not None:
-            job.close()
 
 
 def serve(conn: Connection) -> None:

@@ -22,6 +22,7 @@ from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.model_picker import LOAD_FILE, LOAD_FOLDER
 from napari_medai._qt.segment_widget import NO_IMAGE, SegmentWidget
 from napari_medai.cli import main
+from napari_medai.core import job_process
 from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
@@ -241,6 +242,16 @@ def test_threshold_model_masks_maps_and_reruns(docked, qtbot, monkeypatch, thres
     np.testing.assert_array_equal(widget.output_layers[0].data, labels.data)
 
 
+@pytest.fixture
+def in_thread(monkeypatch):
+    """Run the dock's job in this process, where the tests' fake loaders are.
+
+    The dock runs it in a worker process otherwise; the job is the same
+    (tests/core/test_job_process.py covers the process around it).
+    """
+    monkeypatch.setattr(job_process, "SEPARATE_PROCESS", False)
+
+
 class Sleepy(torch.nn.Module):
     """The threshold network, 0.2 s per call: a model slow enough to cancel."""
 
@@ -255,7 +266,9 @@ class Sleepy(torch.nn.Module):
         return self.network(x)
 
 
-def test_cancel_stops_within_a_second_and_leaves_the_viewer(viewer_widget, qtbot, monkeypatch):
+def test_cancel_stops_within_a_second_and_leaves_the_viewer(
+    in_thread, viewer_widget, qtbot, monkeypatch
+):
     viewer, _image, widget = viewer_widget
     sleepy = Sleepy()
     # 4x8x8 windows over 24x64x64 voxels: 384 windows, 96 calls, about 20 s.
@@ -362,7 +375,9 @@ def test_model_picker_lists_registry_models_and_keeps_the_pick_on_a_cancelled_di
     assert widget.current_model_source() == str(threshold_file)
 
 
-def test_trust_checkbox_reaches_the_loader(viewer_widget, qtbot, monkeypatch, threshold_file):
+def test_trust_checkbox_reaches_the_loader(
+    in_thread, viewer_widget, qtbot, monkeypatch, threshold_file
+):
     _viewer, _image, widget = viewer_widget
     calls = []
     model = LoadedModel(threshold_card(), threshold_conv(), "t", "0" * 64)
@@ -393,7 +408,7 @@ MR_BRAIN = ModelEntry(
 
 
 def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
-    viewer_widget, qtbot, monkeypatch, notifications, tmp_path
+    in_thread, viewer_widget, qtbot, monkeypatch, notifications, tmp_path
 ):
     _viewer, image, widget = viewer_widget
     ct_model = ModelEntry("liver", "liver", "package", True, tmp_path / "liver", "liver", "CT")
@@ -425,7 +440,7 @@ def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
 
 
 def test_a_model_file_made_for_mr_warns_once_loaded(
-    viewer_widget, qtbot, monkeypatch, notifications, threshold_file
+    in_thread, viewer_widget, qtbot, monkeypatch, notifications, threshold_file
 ):
     _viewer, _image, widget = viewer_widget
     model = LoadedModel(threshold_card(modality="MR"), threshold_conv(), "t", "0" * 64)
@@ -436,7 +451,7 @@ def test_a_model_file_made_for_mr_warns_once_loaded(
 
 
 def test_results_stand_apart_and_show_their_details(
-    viewer_widget, qtbot, monkeypatch, threshold_file
+    in_thread, viewer_widget, qtbot, monkeypatch, threshold_file
 ):
     viewer, image, widget = viewer_widget
     choose_file(widget, monkeypatch, threshold_file)

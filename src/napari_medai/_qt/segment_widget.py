@@ -32,16 +32,18 @@ from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.model_picker import ModelPicker
 from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.job_process import run_in_process
 from napari_medai.core.models.fit import describe_modality, modality_mismatch
-from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
-from napari_medai.core.segmentation.jobs import load_and_segment_job
 
 if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
+#: The segmentation job, run in a worker process: torch loads there, not in napari,
+#: and a model that crashes takes only the worker down.
+SEGMENT_JOB = "napari_medai.core.segmentation.jobs:segment_from_source_job"
 NO_MODEL = "Pick a model, or load one from a file or folder."
 
 
@@ -221,7 +223,13 @@ class SegmentWidget(Container):
         # A model known only after loading (a file) is checked in the job.
         check = "" if self.models.is_listed(source) else layer_modality(image)
         job = partial(
-            load_and_segment_job, source, self.trust_check.value, volume, self.config(), check
+            run_in_process,
+            SEGMENT_JOB,
+            source,
+            self.trust_check.value,
+            volume,
+            self.config(),
+            check,
         )
         target = SegmentationTarget.of(image, source)
         show = partial(self._show, target, self.new_layer_check.value, self.outline_check.value)
@@ -232,10 +240,10 @@ class SegmentWidget(Container):
         target: SegmentationTarget,
         new_layer: bool,
         outlines: bool,
-        outcome: tuple[LoadedModel, SegmentResult],
+        outcome: tuple[str, SegmentResult],
     ) -> None:
-        model, result = outcome
-        layer_data = result_layer_data(result, target, model.name)
+        model_name, result = outcome
+        layer_data = result_layer_data(result, target, model_name)
         self.output_layers = show_segmentation(self._viewer, layer_data, new_layer)
         if outlines:
             show_outlines(self.output_layers, True)

@@ -46,3 +46,16 @@ def load_and_segment_job(
     yield Progress(LOADING_SHARE, f"loaded {model.name}")
     result = yield from scaled(segment_job(volume, model, config), LOADING_SHARE, 1.0)
     return model, result
+
+
+def segment_from_source_job(
+    source: str, trusted: bool, volume: Volume, config: SegmentConfig, check_modality: str = ""
+) -> Job[tuple[str, SegmentResult]]:
+    """:func:`load_and_segment_job` returning the model's name, not the loaded model.
+
+    A loaded network stays where it was loaded, so this is the form that runs
+    in a worker process (the Segment dock's), where an untrusted or broken
+    model cannot take napari down with it.
+    """
+    model, result = yield from load_and_segment_job(source, trusted, volume, config, check_modality)
+    return model.name, result

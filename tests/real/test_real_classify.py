@@ -107,6 +107,11 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
         f"kidney Grad-CAM: mean heat inside / outside the kidney mask = {figures['ratio_of_means']}"
     )
     # The issue's goal is 2x; measured 1.651 here with the one-block default DenseNet (seeds
-    # 1-3: 1.24, 2.02, 2.11; the earlier two-block default gave 1.475, 0.96, 1.41, 1.43),
-    # so this guards the localisation reached, not the goal (see the issue note).
+    # 1-4: 1.24, 2.02, 2.11, 2.00; the earlier two-block default gave 1.475, 0.96, 1.41, 1.43),
+    # so this guards the localisation reached, not the goal (see the issue note). Not a data
+    # limit alone: trained on slices 0-22, the test slices included (box AUC 0.79-0.97), the ratio
+    # stays 1.4-1.8. The heat leans to the box centre (seeds 0-1, averaged over the boxes: 0.5-0.7
+    # in the central 8x8 pixels, 0.19-0.27 in the outer 4-pixel frame): the last feature map's
+    # receptive field (up to 59 px) spans the whole 32 px box, so its centre cells carry the
+    # decision wherever the kidney lies in the box.
     assert figures["ratio_of_means"] >= 1.5

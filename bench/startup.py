@@ -44,7 +44,7 @@ import yaml
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MANIFEST = SRC / "napari_medai" / "napari.yaml"
-HEAVY = ("torch", "monai", "matplotlib", "highdicom", "ray")
+HEAVY = ("torch", "monai", "matplotlib", "highdicom", "ray", "pydicom", "pandas")
 
 _SHOW_VIEWER = """
 import time, json, sys

@@ -21,7 +21,7 @@ import napari_medai
 
 MANIFEST = Path(napari_medai.__file__).parent / "napari.yaml"
 #: Libraries too slow to import at start; scipy.ndimage and SimpleITK are fine.
-HEAVY = ("torch", "monai", "matplotlib", "highdicom", "ray")
+HEAVY = ("torch", "monai", "matplotlib", "highdicom", "ray", "pydicom", "pandas")
 
 
 def manifest() -> dict:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.types import LayerDataTuple
 
@@ -32,6 +31,8 @@ from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import Volume
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from napari_medai.core.models.loaded import LoadedModel
 
 #: Share of the progress bar given to loading the model.
@@ -115,6 +116,8 @@ def result_table(result: ClassifyResult) -> pd.DataFrame:
     }
     for label, name in sorted(result.class_names.items()):
         rows[f"p({name})"] = [round(p.probabilities[label], 4) for p in result.predictions]
+    import pandas as pd  # 0.3 s of import, not at dock start
+
     return pd.DataFrame(rows)
 
 
@@ -135,6 +138,8 @@ def annotate_layer(layer: Shapes | Points, result: ClassifyResult) -> None:
     column = "class" if ours or "class" not in layer.features else "predicted"
     table = table.rename(columns={"class": column})
     existing = layer.features.drop(columns=[c for c in table if c in layer.features])
+    import pandas as pd
+
     layer.features = pd.concat([existing.reset_index(drop=True), table], axis=1)
     layer.metadata = {**layer.metadata, PREDICTIONS_KEY: column == "class"}
     layer.text = {**TEXT, "string": f"{{{column}}} {{probability:.2f}}"}

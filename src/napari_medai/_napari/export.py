@@ -17,7 +17,6 @@ from napari.layers import Image, Labels
 
 from napari_medai._napari.layers import METADATA_KEY, label_map_from_layer, layer_geometry
 from napari_medai.core.errors import ExportError
-from napari_medai.core.resample import resample_label_map
 from napari_medai.core.volume import LabelMap
 
 #: Key under ``metadata[METADATA_KEY]`` holding the path the scan was read from.
@@ -64,6 +63,8 @@ def export_input(labels: Labels, image: Image | None) -> ExportInput:
     if image is not None:
         if image.ndim not in (3, 4) or labels.ndim != 3:
             raise ExportError("export needs a 3D label layer and a 3D scan")
+        from napari_medai.core.resample import resample_label_map  # scipy: not at dock start
+
         label_map = resample_label_map(label_map, layer_geometry(image), image.data.shape[-3:])
     info = labels.metadata.get(METADATA_KEY, {})
     provenance = dict(info.get("provenance", {}))

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -36,6 +35,7 @@ from napari_medai.core.errors import MedaiError
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
 
 CHANCE = "chance"
 COLUMNS = ("precision", "recall", "f1", "roc_auc", "support")

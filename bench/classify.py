@@ -11,7 +11,9 @@ uses a spatially separate block of those slices), then run with
 Grad-CAM: a "kidney present" box classifier (32x32 boxes around the kidneys,
 positive when the box holds 40 kidney voxels or more, negative when none),
 trained on slices 0-11; on held-out boxes with kidney (slices 12-22) the mean
-heat inside the kidney mask is compared with the mean heat outside it.
+heat inside the kidney mask is compared with the mean heat outside it. Each
+box's CAM is computed with the default 16 pixels of surrounding scan
+(``ClassifyConfig.cam_context``) and cropped back to the box.
 
 Overhead: ``classify_job`` on 100 boxes and on every slice of a synthetic
 512x512x300 CT, against the bare network's forward passes on ready-made

@@ -254,3 +254,47 @@ def test_reading_boxes_of_several_sizes_leaves_a_float_scan_untouched():
     batch = RegionInputs(Volume(array), _card(), boxes).read([0, 1], torch.device("cpu"))
     assert batch.shape == (2, 1, 16, 16)
     np.testing.assert_array_equal(array, before)
+
+
+def _brightness_model() -> LoadedModel:
+    """A classifier whose class-1 Grad-CAM is its (normalised) input: a 1x1 conv, pooled.
+
+    Grad-CAM weighs the one feature map by its mean gradient (a constant), so
+    the heat of every pixel is proportional to its brightness.
+    """
+    conv = torch.nn.Conv2d(1, 1, 1)
+    score = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+        score.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        score.bias.zero_()
+    network = torch.nn.Sequential(
+        conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), score
+    )
+    card = _card(
+        label_names={0: "no", 1: "yes"}, intensity={"kind": "window", "low": 0, "high": 100}
+    )
+    return LoadedModel(card, network.eval(), "memory", "")
+
+
+@pytest.mark.parametrize("context", [0, 8])
+def test_box_cam_with_context_is_cropped_to_the_box(context):
+    """The window's heat lands on the box's own voxels; heat outside the box stays out.
+
+    Box A holds a blob (50) at its edge, with a brighter spot (100) just outside
+    it; box B, in the image's corner, has a window that leaves the image.
+    """
+    scan = np.zeros((3, 64, 64), dtype=np.float32)
+    scan[1, 20:24, 28:36] = 50.0
+    scan[1, 40:43, 40:43] = 100.0
+    scan[1, 0:4, 60:64] = 50.0
+    boxes = [Region((1, 20, 20), (2, 36, 36)), Region((1, 0, 48), (2, 16, 64))]
+    config = ClassifyConfig(scope="regions", cam=True, cam_class=1, cam_context=context)
+    result = run_job(classify_job(Volume(scan, metadata={}), _brightness_model(), config, boxes))
+    expected = np.zeros_like(scan)
+    # With context, box A's heat is relative to the spot its window also sees.
+    expected[1, 20:24, 28:36] = 0.5 if context else 1.0
+    expected[1, 0:4, 60:64] = 1.0
+    np.testing.assert_allclose(result.cam.array, expected, atol=1e-5)
+    assert result.provenance["cam"].get("context_pixels") == (context or None)

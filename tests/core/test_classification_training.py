@@ -221,13 +221,11 @@ def test_cli_train_classifier_then_classify_with_cam(phantom, tmp_path, capsys):
     assert cam.geometry.is_close(read_volume(image).geometry)
 
     (tmp_path / "boxes.json").write_text(json.dumps([{"start": [3, 10, 10], "stop": [4, 30, 30]}]))
-    assert (
-        main(
-            ["classify", str(image), "--model", str(model), "--boxes", str(tmp_path / "boxes.json")]
-        )
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out)["predictions"][0]["box"]["stop"] == [4, 30, 30]
+    argv = ["classify", str(image), "--model", str(model), "--boxes", str(tmp_path / "boxes.json")]
+    assert main([*argv, "--cam", str(tmp_path / "box_cams"), "--cam-context", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["predictions"][0]["box"]["stop"] == [4, 30, 30]
+    assert out["provenance"]["cam"]["context_pixels"] == 4
 
     assert main(["classify", str(image), "--model", str(model)]) == 2
     assert "2D classifier" in capsys.readouterr().err

@@ -106,12 +106,14 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
     print(  # noqa: T201 (the issue asks the test to print the ratio; shown with pytest -s)
         f"kidney Grad-CAM: mean heat inside / outside the kidney mask = {figures['ratio_of_means']}"
     )
-    # The issue's goal is 2x; measured 1.651 here with the one-block default DenseNet (seeds
-    # 1-4: 1.24, 2.02, 2.11, 2.00; the earlier two-block default gave 1.475, 0.96, 1.41, 1.43),
-    # so this guards the localisation reached, not the goal (see the issue note). Not a data
-    # limit alone: trained on slices 0-22, the test slices included (box AUC 0.79-0.97), the ratio
-    # stays 1.4-1.8. The heat leans to the box centre (seeds 0-1, averaged over the boxes: 0.5-0.7
-    # in the central 8x8 pixels, 0.19-0.27 in the outer 4-pixel frame): the last feature map's
-    # receptive field (up to 59 px) spans the whole 32 px box, so its centre cells carry the
-    # decision wherever the kidney lies in the box.
-    assert figures["ratio_of_means"] >= 1.5
+    # The issue's goal is 2x. The box CAM is computed on the box plus 16 pixels of scan on
+    # each side and cropped back (ClassifyConfig.cam_context, core/classification/context.py):
+    # seed 0 gives 1.922 (seeds 1-4: 1.66, 1.81, 2.37, 2.72; mean 2.10). On the box alone it was
+    # 1.65 (1.24, 2.02, 2.11, 2.00; mean 1.80): the last feature map's receptive field (up to
+    # 59 px) spans the whole 32 px box, so the heat leaned to the box centre wherever the kidney
+    # lay (0.5-0.7 in the central 8x8 pixels, 0.19-0.27 in the outer 4-pixel frame). Tried and
+    # worse: training on the widened boxes too (8 px: 0.88-2.21; 16 px: 0.62-1.63), GradCAM++
+    # (1.62-2.20), an earlier layer (mean 2.10, worst 1.64), network and training changes, and
+    # training on the test slices (1.4-1.8). So this guards the localisation reached, under the
+    # worst seed, not the goal (see the issue note).
+    assert figures["ratio_of_means"] >= 1.6

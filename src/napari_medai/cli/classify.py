@@ -39,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cam-class", type=int, metavar="K", help="class for the heat map (default: predicted)"
     )
     parser.add_argument("--cam-layer", metavar="NAME", help="network layer for the heat map")
+    parser.add_argument(
+        "--cam-context",
+        type=int,
+        default=16,
+        metavar="PX",
+        help="box heat maps see this many network pixels of scan around each box (default 16)",
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
     parser.add_argument(
         "--trust-bundle",
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         cam_method=args.cam_method,
         cam_class=args.cam_class,
         cam_layer=args.cam_layer,
+        cam_context=args.cam_context,
     )
     config.check()
     model = load_model(args.model, trusted=args.trust_bundle)

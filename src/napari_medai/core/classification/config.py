@@ -30,8 +30,12 @@ class ClassifyConfig:
     z, y, x), or the boxes given to the job (``regions``). ``cam`` also makes
     a Grad-CAM heat map on the scan's grid, for ``cam_class`` (default: each
     input's predicted class) at ``cam_layer`` (default: the network's last
-    layer with a spatial output). ``batch_size`` of ``None`` grows the batch
-    while a network call stays short (Cancel acts between calls).
+    layer with a spatial output). ``cam_context`` widens each box by that
+    many network pixels of surrounding scan on each side for its heat map,
+    which is then cropped back to the box (see
+    :mod:`~napari_medai.core.classification.context`); 0 uses the box alone.
+    ``batch_size`` of ``None`` grows the batch while a network call stays
+    short (Cancel acts between calls).
     """
 
     scope: str = "volume"
@@ -41,6 +45,7 @@ class ClassifyConfig:
     cam_method: str = "gradcam"
     cam_class: int | None = None
     cam_layer: str | None = None
+    cam_context: int = 16
     batch_size: int | None = None
 
     def check(self) -> None:
@@ -56,6 +61,10 @@ class ClassifyConfig:
         if self.cam_method not in CAM_METHODS:
             raise ClassificationError(
                 f"unknown CAM method {self.cam_method!r}; choose one of {', '.join(CAM_METHODS)}"
+            )
+        if self.cam_context < 0:
+            raise ClassificationError(
+                f"the CAM context must be 0 or more pixels, not {self.cam_context}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ClassificationError(f"the batch size must be at least 1, not {self.batch_size}")

@@ -25,6 +25,7 @@ from napari_medai.core.classification.config import (
     Region,
     check_regions,
 )
+from napari_medai.core.classification.context import ContextWindows
 from napari_medai.core.classification.inputs import (
     Inputs,
     RegionInputs,
@@ -179,6 +180,7 @@ def _classify(
     home = _parameter_device(model.network)
     runner = _Batches(model, config, device)
     heat: HeatMaps | None = None
+    windows: ContextWindows | None = None
     try:
         yield Progress(0.0, "preparing the scan")
         inputs = _make_inputs(volume, model, config, regions)
@@ -203,7 +205,12 @@ def _classify(
                     heat = HeatMaps(model.network, batch[:1], config.cam_method, config.cam_layer)
                 winners = probabilities.argmax(1).tolist()
                 targets = [config.cam_class if config.cam_class is not None else w for w in winners]
-                for index, heat_map in zip(indices, heat(batch, targets).numpy()):
+                if isinstance(inputs, RegionInputs) and config.cam_context:
+                    windows = windows or ContextWindows(inputs, config.cam_context)
+                    maps = windows.heat(heat, indices, targets, runner.placement.compute)
+                else:
+                    maps = list(heat(batch, targets).numpy())
+                for index, heat_map in zip(indices, maps):
                     inputs.place(cam, index, heat_map)
             done += len(indices)
             yield Progress(done / inputs.count, f"classified {done}/{inputs.count}")
@@ -224,6 +231,8 @@ def _classify(
         }
         if heat is not None:
             provenance["cam"] = {"method": config.cam_method, "layer": heat.layer}
+            if windows is not None:
+                provenance["cam"]["context_pixels"] = config.cam_context
         if isinstance(inputs, VolumeInput):
             provenance["model_space"] = inputs.space.describe()
         name = f"{volume.metadata.get('name', 'image')} ({card.name}) CAM"

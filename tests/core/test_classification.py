@@ -282,19 +282,27 @@ def _brightness_model() -> LoadedModel:
 def test_box_cam_with_context_is_cropped_to_the_box(context):
     """The window's heat lands on the box's own voxels; heat outside the box stays out.
 
-    Box A holds a blob (50) at its edge, with a brighter spot (100) just outside
-    it; box B, in the image's corner, has a window that leaves the image.
+    Box B, in the image's corner, has a window that leaves the image (read
+    alone: the first batch holds one box). Box A holds a blob (50) at its
+    edge, with a brighter spot (100) just outside it; it is read in one batch
+    with box C, whose window also lies inside the image.
     """
     scan = np.zeros((3, 64, 64), dtype=np.float32)
     scan[1, 20:24, 28:36] = 50.0
     scan[1, 40:43, 40:43] = 100.0
     scan[1, 0:4, 60:64] = 50.0
-    boxes = [Region((1, 20, 20), (2, 36, 36)), Region((1, 0, 48), (2, 16, 64))]
+    scan[2, 30:34, 40:42] = 20.0
+    boxes = [
+        Region((1, 0, 48), (2, 16, 64)),
+        Region((1, 20, 20), (2, 36, 36)),
+        Region((2, 26, 30), (3, 42, 46)),
+    ]
     config = ClassifyConfig(scope="regions", cam=True, cam_class=1, cam_context=context)
     result = run_job(classify_job(Volume(scan, metadata={}), _brightness_model(), config, boxes))
     expected = np.zeros_like(scan)
     # With context, box A's heat is relative to the spot its window also sees.
     expected[1, 20:24, 28:36] = 0.5 if context else 1.0
     expected[1, 0:4, 60:64] = 1.0
+    expected[2, 30:34, 40:42] = 1.0
     np.testing.assert_allclose(result.cam.array, expected, atol=1e-5)
     assert result.provenance["cam"].get("context_pixels") == (context or None)

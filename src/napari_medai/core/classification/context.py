@@ -14,7 +14,7 @@ alone; 1.92, 1.66, 1.81, 2.37, 2.72 with 16 pixels of context.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from napari_medai.core.classification.cam import HeatMaps
 from napari_medai.core.classification.config import Region
 from napari_medai.core.classification.inputs import RegionInputs, resize
+from napari_medai.core.volume import Volume
 
 
 class ContextWindows:
@@ -34,8 +35,9 @@ class ContextWindows:
     box's resolution; where it leaves the image it is padded like a box.
     """
 
-    def __init__(self, boxes: RegionInputs, context: int) -> None:
-        axes = (1, 2) if boxes.card.spatial_dims == 2 else (0, 1, 2)
+    def __init__(self, volume: Volume, boxes: RegionInputs, context: int) -> None:
+        card = boxes.card
+        axes = (1, 2) if card.spatial_dims == 2 else (0, 1, 2)
         self.axes = axes
         self.margins: list[tuple[int, ...]] = []
         windows = []
@@ -43,10 +45,12 @@ class ContextWindows:
             margin = tuple(round(context * region.size[a] / p) for a, p in zip(axes, boxes.patch))
             self.margins.append(margin)
             windows.append(_widened(region, axes, margin))
-        # The boxes' reader, normaliser and scan, pointed at the windows.
-        self.windows = copy.copy(boxes)
-        self.windows.regions = windows
-        self.windows.patch = tuple(p + 2 * context for p in boxes.patch)
+        patch = list(card.patch_size)
+        for axis in axes:
+            patch[axis] += 2 * context
+        self.windows = RegionInputs(volume, dataclasses.replace(card, patch_size=patch), windows)
+        # The boxes' intensity statistics, so windows and boxes are normalised alike.
+        self.windows.normaliser = boxes.normaliser
 
     def heat(
         self, maps: HeatMaps, indices: Sequence[int], classes: list[int], device: torch.device

@@ -206,7 +206,7 @@ def _classify(
                 winners = probabilities.argmax(1).tolist()
                 targets = [config.cam_class if config.cam_class is not None else w for w in winners]
                 if isinstance(inputs, RegionInputs) and config.cam_context:
-                    windows = windows or ContextWindows(inputs, config.cam_context)
+                    windows = windows or ContextWindows(volume, inputs, config.cam_context)
                     maps = windows.heat(heat, indices, targets, runner.placement.compute)
                 else:
                     maps = list(heat(batch, targets).numpy())

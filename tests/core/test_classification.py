@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_medai.core.classification import inference
 from napari_medai.core.classification.config import (
     ClassificationError,
     ClassifyConfig,
@@ -306,3 +307,56 @@ def test_box_cam_with_context_is_cropped_to_the_box(context):
     expected[2, 30:34, 40:42] = 1.0
     np.testing.assert_allclose(result.cam.array, expected, atol=1e-5)
     assert result.provenance["cam"].get("context_pixels") == (context or None)
+
+
+class _RecordsBatchSizes(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return self.inner(x)
+
+
+SAME_SIZE_INSIDE = [Region.around((z % 24, 12 + z, 50 - z), (1, 16, 16)) for z in range(30)]
+MIXED = [
+    *SAME_SIZE_INSIDE[:5],
+    Region.around((2, 30, 30), (1, 10, 12)),
+    Region((5, 56, 56), (6, 72, 72)),
+    Region((6, -4, 20), (7, 12, 36)),
+]
+
+
+@pytest.mark.parametrize("boxes", [SAME_SIZE_INSIDE, MIXED], ids=["one-size-inside", "mixed"])
+def test_boxes_classified_in_batches_match_one_at_a_time(model2d, phantom, boxes, monkeypatch):
+    ct, _ = phantom
+    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)  # batches as large as allowed
+    recorder = _RecordsBatchSizes(model2d.network)
+    model = LoadedModel(model2d.card, recorder, "memory", "")
+    batched = run_job(classify_job(ct, model, ClassifyConfig(scope="regions"), boxes))
+    assert recorder.sizes == [1, len(boxes) - 1]
+    single = run_job(classify_job(ct, model, ClassifyConfig(scope="regions", batch_size=1), boxes))
+    assert recorder.sizes[2:] == [1] * len(boxes)
+    np.testing.assert_allclose(
+        [p.probabilities for p in batched.predictions],
+        [p.probabilities for p in single.predictions],
+        atol=1e-6,
+    )
+    assert [p.label for p in batched.predictions] == [p.label for p in single.predictions]
+
+
+def test_batches_are_sized_from_the_time_per_input(model2d, phantom, monkeypatch):
+    """One input first, then as many as fit the target time; a later job starts at that pace."""
+    ct, _ = phantom
+    recorder = _RecordsBatchSizes(model2d.network)
+    model = LoadedModel(model2d.card, recorder, "memory", "")
+    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)
+    for _ in range(2):
+        run_job(classify_job(ct, model, ClassifyConfig(scope="slices")))
+    assert recorder.sizes == [1, 23, 24]
+    recorder.sizes.clear()
+    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 0.0)
+    run_job(classify_job(ct, model, ClassifyConfig(scope="slices")))
+    assert recorder.sizes == [1] * 24

@@ -2,15 +2,18 @@
 
 Inputs are read, normalised and resized batch by batch (see
 :mod:`~napari_medai.core.classification.inputs`), so memory stays at one batch
-beyond the scan. The batch grows while a network call stays short, so Cancel
-lands within about half a second; on a GPU out-of-memory error the devices'
-fallback ladder halves the batch, then moves to the CPU.
+beyond the scan. Batches are sized from the network's time per input, so that
+a call stays short and Cancel lands within about half a second: the first
+batch holds one input unless an earlier job timed this network on inputs of
+this size. On a GPU out-of-memory error the devices' fallback ladder halves
+the batch, then moves to the CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from datetime import datetime, timezone
 
 import numpy as np
@@ -48,9 +51,23 @@ from napari_medai.core.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: The batch doubles while a network call takes less than this, up to MAX_BATCH.
+#: The batch is sized so that a network call takes about this long, up to MAX_BATCH
+#: inputs, or MAX_BATCH_VOXELS of input when the inputs are small (boxes).
 TARGET_CALL_S = 0.25
+#: The same on the CPU, where a larger batch is no faster once a call takes tens of
+#: milliseconds, only larger: 512x512 slices took 42-45 ms each in batches of 1-4
+#: and 80 ms in batches of 8 (one thread).
+CPU_TARGET_CALL_S = 0.05
 MAX_BATCH = 64
+MAX_BATCH_VOXELS = 2**20
+
+#: Seconds per input of each network's last call, by device type and input voxels.
+#: A job's first batch is sized from it rather than from one input timed first:
+#: a call has a fixed cost (about 2 ms for the bench's DenseNet under load, as
+#: much as ten 32x32 boxes), and a hundred boxes take one call instead of two.
+_PACE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def classify_job(
@@ -70,7 +87,7 @@ def classify_job(
     if config.scope == "regions":
         check_regions(regions, volume.spatial_shape)
         if model.card.spatial_dims == 2:
-            deep = [n for n, r in enumerate(regions, 1) if r.size[0] != 1]
+            deep = [n for n, r in enumerate(regions, 1) if r.stop[0] - r.start[0] != 1]
             if deep:
                 raise ClassificationError(
                     f"'{model.card.name}' is a 2D classifier, but box {deep[0]} spans several "
@@ -113,11 +130,30 @@ def _probabilities(logits: torch.Tensor, classes: int, name: str) -> torch.Tenso
 class _Batches:
     """Runs batches where the current :class:`Placement` says; grows or shrinks the batch."""
 
-    def __init__(self, model: LoadedModel, config: ClassifyConfig, device: torch.device) -> None:
+    def __init__(
+        self, model: LoadedModel, config: ClassifyConfig, device: torch.device, voxels: int
+    ) -> None:
+        """``voxels``: the size of one input as the network takes it (channels included)."""
         self.model = model
         self.fixed = config.batch_size is not None
-        self.placement = Placement(device, CPU, config.batch_size or 1)
+        self.voxels = voxels
+        self.ceiling = max(MAX_BATCH, MAX_BATCH_VOXELS // voxels)
+        pace = _PACE.get(model.network, {}).get((device.type, voxels))
+        first = 1 if pace is None else self._fitting(device, pace)
+        self.placement = Placement(device, CPU, config.batch_size or first)
         self.fallbacks: list[str] = []
+
+    def next_indices(self, done: int, count: int) -> list[int]:
+        """The next batch after ``done`` of ``count`` inputs.
+
+        Unless the batch size is fixed, a batch takes the rest when the rest is
+        at most half a batch more (up to the ceiling) rather than leave a short
+        last call, which pays a call's fixed cost for a few inputs.
+        """
+        size = self.placement.batch
+        if not self.fixed and count - done <= min(size + size // 2, self.ceiling):
+            size = count - done
+        return list(range(done, min(done + size, count)))
 
     def run(self, inputs: Inputs, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs on the compute device, class probabilities on the CPU)."""
@@ -128,9 +164,27 @@ class _Batches:
             logits = self.model.network(batch)
         card = self.model.card
         probabilities = _probabilities(logits, card.num_classes, card.name).to(CPU)
-        if not self.fixed and time.perf_counter() - started < TARGET_CALL_S:
-            self.placement = Placement(compute, CPU, min(2 * self.placement.batch, MAX_BATCH))
+        if not self.fixed:
+            self._resize(len(indices), time.perf_counter() - started)
         return batch, probabilities
+
+    def _fitting(self, device: torch.device, pace: float) -> int:
+        """How many inputs take about the target time at ``pace`` seconds per input."""
+        target = CPU_TARGET_CALL_S if device.type == "cpu" else TARGET_CALL_S
+        return min(max(int(target / max(pace, 1e-9)), 1), self.ceiling)
+
+    def _resize(self, size: int, elapsed: float) -> None:
+        """Size the next batch from this call's time per input, and remember that pace.
+
+        Rather than doubling from one input, which took seven calls for a
+        hundred 32x32 boxes.
+        """
+        compute = self.placement.compute
+        pace = elapsed / size
+        _PACE.setdefault(self.model.network, {})[(compute.type, self.voxels)] = pace
+        batch = self._fitting(compute, pace)
+        if batch != self.placement.batch:
+            self.placement = Placement(compute, CPU, batch)
 
     def fall_back(self) -> str:
         step = next_fallback(self.placement)
@@ -178,18 +232,18 @@ def _classify(
     started = time.perf_counter()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     home = _parameter_device(model.network)
-    runner = _Batches(model, config, device)
     heat: HeatMaps | None = None
     windows: ContextWindows | None = None
     try:
         yield Progress(0.0, "preparing the scan")
         inputs = _make_inputs(volume, model, config, regions)
+        runner = _Batches(model, config, device, inputs.voxels)
         cam = np.zeros(volume.spatial_shape, dtype=np.float32) if config.cam else None
         _ready(model.network, home, device)
         rows: list[np.ndarray] = []
         done, network_s = 0, 0.0
         while done < inputs.count:
-            indices = list(range(done, min(done + runner.placement.batch, inputs.count)))
+            indices = runner.next_indices(done, inputs.count)
             mark = time.perf_counter()
             try:
                 batch, probabilities = runner.run(inputs, indices)

@@ -10,11 +10,13 @@ on the scan's own grid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 
 from napari_medai.core.classification.config import Region
 from napari_medai.core.models.card import ModelCard
@@ -49,6 +51,8 @@ class Inputs:
         self.data = data
         self.normaliser = normaliser
         self.patch = card.patch_size[1:] if card.spatial_dims == 2 else card.patch_size
+        #: Voxels of one input as the network takes it.
+        self.voxels = card.in_channels * math.prod(self.patch)
         self.count = 0
         #: Whether inputs may hold NaN where they leave the image.
         self.pads = False
@@ -62,16 +66,20 @@ class Inputs:
 
         Inputs of one size are copied once, straight into a float32 batch, then
         normalised and resized as one; boxes of different sizes one by one.
-        Only boxes can leave the image, so only they pay for the NaN fill.
         """
         raws = [self.raw(index) for index in indices]
         if len({r.shape for r in raws}) == 1:
             stacked = np.empty((len(raws), *raws[0].shape), dtype=np.float32)
             for row, raw in zip(stacked, raws):
                 row[...] = raw
-            groups = [stacked]
-        else:
-            groups = [r[None].astype(np.float32) for r in raws]  # a copy: raws may be views
+            return self._prepared([stacked], device)
+        return self._prepared([r[None].astype(np.float32) for r in raws], device)  # copies
+
+    def _prepared(self, groups: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """float32 (B, C, *spatial) groups, ours to change, normalised and resized as one batch.
+
+        Only boxes can leave the image, so only they pay for the NaN fill.
+        """
         batches = []
         for group in groups:
             batch = self.normaliser(torch.from_numpy(group).to(device))
@@ -143,6 +151,49 @@ class RegionInputs(Inputs):
         self.count = len(regions)
         self.pads = True
         self.shape = data.shape[1:]
+        corners = np.array([r.start + r.stop for r in regions], dtype=np.intp).reshape(-1, 6)
+        self.starts = corners[:, :3]
+        self.sizes = corners[:, 3:] - self.starts
+        #: Whether each box lies wholly inside the image.
+        self.inside = (self.starts >= 0).all(1) & (self.starts + self.sizes <= self.shape).all(1)
+        #: Sliding-window views of the scan (no copies), one per box size read so far.
+        self._windows: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+        """As :meth:`Inputs.read`; boxes of one size inside the image in one gather.
+
+        The gather indexes a sliding-window view of the scan with every box's
+        corner at once, instead of slicing and copying box by box: for a
+        hundred small boxes the per-box Python work was most of the reading.
+        """
+        rows = np.asarray(indices, dtype=np.intp)
+        sizes = self.sizes[rows]
+        if len(rows) < 2 or not self.inside[rows].all() or (sizes != sizes[0]).any():
+            return super().read(indices, device)
+        return self._prepared([self._gather(self.starts[rows], tuple(sizes[0].tolist()))], device)
+
+    def _gather(self, starts: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+        """float32 (B, C, *spatial) voxels of same-size boxes inside the image at ``starts``."""
+        windows = self._windows.get(size)
+        context = self.card.context_slices
+        if self.card.spatial_dims == 3:
+            if windows is None:
+                windows = sliding_window_view(self.data, size, axis=(1, 2, 3))
+            taken = windows[:, starts[:, 0], starts[:, 1], starts[:, 2]].swapaxes(0, 1)
+        elif context:
+            if windows is None:
+                windows = sliding_window_view(self.data[0], size[1:], axis=(1, 2))
+            neighbours = starts[:, :1] + np.arange(-context, context + 1)
+            neighbours = neighbours.clip(0, self.shape[0] - 1)
+            taken = windows[neighbours, starts[:, 1:2], starts[:, 2:3]]
+        else:
+            if windows is None:
+                windows = sliding_window_view(self.data, size[1:], axis=(2, 3))
+            taken = windows[:, starts[:, 0], starts[:, 1], starts[:, 2]].swapaxes(0, 1)
+        self._windows[size] = windows
+        out = np.empty(taken.shape, dtype=np.float32)
+        out[...] = taken
+        return out
 
     def _box(self, start: Sequence[int], stop: Sequence[int], channels: Sequence[int] | None):
         """The box's voxels, NaN outside the image; channels from ``channels`` z slices if given."""
@@ -168,7 +219,7 @@ class RegionInputs(Inputs):
         region = self.regions[index]
         z = region.start[0]
         context = self.card.context_slices
-        inside = min(region.start) >= 0 and all(b <= n for b, n in zip(region.stop, self.shape))
+        inside = bool(self.inside[index])
         if inside and self.card.spatial_dims == 3:
             return self.data[(slice(None), *map(slice, region.start, region.stop))]
         if inside:

@@ -156,8 +156,6 @@ class RegionInputs(Inputs):
         self.sizes = corners[:, 3:] - self.starts
         #: Whether each box lies wholly inside the image.
         self.inside = (self.starts >= 0).all(1) & (self.starts + self.sizes <= self.shape).all(1)
-        #: Sliding-window views of the scan (no copies), one per box size read so far.
-        self._windows: dict[tuple[int, int, int], np.ndarray] = {}
 
     def read(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
         """As :meth:`Inputs.read`; boxes of one size inside the image in one gather.
@@ -174,23 +172,18 @@ class RegionInputs(Inputs):
 
     def _gather(self, starts: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
         """float32 (B, C, *spatial) voxels of same-size boxes inside the image at ``starts``."""
-        windows = self._windows.get(size)
         context = self.card.context_slices
         if self.card.spatial_dims == 3:
-            if windows is None:
-                windows = sliding_window_view(self.data, size, axis=(1, 2, 3))
+            windows = sliding_window_view(self.data, size, axis=(1, 2, 3))
             taken = windows[:, starts[:, 0], starts[:, 1], starts[:, 2]].swapaxes(0, 1)
         elif context:
-            if windows is None:
-                windows = sliding_window_view(self.data[0], size[1:], axis=(1, 2))
+            windows = sliding_window_view(self.data[0], size[1:], axis=(1, 2))
             neighbours = starts[:, :1] + np.arange(-context, context + 1)
             neighbours = neighbours.clip(0, self.shape[0] - 1)
             taken = windows[neighbours, starts[:, 1:2], starts[:, 2:3]]
         else:
-            if windows is None:
-                windows = sliding_window_view(self.data, size[1:], axis=(2, 3))
+            windows = sliding_window_view(self.data, size[1:], axis=(2, 3))
             taken = windows[:, starts[:, 0], starts[:, 1], starts[:, 2]].swapaxes(0, 1)
-        self._windows[size] = windows
         out = np.empty(taken.shape, dtype=np.float32)
         out[...] = taken
         return out

@@ -307,7 +307,7 @@ def overhead(seed: int, slice_patch: int, reps: int, slice_reps: int) -> dict:
     def ours(config: ClassifyConfig, regions: list[Region] | None, model=model, fresh=False):
         def run() -> None:
             if fresh:  # as the first job with this network: no time per input known yet
-                inference._PACE.pop(model.network, None)
+                inference._PACES.table(model).clear()
             run_job(classify_job(scan, model, config, regions))
 
         return run

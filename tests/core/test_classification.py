@@ -360,3 +360,13 @@ def test_batches_are_sized_from_the_time_per_input(model2d, phantom, monkeypatch
     monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 0.0)
     run_job(classify_job(ct, model, ClassifyConfig(scope="slices")))
     assert recorder.sizes == [1] * 24
+
+
+def test_a_model_loaded_again_keeps_its_pace(model2d, phantom, monkeypatch):
+    ct, _ = phantom
+    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)
+    run_job(classify_job(ct, model2d, ClassifyConfig(scope="slices")))
+    recorder = _RecordsBatchSizes(model2d.network)
+    again = LoadedModel(model2d.card, recorder, model2d.source, model2d.sha256)
+    run_job(classify_job(ct, again, ClassifyConfig(scope="slices")))
+    assert recorder.sizes == [24]

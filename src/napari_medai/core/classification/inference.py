@@ -4,7 +4,7 @@ Inputs are read, normalised and resized batch by batch (see
 :mod:`~napari_medai.core.classification.inputs`), so memory stays at one batch
 beyond the scan. Batches are sized from the network's time per input, so that
 a call stays short and Cancel lands within about half a second: the first
-batch holds one input unless an earlier job timed this network on inputs of
+batch holds one input unless an earlier job timed this model on inputs of
 this size. On a GPU out-of-memory error the devices' fallback ladder halves
 the batch, then moves to the CPU.
 """
@@ -61,13 +61,32 @@ CPU_TARGET_CALL_S = 0.05
 MAX_BATCH = 64
 MAX_BATCH_VOXELS = 2**20
 
-#: Seconds per input of each network's last call, by device type and input voxels.
-#: A job's first batch is sized from it rather than from one input timed first:
-#: a call has a fixed cost (about 2 ms for the bench's DenseNet under load, as
-#: much as ten 32x32 boxes), and a hundred boxes take one call instead of two.
-_PACE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], float]] = (
-    weakref.WeakKeyDictionary()
-)
+
+class _Paces:
+    """Seconds per input of a model's last network call, by device type and input voxels.
+
+    A job's first batch is sized from it rather than from one input timed
+    first: a call has a fixed cost (about 2 ms for the bench's DenseNet under
+    load, as much as ten 32x32 boxes), and a hundred such boxes then take one
+    call instead of three. Kept by the hash of the weights, so that a model
+    loaded again (the dock loads it for each run) keeps its pace; by the
+    network object when the hash is unknown.
+    """
+
+    def __init__(self) -> None:
+        self.by_hash: dict[str, dict[tuple[str, int], float]] = {}
+        self.by_network: weakref.WeakKeyDictionary[torch.nn.Module, dict] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def table(self, model: LoadedModel) -> dict[tuple[str, int], float]:
+        """The model's paces, (device type, input voxels) -> seconds per input."""
+        if model.sha256:
+            return self.by_hash.setdefault(model.sha256, {})
+        return self.by_network.setdefault(model.network, {})
+
+
+_PACES = _Paces()
 
 
 def classify_job(
@@ -138,7 +157,7 @@ class _Batches:
         self.fixed = config.batch_size is not None
         self.voxels = voxels
         self.ceiling = max(MAX_BATCH, MAX_BATCH_VOXELS // voxels)
-        pace = _PACE.get(model.network, {}).get((device.type, voxels))
+        pace = _PACES.table(model).get((device.type, voxels))
         first = 1 if pace is None else self._fitting(device, pace)
         self.placement = Placement(device, CPU, config.batch_size or first)
         self.fallbacks: list[str] = []
@@ -181,7 +200,7 @@ class _Batches:
         """
         compute = self.placement.compute
         pace = elapsed / size
-        _PACE.setdefault(self.model.network, {})[(compute.type, self.voxels)] = pace
+        _PACES.table(self.model)[(compute.type, self.voxels)] = pace
         batch = self._fitting(compute, pace)
         if batch != self.placement.batch:
             self.placement = Placement(compute, CPU, batch)

@@ -332,7 +332,7 @@ MIXED = [
 @pytest.mark.parametrize("boxes", [SAME_SIZE_INSIDE, MIXED], ids=["one-size-inside", "mixed"])
 def test_boxes_classified_in_batches_match_one_at_a_time(model2d, phantom, boxes, monkeypatch):
     ct, _ = phantom
-    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)  # batches as large as allowed
+    monkeypatch.setattr(inference, "TARGET_CALL_S", 1e6)  # batches as large as allowed
     recorder = _RecordsBatchSizes(model2d.network)
     model = LoadedModel(model2d.card, recorder, "memory", "")
     batched = run_job(classify_job(ct, model, ClassifyConfig(scope="regions"), boxes))
@@ -352,19 +352,19 @@ def test_batches_are_sized_from_the_time_per_input(model2d, phantom, monkeypatch
     ct, _ = phantom
     recorder = _RecordsBatchSizes(model2d.network)
     model = LoadedModel(model2d.card, recorder, "memory", "")
-    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)
+    monkeypatch.setattr(inference, "TARGET_CALL_S", 1e6)
     for _ in range(2):
         run_job(classify_job(ct, model, ClassifyConfig(scope="slices")))
     assert recorder.sizes == [1, 23, 24]
     recorder.sizes.clear()
-    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 0.0)
+    monkeypatch.setattr(inference, "TARGET_CALL_S", 0.0)
     run_job(classify_job(ct, model, ClassifyConfig(scope="slices")))
     assert recorder.sizes == [1] * 24
 
 
 def test_a_model_loaded_again_keeps_its_pace(model2d, phantom, monkeypatch):
     ct, _ = phantom
-    monkeypatch.setattr(inference, "CPU_TARGET_CALL_S", 1e6)
+    monkeypatch.setattr(inference, "TARGET_CALL_S", 1e6)
     run_job(classify_job(ct, model2d, ClassifyConfig(scope="slices")))
     recorder = _RecordsBatchSizes(model2d.network)
     again = LoadedModel(model2d.card, recorder, model2d.source, model2d.sha256)

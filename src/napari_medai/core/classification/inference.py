@@ -51,15 +51,16 @@ from napari_medai.core.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: The batch is sized so that a network call takes about this long, up to MAX_BATCH
-#: inputs, or MAX_BATCH_VOXELS of input when the inputs are small (boxes).
+#: The batch is sized so that a network call takes about this long, up to a ceiling:
 TARGET_CALL_S = 0.25
-#: The same on the CPU, where a larger batch is no faster once a call takes tens of
-#: milliseconds, only larger: 512x512 slices took 42-45 ms each in batches of 1-4
-#: and 80 ms in batches of 8 (one thread).
-CPU_TARGET_CALL_S = 0.05
+#: MAX_BATCH inputs, or MAX_BATCH_VOXELS of input when the inputs are small (boxes);
 MAX_BATCH = 64
 MAX_BATCH_VOXELS = 2**20
+#: on the CPU, CPU_BATCH_VOXELS of input (at least one input). Larger CPU batches are
+#: no faster per input, soon slower: the bench's DenseNet took 208, 201, 208 and 250 us
+#: per 32x32 box in batches of 100, 128, 256 and 512, and 42-45 ms per 512x512 slice in
+#: batches of 1-4 but 80 ms in batches of 8 (one thread).
+CPU_BATCH_VOXELS = 2**18
 
 
 class _Paces:
@@ -68,7 +69,7 @@ class _Paces:
     A job's first batch is sized from it rather than from one input timed
     first: a call has a fixed cost (about 2 ms for the bench's DenseNet under
     load, as much as ten 32x32 boxes), and a hundred such boxes then take one
-    call instead of three. Kept by the hash of the weights, so that a model
+    call instead of two. Kept by the hash of the weights, so that a model
     loaded again (the dock loads it for each run) keeps its pace; by the
     network object when the hash is unknown.
     """
@@ -156,7 +157,6 @@ class _Batches:
         self.model = model
         self.fixed = config.batch_size is not None
         self.voxels = voxels
-        self.ceiling = max(MAX_BATCH, MAX_BATCH_VOXELS // voxels)
         pace = _PACES.table(model).get((device.type, voxels))
         first = 1 if pace is None else self._fitting(device, pace)
         self.placement = Placement(device, CPU, config.batch_size or first)
@@ -170,7 +170,7 @@ class _Batches:
         last call, which pays a call's fixed cost for a few inputs.
         """
         size = self.placement.batch
-        if not self.fixed and count - done <= min(size + size // 2, self.ceiling):
+        if not self.fixed and count - done <= min(size + size // 2, self._ceiling()):
             size = count - done
         return list(range(done, min(done + size, count)))
 
@@ -187,10 +187,16 @@ class _Batches:
             self._resize(len(indices), time.perf_counter() - started)
         return batch, probabilities
 
+    def _ceiling(self, device: torch.device | None = None) -> int:
+        """The most inputs a batch may hold on ``device`` (default: the current one)."""
+        device = device or self.placement.compute
+        if device.type == "cpu":
+            return max(1, CPU_BATCH_VOXELS // self.voxels)
+        return max(MAX_BATCH, MAX_BATCH_VOXELS // self.voxels)
+
     def _fitting(self, device: torch.device, pace: float) -> int:
-        """How many inputs take about the target time at ``pace`` seconds per input."""
-        target = CPU_TARGET_CALL_S if device.type == "cpu" else TARGET_CALL_S
-        return min(max(int(target / max(pace, 1e-9)), 1), self.ceiling)
+        """How many inputs take about TARGET_CALL_S at ``pace`` seconds per input."""
+        return min(max(int(TARGET_CALL_S / max(pace, 1e-9)), 1), self._ceiling(device))
 
     def _resize(self, size: int, elapsed: float) -> None:
         """Size the next batch from this call's time per input, and remember that pace.

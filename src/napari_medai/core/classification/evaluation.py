@@ -12,13 +12,12 @@ out gives that run's held-out figures again.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_medai.core.classification.config import ClassificationError
+from napari_medai.core.classification.config import ClassificationError, ClassifyConfig
 from napari_medai.core.classification.examples import (
     Examples,
     examples_from_label_slices,
@@ -26,19 +25,13 @@ from napari_medai.core.classification.examples import (
     slice_classes,
 )
 from napari_medai.core.classification.heldout import HeldOutSet
-
-# The one conversion of a classifier's outputs to probabilities (one sigmoid
-# output for two classes, else softmax), shared with inference.
-from napari_medai.core.classification.inference import _probabilities
+from napari_medai.core.classification.inference import Batches
 from napari_medai.core.classification.metrics import classification_metrics
 from napari_medai.core.classification.model import check_classifier, class_names
 from napari_medai.core.devices import (
     CPU,
-    Placement,
-    autocast,
     choose_device,
     is_out_of_memory,
-    next_fallback,
     release_memory,
 )
 from napari_medai.core.jobs import Job, Progress
@@ -46,9 +39,6 @@ from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.volume import Volume
 
-#: The batch doubles while a network call takes less than this (Cancel lands between calls).
-TARGET_CALL_S = 0.25
-MAX_BATCH = 64
 #: Share of the progress bar given to reading the examples.
 _READING_SHARE = 0.2
 
@@ -132,36 +122,46 @@ def evaluate_job(
     return _evaluate(model, volume, picked, used, choose_device(device))
 
 
+class _ExampleInputs:
+    """Examples as :class:`Batches` reads inputs: already normalised and patch-sized."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.count = len(images)
+        self.voxels = int(images[0].numel()) if self.count else 1
+
+    def read(self, indices: list[int], device: torch.device) -> torch.Tensor:
+        return self.images[indices].to(device)
+
+
 def _evaluate(
     model: LoadedModel, volume: Volume, picked: HeldOutSet, used: list, device: torch.device
 ) -> Job[dict[str, Any]]:
     network, card = model.network, model.card
     parameter = next(iter(network.parameters()), None)
     home = parameter.device if parameter is not None else CPU
-    placement = Placement(device, CPU, 4)
     try:
         yield Progress(0.0, f"reading the held-out {picked.kind}")
         examples = held_out_examples(volume, picked, card)
         network.eval().to(device)
+        inputs = _ExampleInputs(examples.images)
+        runner = Batches(model, ClassifyConfig(), device, inputs.voxels)
         rows: list[np.ndarray] = []
-        done, count = 0, len(examples)
-        while done < count:
-            batch = examples.images[done : done + placement.batch]
-            started = time.perf_counter()
+        done = 0
+        while done < inputs.count:
+            fraction = _READING_SHARE + (1 - _READING_SHARE) * done / inputs.count
+            indices = runner.next_indices(done, inputs.count)
             try:
-                with torch.no_grad(), autocast(placement.compute):
-                    logits = network(batch.to(placement.compute))
+                _batch, probabilities = runner.run(inputs, indices)
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
-                placement = _fall_back(network, placement, card.name)
+                yield Progress(fraction, runner.fall_back())
                 continue
-            rows.append(_probabilities(logits, card.num_classes, card.name).cpu().numpy())
-            done += len(batch)
-            if time.perf_counter() - started < TARGET_CALL_S:
-                placement = Placement(placement.compute, CPU, min(2 * placement.batch, MAX_BATCH))
-            fraction = _READING_SHARE + (1 - _READING_SHARE) * done / count
-            yield Progress(fraction, f"scored {done}/{count} held-out {picked.kind}")
+            rows.append(probabilities.numpy())
+            done += len(indices)
+            fraction = _READING_SHARE + (1 - _READING_SHARE) * done / inputs.count
+            yield Progress(fraction, f"scored {done}/{inputs.count} held-out {picked.kind}")
         metrics = classification_metrics(
             examples.labels, np.concatenate(rows), examples.class_names, picked.describe(used)
         )
@@ -170,16 +170,3 @@ def _evaluate(
     finally:
         network.to(home)
         release_memory(device)
-
-
-def _fall_back(network: torch.nn.Module, placement: Placement, name: str) -> Placement:
-    """The devices' next rung down after running out of GPU memory."""
-    step = next_fallback(placement)
-    if step is None:
-        raise ClassificationError(
-            f"not enough memory to run '{name}' even one input at a time on the CPU"
-        )
-    if step[0].compute != placement.compute:
-        network.to(step[0].compute)
-    release_memory(placement.compute)
-    return step[0]

@@ -147,8 +147,12 @@ def _probabilities(logits: torch.Tensor, classes: int, name: str) -> torch.Tenso
     return torch.softmax(logits, dim=1)
 
 
-class _Batches:
-    """Runs batches where the current :class:`Placement` says; grows or shrinks the batch."""
+class Batches:
+    """Runs batches where the current :class:`Placement` says; grows or shrinks the batch.
+
+    ``inputs`` need only ``read(indices, device)``; held-out evaluation runs
+    its ready examples through the same batching and out-of-memory ladder.
+    """
 
     def __init__(
         self, model: LoadedModel, config: ClassifyConfig, device: torch.device, voxels: int
@@ -262,7 +266,7 @@ def _classify(
     try:
         yield Progress(0.0, "preparing the scan")
         inputs = _make_inputs(volume, model, config, regions)
-        runner = _Batches(model, config, device, inputs.voxels)
+        runner = Batches(model, config, device, inputs.voxels)
         cam = np.zeros(volume.spatial_shape, dtype=np.float32) if config.cam else None
         _ready(model.network, home, device)
         rows: list[np.ndarray] = []

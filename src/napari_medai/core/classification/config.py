@@ -92,8 +92,14 @@ class Region:
 
     @classmethod
     def around(cls, centre: tuple[float, float, float], size: tuple[int, int, int]) -> Region:
-        """The box of ``size`` voxels centred on ``centre`` (a point in voxel indices)."""
-        start = tuple(math.floor(c + 0.5 - s / 2.0) for c, s in zip(centre, size))
+        """The box of ``size`` voxels centred on ``centre`` (a point in voxel indices).
+
+        The centre is snapped to a millionth of a voxel first: a point placed on
+        slice 17 comes back from world coordinates as 16.9999999 on an oblique
+        or flipped scan, and must not land on slice 16.
+        """
+        snapped = (round(c, 6) for c in centre)
+        start = tuple(math.floor(c + 0.5 - s / 2.0) for c, s in zip(snapped, size))
         return cls(start, tuple(a + int(s) for a, s in zip(start, size)))  # type: ignore[arg-type]
 
     @property

@@ -43,7 +43,13 @@ def send(conn: Connection, message: Any) -> None:
 
 
 def receive(conn: Connection) -> Any:
-    """The next message; its arrays land in writable buffers."""
+    """The next message; its arrays land in writable buffers.
+
+    Unpickling is safe here: the socket is a private pair between napari's
+    process and the worker it started, never a file or a network peer, and
+    the worker opens model files with the safe loaders (safetensors,
+    ``weights_only``) like any other job.
+    """
     sizes, header = conn.recv()
     buffers = [bytearray(size) for size in sizes]
     for buffer in buffers:
@@ -57,28 +63,20 @@ def resolve(target: str) -> Callable[..., Job[Any]]:
     return getattr(importlib.import_module(module), name)
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a MedaiError with its text."""
+def _travels(obj: object) -> bool:
+    """Whether ``obj`` (an error or warning class of ours) survives a pickle round trip."""
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.loads(pickle.dumps(obj))
     except Exception:
-        return MedaiError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-def _portable_category(category: type[Warning]) -> type[Warning]:
-    """``category`` if the parent can unpickle it (an importable class), else UserWarning."""
-    try:
-        pickle.loads(pickle.dumps(category))
-    except Exception:
-        return UserWarning
-    return category
+        return False
+    return True
 
 
 def _relay_warnings(conn: Connection, caught: list[warnings.WarningMessage]) -> None:
     """Send the warnings the job raised, so the GUI tells them as it would from a thread."""
     for warning in caught:
-        send(conn, (WARNED, (_portable_category(warning.category), str(warning.message))))
+        category = warning.category if _travels(warning.category) else UserWarning
+        send(conn, (WARNED, (category, str(warning.message))))
     caught.clear()
 
 
@@ -108,7 +106,8 @@ def _run_one(conn: Connection, target: str, args: tuple, env: dict, cwd: str) ->
                 send(conn, (PROGRESS, event))
         except Exception as exc:
             _relay_warnings(conn, caught)
-            send(conn, (RAISED, (_portable(exc), traceback.format_exc())))
+            error = exc if _travels(exc) else MedaiError(f"{type(exc).__name__}: {exc}")
+            send(conn, (RAISED, (error, traceback.format_exc())))
         finally:
             if job is not None:
                 job.close()

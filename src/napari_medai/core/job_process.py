@@ -56,9 +56,6 @@ class JobProcessError(MedaiError):
 class RemoteTraceback(Exception):
     """The child's traceback, attached as ``__cause__`` of an error it raised."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class _Worker:
     """One worker process (``python -m napari_medai.core.job_worker``) and our socket to it."""

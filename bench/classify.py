@@ -198,7 +198,33 @@ def kidney_cam(
         "train_boxes": examples.counts(),
         "iterations": trained.history[-1]["iteration"],
         "held_out_macro": trained.metrics["macro"] if trained.metrics else None,
-        **cam_ratio(model, ct, kidney, positives),
+        "slices": slice_cam(model, ct, kidney, range(12, 23)),
+        "boxes": cam_ratio(model, ct, kidney, positives),
+    }
+
+
+def slice_cam(model, ct: Volume, kidney: np.ndarray, held_out: range) -> dict:
+    """Every slice classified with its CAM; heat inside / outside the kidneys on ``held_out``.
+
+    Outside is the rest of the body (HU > -500), not the air around it, which
+    would flatter the ratio. The slice verdicts are scored on the slices the
+    classifier never saw (``held_out`` and beyond).
+    """
+    config = ClassifyConfig(scope="slices", device="cpu", cam=True, cam_class=1)
+    result = run_job(classify_job(ct, model, config))
+    where = slice(held_out.start, held_out.stop)
+    heat, inside = result.cam.array[where], kidney[where]
+    rest = (np.asarray(ct.array)[where] > -500) & ~inside
+    unseen = range(held_out.start, ct.spatial_shape[0])
+    truth = kidney[held_out.start :].any(axis=(1, 2))
+    verdicts = np.array([result.predictions[z].label for z in unseen]) == 1
+    right = f"verdicts_right_on_slices_{unseen.start}-{unseen.stop - 1}"
+    return {
+        "held_out_slices": f"{held_out.start}-{held_out.stop - 1}",
+        "ratio_of_means": round(float(heat[inside].mean() / heat[rest].mean()), 3),
+        "ratio_against_whole_slice": round(float(heat[inside].mean() / heat[~inside].mean()), 3),
+        "kidney_probability_per_slice": [round(v, 3) for v in result.curve(1)],
+        right: int((verdicts == truth).sum()),
     }
 
 

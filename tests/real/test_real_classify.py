@@ -96,6 +96,13 @@ def _bench():
 
 @pytest.mark.slow
 def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_path):
+    """The issue's measure: on held-out kidney slices, heat inside the kidneys >= 2x outside.
+
+    The "kidney present" classifier learns from 32x32 boxes on slices 0-11 and
+    runs on every slice (core/classification/windows.py: box-sized windows for
+    the verdicts, Grad-CAM of the whole slice at the boxes' scale). Outside is
+    the rest of the body, not the air around it.
+    """
     bench = _bench()
     folder = shared_data / "totalsegmentator"
     ct = read_volume(folder / "example_ct_sm.nii.gz")
@@ -103,17 +110,16 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
     figures = bench.kidney_cam(
         ct, seg, budget=None, iterations=ITERATIONS, seed=0, scratch=tmp_path
     )
+    slices, boxes = figures["slices"], figures["boxes"]
     print(  # noqa: T201 (the issue asks the test to print the ratio; shown with pytest -s)
-        f"kidney Grad-CAM: mean heat inside / outside the kidney mask = {figures['ratio_of_means']}"
+        f"kidney Grad-CAM on held-out slices {slices['held_out_slices']}: mean heat inside / "
+        f"outside the kidney mask = {slices['ratio_of_means']} (against the whole slice: "
+        f"{slices['ratio_against_whole_slice']}); inside / outside within held-out boxes: "
+        f"{boxes['ratio_of_means']}"
     )
-    # The issue's goal is 2x. The box CAM is computed on the box plus 16 pixels of scan on
-    # each side and cropped back (ClassifyConfig.cam_context, core/classification/context.py):
-    # seed 0 gives 1.922 (seeds 1-4: 1.66, 1.81, 2.37, 2.72; mean 2.10). On the box alone it was
-    # 1.65 (1.24, 2.02, 2.11, 2.00; mean 1.80): the last feature map's receptive field (up to
-    # 59 px) spans the whole 32 px box, so the heat leaned to the box centre wherever the kidney
-    # lay (0.5-0.7 in the central 8x8 pixels, 0.19-0.27 in the outer 4-pixel frame). Tried and
-    # worse: training on the widened boxes too (8 px: 0.88-2.21; 16 px: 0.62-1.63), GradCAM++
-    # (1.62-2.20), an earlier layer (mean 2.10, worst 1.64), network and training changes, and
-    # training on the test slices (1.4-1.8). So this guards the localisation reached, under the
-    # worst seed, not the goal (see the issue note).
-    assert figures["ratio_of_means"] >= 1.6
+    # Seeds 0-4: 3.61, 2.90, 2.60, 3.56, 3.65.
+    assert slices["ratio_of_means"] >= 2.0
+    # Within a 32x32 box around a kidney the map is coarser than the kidney: the last
+    # feature map sees about 59 px, so the heat spreads over the box (seeds 0-4: 1.92,
+    # 1.66, 1.81, 2.37, 2.72, with 16 px of scan around each box; 1.24-2.11 without).
+    assert boxes["ratio_of_means"] >= 1.5

@@ -285,7 +285,7 @@ class ClassifyWidget(Container):
 
             data = cam_layer_data(result, image, source, model.name)
             self.cam_layer = show_segmentation(self._viewer, [data])[0]
-        self.status.value = f"{len(result.predictions)} classified with {model.name}"
+        self.status.value = result.summary(model.name)
 
     def go_to_slice(self, index: float) -> None:
         """Move the viewer to slice ``index`` of the last per-slice run's image axis."""

@@ -176,6 +176,16 @@ class ClassifyResult:
     axis: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self, model_name: str) -> str:
+        """One line for the dock: what was classified, and how a box model read the slices."""
+        noun = {"volume": "volume", "slices": "slices", "regions": "boxes"}[self.scope]
+        text = f"{len(self.predictions)} {noun} classified with {model_name}"
+        windows = self.provenance.get("slices_read_as_windows")
+        if windows:
+            height, width = windows["box"]
+            text += f", each read as {height}x{width}-pixel windows like the boxes it learnt from"
+        return text
+
     def curve(self, label: int) -> list[float]:
         """The probability of class ``label`` for every input (the per-slice curve)."""
         return [p.probabilities[label] for p in self.predictions]

@@ -28,6 +28,7 @@ from napari_medai.core.classification.heldout import HeldOutSet
 from napari_medai.core.classification.inference import Batches
 from napari_medai.core.classification.metrics import classification_metrics
 from napari_medai.core.classification.model import check_classifier, class_names
+from napari_medai.core.classification.windows import learnt_box
 from napari_medai.core.devices import (
     CPU,
     choose_device,
@@ -109,6 +110,11 @@ def evaluate_job(
         raise ClassificationError(
             f"'{card.name}' is a 3D classifier; held-out evaluation scores 2D classifiers on "
             "slices or boxes"
+        )
+    if picked.kind == "slices" and learnt_box(card):
+        raise ClassificationError(
+            f"'{card.name}' learnt from boxes, so its figures on whole slices would not be "
+            "its own; score it on held-out boxes (a Shapes or Points layer with a class feature)"
         )
     names = class_names(card)
     truth, used = _truth(volume, picked, names)

@@ -137,9 +137,9 @@ def examples_from_regions(
         raise ClassificationError(f"boxes carry classes {unknown} that have no name")
     if any(r.size[0] != 1 for r in regions):
         raise ClassificationError("the boxes must be 2D, on one slice each")
+    box = np.median([r.size[1:] for r in regions], axis=0)
     if patch_size is None:
-        sizes = np.median([r.size[1:] for r in regions], axis=0)
-        patch_size = [1, *(_round_edge(s, 256) for s in sizes)]
+        patch_size = [1, *(_round_edge(s, 256) for s in box)]
     intensity = _intensity(volume, intensity)
     inputs = RegionInputs(volume, _card_like(patch_size, intensity, context_slices), regions)
     images = inputs.read(list(range(len(regions))), torch.device("cpu"))
@@ -151,7 +151,8 @@ def examples_from_regions(
         list(patch_size),
         intensity,
         context_slices=context_slices,
-        sources=[{"kind": "boxes", "count": len(regions)}],
+        # The boxes' size tells the slice scope at what scale the model reads (windows.py).
+        sources=[{"kind": "boxes", "count": len(regions), "box": [float(v) for v in box]}],
     )
 
 

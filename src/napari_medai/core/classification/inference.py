@@ -36,6 +36,12 @@ from napari_medai.core.classification.inputs import (
     VolumeInput,
 )
 from napari_medai.core.classification.model import check_classifier, class_names
+from napari_medai.core.classification.windows import (
+    SliceWindows,
+    WholeSlices,
+    check_window_axis,
+    learnt_box,
+)
 from napari_medai.core.devices import (
     CPU,
     Placement,
@@ -104,6 +110,8 @@ def classify_job(
     config.check()
     check_classifier(model, volume, config.scope)
     regions = list(regions or [])
+    if config.scope == "slices" and learnt_box(model.card):
+        check_window_axis(model.card, config.axis)
     if config.scope == "regions":
         check_regions(regions, volume.spatial_shape)
         if model.card.spatial_dims == 2:
@@ -126,6 +134,9 @@ def _make_inputs(volume: Volume, model: LoadedModel, config: ClassifyConfig, reg
     if config.scope == "volume":
         return VolumeInput(volume, model.card)
     if config.scope == "slices":
+        box = learnt_box(model.card)
+        if box:
+            return SliceWindows(volume, model.card, box)
         return SliceInputs(volume, model.card, config.axis)
     return RegionInputs(volume, model.card, regions)
 
@@ -268,6 +279,9 @@ def _classify(
         inputs = _make_inputs(volume, model, config, regions)
         runner = Batches(model, config, device, inputs.voxels)
         cam = np.zeros(volume.spatial_shape, dtype=np.float32) if config.cam else None
+        windowed = isinstance(inputs, SliceWindows)
+        # With windows, the heat maps come after the verdicts, over whole slices.
+        share = 0.5 if windowed and cam is not None else 1.0
         _ready(model.network, home, device)
         rows: list[np.ndarray] = []
         done, network_s = 0, 0.0
@@ -279,11 +293,11 @@ def _classify(
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
-                yield Progress(done / inputs.count, runner.fall_back())
+                yield Progress(share * done / inputs.count, runner.fall_back())
                 continue
             network_s += time.perf_counter() - mark
             rows.append(probabilities.numpy())
-            if cam is not None:
+            if cam is not None and not windowed:
                 if heat is None:
                     heat = HeatMaps(model.network, batch[:1], config.cam_method, config.cam_layer)
                 winners = probabilities.argmax(1).tolist()
@@ -296,8 +310,14 @@ def _classify(
                 for index, heat_map in zip(indices, maps):
                     inputs.place(cam, index, heat_map)
             done += len(indices)
-            yield Progress(done / inputs.count, f"classified {done}/{inputs.count}")
+            noun = " windows" if windowed else ""
+            yield Progress(share * done / inputs.count, f"classified {done}/{inputs.count}{noun}")
         table = np.concatenate(rows)
+        if windowed:
+            table, background = inputs.verdicts(table)
+            if cam is not None:
+                compute = runner.placement.compute
+                heat = yield from _whole_slice_heat(model, config, inputs, table, cam, compute)
         winners = table.argmax(1)
         predictions = [
             Prediction(i, label, names[label], row[label], row)
@@ -318,6 +338,8 @@ def _classify(
                 provenance["cam"]["context_pixels"] = config.cam_context
         if isinstance(inputs, VolumeInput):
             provenance["model_space"] = inputs.space.describe()
+        if windowed:
+            provenance["slices_read_as_windows"] = inputs.describe(names[background])
         name = f"{volume.metadata.get('name', 'image')} ({card.name}) CAM"
         cam_volume = None if cam is None else Volume(cam, volume.geometry, {"name": name})
         yield Progress(1.0, "done")
@@ -330,3 +352,38 @@ def _classify(
         if _parameter_device(model.network) != home:
             model.network.to(home)
         release_memory(device)
+
+
+def _whole_slice_heat(
+    model: LoadedModel,
+    config: ClassifyConfig,
+    windows: SliceWindows,
+    table: np.ndarray,
+    cam: np.ndarray,
+    device: torch.device,
+) -> Job[HeatMaps]:
+    """Grad-CAM of each whole axial slice at the boxes' scale, into ``cam`` (see windows.py).
+
+    Each slice's map is for ``config.cam_class``, else for the slice's verdict.
+    """
+    slices = WholeSlices(windows.volume, model.card, windows.box)
+    heat: HeatMaps | None = None
+    try:
+        for index in range(slices.count):
+            batch = slices.read([index], device)
+            if heat is None:
+                heat = HeatMaps(model.network, batch, config.cam_method, config.cam_layer)
+            target = int(table[index].argmax()) if config.cam_class is None else config.cam_class
+            slices.place(cam, index, heat(batch, [target])[0].numpy())
+            done = index + 1
+            message = f"heat map of slice {done}/{slices.count}"
+            yield Progress(0.5 + 0.5 * done / slices.count, message)
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            raise
+        raise ClassificationError(
+            f"'{model.card.name}' could not read a whole slice at its boxes' scale "
+            f"({' x '.join(map(str, slices.patch))} pixels) for the heat map: {error}"
+        ) from error
+    assert heat is not None  # a volume has at least one slice
+    return heat

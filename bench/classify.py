@@ -10,10 +10,15 @@ uses a spatially separate block of those slices), then run with
 
 Grad-CAM: a "kidney present" box classifier (32x32 boxes around the kidneys,
 positive when the box holds 40 kidney voxels or more, negative when none),
-trained on slices 0-11; on held-out boxes with kidney (slices 12-22) the mean
-heat inside the kidney mask is compared with the mean heat outside it. Each
-box's CAM is computed with the default 16 pixels of surrounding scan
-(``ClassifyConfig.cam_context``) and cropped back to the box.
+trained on slices 0-11, is run on every slice with its CAM (box-sized windows
+for the verdicts, Grad-CAM of each whole slice at the boxes' scale). On the
+held-out kidney slices 12-22 the mean heat inside the kidney mask is compared
+with the mean heat in the rest of the body (HU > -500; against the whole
+slice, air included, it is higher). Also reported: the same within held-out
+positive boxes, each box's CAM computed with the default 16 pixels of
+surrounding scan (``ClassifyConfig.cam_context``) and cropped back to the box.
+The verdicts on unseen slices 12-29 are reported too: this classifier's
+negatives lie next to the kidneys, so anatomy it never saw can pass for kidney.
 
 Overhead: ``classify_job`` with default settings on 100 boxes and on every
 slice of a synthetic 512x512x300 CT, against the fastest of the bare

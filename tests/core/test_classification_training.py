@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -140,6 +141,9 @@ def test_train_stop_resume_and_refuse_a_missing_class(phantom, tmp_path):
     job = train_classifier_job(examples, config)
     payloads = [e.payload for e in iter(lambda: next(job, None), None) if e.payload]
     assert len(payloads) == 6 and "val_auc" in payloads[-1]
+    rates = [p["learning_rate"] for p in payloads]
+    expected = [config.learning_rate * (1 + math.cos(math.pi * i / 6)) / 2 for i in range(6)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
     model = load_model(tmp_path / "clf")
     assert model.card.task == "classification" and model.card.label_names == NAMES
     held = model.card.training["metrics"]["computed_on"]

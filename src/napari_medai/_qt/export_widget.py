@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QMessageBox
 
 from napari_medai._napari.export import export_input, is_dicom_source, source_path
 from napari_medai._qt.job_runner import JobRunner
-from napari_medai._qt.parts import follow_layer_list, layers_of, refresh_scan_pickers
+from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai.core.files import compound_stem
 from napari_medai.core.io.export import (
     ALGORITHM_TYPES,
@@ -60,12 +59,7 @@ class ExportWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self._labels_layers = layers_of(napari_viewer.layers, Labels)
-        self._image_layers = layers_of(napari_viewer.layers, Image)
-        self.labels_layer = ComboBox(label="Labels", annotation=Labels, choices=self._labels_layers)
-        self.image_layer = ComboBox(
-            label="Scan", annotation=Image, choices=self._image_layers, nullable=True
-        )
+        self.labels_layer, self.image_layer = scan_pickers(napari_viewer.layers)
         self.format = ComboBox(
             label="Format", choices=[(_FORMAT_LABELS[key], key) for key in EXPORT_FORMATS]
         )

@@ -3,7 +3,8 @@
 :class:`DetailsView`, a collapsible view of (what, value) rows; :func:`narrow`,
 which keeps a combo box with long entries from widening its dock;
 :class:`OnPress`, which tells when a widget is clicked;
-:func:`layers_of` / :func:`follow_layer_list` for layer pickers; and
+:func:`layers_of` / :func:`follow_layer_list` / :func:`scan_pickers` for layer
+pickers; and
 :func:`paint_apart`, which keeps a dock's repaints cheap.
 """
 
@@ -13,8 +14,9 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
+from magicgui.widgets import ComboBox
 from napari.components import LayerList
-from napari.layers import Layer
+from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QComboBox, QDockWidget, QLabel, QWidget
 from superqt import QCollapsible
@@ -35,6 +37,13 @@ def follow_layer_list(layers: LayerList, callback: Callable[..., Any]) -> None:
     """
     for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
         event.connect(callback)
+
+
+def scan_pickers(layers: LayerList) -> tuple[ComboBox, ComboBox]:
+    """A "Labels" picker and an optional "Scan" picker (the image they were drawn on)."""
+    labels = ComboBox(label="Labels", annotation=Labels, choices=layers_of(layers, Labels))
+    scan = ComboBox(label="Scan", annotation=Image, choices=layers_of(layers, Image), nullable=True)
+    return labels, scan
 
 
 def refresh_scan_pickers(labels_combo: Any, image_combo: Any) -> None:

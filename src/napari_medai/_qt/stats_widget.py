@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
-from napari.layers import Image, Labels
+from magicgui.widgets import Container, FileEdit, Label, PushButton, Table
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import statistics_input
 from napari_medai._qt.export_widget import ask_overwrite
 from napari_medai._qt.job_runner import JobRunner
-from napari_medai._qt.parts import follow_layer_list, layers_of, refresh_scan_pickers
+from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai.core.evaluation.statistics import (
     CSV_COLUMNS,
     LabelStatistics,
@@ -41,12 +40,7 @@ class StatisticsWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self._labels_layers = layers_of(napari_viewer.layers, Labels)
-        self._image_layers = layers_of(napari_viewer.layers, Image)
-        self.labels_layer = ComboBox(label="Labels", annotation=Labels, choices=self._labels_layers)
-        self.image_layer = ComboBox(
-            label="Scan", annotation=Image, choices=self._image_layers, nullable=True
-        )
+        self.labels_layer, self.image_layer = scan_pickers(napari_viewer.layers)
         self.measure_button = PushButton(text="Measure")
         self.table = Table(value={"data": [], "index": [], "columns": list(_HEADERS)})
         self.table.read_only = True

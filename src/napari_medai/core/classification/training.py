@@ -11,6 +11,7 @@ class-balanced and augmented (``core.training.dataset.Augmenter``).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,17 @@ class _Session:
             self.optimizer.load_state_dict(optimizer_state)
         self.validated_at = -1
 
+    def anneal(self, fraction: float) -> None:
+        """Cosine learning-rate decay over the budget (``fraction`` of it spent).
+
+        Measured on bench/classify.py's organ boxes (60 s, seeds 0-3): macro ROC
+        AUC 0.917, 0.895, 0.868, 0.898 against 0.898, 0.898, 0.848, 0.896 at a
+        constant rate. A resumed run decays again over its new budget.
+        """
+        rate = self.config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
     def step(self) -> float:
         """One optimizer step on a class-balanced, augmented batch; returns the loss."""
         size = min(self.config.batch_size, len(self.examples))
@@ -263,6 +275,7 @@ class _Session:
             else {k: metrics[k] for k in ("computed_on", "accuracy", "macro")},
             "batch_size": self.config.batch_size,
             "learning_rate": self.config.learning_rate,
+            "learning_rate_schedule": "cosine decay to 0 over the budget",
             "seed": self.config.seed,
             "sampling": "class-balanced",
             "loss": "cross-entropy",
@@ -308,7 +321,12 @@ def _fraction(config: ClassifierTrainConfig, steps: int, seconds: float) -> floa
 
 
 def _entry(session: _Session, clock: _Clock, loss: float) -> dict[str, Any]:
-    return {"iteration": session.iteration, "elapsed_s": round(clock.elapsed(), 3), "loss": loss}
+    return {
+        "iteration": session.iteration,
+        "elapsed_s": round(clock.elapsed(), 3),
+        "loss": loss,
+        "learning_rate": session.optimizer.param_groups[0]["lr"],
+    }
 
 
 def _record(session: _Session, clock: _Clock, entry: dict[str, Any]) -> None:
@@ -341,6 +359,7 @@ def _train(
             fraction = _fraction(config, session.iteration - first, clock.elapsed() - clock.offset)
             if fraction >= 1.0:
                 break
+            session.anneal(fraction)
             entry = _entry(session, clock, session.step())
             message = f"iteration {session.iteration}: loss {entry['loss']:.3f}"
             if clock.elapsed() >= next_validation:

@@ -25,6 +25,7 @@ from napari_medai.core.classification.metrics import (
 )
 from napari_medai.core.classification.training import (
     ClassifierTrainConfig,
+    augment_strengths,
     train_classifier_job,
 )
 from napari_medai.core.errors import OutputExistsError
@@ -146,6 +147,9 @@ def test_train_stop_resume_and_refuse_a_missing_class(phantom, tmp_path):
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
     model = load_model(tmp_path / "clf")
     assert model.card.task == "classification" and model.card.label_names == NAMES
+    # The phantom is CT on a fixed HU window: a quarter of the intensity augmentation.
+    assert model.card.training["augmentation_strengths"]["intensity"] == 0.25
+    assert augment_strengths({"kind": "percentile", "low": 1, "high": 99}).intensity == 1.0
     held = model.card.training["metrics"]["computed_on"]
     assert held["description"].startswith("spatially separate split")
     assert held["cases"] == sum(held["per_class"].values())

@@ -17,7 +17,7 @@ So the slices are read as the model learnt:
 - **Heat map:** the network's layers before its global pooling are
   convolutions, so Grad-CAM runs on each whole slice resized by the boxes'
   scale: one map per slice, with no seams between windows. On the real CT's
-  held-out kidney slices its heat inside the kidneys is 2.4-3.4 times that in
+  held-out kidney slices its heat inside the kidneys is 2.7-4.2 times that in
   the rest of the body (seeds 0-4, tests/real/test_real_classify.py); within
   a box the map is too coarse for that (1.7-2.4).
 """

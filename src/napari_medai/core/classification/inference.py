@@ -6,7 +6,9 @@ beyond the scan. Batches are sized from the network's time per input, so that
 a call stays short and Cancel lands within about half a second: the first
 batch holds one input unless an earlier job timed this model on inputs of
 this size. On a GPU out-of-memory error the devices' fallback ladder halves
-the batch, then moves to the CPU.
+the batch, then moves to the CPU. A classifier trained on boxes reads every
+slice as box-sized windows, and its heat maps cover whole slices (see
+:mod:`~napari_medai.core.classification.windows`).
 """
 
 from __future__ import annotations

@@ -135,11 +135,18 @@ def test_training_from_boxes_records_their_median_size():
     assert examples.sources[0]["box"] == [24.0, 30.0]
 
 
-def test_a_box_model_is_not_run_across_y_or_x_nor_scored_on_whole_slices():
+def test_a_box_model_is_scored_on_label_slices_by_its_window_verdicts():
+    volume = Volume(_scan(), metadata={})
+    labels = LabelMap((_scan() > 0).astype(np.uint8), volume.geometry, label_names={1: "spot"})
+    picked = HeldOutSet("scan", "spots", labels=labels, values=[1], slices=[1, 2, 3, 4])
+    metrics = run_job(evaluate_job(_spot_model(), volume, picked))
+    assert metrics["accuracy"] == 1.0 and metrics["macro"]["roc_auc"] == 1.0
+    assert metrics["computed_on"]["cases"] == 4
+    assert metrics["computed_on"]["model"] == "spot finder"
+    assert "windows" in metrics["computed_on"]["read_as"]
+
+
+def test_a_box_model_is_not_run_across_y_or_x():
     volume = Volume(_scan(), metadata={})
     with pytest.raises(ClassificationError, match="axial slices; classify its slices along z"):
         classify_job(volume, _spot_model(), ClassifyConfig(scope="slices", axis=1))
-    labels = LabelMap((_scan() > 0).astype(np.uint8), volume.geometry, label_names={1: "spot"})
-    picked = HeldOutSet("scan", "spots", labels=labels, values=[1])
-    with pytest.raises(ClassificationError, match="learnt from boxes"):
-        evaluate_job(_spot_model(), volume, picked)

@@ -7,7 +7,9 @@ the network exactly as in training and inference. The figures come from
 :func:`~napari_medai.core.classification.metrics.classification_metrics`,
 described by :meth:`~napari_medai.core.classification.heldout.HeldOutSet.describe`
 and tagged with the model's name. Evaluating on the split a training run held
-out gives that run's held-out figures again.
+out gives that run's held-out figures again. A model trained on boxes is
+scored on picked slices by its per-slice verdicts over box-sized windows, as
+"every slice" classifies (:mod:`~napari_medai.core.classification.windows`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_medai.core.classification.config import ClassificationError, ClassifyConfig
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    ClassifyConfig,
+    ClassifyResult,
+)
 from napari_medai.core.classification.examples import (
     Examples,
     examples_from_label_slices,
@@ -25,7 +31,7 @@ from napari_medai.core.classification.examples import (
     slice_classes,
 )
 from napari_medai.core.classification.heldout import HeldOutSet
-from napari_medai.core.classification.inference import Batches
+from napari_medai.core.classification.inference import Batches, classify_job
 from napari_medai.core.classification.metrics import classification_metrics
 from napari_medai.core.classification.model import check_classifier, class_names
 from napari_medai.core.classification.windows import learnt_box
@@ -111,11 +117,6 @@ def evaluate_job(
             f"'{card.name}' is a 3D classifier; held-out evaluation scores 2D classifiers on "
             "slices or boxes"
         )
-    if picked.kind == "slices" and learnt_box(card):
-        raise ClassificationError(
-            f"'{card.name}' learnt from boxes, so its figures on whole slices would not be "
-            "its own; score it on held-out boxes (a Shapes or Points layer with a class feature)"
-        )
     names = class_names(card)
     truth, used = _truth(volume, picked, names)
     missing = [names[k] for k in sorted(names) if not (truth == k).any()]
@@ -125,7 +126,25 @@ def evaluate_job(
             f"{', '.join(repr(n) for n in missing)}; metrics need at least one of each class: "
             "widen the slice range or pick another layer"
         )
+    if picked.kind == "slices" and learnt_box(card):
+        config = ClassifyConfig(scope="slices", axis=picked.axis, device=device)
+        return _evaluate_windows(classify_job(volume, model, config), picked, truth, used)
     return _evaluate(model, volume, picked, used, choose_device(device))
+
+
+def _evaluate_windows(
+    job: Job[ClassifyResult], picked: HeldOutSet, truth: np.ndarray, used: list
+) -> Job[dict[str, Any]]:
+    """A box-trained model's slice verdicts (read as windows, see windows.py), scored.
+
+    Its figures on slices squeezed to one box would not be its own.
+    """
+    result = yield from job
+    rows = np.array([result.predictions[i].probabilities for i in used])
+    metrics = classification_metrics(truth, rows, result.class_names, picked.describe(used))
+    metrics["computed_on"]["model"] = result.provenance["model"]
+    metrics["computed_on"]["read_as"] = "box-sized windows (the model learnt from boxes)"
+    return metrics
 
 
 class _ExampleInputs:

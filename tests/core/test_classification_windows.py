@@ -143,7 +143,9 @@ def test_a_box_model_is_scored_on_label_slices_by_its_window_verdicts():
     assert metrics["accuracy"] == 1.0 and metrics["macro"]["roc_auc"] == 1.0
     assert metrics["computed_on"]["cases"] == 4
     assert metrics["computed_on"]["model"] == "spot finder"
-    assert "windows" in metrics["computed_on"]["read_as"]
+    assert metrics["computed_on"]["description"].endswith(
+        "each slice read as box-sized windows (the model learnt from boxes)"
+    )
 
 
 def test_a_box_model_is_not_run_across_y_or_x():

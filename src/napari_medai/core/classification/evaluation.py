@@ -143,7 +143,9 @@ def _evaluate_windows(
     rows = np.array([result.predictions[i].probabilities for i in used])
     metrics = classification_metrics(truth, rows, result.class_names, picked.describe(used))
     metrics["computed_on"]["model"] = result.provenance["model"]
-    metrics["computed_on"]["read_as"] = "box-sized windows (the model learnt from boxes)"
+    metrics["computed_on"]["description"] += (
+        ", each slice read as box-sized windows (the model learnt from boxes)"
+    )
     return metrics
 
 

@@ -318,8 +318,9 @@ def _classify(
         if windowed:
             table, background = inputs.verdicts(table)
             if cam is not None:
+                slices = WholeSlices(volume, card, inputs.box)
                 compute = runner.placement.compute
-                heat = yield from _whole_slice_heat(model, config, inputs, table, cam, compute)
+                heat = yield from _whole_slice_heat(model, config, slices, table, cam, compute)
         winners = table.argmax(1)
         predictions = [
             Prediction(i, label, names[label], row[label], row)
@@ -359,7 +360,7 @@ def _classify(
 def _whole_slice_heat(
     model: LoadedModel,
     config: ClassifyConfig,
-    windows: SliceWindows,
+    slices: WholeSlices,
     table: np.ndarray,
     cam: np.ndarray,
     device: torch.device,
@@ -368,7 +369,6 @@ def _whole_slice_heat(
 
     Each slice's map is for ``config.cam_class``, else for the slice's verdict.
     """
-    slices = WholeSlices(windows.volume, model.card, windows.box)
     heat: HeatMaps | None = None
     try:
         for index in range(slices.count):

@@ -241,7 +241,8 @@ class _Session:
         macro ROC AUC was 0.917, 0.895, 0.868, 0.898 against 0.898, 0.898,
         0.848, 0.896 at a constant rate, but a repeat of seed 0 gave 0.876: runs
         on a time budget differ by about 0.02, as much as the gain. A resumed
-        run decays again over its new budget.
+        run decays again over its new budget. Written here because torch's
+        schedulers count steps, and the budget is mostly time.
         """
         rate = self.config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * fraction))
         for group in self.optimizer.param_groups:

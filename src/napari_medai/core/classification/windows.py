@@ -82,7 +82,6 @@ class SliceWindows(RegionInputs):
             for y, x in corners
         ]
         super().__init__(volume, card, regions)
-        self.volume = volume
         self.box = box
         self.slices = slices
         self.per_slice = len(corners)

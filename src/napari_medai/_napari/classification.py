@@ -85,6 +85,16 @@ def regions_from_points(points: Points, image: Image, size: tuple[int, int]) -> 
     return [Region.around(tuple(c), (1, *size)) for c in centres]
 
 
+def _loaded(source: str, trusted: bool) -> Job[LoadedModel]:
+    """The first step of a job: load the model (torch and MONAI come in with it)."""
+    from napari_medai.core.models.sources import load_model
+
+    yield Progress(0.0, f"loading model {Path(source).name or source}")
+    model = load_model(source, trusted=trusted)
+    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    return model
+
+
 def load_and_classify_job(
     source: str,
     trusted: bool,
@@ -94,11 +104,8 @@ def load_and_classify_job(
 ) -> Job[tuple[LoadedModel, ClassifyResult]]:
     """Load the model, then classify; both in the job so a slow load never blocks the GUI."""
     from napari_medai.core.classification.inference import classify_job
-    from napari_medai.core.models.sources import load_model
 
-    yield Progress(0.0, f"loading model {Path(source).name or source}")
-    model = load_model(source, trusted=trusted)
-    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    model = yield from _loaded(source, trusted)
     job = classify_job(volume, model, config, regions)
     result = yield from scaled(job, _LOADING_SHARE, 1.0)
     return model, result
@@ -287,10 +294,7 @@ def load_and_evaluate_job(
 ) -> Job[dict[str, Any]]:
     """Load the model, then score it on the picked examples; returns the metrics dict."""
     from napari_medai.core.classification.evaluation import evaluate_job
-    from napari_medai.core.models.sources import load_model
 
-    yield Progress(0.0, f"loading model {Path(source).name or source}")
-    model = load_model(source, trusted=trusted)
-    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
+    model = yield from _loaded(source, trusted)
     job = evaluate_job(model, volume, picked, device)
     return (yield from scaled(job, _LOADING_SHARE, 1.0))

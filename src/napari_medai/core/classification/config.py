@@ -7,6 +7,7 @@ The widget, the CLI and scripts fill in the same :class:`ClassifyConfig`;
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,16 @@ class Region:
     def to_dict(self) -> dict[str, list[int]]:
         """JSON-friendly form."""
         return {"start": list(self.start), "stop": list(self.stop)}
+
+
+def check_slices(indices: Sequence[int], count: int, axis: int, image: str) -> None:
+    """Refuse a slice index outside the ``count`` slices of ``image`` along ``axis``."""
+    outside = [i for i in indices if not 0 <= i < count]
+    if outside:
+        raise ClassificationError(
+            f"slice {outside[0]} is outside {image}, which has {count} slices along "
+            f"{'zyx'[axis]} (0-{count - 1})"
+        )
 
 
 def check_regions(regions: list[Region], shape: tuple[int, int, int]) -> None:

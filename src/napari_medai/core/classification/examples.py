@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_medai.core.classification.config import ClassificationError, Region, check_regions
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    Region,
+    check_regions,
+    check_slices,
+)
 from napari_medai.core.classification.inputs import RegionInputs, SliceInputs
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.training.dataset import MR_INTENSITY
@@ -202,12 +207,7 @@ def examples_from_label_slices(
     intensity = _intensity(volume, intensity)
     inputs = SliceInputs(volume, _card_like(patch_size, intensity, context_slices), axis)
     indices = list(range(inputs.count)) if slices is None else [int(i) for i in slices]
-    outside = [i for i in indices if not 0 <= i < inputs.count]
-    if outside:
-        raise ClassificationError(
-            f"slice {outside[0]} is outside the image, which has {inputs.count} slices along "
-            f"{'zyx'[axis]} (0-{inputs.count - 1})"
-        )
+    check_slices(indices, inputs.count, axis, "the image")
     images = inputs.read(indices, torch.device("cpu"))
     return Examples(
         images,

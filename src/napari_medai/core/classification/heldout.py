@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from napari_medai.core.classification.config import ClassificationError, Region
+from napari_medai.core.classification.config import ClassificationError, Region, check_slices
 from napari_medai.core.volume import LabelMap
 
 #: Past this many runs of consecutive slices, a description gives the span and count only.
@@ -110,12 +110,8 @@ class HeldOutSet:
         """The picked slice indices, checked against ``count`` slices."""
         if self.slices is None:
             return list(range(count))
-        outside = [i for i in self.slices if not 0 <= i < count]
-        if outside:
-            raise ClassificationError(
-                f"slice {outside[0]} is outside '{self.image_name}', which has {count} slices "
-                f"along {'zyx'[self.axis if self.kind == 'slices' else 0]} (0-{count - 1})"
-            )
+        axis = self.axis if self.kind == "slices" else 0
+        check_slices(self.slices, count, axis, f"'{self.image_name}'")
         return list(self.slices)
 
     def picked_boxes(self) -> tuple[list[Region], list[str]]:

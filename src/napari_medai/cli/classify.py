@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from napari_medai.cli.options import add_device, add_trust_bundle
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``classify`` sub-command."""
@@ -46,12 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="box heat maps see this many network pixels of scan around each box (default 16)",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
-    parser.add_argument(
-        "--trust-bundle",
-        action="store_true",
-        help="allow a MONAI bundle (its configs run Python code; only for authors you trust)",
-    )
+    add_device(parser)
+    add_trust_bundle(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing heat maps")
     parser.set_defaults(func=run)
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from napari_medai.cli.options import add_trust_bundle
+
 #: Cohort tasks this command offers.
 TASK_HELP = {
     "segment": "segment every scan and save each mask on its scan's grid",
@@ -39,9 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
         sub.add_argument("--tta", action="store_true", help="average over flipped copies")
-        sub.add_argument(
-            "--trust-bundle", action="store_true", help="allow a MONAI bundle (runs its code)"
-        )
+        add_trust_bundle(sub)
         sub.set_defaults(func=run)
 
 

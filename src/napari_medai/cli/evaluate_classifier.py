@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from napari_medai.cli.options import add_device, add_trust_bundle
 from napari_medai.core.errors import MedaiError
 
 
@@ -39,10 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slices", default="", help="only these slices, e.g. 15-29 or '3, 7-9'")
     parser.add_argument("--out", type=Path, metavar="BASE", help="also write BASE.json, BASE.csv")
     parser.add_argument("--overwrite", action="store_true", help="replace existing metric files")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
-    parser.add_argument(
-        "--trust-bundle", action="store_true", help="allow a MONAI bundle (its configs run code)"
-    )
+    add_device(parser)
+    add_trust_bundle(parser)
     parser.set_defaults(func=run)
 
 

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from napari_medai.cli.options import add_device
 from napari_medai.cli.progress import run_with_bar
 
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--max-iters", type=int, metavar="N", help="step budget")
     train.add_argument("--patch", type=int, default=64, help="patch edge in pixels (default 64)")
     train.add_argument("--seed", type=int, help="fix the random seeds")
-    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
+    add_device(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing package")
     train.set_defaults(func=run_train)
     sample = actions.add_parser("sample", help="write samples of a generator package")

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from napari_medai.cli.options import add_device, add_trust_bundle
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
@@ -41,16 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a name from 'napari-medai models', or a model package, TorchScript file or bundle",
     )
     parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
+    add_device(parser)
     parser.add_argument("--tta", action="store_true", help="average over flipped copies")
     parser.add_argument(
         "--probabilities", action="store_true", help="also save the foreground probability map"
     )
-    parser.add_argument(
-        "--trust-bundle",
-        action="store_true",
-        help="allow a MONAI bundle (its configs run Python code; only for authors you trust)",
-    )
+    add_trust_bundle(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
 

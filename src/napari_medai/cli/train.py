@@ -16,6 +16,7 @@ import io
 import sys
 from pathlib import Path
 
+from napari_medai.cli.options import add_device
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "2d", "2.5d", "3d"),
         help="network type (default: chosen from the annotation pattern)",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
+    add_device(parser)
     parser.add_argument(
         "--unlabelled", type=int, metavar="VALUE", help="label value marking unannotated voxels"
     )

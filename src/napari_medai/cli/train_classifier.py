@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from napari_medai.cli.options import add_device
 from napari_medai.core.errors import MedaiError
 
 
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-iters", type=int, metavar="N", help="optimizer step budget")
     parser.add_argument("--seed", type=int, help="fix the random seeds (repeatable training)")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="slices held out")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N] or mps")
+    add_device(parser)
     parser.add_argument("--resume", action="store_true", help="continue the last checkpoint")
     parser.add_argument("--name", help="model name for the card (default: the class names)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model")

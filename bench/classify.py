@@ -155,11 +155,9 @@ def kidney_boxes(ct: Volume, kidney: np.ndarray, slices: range, rng, per_class: 
     return regions, labels
 
 
-def cam_ratio(
-    model, ct: Volume, kidney: np.ndarray, regions: list[Region], method: str = "gradcam"
-) -> dict:
+def cam_ratio(model, ct: Volume, kidney: np.ndarray, regions: list[Region]) -> dict:
     """Mean heat inside / outside the kidney mask within held-out positive boxes."""
-    config = ClassifyConfig(scope="regions", device="cpu", cam=True, cam_class=1, cam_method=method)
+    config = ClassifyConfig(scope="regions", device="cpu", cam=True, cam_class=1)
     ratios, inside_all, outside_all = [], [], []
     for region in regions:
         result = run_job(classify_job(ct, model, config, [region]))

@@ -67,56 +67,98 @@ def test_one_process_is_not_distributed(monkeypatch):
     assert ddp.shard(("a", "b"), context) == ("a", "b")
 
 
+#: The trainer's AdamW swapped for plain SGD in both runs (see the test's docstring).
+SGD_PATCH = """
+import torch
+torch.optim.AdamW = lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)
+"""
+#: Largest weight difference allowed, as a fraction of the tensor's largest update.
+RELATIVE_BOUND = 1e-3
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_twice_the_batch(
-    manifest, tmp_path
+    manifest, tmp_path, monkeypatch
 ):
+    """Two ranks x batch 2 take the same SGD steps as one process x batch 4.
+
+    Why SGD and not the trainer's AdamW: the claim is that DDP averages the ranks'
+    gradients into the full batch's gradient. Float sums reduce in another order on
+    another CPU, so the two gradients agree only to rounding (about 1e-7 of their
+    size). SGD moves each weight by lr x gradient, so that rounding stays rounding
+    in the weights; AdamW divides by the running gradient size, which turns it into
+    lr-sized steps wherever a gradient is near zero (a 1e-5 bound after AdamW steps
+    failed on an AVX-512 Xeon). With SGD the difference is bounded relative to how
+    far training moved each tensor: RELATIVE_BOUND (1e-3) sits far above rounding
+    and far below what a real DDP fault changes (a rank's gradient lost, or summed
+    instead of averaged, moves every update by tens of percent); the control run
+    below, with half the batch, must exceed it.
+    """
     common = ["--max-iters", str(STEPS), "--seed", "0", "--dims", "2d", "--dense"]
     common += ["--no-augment", "--device", "cpu", "--manifest", str(manifest)]
     two = tmp_path / "two ranks"
     script = tmp_path / "cli.py"
-    script.write_text("import sys\nfrom napari_medai.cli import main\nsys.exit(main())\n")
+    script.write_text(
+        SGD_PATCH + "import sys\nfrom napari_medai.cli import main\nsys.exit(main())\n"
+    )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += [str(script), "train", "--out", str(two), "--batch-size", "2", *common]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count(f"({STEPS} iterations in") == 1  # rank 0 alone prints
 
-    one = tmp_path / "one process"
+    initial: dict[str, np.ndarray] = {}
+
+    def sgd_noting_initial_weights(params, lr, weight_decay):
+        params = list(params)
+        if not initial:
+            initial.update({str(k): p.detach().numpy().copy() for k, p in enumerate(params)})
+        return torch.optim.SGD(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "AdamW", sgd_noting_initial_weights)
     pairs = []
     for image_path, labels_path in read_training_manifest(manifest):
         image = read_volume(image_path)
         pairs.append((image, read_label_map(labels_path, reference=image)))
-    config = TrainConfig(
-        out_dir=one,
-        dimensionality="2d",
-        max_time_s=None,
-        max_iters=STEPS,
-        seed=0,
-        dense=True,
-        augment=False,
-        device="cpu",
-        batch_size=4,
-        num_threads=1,
-    )
-    run_job(train_job(pairs, config))
 
-    expected, got = weights(one), weights(two)
+    def train_one_process(out: Path, batch_size: int) -> dict[str, np.ndarray]:
+        config = TrainConfig(
+            out_dir=out,
+            dimensionality="2d",
+            max_time_s=None,
+            max_iters=STEPS,
+            seed=0,
+            dense=True,
+            augment=False,
+            device="cpu",
+            batch_size=batch_size,
+            num_threads=1,
+        )
+        run_job(train_job(pairs, config))
+        return weights(out)
+
+    expected = train_one_process(tmp_path / "one process", 4)
+    got = weights(two)
     assert expected.keys() == got.keys()
-    cancelled = normalised_biases(one)
+    _, network = load_model_package(tmp_path / "one process.checkpoints" / LAST)
+    names = [name for name, _ in network.named_parameters()]  # the optimizer's order
+    start = dict(zip(names, initial.values()))
+    assert start.keys() == expected.keys()
+    assert all(start[name].shape == value.shape for name, value in expected.items())
+    cancelled = normalised_biases(tmp_path / "one process")
     assert cancelled  # the check below must not be vacuous
-    for name, value in expected.items():
-        if name not in cancelled:
-            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5, err_msg=name)
-    # The biases InstanceNorm cancels have a zero gradient, so AdamW turns float noise
-    # into lr-sized steps in both runs; they cannot change what the networks compute.
-    networks = [
-        load_model_package(out.with_name(out.name + ".checkpoints") / LAST)[1] for out in (one, two)
-    ]
-    batch = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        outputs = [network.eval()(batch) for network in networks]
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5)
+
+    def worst_relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        worst = 0.0
+        for name in a.keys() - cancelled:
+            moved = np.abs(a[name] - start[name]).max()
+            assert moved > 0, f"{name} did not train"
+            worst = max(worst, np.abs(b[name] - a[name]).max() / moved)
+        return worst
+
+    assert worst_relative_difference(expected, got) < RELATIVE_BOUND
+    half_batch = train_one_process(tmp_path / "half the batch", 2)
+    assert worst_relative_difference(expected, half_batch) > RELATIVE_BOUND
 
 
 def normalised_biases(out: Path) -> set[str]:

@@ -89,7 +89,9 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_twice_the_bat
     in the weights; AdamW divides by the running gradient size, which turns it into
     lr-sized steps wherever a gradient is near zero (a 1e-5 bound after AdamW steps
     failed on an AVX-512 Xeon). With SGD the difference is bounded relative to how
-    far training moved each tensor: RELATIVE_BOUND (1e-3) sits far above rounding
+    far training moved each tensor, plus the float32 rounding of the stored weights
+    themselves (inner layers move about 1e-5 in five steps, weights of about 0.05
+    round at 4e-9): RELATIVE_BOUND (1e-3) sits far above the gradients' rounding
     and far below what a real DDP fault changes (a rank's gradient lost, or summed
     instead of averaged, moves every update by tens of percent); the control run
     below, with half the batch, must exceed it.
@@ -148,17 +150,22 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process_with_twice_the_bat
     cancelled = normalised_biases(tmp_path / "one process")
     assert cancelled  # the check below must not be vacuous
 
-    def worst_relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    def worst_excess(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        """Largest weight difference between two runs, as a fraction of what rounding allows."""
         worst = 0.0
         for name in a.keys() - cancelled:
             moved = np.abs(a[name] - start[name]).max()
             assert moved > 0, f"{name} did not train"
-            worst = max(worst, np.abs(b[name] - a[name]).max() / moved)
+            # Each step writes each weight back in float32, rounding it by up to half a
+            # unit in the last place of its size, in each run.
+            stored = STEPS * np.spacing(np.abs(a[name]).max())
+            allowed = RELATIVE_BOUND * moved + stored
+            worst = max(worst, np.abs(b[name] - a[name]).max() / allowed)
         return worst
 
-    assert worst_relative_difference(expected, got) < RELATIVE_BOUND
+    assert worst_excess(expected, got) < 1
     half_batch = train_one_process(tmp_path / "half the batch", 2)
-    assert worst_relative_difference(expected, half_batch) > RELATIVE_BOUND
+    assert worst_excess(expected, half_batch) > 1
 
 
 def normalised_biases(out: Path) -> set[str]:

@@ -13,8 +13,11 @@ import npe2
 import pytest
 import yaml
 
+from napari_medai._napari.reader import FILENAME_PATTERNS, get_reader
+from napari_medai.core.io.reading import NIBABEL_FORMATS, SITK_FORMATS
+
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = ROOT / "napari.yaml"
+MANIFEST = ROOT / "src" / "napari_medai" / "napari.yaml"
 
 
 def _python_names() -> list[str]:
@@ -28,11 +31,46 @@ def test_every_manifest_python_name_imports(python_name):
     assert callable(getattr(importlib.import_module(module), attribute))
 
 
-def test_development_install_serves_the_top_level_manifest():
-    """An editable install finds the repository's napari.yaml through the package."""
+def test_development_install_serves_the_package_manifest():
+    """An editable install finds napari.yaml in the package, a plain file (no symlink)."""
     installed = npe2.PluginManifest.from_distribution("napari-medai")
     assert installed == npe2.PluginManifest.from_file(MANIFEST)
-    assert (ROOT / "src" / "napari_medai" / "napari.yaml").read_text() == MANIFEST.read_text()
+    assert not MANIFEST.is_symlink()
+
+
+def _reader_patterns() -> list[str]:
+    data = yaml.safe_load(MANIFEST.read_text())
+    [reader] = data["contributions"]["readers"]
+    return reader["filename_patterns"]
+
+
+def test_manifest_patterns_are_the_readers_and_cover_every_format_it_reads():
+    assert _reader_patterns() == list(FILENAME_PATTERNS)
+    assert "*" not in FILENAME_PATTERNS  # napari would ask "Choose reader" for any file
+    for suffix in (*SITK_FORMATS, *NIBABEL_FORMATS, ".dcm", ".IMA", ".zip"):
+        assert f"*{suffix}" in FILENAME_PATTERNS, suffix
+
+
+def _offered(path: Path) -> list[str]:
+    """The plugins napari would offer to open ``path`` with."""
+    manager = npe2.PluginManager.instance()
+    manager.discover()
+    return [reader.plugin_name for reader in manager.iter_compatible_readers([str(path)])]
+
+
+@pytest.mark.parametrize("name", ["photo.png", "notes.txt", "cells.tif", "table.csv"])
+def test_files_of_other_kinds_are_neither_offered_nor_claimed(name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(b"not a scan")
+    assert "napari-medai" not in _offered(path)
+    assert get_reader(str(path)) is None
+
+
+@pytest.mark.parametrize("name", ["IM0001", "1.2.840.113619.2.55.7", "scan.IMA", "brain.mgz"])
+def test_dicom_style_and_freesurfer_names_are_offered(name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    assert "napari-medai" in _offered(path)
 
 
 @pytest.mark.slow
@@ -56,6 +94,9 @@ def test_wheel_install_finds_the_plugin(tmp_path):
     [wheel] = (tmp_path / "dist").glob("napari_medai-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("napari_medai/napari.yaml").decode() == MANIFEST.read_text()
+        licence = [name for name in archive.namelist() if name.endswith("/LICENSE")]
+        assert licence, "no LICENSE in the wheel"
+        assert archive.read(licence[0]) == (ROOT / "LICENSE").read_bytes()
     target = tmp_path / "site"
     subprocess.run(
         [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from monai.metrics import (
     compute_surface_dice,
 )
 
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.evaluation.metrics import EvaluationConfig, evaluate_job
 from napari_medai.core.evaluation.statistics import label_statistics, statistics_csv
 from napari_medai.core.geometry import Geometry
@@ -38,10 +42,8 @@ def pair():
     prediction[_ball(shape, (10, 21, 32), 13)] = 1
     prediction[_ball(shape, (15, 30, 50), 4)] = 2  # a false positive only
     geometry = Geometry(SPACING, (5.0, -3.0, 2.0))
-    return (
-        LabelMap(prediction, geometry, {}, {1: "liver"}),
-        LabelMap(reference, geometry, {}, {1: "liver", 4: "kidney"}),
-    )
+    names = {1: "liver", 2: "spleen", 4: "kidney"}
+    return LabelMap(prediction, geometry, {}, names), LabelMap(reference, geometry, {}, names)
 
 
 def test_statistics_count_volume_and_intensity(pair):
@@ -103,3 +105,133 @@ def test_a_prediction_on_another_grid_is_resampled(pair):
     result = run_job(evaluate_job(LabelMap(upsampled, fine, {}, {}), reference))
     assert "resampled" in result.warnings[0]
     assert all(scores.dice == 1.0 for scores in result.labels)
+
+
+def _organs(values: dict[str, int], names: bool = True, shape=(12, 30, 30)) -> LabelMap:
+    """Liver and spleen balls numbered by ``values`` (name -> value), named or not."""
+    array = np.zeros(shape, dtype=np.uint8)
+    array[_ball(shape, (6, 10, 10), 8)] = values["liver"]
+    array[_ball(shape, (6, 20, 21), 6)] = values["spleen"]
+    label_names = {value: name for name, value in values.items()} if names else {}
+    return LabelMap(array, Geometry(SPACING), {}, label_names)
+
+
+def test_labels_are_matched_by_name_when_both_maps_name_them():
+    # The issue's case: a model numbers liver 1, TotalSegmentator numbers liver 5, spleen 1.
+    reference = _organs({"liver": 5, "spleen": 1})
+    prediction = LabelMap(
+        np.where(reference.array == 5, 1, 0).astype(np.uint8), reference.geometry, {}, {1: "Liver"}
+    )
+    result = run_job(evaluate_job(prediction, reference))
+    assert result.matching.by == "by name"
+    [liver] = result.labels
+    assert (liver.name, liver.predicted_value, liver.value, liver.dice) == ("liver", 1, 5, 1.0)
+    assert [(u.value, u.name) for u in result.matching.unmatched_reference] == [(1, "spleen")]
+    assert any("not scored" in w and "spleen (1)" in w for w in result.warnings)
+    summary = result.to_dict()
+    assert summary["matching"] == "by name"
+    assert summary["pairs"] == [{"name": "liver", "predicted_value": 1, "reference_value": 5}]
+    assert summary["unmatched_reference_labels"] == [{"value": 1, "name": "spleen"}]
+
+
+def test_names_known_on_one_side_only_fall_back_to_values_and_say_so():
+    reference = _organs({"liver": 5, "spleen": 1})
+    unnamed = _organs({"liver": 5, "spleen": 1}, names=False)
+    result = run_job(evaluate_job(unnamed, reference))
+    assert result.matching.by == "by value"
+    assert "the prediction carries no label names" in result.warnings[0]
+    scored = [(s.value, s.name, s.dice) for s in result.labels]
+    assert scored == [(1, "spleen", 1.0), (5, "liver", 1.0)]
+
+
+def test_names_that_share_nothing_fall_back_to_values_and_say_so():
+    reference = _organs({"liver": 5, "spleen": 1})
+    prediction = _organs({"liver": 5, "spleen": 1}, names=False)
+    prediction.label_names = {5: "Leber", 1: "Milz"}
+    result = run_job(evaluate_job(prediction, reference))
+    assert result.matching.by == "by value"
+    assert "share no label name" in result.warnings[0] and "leber" in result.warnings[0]
+
+
+def test_one_name_for_two_labels_falls_back_to_values():
+    reference = _organs({"liver": 5, "spleen": 1})
+    prediction = _organs({"liver": 5, "spleen": 1}, names=False)
+    prediction.label_names = {5: "organ", 1: "organ"}
+    result = run_job(evaluate_job(prediction, reference))
+    assert result.matching.by == "by value" and "organ: 1, 5" in result.warnings[0]
+
+
+@pytest.mark.parametrize("huge", [2**31 - 1, 100_000_000])
+def test_a_huge_label_value_is_scored_without_a_slot_per_value(huge):
+    shape = (40, 40, 40)
+    reference = np.zeros(shape, dtype=np.int32)
+    reference[10:30, 10:30, 10:30] = 1
+    prediction = reference.copy()
+    prediction[15:25, 15:25, 15:25] = huge
+    maps = LabelMap(prediction, Geometry()), LabelMap(reference, Geometry())
+    run_job(evaluate_job(*maps))  # imports MONAI and torch first: not what is timed
+    started = time.perf_counter()
+    result = run_job(evaluate_job(*maps))
+    # Before: MemoryError at 2**31 - 1 and 35 s at 1e8. A 40^3 pair takes milliseconds;
+    # 5 s leaves room for any slow, shared CPU while still catching a per-value loop.
+    assert time.perf_counter() - started < 5.0
+    by_value = {s.value: s for s in result.labels}
+    assert by_value[huge].predicted_voxels == 1000 and by_value[huge].reference_voxels == 0
+    assert by_value[1].dice == pytest.approx(2 * 7000 / (7000 + 8000))
+
+
+def test_a_prediction_far_from_the_reference_is_refused(pair):
+    prediction, reference = pair
+    far = Geometry(SPACING, reference.geometry.origin + np.array([0.0, 0.0, 1000.0]))
+    with pytest.raises(MedaiError, match="does not overlap.*1000 mm apart"):
+        run_job(evaluate_job(LabelMap(prediction.array, far), reference))
+
+
+def test_a_partly_shifted_prediction_is_scored_and_the_warning_gives_the_offset(pair):
+    prediction, reference = pair
+    shifted = Geometry(SPACING, reference.geometry.origin + np.array([0.0, 0.0, 8.0]))
+    result = run_job(evaluate_job(LabelMap(prediction.array, shifted), reference))
+    assert "resampled" in result.warnings[0] and "8.0 mm from the reference" in result.warnings[0]
+
+
+def test_a_2d_map_against_a_3d_one_is_refused(pair):
+    _, reference = pair
+    flat = LabelMap(reference.array[10:11], reference.geometry)
+    with pytest.raises(MedaiError, match="2D map .* 3D one"):
+        run_job(evaluate_job(flat, reference))
+
+
+def test_two_single_slices_are_scored_in_2d():
+    # A 3D view of one slice would make every voxel a surface voxel; in 2D only the rim is.
+    shape = (1, 40, 40)
+    disc = _ball(shape, (0, 20, 20), 12)
+    reference = LabelMap(disc.astype(np.uint8), Geometry(SPACING))
+    shifted = LabelMap(np.roll(disc, 2, axis=2).astype(np.uint8), Geometry(SPACING))
+    [scores] = run_job(evaluate_job(shifted, reference)).labels
+    y_pred = torch.from_numpy(shifted.array[0] == 1)[None, None]
+    y = torch.from_numpy(reference.array[0] == 1)[None, None]
+    expected = compute_average_surface_distance(y_pred, y, True, True, spacing=SPACING[1:])
+    assert scores.assd_mm == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_a_negative_label_is_refused_naming_the_map(pair):
+    prediction, reference = pair
+    negative = prediction.array.astype(np.int16)
+    negative[0, 0, 0] = -3
+    labels = LabelMap(negative, prediction.geometry, {"source": "model_out.nii.gz"})
+    with pytest.raises(MedaiError, match=r"prediction \(model_out.nii.gz\) holds negative.*-3"):
+        run_job(evaluate_job(labels, reference))
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, 0.0, float("nan"), float("inf")])
+def test_a_meaningless_tolerance_is_refused(tolerance):
+    with pytest.raises(MedaiError, match="tolerance must be a distance above 0 mm"):
+        EvaluationConfig(tolerance)
+
+
+def test_json_holds_null_with_a_reason_for_an_undefined_distance(pair):
+    prediction, reference = pair
+    result = run_job(evaluate_job(prediction, reference))
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    kidney = next(s for s in json.loads(text)["labels"] if s["name"] == "kidney")
+    assert kidney["hd95_mm"] is None and "prediction has no voxel" in kidney["note"]

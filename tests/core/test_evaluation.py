@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from dicom_factory import write_series
 from monai.metrics import (
     compute_average_surface_distance,
     compute_dice,
@@ -16,10 +18,13 @@ from monai.metrics import (
     compute_surface_dice,
 )
 
+from napari_medai.cli import main
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.evaluation.metrics import EvaluationConfig, evaluate_job
 from napari_medai.core.evaluation.statistics import label_statistics, statistics_csv
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.reading import read_volume
+from napari_medai.core.io.writing import label_sidecar, write_label_map, write_sidecar
 from napari_medai.core.jobs import run_job
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -235,3 +240,60 @@ def test_json_holds_null_with_a_reason_for_an_undefined_distance(pair):
     text = json.dumps(result.to_dict(), allow_nan=False)
     kidney = next(s for s in json.loads(text)["labels"] if s["name"] == "kidney")
     assert kidney["hd95_mm"] is None and "prediction has no voxel" in kidney["note"]
+
+
+def _write_with_sidecar(label_map: LabelMap, path: Path) -> Path:
+    """The mask and its JSON sidecar, as the writer saves them beside a segmentation."""
+    write_label_map(label_map, path)
+    sidecar = label_sidecar(label_map, input_name=None, outputs={"mask": path.name})
+    write_sidecar(sidecar, path.with_name(path.name.split(".")[0] + ".json"))
+    return path
+
+
+def test_cli_matches_sidecar_names_and_says_so(tmp_path, capsys):
+    reference = _organs({"liver": 5, "spleen": 1})
+    model_output = LabelMap(
+        np.where(reference.array == 5, 1, 0).astype(np.uint8), reference.geometry, {}, {1: "liver"}
+    )
+    truth = _write_with_sidecar(reference, tmp_path / "truth.nii.gz")
+    predicted = _write_with_sidecar(model_output, tmp_path / "liver_model.nii.gz")
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(predicted), str(truth), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "labels matched by name (liver 1 -> 5)" in printed.err
+    assert "not scored" in printed.err and "spleen (1)" in printed.err
+    summary = json.loads(out.read_text())
+    assert summary == json.loads(printed.out)
+    assert summary["matching"] == "by name"
+    [liver] = summary["labels"]
+    assert (liver["name"], liver["predicted_value"], liver["value"]) == ("liver", 1, 5)
+    assert liver["dice"] == 1.0
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "inf"])
+def test_cli_refuses_a_meaningless_tolerance_in_one_line(tmp_path, capsys, tolerance):
+    mask = _write_with_sidecar(_organs({"liver": 5, "spleen": 1}), tmp_path / "mask.nii.gz")
+    assert main(["evaluate", str(mask), str(mask), f"--tolerance={tolerance}"]) == 2
+    printed = capsys.readouterr()
+    assert "tolerance must be a distance above 0 mm" in printed.err and printed.out == ""
+
+
+def test_cli_scores_a_dicom_seg_by_its_segment_labels(tmp_path, capsys):
+    folder = tmp_path / "series"
+    write_series(folder, np.zeros((6, 24, 20), dtype=np.int16))
+    scan = read_volume(folder)
+    organs = np.zeros(scan.spatial_shape, dtype=np.uint8)
+    organs[1:5, 2:12, 2:10], organs[1:5, 14:22, 10:18] = 2, 3
+    truth = _write_with_sidecar(
+        LabelMap(organs, scan.geometry, {}, {2: "liver", 3: "spleen"}), tmp_path / "truth.nii.gz"
+    )
+    seg = tmp_path / "truth_seg.dcm"
+    assert main(["export", str(truth), "--like", str(folder), "--out", str(seg)]) == 0
+    liver_only = LabelMap((organs == 2).astype(np.uint8), scan.geometry, {}, {1: "Liver"})
+    predicted = _write_with_sidecar(liver_only, tmp_path / "pred.nii.gz")
+    capsys.readouterr()
+    assert main(["evaluate", str(predicted), str(seg), "--image", str(folder)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["matching"] == "by name"
+    [liver] = summary["labels"]
+    assert liver["name"] == "liver" and liver["predicted_value"] == 1 and liver["dice"] == 1.0

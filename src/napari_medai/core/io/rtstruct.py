@@ -7,12 +7,19 @@ is one ROI (ROI number = label value), each connected outline on a slice one
 CLOSED_PLANAR contour on the pixel-centre iso-line at 0.5, so rasterising it
 again gives the same pixels. Holes are separate contours; reading combines the
 contours of a slice by even-odd (XOR), as most planning systems do.
+
+Files from elsewhere are read defensively: a contour that is damaged or encloses
+nothing on the scan is left out, an ROI number that cannot be a label value gets
+a free one, and each such change is reported in ``metadata["warnings"]``, naming
+the ROI. Label values written must be valid ROI numbers (1 to 2**31 - 1).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +31,9 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_medai import __version__
-from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.errors import ExportError, UnreadableFileError
 from napari_medai.core.files import atomic_write
+from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.dicom_seg import labels_to_export
 from napari_medai.core.io.dicom_source import SourceSeries, deidentify
 from napari_medai.core.io.export import DicomExportConfig, algorithm_of
@@ -50,6 +58,10 @@ _COPIED = (
 )
 #: Contour slices further than this from a grid slice (in slices) are not on the grid.
 _PLANE_TOLERANCE = 0.05
+#: ROI numbers are DICOM IS values (signed 32 bits); 0 is the label map's background.
+_MAX_ROI = 2**31 - 1
+_CLOSED = "CLOSED_PLANAR"
+_NO_AREA = ("POINT", "OPEN_PLANAR", "OPEN_NONPLANAR")
 
 
 def write_rtstruct_job(
@@ -66,6 +78,7 @@ def write_rtstruct_job(
 
     yield Progress(0.0, "matching the labels to the source slices")
     values = labels_to_export(label_map, source)
+    _check_roi_numbers(values)
     kind, model_name = algorithm_of(provenance, config.algorithm)
     first = source.datasets[0]
     by_slice = dict(zip(source.slice_index, source.datasets))
@@ -112,6 +125,18 @@ def write_rtstruct_job(
     )
     yield Progress(1.0, f"wrote {Path(path).name}")
     return written
+
+
+def _check_roi_numbers(values: Sequence[int]) -> None:
+    """Refuse label values that cannot be ROI numbers (each label is written as its ROI)."""
+    wrong = [value for value in values if not 0 < value <= _MAX_ROI]
+    if wrong:
+        shown = ", ".join(str(value) for value in wrong[:5])
+        raise ExportError(
+            f"label value(s) {shown} cannot be RTSTRUCT ROI numbers, which run from 1 to "
+            f"{_MAX_ROI}: relabel them (for example with the lowest unused values) and "
+            "export again"
+        )
 
 
 def _structure_set(first: Dataset, source: SourceSeries, label_map: LabelMap) -> Dataset:
@@ -186,16 +211,6 @@ def _contour(points: np.ndarray, image: Dataset) -> Dataset:
     return contour
 
 
-def _contour_points(contour: Dataset) -> np.ndarray:
-    """ContourData as an (N, 3) array, parsed from the raw bytes when pydicom has not yet."""
-    element = contour.get_item(_CONTOUR_DATA)
-    if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
-        values = np.array(element.value.split(b"\\"), dtype=float)
-    else:
-        values = np.asarray(contour.ContourData, dtype=float)
-    return values.reshape(-1, 3)
-
-
 def _rgb255(color: Sequence[float]) -> list[int]:
     scale = 255.0 if max(color[:3]) <= 1.0 else 1.0
     return [int(round(float(c) * scale)) for c in color[:3]]
@@ -212,50 +227,259 @@ def referenced_series_uid(dataset: Any) -> str:
 
 
 def read_rtstruct(path: Path, reference: Volume) -> LabelMap:
-    """Rasterise every ROI of an RTSTRUCT onto ``reference``'s grid (label = ROI number)."""
-    from skimage.draw import polygon2mask
+    """Rasterise every ROI of an RTSTRUCT onto ``reference``'s grid (label = ROI number).
 
+    Contours that are damaged, enclose no area or miss the scan are left out, and
+    ROIs whose number cannot be a label (0, negative, not an integer, repeated)
+    get a free label value: each is named in ``metadata["warnings"]``. A file
+    whose contours all fail to land on the scan is refused.
+    """
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-        names = {int(r.ROINumber): str(r.get("ROIName", "")) for r in ds.StructureSetROISequence}
-        roi_contours = list(ds.ROIContourSequence)
-    except Exception as error:  # pydicom raises many types for damaged objects
-        raise UnreadableFileError(f'Cannot open the RTSTRUCT "{path.name}": {error}') from error
-    geometry = reference.geometry
+    ds = _open_structure_set(path)
+    notes: list[str] = []
+    rois = [
+        _Roi(_number(roi, "ROINumber"), _text(roi, "ROIName")) for roi in ds.StructureSetROISequence
+    ]
+    pairs = _pair_with_rois(ds.ROIContourSequence, rois, notes)
+    _assign_labels(rois, notes)
     shape = reference.spatial_shape
-    inverse = np.linalg.inv(geometry.direction @ np.diag(geometry.spacing))
-    labels = np.zeros(shape, dtype=np.uint16 if max(names, default=0) > 255 else np.uint8)
-    off_grid = 0
-    for item in roi_contours:
-        value = int(item.ReferencedROINumber)
+    labels = np.zeros(shape, dtype=_label_dtype(max((roi.label for roi in rois), default=0)))
+    to_index = _world_to_index(reference.geometry)
+    contours = 0
+    for roi, item in pairs:
         planes: dict[int, np.ndarray] = {}
-        for contour in item.get("ContourSequence", []):
-            xyz = _contour_points(contour)
-            if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR" or (
-                len(xyz) < 3
-            ):
-                continue  # points and open lines enclose no area
-            index = (xyz[:, ::-1] - geometry.origin) @ inverse.T
-            z = float(np.median(index[:, 0]))
-            if np.ptp(index[:, 0]) > _PLANE_TOLERANCE or abs(z - round(z)) > _PLANE_TOLERANCE:
-                off_grid += 1
+        for contour in item.get("ContourSequence") or []:
+            contours += 1
+            drawn = _rasterise(contour, to_index, shape)
+            if isinstance(drawn, str):
+                roi.left_out[drawn] += 1
                 continue
-            if not 0 <= round(z) < shape[0]:
-                continue
-            inside = polygon2mask(shape[1:], index[:, 1:])
-            plane = planes.setdefault(round(z), np.zeros(shape[1:], dtype=bool))
-            plane ^= inside
-        for z, plane in planes.items():
-            labels[z][plane] = value
-    warnings = []
-    if off_grid:
-        warnings.append(
-            f"{off_grid} contour(s) do not lie on the slices of the scan and were left out"
+            z, inside = drawn
+            planes[z] = planes.get(z, np.zeros(shape[1:], dtype=bool)) ^ inside
+        _paint(labels, roi, planes, notes)
+    notes.extend(roi.left_out_note() for roi in rois if roi.left_out)
+    if contours and not labels.any():
+        raise UnreadableFileError(
+            f'The RTSTRUCT "{path.name}" has no contour that can be drawn on this scan: '
+            + "; ".join(notes)
         )
+    if not contours:
+        notes.append("the structure set holds no contours")
     return LabelMap(
         labels,
-        geometry,
-        {"name": path.stem, "source": path.name, "warnings": warnings},
-        {value: name for value, name in names.items() if name},
+        reference.geometry,
+        {"name": path.stem, "source": path.name, "warnings": notes},
+        {roi.label: roi.name for roi in rois if roi.name},
     )
+
+
+@dataclass
+class _Roi:
+    """An ROI as read: its number as written (an int when it is one), name and label value."""
+
+    number: int | str | None
+    name: str
+    label: int = 0
+    left_out: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def title(self) -> str:
+        number = "no number" if self.number is None else f"number {self.number}"
+        return f'ROI "{self.name}" ({number})' if self.name else f"the ROI with {number}"
+
+    def left_out_note(self) -> str:
+        reasons = "; ".join(f"{count} {reason}" for reason, count in self.left_out.items())
+        return f"{self.title}: {self.left_out.total()} contour(s) left out ({reasons})"
+
+
+def _open_structure_set(path: Path) -> Dataset:
+    """The file as a dataset, refused in words when it is not a readable structure set."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise UnreadableFileError(
+            f'Cannot open the RTSTRUCT "{path.name}": it is not a readable DICOM file'
+        ) from error
+    for keyword, what in (
+        ("StructureSetROISequence", "list of ROIs"),
+        ("ROIContourSequence", "contours"),
+    ):
+        try:
+            present = keyword in ds and ds[keyword].VR == "SQ" and ds[keyword].value is not None
+        except Exception:  # an element too damaged to parse
+            present = False
+        if not present:
+            raise UnreadableFileError(
+                f'Cannot open the RTSTRUCT "{path.name}": it has no readable {keyword} ({what})'
+            )
+    return ds
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    """An element's value as written, without parsing it (pydicom raises on malformed numbers)."""
+    element = dataset.get_item(keyword)
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    return "" if value is None else str(value).strip()
+
+
+def _number(dataset: Dataset, keyword: str) -> int | str | None:
+    """An ROI number as an int when it is an integer, its text when not, None when absent."""
+    text = _text(dataset, keyword)
+    try:
+        number = float(text)
+    except ValueError:
+        return text or None
+    return int(number) if number.is_integer() else text
+
+
+def _pair_with_rois(
+    items: Sequence[Dataset], rois: list[_Roi], notes: list[str]
+) -> list[tuple[_Roi, Dataset]]:
+    """Each contour item with the ROI it names; ROIs sharing a number pair in file order.
+
+    An item naming an ROI that the list of ROIs lacks becomes an unnamed ROI; an
+    item naming none is left out.
+    """
+    waiting: dict[int | str, list[_Roi]] = {}
+    for roi in rois:
+        if roi.number is not None:
+            waiting.setdefault(roi.number, []).append(roi)
+    last: dict[int | str, _Roi] = {}
+    pairs = []
+    for position, item in enumerate(items, start=1):
+        number = _number(item, "ReferencedROINumber")
+        if number is None:
+            count = len(item.get("ContourSequence") or [])
+            notes.append(
+                f"contour set {position} of the file names no ROI: its {count} contour(s) "
+                "were left out"
+            )
+            continue
+        if waiting.get(number):
+            roi = waiting[number].pop(0)
+        elif number in last:
+            roi = last[number]
+        else:
+            roi = _Roi(number, "")
+            rois.append(roi)
+        last[number] = roi
+        pairs.append((roi, item))
+    return pairs
+
+
+def _assign_labels(rois: list[_Roi], notes: list[str]) -> None:
+    """Label value = ROI number where it can be one; otherwise the lowest free value, said."""
+    usable = {r.number for r in rois if isinstance(r.number, int) and 0 < r.number <= _MAX_ROI}
+    taken: set[int] = set()
+    free = 1
+    for roi in rois:
+        number = roi.number
+        if isinstance(number, int) and 0 < number <= _MAX_ROI and number not in taken:
+            roi.label = number
+        else:
+            while free in usable or free in taken:
+                free += 1
+            roi.label = free
+            notes.append(f"{roi.title} is read as label {free}: {_why_relabelled(number, rois)}")
+        taken.add(roi.label)
+
+
+def _why_relabelled(number: int | str | None, rois: list[_Roi]) -> str:
+    if number is None:
+        return "it has no ROI number"
+    if number == 0:
+        return "ROI number 0 would draw into the background"
+    if isinstance(number, int) and 0 < number <= _MAX_ROI:
+        first = next(roi for roi in rois if roi.number == number)
+        return f"{first.title} has the same number (their contours were paired in file order)"
+    return f"an ROI number must be a whole number from 1 to {_MAX_ROI}"
+
+
+def _label_dtype(largest: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type that holds ``largest``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if largest <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"label {largest} exceeds the ROI number range")
+
+
+def _world_to_index(geometry: Geometry) -> Callable[[np.ndarray], np.ndarray]:
+    """Maps DICOM (x, y, z) world points in mm to continuous (z, y, x) voxel indices."""
+    inverse = np.linalg.inv(geometry.direction @ np.diag(geometry.spacing))
+    return lambda xyz: (xyz[:, ::-1] - geometry.origin) @ inverse.T
+
+
+def _rasterise(
+    contour: Dataset, to_index: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...]
+) -> tuple[int, np.ndarray] | str:
+    """The slice and in-plane mask a contour encloses, or why it encloses nothing there."""
+    from skimage.draw import polygon2mask
+
+    kind = _text(contour, "ContourGeometricType") or _CLOSED
+    if kind in _NO_AREA:
+        return f"of type {kind}, which encloses no area"
+    if kind != _CLOSED:
+        return f'of unknown type "{kind[:16]}"'
+    try:
+        values = _contour_values(contour)
+    except ValueError:
+        return "with coordinates that are not numbers"
+    if values.size == 0:
+        return "with no points"
+    if values.size % 3:
+        return "with a coordinate count that is not a multiple of 3"
+    if not np.isfinite(values).all():
+        return "with NaN or infinite coordinates"
+    if values.size < 9:
+        return "with fewer than 3 points, which enclose no area"
+    with np.errstate(over="ignore", invalid="ignore"):
+        index = to_index(values.reshape(-1, 3))
+    if not np.isfinite(index).all():
+        return "outside the scan"
+    z = float(np.median(index[:, 0]))
+    if np.ptp(index[:, 0]) > _PLANE_TOLERANCE or abs(z - round(z)) > _PLANE_TOLERANCE:
+        return "between or across the slices of the scan"
+    if not 0 <= round(z) < shape[0] or not _overlaps(index[:, 1:], shape[1:]):
+        return "outside the scan"
+    inside = polygon2mask(shape[1:], index[:, 1:])
+    if not inside.any():
+        return "too small to cover the centre of a voxel"
+    return round(z), inside
+
+
+def _overlaps(points: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether the bounding box of (row, column) points meets the slice's voxels."""
+    return bool(
+        np.all(points.max(axis=0) >= -0.5) and np.all(points.min(axis=0) <= np.array(shape) - 0.5)
+    )
+
+
+def _contour_values(contour: Dataset) -> np.ndarray:
+    """ContourData as a flat float array, parsed from the raw bytes when pydicom has not yet.
+
+    Raises ValueError when a value is not a number.
+    """
+    element = contour.get_item(_CONTOUR_DATA)
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        text = value.strip(b" \x00")
+        return np.array(text.split(b"\\") if text else [], dtype=float)
+    if value is None or value == "":
+        return np.zeros(0)
+    return np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+
+
+def _paint(labels: np.ndarray, roi: _Roi, planes: dict[int, np.ndarray], notes: list[str]) -> None:
+    """Draw an ROI's planes; say how many voxels it takes from ROIs drawn before it."""
+    taken = 0
+    for z, plane in planes.items():
+        before = labels[z][plane]
+        taken += int(np.count_nonzero((before != 0) & (before != roi.label)))
+        labels[z][plane] = roi.label
+    if taken:
+        notes.append(
+            f"{roi.title} overlaps ROIs drawn before it in {taken} voxel(s), which now carry "
+            "its label (a label map holds one label per voxel)"
+        )

@@ -23,7 +23,13 @@ def statistics_input(labels: Labels, image: Image | None) -> tuple[LabelMap, Vol
 
 
 def evaluation_input(prediction: Labels, reference: Labels) -> tuple[LabelMap, LabelMap]:
-    """Both label maps (copies) with their geometry; the core resamples if grids differ."""
+    """Both label maps (copies) with geometry and names; the core resamples if grids differ."""
     if prediction is reference:
         raise MedaiError("pick two different label layers: a prediction and a reference")
+    for layer in (prediction, reference):
+        if layer.ndim != 3 or layer.multiscale:
+            raise MedaiError(
+                f"layer '{layer.name}' is not a single-scale 3D label map: "
+                "Evaluate compares 3D Labels layers"
+            )
     return labels_snapshot(prediction), labels_snapshot(reference)

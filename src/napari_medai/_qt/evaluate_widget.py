@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Table
 from napari.layers import Labels
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import evaluation_input
 from napari_medai._qt.export_widget import ask_overwrite
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.parts import follow_layer_list, layers_of
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write
 
 if TYPE_CHECKING:
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from napari_medai.core.evaluation.metrics import EvaluationResult
 
 EMPTY_MESSAGE = "Pick a prediction and a reference Labels layer, then Evaluate"
-_COLUMNS = ("label", "name", "Dice", "IoU", "HD95 mm", "ASSD mm", "surface Dice")
-_FIELDS = ("value", "name", "dice", "iou", "hd95_mm", "assd_mm", "surface_dice")
+_COLUMNS = ("label", "predicted", "name", "Dice", "IoU", "HD95 mm", "ASSD mm", "surface Dice")
+_FIELDS = ("value", "predicted_value", "name", "dice", "iou", "hd95_mm", "assd_mm", "surface_dice")
 
 
 def _cell(value: object) -> object:
@@ -42,11 +43,12 @@ class EvaluateWidget(Container):
         self.prediction = ComboBox(label="Prediction", annotation=Labels, choices=self._layers)
         self.reference = ComboBox(label="Reference", annotation=Labels, choices=self._layers)
         self.tolerance = FloatSpinBox(
-            label="Tolerance (mm)", value=2.0, min=0.0, max=50.0, step=0.5
+            label="Tolerance (mm)", value=2.0, min=0.1, max=50.0, step=0.5
         )
         self.tolerance.tooltip = "surface Dice counts surface points closer than this"
         self.evaluate_button = PushButton(text="Evaluate")
         self.status = Label(value=EMPTY_MESSAGE)
+        self.status.native.setWordWrap(True)
         self.table = Table(value={"data": [], "index": [], "columns": list(_COLUMNS)})
         self.table.read_only = True
         self.table.native.verticalHeader().setVisible(False)
@@ -98,6 +100,9 @@ class EvaluateWidget(Container):
             return "Evaluate needs two Labels layers: a prediction and a reference"
         if self.prediction.value is self.reference.value:
             return "Pick two different Labels layers"
+        for layer in (self.prediction.value, self.reference.value):
+            if layer.ndim != 3:
+                return f"'{layer.name}' is {layer.ndim}D: Evaluate compares 3D Labels layers"
         return ""
 
     def _update(self, _event=None) -> None:
@@ -116,7 +121,11 @@ class EvaluateWidget(Container):
         if reason:
             show_info(reason)
             return
-        prediction, reference = evaluation_input(self.prediction.value, self.reference.value)
+        try:
+            prediction, reference = evaluation_input(self.prediction.value, self.reference.value)
+        except MedaiError as error:
+            show_error(f"Evaluate failed: {error}")
+            return
         tolerance = float(self.tolerance.value)
 
         def job():
@@ -135,7 +144,8 @@ class EvaluateWidget(Container):
             "columns": list(_COLUMNS),
         }
         self.table.native.resizeColumnsToContents()
-        self.status.value = "; ".join(result.warnings) or f"{len(result.labels)} label(s) scored"
+        scored = f"{result.matching.summary()}: {len(result.labels)} label(s) scored"
+        self.status.value = "; ".join([scored, *result.warnings])
         self._update()
 
     def save_json(self, _event=None) -> None:
@@ -152,6 +162,6 @@ class EvaluateWidget(Container):
             "reference": self.reference.value.name if self.reference.value else None,
             **self.result.to_dict(),
         }
-        text = json.dumps(summary, indent=2)
+        text = json.dumps(summary, indent=2, allow_nan=False)
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
         self.status.value = f"saved {path.name}"

@@ -4,7 +4,10 @@ A SEG or RTSTRUCT file opened alone is placed on its series when that series
 lies in the same folder; otherwise the error names the series it needs (by
 SeriesInstanceUID, never by patient). A folder is read as usual and every SEG or
 RTSTRUCT in it (or in a zip of it) that references the opened series comes back
-as label maps.
+as label maps. An object exported against a series whose UIDs were blanked
+references the replacement UIDs derived from that series
+(:func:`~napari_medai.core.io.dicom_source.replacement_uid`); the same
+derivation finds the series again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from napari_medai.core.io.dicom.files import MACOS_FOLDER, folder_files, is_zip
 from napari_medai.core.io.dicom.headers import LABEL_MAP_SEGMENTATION, SEGMENTATION
 from napari_medai.core.io.dicom_seg import read_dicom_seg
 from napari_medai.core.io.dicom_seg import referenced_series_uid as seg_reference
+from napari_medai.core.io.dicom_source import replacement_uid
 from napari_medai.core.io.rtstruct import RT_STRUCTURE_SET_STORAGE, read_rtstruct
 from napari_medai.core.io.rtstruct import referenced_series_uid as rtstruct_reference
 from napari_medai.core.jobs import Job, Progress, scaled
@@ -89,6 +93,35 @@ def _reference_of(path: Path, kind: str) -> str:
     return seg_reference(dataset) if kind == "DICOM-SEG" else rtstruct_reference(dataset)
 
 
+def _references(reference: str, key: str) -> bool:
+    """Whether an object referencing ``reference`` lies on the series the reader calls ``key``."""
+    return reference in (key, replacement_uid(key, "series"))
+
+
+def _series_key(folder: Path, reference: str) -> str | None:
+    """The reader's key of the series in ``folder`` an object references, or None."""
+    from napari_medai.core.io.dicom import list_dicom_series
+
+    try:
+        keys = [info.uid for info in list_dicom_series(folder)]
+    except (SeriesSelectionError, UnreadableFileError):
+        return None
+    return next((key for key in keys if _references(reference, key)), None)
+
+
+def _referenced_scan_job(folder: Path, uid: str) -> Job[Volume]:
+    """The series ``uid`` names in ``folder``; a blank-UID one is found by its replacement UID."""
+    from napari_medai.core.io.dicom import read_dicom_job
+
+    try:
+        return (yield from read_dicom_job(folder, uid or None))
+    except SeriesSelectionError:
+        key = _series_key(folder, uid) if uid else None
+        if key is None:
+            raise
+    return (yield from read_dicom_job(folder, key))
+
+
 def _read_derived(path: Path, kind: str, scan: Volume, stem: str) -> LabelMap:
     labels = read_dicom_seg(path, scan) if kind == "DICOM-SEG" else read_rtstruct(path, scan)
     labels.metadata["name"] = f"{scan.metadata.get('name', 'scan')} {kind} {stem}"
@@ -103,7 +136,6 @@ def read_scan_and_labels_job(path: Path) -> Job[tuple[Volume, list[LabelMap]]]:
     source :func:`read_volume_job` reads (a DICOM folder also yields the SEG and
     RTSTRUCT objects in it that reference the opened series).
     """
-    from napari_medai.core.io.dicom import read_dicom_job
     from napari_medai.core.io.reading import read_volume_job
 
     path = Path(path)
@@ -111,7 +143,7 @@ def read_scan_and_labels_job(path: Path) -> Job[tuple[Volume, list[LabelMap]]]:
     if kind is not None:
         uid = _reference_of(path, kind)
         try:
-            scan = yield from scaled(read_dicom_job(path.parent, uid or None), 0.0, 0.8)
+            scan = yield from scaled(_referenced_scan_job(path.parent, uid), 0.0, 0.8)
         except (SeriesSelectionError, UnreadableFileError) as error:
             raise UnreadableFileError(
                 f'"{path.name}" is a {kind} drawn on the series with SeriesInstanceUID '
@@ -128,7 +160,7 @@ def read_scan_and_labels_job(path: Path) -> Job[tuple[Volume, list[LabelMap]]]:
         with _candidates(path) as candidates:
             for candidate, stem in candidates:
                 found = derived_kind(candidate)
-                if found is not None and _reference_of(candidate, found) == uid:
+                if found is not None and _references(_reference_of(candidate, found), uid):
                     labels.append(_read_derived(candidate, found, scan, stem))
     yield Progress(1.0, f"read {path.name}")
     return scan, labels

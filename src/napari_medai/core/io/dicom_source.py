@@ -3,8 +3,11 @@
 Both writers must reference every source instance and copy its patient and
 study modules, so the full headers (no pixels) of the series are read here with
 pydicom, matched slice by slice to the label map's grid in world space, and
-checked for the UIDs a reference needs. Optional de-identification follows the
-PS3.15 basic profile with the Retain UIDs option.
+checked for the UIDs a reference needs. A series whose UIDs were blanked gets
+replacement UIDs derived from its content, so every export of it references the
+same UIDs and the reader can find the series again. Optional de-identification
+follows the PS3.15 basic profile with the Retain UIDs option, nested sequences
+included.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -54,10 +58,13 @@ class SourceSeries:
     """The headers of one image series, each with the grid slice it lies on.
 
     ``datasets[k]`` lies on slice ``slice_index[k]`` of the label map's grid.
-    ``warnings`` says what was changed in memory (new UIDs) to make it usable.
+    ``key`` is the reader's name for the series: its SeriesInstanceUID, or the
+    stand-in for a series whose UIDs were blanked. ``warnings`` says what was
+    changed in memory (new UIDs) to make it usable.
     """
 
     datasets: list[Dataset]
+    key: str = ""
     slice_index: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -97,7 +104,7 @@ def read_source_series_job(path: Path, series_uid: str | None = None) -> Job[Sou
         for keyword in _TYPE_2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    return SourceSeries(datasets)
+    return SourceSeries(datasets, key=series.info.uid)
 
 
 def match_slices(source: SourceSeries, geometry: Geometry, shape: tuple[int, int, int]) -> None:
@@ -135,11 +142,23 @@ def match_slices(source: SourceSeries, geometry: Geometry, shape: tuple[int, int
     source.slice_index = indices
 
 
+def replacement_uid(key: str, role: str, *content: str) -> str:
+    """A UID for a blanked ``role`` UID of series ``key``, the same at every export.
+
+    Derived from the reader's key for the series (itself derived from its
+    headers) and ``content``, so the SEG/RTSTRUCT reader can compute it again
+    for a blank-UID series beside the output.
+    """
+    return generate_uid(entropy_srcs=["napari-medai", role, key, *content])
+
+
 def check_uids(source: SourceSeries, new_uids: bool) -> None:
-    """Refuse a series with blank UIDs, or with ``new_uids`` give it new ones in memory.
+    """Refuse a series with blank UIDs, or with ``new_uids`` give it replacements in memory.
 
     Anonymisation sometimes blanks Study, Series and SOP Instance UIDs; an
     object that references them cannot be linked to its scan by any viewer.
+    The replacements come from :func:`replacement_uid`, so exporting the same
+    series twice references the same UIDs.
     """
     blank = [
         keyword
@@ -155,81 +174,144 @@ def check_uids(source: SourceSeries, new_uids: bool) -> None:
             "allow new UIDs (the output then references UIDs no file holds: a PACS will not "
             "link it to this scan, only its positions place it)"
         )
-    study, series = generate_uid(), generate_uid()
+    key = source.key
     modality = str(source.datasets[0].get("Modality", ""))
     for ds in source.datasets:
-        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or study
-        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or series
-        ds.SOPInstanceUID = ds.get("SOPInstanceUID") or generate_uid()
+        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or replacement_uid(key, "study")
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or replacement_uid(key, "series")
+        ds.SOPInstanceUID = ds.get("SOPInstanceUID") or replacement_uid(
+            key, "instance", str(ds.get("ImagePositionPatient")), str(ds.get("InstanceNumber"))
+        )
         ds.SOPClassUID = ds.get("SOPClassUID") or _STORAGE_BY_MODALITY.get(
             modality, _SECONDARY_CAPTURE
         )
         if not ds.get("FrameOfReferenceUID"):
-            ds.FrameOfReferenceUID = study
+            ds.FrameOfReferenceUID = replacement_uid(key, "frame of reference")
     source.warnings.append(
         f"the source series had blank {', '.join(blank)}; the output references new UIDs "
-        "that no file holds, so viewers place it by position only"
+        "derived from the series' content, which no file holds: napari-medai opens it on "
+        "this series again, other viewers place it by position only"
     )
 
 
 #: PS3.15 Annex E basic profile, the attributes these outputs copy from their
-#: source: removed (X) or emptied (Z). Hand-written because pydicom has no
-#: de-identifier and the ``deid`` package is heavy; UIDs are kept (Retain UIDs
-#: Option) so the output still references its scan.
-_REMOVE = (
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "OtherPatientIDsSequence",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "EthnicGroup",
-    "PatientComments",
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "StationName",
-    "OperatorsName",
-    "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy",
-    "RequestingPhysician",
-    "PhysiciansOfRecord",
-    "StudyDescription",
-    "SeriesDate",
-    "SeriesTime",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "AcquisitionDateTime",
-    "IssuerOfPatientID",
-    "MedicalRecordLocator",
-    "PatientBirthTime",
+#: source (highdicom copies the whole Patient and Study modules into a SEG, and
+#: the source's acquisition equipment into its ContributingEquipmentSequence):
+#: removed (X) or emptied (Z), at every nesting level. Hand-written because
+#: pydicom has no de-identifier and the ``deid`` package is heavy; UIDs are kept
+#: (Retain UIDs Option) so the output still references its scan.
+_REMOVE = frozenset(
+    {
+        "AcquisitionDate",
+        "AcquisitionDateTime",
+        "AcquisitionTime",
+        "AdditionalPatientHistory",
+        "AdmissionID",
+        "AdmittingDiagnosesCodeSequence",
+        "AdmittingDiagnosesDescription",
+        "Allergies",
+        "BranchOfService",
+        "ConsultingPhysicianIdentificationSequence",
+        "ConsultingPhysicianName",
+        "ContributionDateTime",
+        "ContributionDescription",
+        "CountryOfResidence",
+        "EthnicGroup",
+        "InstitutionAddress",
+        "InstitutionName",
+        "InstitutionalDepartmentName",
+        "IssuerOfAdmissionIDSequence",
+        "IssuerOfPatientID",
+        "IssuerOfServiceEpisodeIDSequence",
+        "LastMenstrualDate",
+        "MedicalAlerts",
+        "MedicalRecordLocator",
+        "MilitaryRank",
+        "NameOfPhysiciansReadingStudy",
+        "Occupation",
+        "OperatorsName",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "PatientAddress",
+        "PatientAge",
+        "PatientBirthDateInAlternativeCalendar",
+        "PatientBirthName",
+        "PatientBirthTime",
+        "PatientComments",
+        "PatientDeathDateInAlternativeCalendar",
+        "PatientInsurancePlanCodeSequence",
+        "PatientMotherBirthName",
+        "PatientReligiousPreference",
+        "PatientSize",
+        "PatientState",
+        "PatientTelephoneNumbers",
+        "PatientWeight",
+        "PerformingPhysicianName",
+        "PhysiciansOfRecord",
+        "PhysiciansOfRecordIdentificationSequence",
+        "PhysiciansReadingStudyIdentificationSequence",
+        "PregnancyStatus",
+        "ReasonForVisit",
+        "ReferencedPatientPhotoSequence",
+        "ReferencedPatientSequence",
+        "ReferencedStudySequence",
+        "ReferringPhysicianAddress",
+        "ReferringPhysicianIdentificationSequence",
+        "ReferringPhysicianTelephoneNumbers",
+        "RegionOfResidence",
+        "RequestingPhysician",
+        "RequestingService",
+        "ResponsibleOrganization",
+        "ResponsiblePerson",
+        "SeriesDate",
+        "SeriesDescription",
+        "SeriesTime",
+        "ServiceEpisodeDescription",
+        "ServiceEpisodeID",
+        "SmokingStatus",
+        "StationName",
+        "StudyDescription",
+    }
 )
-_EMPTY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ContentCreatorName",
+#: Removed from nested items only: at the top level these name the writing
+#: software itself (Type 1 in a SEG), in items the source's scanner.
+_REMOVE_FROM_ITEMS = frozenset({"DeviceSerialNumber", "DeviceUID"})
+_EMPTY = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferringPhysicianName",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "ContentCreatorName",
+    }
 )
 
 
 def deidentify(dataset: Dataset) -> None:
-    """Apply the basic profile (Retain UIDs Option) to ``dataset`` in place."""
-    for keyword in _REMOVE:
-        if keyword in dataset:
-            delattr(dataset, keyword)
-    for keyword in _EMPTY:
-        if keyword in dataset:
-            setattr(dataset, keyword, "")
-    dataset.remove_private_tags()
+    """Apply the basic profile (Retain UIDs Option) to ``dataset`` and its nested items.
+
+    Person names (VR PN) are emptied wherever they are, since the profile
+    removes or empties every one of them.
+    """
+
+    def apply(owner: Dataset, element: DataElement) -> None:
+        nested = owner is not dataset
+        if (
+            element.tag.is_private
+            or element.keyword in _REMOVE
+            or (nested and element.keyword in _REMOVE_FROM_ITEMS)
+        ):
+            del owner[element.tag]
+        elif element.keyword in _EMPTY or element.VR == "PN":
+            element.value = ""
+
+    dataset.walk(apply)
     dataset.PatientIdentityRemoved = "YES"
     dataset.DeidentificationMethod = "PS3.15 basic profile, Retain UIDs option (napari-medai)"
     codes = []

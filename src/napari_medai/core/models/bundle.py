@@ -32,7 +32,7 @@ from monai.transforms import (
 
 from napari_medai.core.errors import ModelLoadError
 from napari_medai.core.models.axes import ReversedAxes, itk_orientation_from_axcodes
-from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.card import LIMITS, ModelCard
 from napari_medai.core.models.formats import METADATA_FILE
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.weights import file_sha256, fit_state_dict, load_state_dict_file
@@ -98,8 +98,10 @@ def _load_bundle_folder(root: Path, source: str) -> LoadedModel:
     metadata_path = root / METADATA_FILE
     try:
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ModelLoadError(f"{metadata_path}: not a readable JSON file ({error})") from error
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{metadata_path}: bundle metadata must be a JSON object")
     config = next((root / c for c in INFERENCE_CONFIGS if (root / c).is_file()), None)
     if config is None:
         raise ModelLoadError(f"{root}: the bundle has no configs/inference.json or .yaml")
@@ -154,22 +156,34 @@ def _card(
     intensities = [i for i in (_intensity(t, config) for t in transforms) if i is not None]
     if len(intensities) > 1:
         raise ModelLoadError(f"{config}: several intensity normalisations; cannot reproduce them")
-    fmt = metadata.get("network_data_format", {})
-    image = fmt.get("inputs", {}).get("image", {})
-    return ModelCard(
-        name=str(metadata.get("name") or root.name),
-        architecture=type(network).__name__,
-        architecture_args={},
-        label_names=_label_names(fmt.get("outputs", {}).get("pred", {}), config),
-        patch_size=_patch_size(parser, image, config)[::-1],
-        in_channels=int(image.get("num_channels", 1)),
-        spacing=None if pixdim is None else [float(s) for s in pixdim][::-1],
-        orientation=None
-        if orientation is None
-        else itk_orientation_from_axcodes(orientation, str(config)),
-        intensity=intensities[0] if intensities else {"kind": "none"},
-        training={"source": "MONAI bundle", "version": metadata.get("version")},
-    )
+    fmt = _section(metadata, "network_data_format", root)
+    image = _section(_section(fmt, "inputs", root), "image", root)
+    pred = _section(_section(fmt, "outputs", root), "pred", root)
+    try:
+        return ModelCard(
+            name=str(metadata.get("name") or root.name)[: LIMITS.name_chars],
+            architecture=type(network).__name__,
+            architecture_args={},
+            label_names=_label_names(pred, config),
+            patch_size=_patch_size(parser, image, config)[::-1],
+            in_channels=image.get("num_channels", 1),
+            spacing=None if pixdim is None else [float(s) for s in pixdim][::-1],
+            orientation=None
+            if orientation is None
+            else itk_orientation_from_axcodes(orientation, str(config)),
+            intensity=intensities[0] if intensities else {"kind": "none"},
+            training={"source": "MONAI bundle", "version": metadata.get("version")},
+        )
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{root / METADATA_FILE}: {error}") from error
+
+
+def _section(parent: dict[str, Any], key: str, root: Path) -> dict[str, Any]:
+    """``parent[key]`` when it is a JSON object (empty when absent), else refused."""
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{root / METADATA_FILE}: '{key}' must be a JSON object")
+    return value
 
 
 def _preprocessing(parser: ConfigParser, config: Path) -> list[Any]:
@@ -233,12 +247,22 @@ def _patch_size(parser: ConfigParser, image: dict[str, Any], config: Path) -> li
     return size
 
 
-def _label_names(pred: dict[str, Any], config: Path) -> dict[int, str]:
-    """Label names from the output ``channel_def``, else numbered from ``num_channels``."""
+def _label_names(pred: dict[str, Any], config: Path) -> dict[Any, Any]:
+    """Label names from the output ``channel_def``, else numbered from ``num_channels``.
+
+    The card checks the values and names; ``num_channels`` is bounded here first,
+    since it sets how many names are made.
+    """
     if pred.get("channel_def"):
-        return {int(k): str(v) for k, v in pred["channel_def"].items()}
-    if pred.get("num_channels"):
-        return {0: "background"} | {k: f"label {k}" for k in range(1, int(pred["num_channels"]))}
+        return pred["channel_def"]
+    count = pred.get("num_channels")
+    if count:
+        if not isinstance(count, int) or not 1 < count <= LIMITS.largest_label + 1:
+            raise ModelLoadError(
+                f"{config.parent / 'metadata.json'}: outputs.pred.num_channels must be a whole "
+                f"number from 2 to {LIMITS.largest_label + 1}, not {count!r:.40}"
+            )
+        return {0: "background"} | {k: f"label {k}" for k in range(1, count)}
     raise ModelLoadError(
         f"{config.parent / 'metadata.json'}: no output label names "
         "(network_data_format.outputs.pred.channel_def)"

@@ -21,7 +21,7 @@ import platformdirs
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models import deepbet
-from napari_medai.core.models.card import CARD_FILE, ModelCard
+from napari_medai.core.models.card import CARD_FILE, ModelCard, package_file
 from napari_medai.core.models.formats import METADATA_FILE, is_bundle_folder, is_model_package
 
 MODELS_ENV = "NAPARI_MEDAI_MODELS"
@@ -99,7 +99,7 @@ def _builtin_entries() -> list[ModelEntry]:
 def _folder_entry(folder: Path) -> ModelEntry | None:
     if is_model_package(folder):
         try:
-            card = ModelCard.read(folder / CARD_FILE)
+            card = ModelCard.read(package_file(folder, CARD_FILE))
         except MedaiError as error:
             return ModelEntry(folder.name, f"unreadable card: {error}", "package", False, folder)
         labels = tuple(name for value, name in sorted(card.label_names.items()) if value)
@@ -121,7 +121,9 @@ def _folder_entry(folder: Path) -> ModelEntry | None:
     if is_bundle_folder(folder):
         try:
             metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
+            metadata = {}
+        if not isinstance(metadata, dict):
             metadata = {}
         title = metadata.get("name") or folder.name
         version = metadata.get("version")

@@ -1,4 +1,4 @@
-"""A tiny segmentation model and cohorts of small scans for the cohort-run tests."""
+"""Tiny segmentation and classification models and small-scan cohorts for the cohort tests."""
 
 from __future__ import annotations
 
@@ -54,6 +54,23 @@ def save_tiny_model(folder: Path) -> Path:
     with torch.no_grad():
         final.bias.copy_(torch.tensor([0.0, 0.02]))
     return save_model_package(folder, card, network)
+
+
+def save_tiny_classifier(folder: Path) -> Path:
+    """A two-class 3D DenseNet package (card task: classification)."""
+    card = ModelCard(
+        name="tiny cls",
+        architecture="DenseNet",
+        architecture_args={"init_features": 4, "growth_rate": 4, "block_config": [1], "bn_size": 1},
+        label_names={0: "normal", 1: "lesion"},
+        patch_size=[8, 16, 16],
+        spacing=[12.0, 10.0, 10.0],
+        task="classification",
+        spatial_dims=3,
+        intensity={"kind": "window", "low": -160, "high": 240},
+    )
+    torch.manual_seed(0)
+    return save_model_package(folder, card, build_network(card))
 
 
 def write_cohort(

@@ -12,21 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from cohort_scans import save_tiny_model, write_cohort, write_manifest
+from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort, write_manifest
 
 from napari_medai.cli import main
 from napari_medai.core.classification.config import ClassifyConfig
 from napari_medai.core.classification.inference import classify_job
 from napari_medai.core.distributed.cohort import cohort_job
-from napari_medai.core.distributed.manifest import ManifestError, read_manifest
+from napari_medai.core.distributed.manifest import (
+    CohortWarning,
+    ManifestError,
+    ScanItem,
+    fingerprint,
+    read_manifest,
+)
 from napari_medai.core.distributed.record import RECORD_FILE, TABLE_FILE, RunRecord
-from napari_medai.core.distributed.tasks import TaskSpec
+from napari_medai.core.distributed.tasks import TaskSpec, failed_row
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job
-from napari_medai.core.models.card import ModelCard
-from napari_medai.core.models.networks import build_network
-from napari_medai.core.models.package import save_model_package
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 
@@ -109,13 +112,15 @@ def test_local_run_records_bad_scans_and_resumes(tmp_path, cohort, model):
 
 
 def test_torn_record_line_is_ignored_and_later_lines_stay_whole(tmp_path):
+    spec = TaskSpec("segment", "model")
+    row = {id_: failed_row(ScanItem(f"{id_}.nii.gz", id_, "f"), spec, "bad") for id_ in "abc"}
     record = RunRecord(tmp_path)
-    record.append({"id": "a", "status": "done"})
+    record.append(row["a"])
     with open(tmp_path / RECORD_FILE, "a") as handle:
         handle.write('{"id": "b", "sta')  # the driver was killed mid-line
     reread = RunRecord(tmp_path)
-    assert set(reread.latest) == {"a"}
-    reread.append({"id": "c", "status": "failed"})
+    assert set(reread.latest) == {"a"} and not reread.damaged
+    reread.append(row["c"])
     assert set(RunRecord(tmp_path).latest) == {"a", "c"}
 
 
@@ -158,19 +163,7 @@ def test_killed_driver_resumes_with_only_unfinished_scans(tmp_path, model):
 
 
 def test_local_classify_run_writes_one_json_per_scan_and_resumes(tmp_path):
-    card = ModelCard(
-        name="tiny cls",
-        architecture="DenseNet",
-        architecture_args={"init_features": 4, "growth_rate": 4, "block_config": [1], "bn_size": 1},
-        label_names={0: "normal", 1: "lesion"},
-        patch_size=[8, 16, 16],
-        spacing=[12.0, 10.0, 10.0],
-        task="classification",
-        spatial_dims=3,
-        intensity={"kind": "window", "low": -160, "high": 240},
-    )
-    torch.manual_seed(0)
-    package = save_model_package(tmp_path / "cls", card, build_network(card))
+    package = save_tiny_classifier(tmp_path / "cls")
     scans = write_cohort(tmp_path / "scans", phantoms=3)[:4]  # three phantoms and a truncated one
     items = read_manifest(write_manifest(tmp_path / "cohort.csv", scans))
     spec = TaskSpec("classify", str(package), device="cpu")
@@ -200,3 +193,149 @@ def test_local_classify_run_writes_one_json_per_scan_and_resumes(tmp_path):
 
     again = run_job(cohort_job(items, spec, out))
     assert (again.done, again.failed, again.skipped) == (0, 1, 3)
+
+
+def test_an_output_folder_inside_the_cohort_is_never_a_scan(tmp_path, model):
+    scans = write_cohort(tmp_path / "scans", phantoms=2, broken=False)
+    out = tmp_path / "scans" / "masks"
+    first = run_job(cohort_job(read_manifest(tmp_path / "scans"), spec_for(model), out))
+    assert (first.done, first.failed) == (2, 0)
+
+    # Re-runs: the folder lists 'masks', a recursive glob lists the masks themselves.
+    for source in (tmp_path / "scans", str(tmp_path / "scans" / "**" / "*.nii.gz")):
+        with pytest.warns(CohortWarning, match="not taken as scans"):
+            again = run_job(cohort_job(read_manifest(source), spec_for(model), out))
+        assert (again.done, again.failed, again.skipped) == (0, 0, 2)
+    # Another run's output folder (it holds a run record) is not a scan either.
+    other = tmp_path / "scans" / "masks_v1"
+    other.mkdir()
+    (other / RECORD_FILE).write_text("")
+    (other / "phantom0-0123abcd_seg.nii.gz").write_bytes(scans[0].read_bytes())
+    glob = str(tmp_path / "scans" / "**" / "*.nii.gz")
+    with pytest.warns(CohortWarning, match="not taken as scans"):
+        again = run_job(cohort_job(read_manifest(glob), spec_for(model), out))
+    assert (again.done, again.failed, again.skipped) == (0, 0, 2)
+
+    # Outputs written among the scans, or inside a scan folder, are refused up front.
+    with pytest.raises(MedaiError, match="every scan of the cohort lies in an output folder"):
+        cohort_job(read_manifest(tmp_path / "scans"), spec_for(model), tmp_path / "scans")
+    with pytest.raises(MedaiError, match="lies inside the scan folder"):
+        cohort_job(read_manifest(tmp_path / "scans"), spec_for(model), out / "deeper")
+
+
+def test_out_naming_a_file_is_one_clear_line(tmp_path, cohort, model, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a folder")
+    args = ["cohort", "segment", str(tmp_path / "scans"), "--model", str(model)]
+    assert main([*args, "--out", str(taken), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "is a file, not a folder" in error
+    assert taken.read_text() == "not a folder"
+
+
+def test_manifest_needs_a_path_column_and_reads_tabs(tmp_path, cohort):
+    first, second = (p.relative_to(tmp_path).as_posix() for p in cohort[:2])
+    expected = [str(p.resolve()) for p in cohort[:2]]
+    no_column = tmp_path / "cohort.csv"
+    no_column.write_text(f"patient,age\n{first},61\n{second},70\n")
+    with pytest.raises(ManifestError, match=r"cohort.csv: .*\(patient, age\).*path, file"):
+        read_manifest(no_column)
+    semicolons = tmp_path / "semicolons.csv"
+    semicolons.write_text(f"path;age\n{first};61\n")
+    with pytest.raises(ManifestError, match="names no scan path column"):
+        read_manifest(semicolons)
+    # Tab-separated, by suffix or by content, is read by its columns (not as whole lines).
+    for name in ("cohort.tsv", "tabs.csv"):
+        tabs = tmp_path / name
+        tabs.write_text(f"age\tpath\n61\t{first}\n70\t{second}\n")
+        assert [item.path for item in read_manifest(tabs)] == expected
+    # Scan paths without a header still work.
+    bare = tmp_path / "bare.csv"
+    bare.write_text(f"{first}\n{second}\n")
+    assert [item.path for item in read_manifest(bare)] == expected
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"path\nM\xfcller.nii.gz\n")
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        read_manifest(latin)
+
+
+def test_scans_outside_the_manifest_folder_are_read_and_said(tmp_path, cohort):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    manifest = lists / "cohort.csv"
+    manifest.write_text(f"path\n../scans/{cohort[0].name}\n{cohort[1]}\n")
+    with pytest.warns(CohortWarning, match=r"cohort.csv: 2 scan\(s\) lie outside its folder"):
+        items = read_manifest(manifest)
+    assert [item.path for item in items] == [str(p.resolve()) for p in cohort[:2]]
+
+
+def _rewrite_record(out: Path, change) -> None:
+    """Apply ``change(row)`` to every row of the run record (a hand edit)."""
+    rows = [json.loads(line) for line in (out / RECORD_FILE).read_text().splitlines()]
+    for row in rows:
+        change(row)
+    (out / RECORD_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_damaged_run_record_is_never_trusted(tmp_path, model):
+    write_cohort(tmp_path / "scans", phantoms=4, broken=False)
+    out = tmp_path / "out"
+    items = read_manifest(tmp_path / "scans")
+    first = run_job(cohort_job(items, spec_for(model), out))
+    assert first.done == 4
+    names = [item.id for item in items]
+    edits = {
+        names[0]: {"outputs": ["/etc/passwd"]},  # a file that exists, outside the output folder
+        names[1]: {"outputs": []},  # done, yet nothing written
+        names[2]: {"seconds": "fast"},
+        names[3]: {"id": ["not", "text"]},
+    }
+    for name in names[:3]:
+        os.remove(out / f"{name}_seg.nii.gz")  # the outputs are gone, as the edits claim
+    _rewrite_record(out, lambda row: row.update(edits.get(row["id"], {})))
+    with pytest.warns(
+        CohortWarning, match=r"2 row\(s\).*cohort_record.jsonl, line 1: field .outputs."
+    ):
+        again = run_job(cohort_job(items, spec_for(model), out))
+    assert {row["id"] for row in again.rows if row["status"] == "done"} == set(names)
+    for name in names:
+        assert (out / f"{name}_seg.nii.gz").is_file()
+    table = (out / TABLE_FILE).read_text()
+    assert "/etc/passwd" not in table and "fast" not in table
+
+
+def test_a_model_for_another_task_is_refused_before_any_scan(tmp_path, cohort, model):
+    classifier = save_tiny_classifier(tmp_path / "cls")
+    items = read_manifest(tmp_path / "scans")
+    wrong = {
+        "segment": (classifier, "'tiny cls' is a classification model"),
+        "classify": (model, "'tiny seg' is a segmentation model"),
+    }
+    for task, (package, message) in wrong.items():
+        out = tmp_path / f"out_{task}"
+        with pytest.raises(MedaiError, match=message):
+            run_job(cohort_job(items, TaskSpec(task, str(package), device="cpu"), out))
+        assert not (out / RECORD_FILE).exists()
+
+
+def test_an_edit_keeping_size_and_modification_time_changes_the_fingerprint(tmp_path):
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.nii"
+    big.write_bytes(rng.bytes(3 << 20))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for index in range(300):
+        (folder / f"slice{index:03d}.dcm").write_bytes(rng.bytes(20_000))
+    for path, file, offset in [
+        (big, big, 10),  # in the first MiB
+        (big, big, (3 << 20) - 10),  # in the last MiB
+        (folder, folder / "slice150.dcm", 19_990),  # near the end of one slice of a series
+    ]:
+        before = fingerprint(path)
+        stat = file.stat()
+        data = bytearray(file.read_bytes())
+        data[offset] ^= 0xFF
+        file.write_bytes(bytes(data))
+        os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert file.stat().st_size == stat.st_size
+        assert fingerprint(path) != before, (path.name, offset)

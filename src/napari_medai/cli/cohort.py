@@ -6,12 +6,16 @@ scan's stable id, with a run record (``cohort_record.jsonl`` and ``.csv``); a
 re-run skips finished scans and retries failed or changed ones. ``--engine
 ray`` runs on Ray (``--address`` joins a running cluster; without it Ray starts
 on this machine). Exit code 0 when every scan is done, 1 when some failed.
+What the run decided on its own (paths in an output folder left out, scans
+outside the manifest's folder, record rows not trusted) is printed as
+``warning:`` lines under the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import TextIO
 
@@ -46,23 +50,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the cohort with a progress line, then print the summary table."""
+    """Run the cohort with a progress line, then print the summary table and any warnings."""
     from napari_medai.core.distributed.cohort import EngineConfig, cohort_job
-    from napari_medai.core.distributed.manifest import read_manifest
+    from napari_medai.core.distributed.manifest import CohortWarning, read_manifest
     from napari_medai.core.distributed.tasks import TaskSpec
     from napari_medai.core.jobs import run_job
 
-    items = read_manifest(args.manifest)
     spec = TaskSpec(args.task, str(args.model), args.device, args.tta, args.trust_bundle)
     engine = EngineConfig(args.engine, args.workers, args.address, args.gpus_per_worker)
     out = sys.stderr
-    job = cohort_job(items, spec, args.out, engine)
-    try:
-        summary = run_job(job, lambda event: _draw(event, out))
-    finally:
-        job.close()
-        out.write("\n")
-    _print_summary(summary, len(items))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CohortWarning)
+        items = read_manifest(args.manifest)
+        job = cohort_job(items, spec, args.out, engine)
+        try:
+            summary = run_job(job, lambda event: _draw(event, out))
+        finally:
+            job.close()
+            out.write("\n")
+    said = [str(w.message) for w in caught if issubclass(w.category, CohortWarning)]
+    for other in (w for w in caught if not issubclass(w.category, CohortWarning)):
+        warnings.showwarning(other.message, other.category, other.filename, other.lineno)
+    _print_summary(summary, len(items), said)
     return 0 if summary.failed == 0 else 1
 
 
@@ -85,7 +94,7 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _print_summary(summary, total: int) -> None:
+def _print_summary(summary, total: int, said: list[str]) -> None:
     print(f"{'scan':<40} {'status':<7} {'seconds':>8}  reason")
     for row in summary.rows:
         seconds = row.get("seconds", {}).get("total", 0.0)
@@ -94,3 +103,5 @@ def _print_summary(summary, total: int) -> None:
         f"{summary.done} done / {summary.failed} failed / {summary.skipped} skipped "
         f"of {total} in {summary.seconds:.1f} s; record: {summary.table}"
     )
+    for text in said:
+        print(f"warning: {text}")

@@ -6,20 +6,27 @@ so a killed driver loses nothing and a re-run picks up where it stopped.
 Progress events carry a :class:`CohortProgress` payload (counts, throughput,
 ETA, the latest row). ``local`` runs every scan in this process and needs no
 Ray; ``ray`` hands them to a pool of Ray actors that keep the model loaded.
+
+Outputs are never inputs: the output folder, the files directly in it (all a
+run writes) and any folder holding a run record, with its files, are dropped
+from the cohort with a warning, so a folder or glob cohort whose output folder
+sits inside it never segments its own outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_medai.core.distributed.manifest import ScanItem
-from napari_medai.core.distributed.record import RunRecord
-from napari_medai.core.distributed.tasks import CohortWorker, TaskSpec
+from napari_medai.core.distributed.manifest import CohortWarning, ScanItem
+from napari_medai.core.distributed.record import RECORD_FILE, RunRecord
+from napari_medai.core.distributed.tasks import CohortWorker, TaskSpec, task_class
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress
 
@@ -93,21 +100,79 @@ def cohort_job(
         raise MedaiError(f"at least one worker is needed, not {engine.workers}")
     if engine.gpus_per_worker < 0:
         raise MedaiError(f"GPUs per worker must be 0 or more, not {engine.gpus_per_worker}")
+    task_class(spec.task)
     if engine.engine == "ray":
         from napari_medai.core.distributed.ray_engine import require_ray
 
         require_ray()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return _run(items, spec, out, engine)
+    items = scans_only(items, Path(out))
+    out = _output_folder(Path(out))
+    return _run(items, spec, out, engine, RunRecord(out))
+
+
+def _output_folder(out: Path) -> Path:
+    """``out`` made if needed; one clear line when it is a file or cannot be made."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise MedaiError(
+                f"{out} is a file, not a folder; choose a folder for the cohort outputs"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedaiError(f"{out}: cannot make the output folder ({error.strerror})") from error
+    return out.resolve()
+
+
+def scans_only(items: list[ScanItem], out: Path) -> list[ScanItem]:
+    """``items`` without any output: ``out`` and the files in it, and other runs' output folders.
+
+    A run writes only directly into ``out``, so scans in its sub-folders stay
+    scans (``--out .`` with the scans in ``./scans``). A warning says what was dropped.
+    """
+    out = out.resolve()
+    kept, dropped = [], []
+    for item in items:
+        path = Path(item.path)
+        if path != out and out.is_relative_to(path):
+            raise MedaiError(
+                f"the output folder {out} lies inside the scan folder {path}, so its outputs "
+                "would be read as part of that scan; choose an output folder outside it"
+            )
+        (dropped if _is_output(path, out) else kept).append(item)
+    if dropped and not kept:
+        raise MedaiError(
+            f"every scan of the cohort lies in an output folder ({dropped[0].path}); outputs are "
+            "never read as scans: keep the scans and the output folder apart"
+        )
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} path(s) in a cohort output folder were not taken as scans "
+            f"(outputs are never inputs): {', '.join(Path(i.path).name for i in dropped[:3])}"
+            + (", ..." if len(dropped) > 3 else ""),
+            CohortWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def _is_output(path: Path, out: Path) -> bool:
+    """Whether ``path`` is ``out``, a file in it, or (in) a folder holding a run record."""
+    return (
+        path == out
+        or path.parent == out
+        or os.path.isfile(path / RECORD_FILE)
+        or os.path.isfile(path.parent / RECORD_FILE)
+    )
 
 
 def _run(
-    items: list[ScanItem], spec: TaskSpec, out: Path, engine: EngineConfig
+    items: list[ScanItem], spec: TaskSpec, out: Path, engine: EngineConfig, record: RunRecord
 ) -> Job[CohortSummary]:
-    record = RunRecord(out)
     key = spec.key()
-    todo = [item for item in items if record.why_run(item, key) is not None]
+    outputs = task_class(spec.task).outputs
+    why = {item.id: record.why_run(item, key, outputs(item)) for item in items}
+    todo = [item for item in items if why[item.id] is not None]
+    _say_damaged(record, [item for item in items if why[item.id] == "damaged"])
     _remove_torn_temporaries(out, todo)
     progress = CohortProgress(total=len(todo), skipped=len(items) - len(todo))
     summary = CohortSummary(skipped=progress.skipped, record=record.path)
@@ -143,6 +208,17 @@ def _run(
         summary.seconds = time.perf_counter() - started
         summary.table = record.write_table(item.id for item in items)
     return summary
+
+
+def _say_damaged(record: RunRecord, items: list[ScanItem]) -> None:
+    """Warn that scans whose record rows cannot be trusted run again, naming the first row."""
+    if items:
+        warnings.warn(
+            f"{len(items)} row(s) of the run record cannot be trusted and their scans run again; "
+            f"{record.damaged[items[0].id]}",
+            CohortWarning,
+            stacklevel=3,
+        )
 
 
 def _remove_torn_temporaries(out: Path, todo: list[ScanItem]) -> None:

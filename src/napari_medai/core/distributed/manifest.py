@@ -4,8 +4,9 @@ Every scan gets a stable id (its name plus a short hash of its path relative to
 the folder all the cohort's scans share), so outputs keep their names when the
 cohort folder moves or is listed another way (CSV, folder, glob), and two
 ``scan.nii.gz`` in different folders never collide. The cheap fingerprint
-(size and modification time) tells a resumed run which inputs changed; the
-content hash (SHA-256) is computed by the worker that reads the scan anyway.
+(size, modification time and a hash of the first and last MiB) tells a resumed
+run which inputs changed; the content hash (SHA-256) is computed by the worker
+that reads the scan anyway.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +41,19 @@ SCAN_SUFFIXES = (
     ".dcm",
 )
 _HASH_CHUNK = 1 << 20
+#: Bytes the fingerprint hashes at each end of a scan file: an edit that keeps the size and
+#: modification time still shows there (a gzip trailer holds the CRC of all the content).
+END_BLOCK = 1 << 20
+#: The least it hashes at each end of each file of a folder scan (the blocks share END_BLOCK).
+MIN_END_BLOCK = 4096
 
 
 class ManifestError(MedaiError):
     """The manifest cannot be read or names no scans."""
+
+
+class CohortWarning(UserWarning):
+    """Something a cohort run decided that its user should hear about (shown in the summary)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ def read_manifest(source: str | Path) -> list[ScanItem]:
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
         paths = _csv_paths(path)
+        _say_paths_outside(path, paths)
     elif path.is_dir():
         paths = sorted(p for p in path.iterdir() if _is_scan(p))
     elif any(c in text for c in "*?["):
@@ -98,32 +111,54 @@ def safe_name(text: str) -> str:
 
 
 def fingerprint(path: Path) -> str:
-    """Size and modification time of a file, or of every file in a folder (cheap)."""
+    """Size, modification time and both end blocks of a file, or of every file in a folder.
+
+    Cheap: at most 2 MiB read per scan (a folder's files share it, at least
+    8 KiB each), so a resumed run fingerprints a whole cohort quickly.
+    """
     path = Path(path)
-    if not path.exists():
+    if not _exists(path):
         return "missing"
-    files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
-    parts = []
+    files = _files(path)
+    block = max(MIN_END_BLOCK, END_BLOCK // max(len(files), 1))
+    digest = hashlib.sha1()
     for file in files:
         stat = file.stat()
-        parts.append(
-            f"{file.relative_to(path) if file != path else ''}:{stat.st_size}:{stat.st_mtime_ns}"
-        )
-    return hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+        name = file.relative_to(path).as_posix() if file != path else ""
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}:".encode())
+        digest.update(_end_blocks(file, stat.st_size, block))
+    return digest.hexdigest()[:16]
+
+
+def _end_blocks(file: Path, size: int, block: int) -> bytes:
+    """The first and last ``block`` bytes of ``file`` (the whole file when it is small)."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(block)
+            if size <= 2 * block:
+                return head + handle.read()
+            handle.seek(-block, os.SEEK_END)
+            return head + handle.read(block)
+    except OSError:
+        return b"unreadable"  # the worker then says why it cannot read the scan
 
 
 def content_sha256(path: Path) -> str:
     """SHA-256 of a file, or of a folder's files (names and contents, sorted)."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
+    for file in _files(path):
         if file != path:
             digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
         with open(file, "rb") as handle:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    """``path`` itself, or the files of a folder scan in a stable order."""
+    return [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
 
 
 def _is_scan(path: Path) -> bool:
@@ -136,9 +171,8 @@ def _is_scan(path: Path) -> bool:
 
 
 def _csv_paths(manifest: Path) -> list[Path]:
-    """Scan paths from a CSV (with a header naming a path column, or none); relative to it."""
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    """Scan paths from a CSV or TSV (a header naming a path column, or none); relative to it."""
+    rows = _manifest_rows(manifest)
     if not rows:
         return []
     header = [cell.strip().lower() for cell in rows[0]]
@@ -146,14 +180,68 @@ def _csv_paths(manifest: Path) -> list[Path]:
     first = 1
     if column is not None:
         rows, first = rows[1:], 2
+    elif not _looks_like_scan_path(rows[0][0], manifest):
+        raise ManifestError(
+            f"{manifest.name}: its first row ({', '.join(rows[0])[:120]}) names no scan path "
+            f"column; expected a header with a column named one of {', '.join(PATH_COLUMNS)} "
+            "(comma- or tab-separated), or scan paths in the first column without a header"
+        )
     column = column or 0
     paths = []
     for number, row in enumerate(rows, start=first):
         if column >= len(row) or not row[column].strip():
             raise ManifestError(f"{manifest.name}, row {number}: no scan path")
+        if "\0" in row[column]:
+            raise ManifestError(f"{manifest.name}, row {number}: the scan path holds a NUL byte")
         path = Path(os.path.expanduser(row[column].strip()))
         paths.append(path if path.is_absolute() else manifest.parent / path)
     return paths
+
+
+def _manifest_rows(manifest: Path) -> list[list[str]]:
+    """The non-blank rows of a manifest: tab-separated for ``.tsv`` or tabs without commas."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ManifestError(
+            f"{manifest.name}: not UTF-8 text (byte {error.start}); save it as CSV UTF-8"
+        ) from error
+    except OSError as error:
+        raise ManifestError(f"{manifest}: cannot be read ({error.strerror})") from error
+    tabs = manifest.suffix.lower() == ".tsv" or ("\t" in text and "," not in text)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tabs else ","))
+    except csv.Error as error:
+        raise ManifestError(f"{manifest.name}: not a readable CSV file ({error})") from error
+    return [row for row in rows if row and any(cell.strip() for cell in row)]
+
+
+def _looks_like_scan_path(cell: str, manifest: Path) -> bool:
+    """Whether a header-less first cell names a scan: a scan suffix, a folder part, or it exists."""
+    text = os.path.expanduser(cell.strip())
+    named = text.lower().endswith(SCAN_SUFFIXES) or "/" in text or "\\" in text
+    return bool(text) and (named or _exists(manifest.parent / text))
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the file system cannot hold (too long)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _say_paths_outside(manifest: Path, paths: list[Path]) -> None:
+    """Warn when a manifest lists scans outside its own folder (accepted, but said)."""
+    folder = Path(os.path.abspath(manifest.parent))
+    outside = [p for p in paths if not Path(os.path.abspath(p)).is_relative_to(folder)]
+    if outside:
+        warnings.warn(
+            f"{manifest.name}: {len(outside)} scan(s) lie outside its folder {folder} "
+            f"(first: {outside[0]}); they are read where they are",
+            CohortWarning,
+            stacklevel=3,
+        )
 
 
 def read_training_manifest(manifest: Path) -> list[tuple[Path, Path]]:

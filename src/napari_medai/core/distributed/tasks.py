@@ -1,7 +1,8 @@
 """What a cohort run does to one scan: the task, and the worker that runs it safely.
 
-A task is built once per worker (it loads the model then) and turns one scan
-into output files. Adding a task (``classify``) means one class with the same
+A task is built once per worker (it loads the model then, and refuses a model
+whose card names another task before any scan runs) and turns one scan into
+output files. Adding a task (``classify``) means one class with the same
 three members and one entry in :data:`TASKS` (as ``classify`` did). :class:`CohortWorker` wraps a
 task so a bad scan becomes a ``failed`` row with a one-line reason instead of
 an exception, and times every scan; the local engine drives it in this process,
@@ -17,11 +18,14 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from napari_medai.core.distributed.manifest import ScanItem, content_sha256
-from napari_medai.core.errors import MedaiError
+from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
+
+if TYPE_CHECKING:
+    from napari_medai.core.models.loaded import LoadedModel
 
 #: Longest error reason kept in the record (one line).
 MAX_REASON = 300
@@ -45,7 +49,8 @@ class TaskSpec:
 class Task(Protocol):
     """One kind of cohort work; ``__init__(spec)`` loads the model once."""
 
-    def outputs(self, item: ScanItem) -> list[str]:
+    @staticmethod
+    def outputs(item: ScanItem) -> list[str]:
         """Output file names (in the output folder) for ``item``; the first is hashed."""
 
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
@@ -61,9 +66,11 @@ class SegmentTask:
 
         self.spec = spec
         self.model = load_model(spec.model, trusted=spec.trusted)
+        require_card_task(self.model, "segmentation", spec.task)
         self.config = SegmentConfig(device=spec.device, tta=spec.tta)
 
-    def outputs(self, item: ScanItem) -> list[str]:
+    @staticmethod
+    def outputs(item: ScanItem) -> list[str]:
         return [f"{item.id}_seg.nii.gz", f"{item.id}_seg.json"]
 
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
@@ -116,10 +123,12 @@ class ClassifyTask:
             raise MedaiError("--tta (flipped copies) is for segmentation; drop it to classify")
         self.spec = spec
         self.model = load_model(spec.model, trusted=spec.trusted)
+        require_card_task(self.model, "classification", spec.task)
         self.config = ClassifyConfig(scope="volume", device=spec.device)
         self.config.check()
 
-    def outputs(self, item: ScanItem) -> list[str]:
+    @staticmethod
+    def outputs(item: ScanItem) -> list[str]:
         return [f"{item.id}_class.json"]
 
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
@@ -174,6 +183,23 @@ class ClassifyTask:
 TASKS: dict[str, type] = {"segment": SegmentTask, "classify": ClassifyTask}
 
 
+def task_class(name: str) -> type:
+    """The task class called ``name``; a MedaiError naming the known tasks otherwise."""
+    if name not in TASKS:
+        raise MedaiError(f"unknown cohort task '{name}'; known: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def require_card_task(model: LoadedModel, wanted: str, task: str) -> None:
+    """Refuse a model whose card names another task than ``wanted``, before any scan runs."""
+    card = model.card
+    if card.task != wanted:
+        raise ModelLoadError(
+            f"the model '{card.name}' is a {card.task} model (its card's task), but a cohort "
+            f"'{task}' run needs a {wanted} model; pick one whose card says task: {wanted}"
+        )
+
+
 def one_line(error: BaseException) -> str:
     """A one-line reason: the message of a MedaiError, else the type and message."""
     text = str(error) if isinstance(error, MedaiError) else f"{type(error).__name__}: {error}"
@@ -201,10 +227,8 @@ class CohortWorker:
     """A task plus error capture and timing; one per process (or Ray actor)."""
 
     def __init__(self, spec: TaskSpec) -> None:
-        if spec.task not in TASKS:
-            raise MedaiError(f"unknown cohort task '{spec.task}'; known: {', '.join(TASKS)}")
         self.spec = spec
-        self.task: Task = TASKS[spec.task](spec)
+        self.task: Task = task_class(spec.task)(spec)
         self.model_lock = threading.Lock()
 
     def process_job(self, item: ScanItem, out: Path) -> Job[dict[str, Any]]:

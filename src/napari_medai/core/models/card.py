@@ -159,6 +159,8 @@ def _label_names(value: Any) -> dict[int, str]:
                 "label_names",
                 f"has label value {number}; values run from 0 to {LIMITS.largest_label}",
             )
+        if number in names:
+            _refuse("label_names", f"names label value {number} twice")
         names[number] = _text(f"label_names.{key}", name, LIMITS.label_name_chars)
     return names
 
@@ -299,8 +301,10 @@ def _training_sources(value: Any) -> None:
 
 def _format_version(value: Any) -> int:
     if _is_number(value) and value > CARD_FORMAT_VERSION:
-        raise ModelLoadError(
-            f"card format {value} is newer than this napari-medai understands; update napari-medai"
+        _refuse(
+            "format_version",
+            f"is {value:g}, newer than this napari-medai understands "
+            f"({CARD_FORMAT_VERSION}); update napari-medai",
         )
     return _whole("format_version", value, 1, CARD_FORMAT_VERSION)
 

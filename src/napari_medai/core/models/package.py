@@ -64,8 +64,11 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 def _check_shapes(card: ModelCard, weights: Path) -> None:
     """Refuse weights whose names or shapes differ from the card's network, allocating nothing."""
     stored = _stored_shapes(weights)
-    with torch.device("meta"):
-        network = build_network(card)
+    try:
+        with torch.device("meta"):
+            network = build_network(card)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{weights.with_name(CARD_FILE)}: {error}") from error
     wanted = {key: tuple(value.shape) for key, value in network.state_dict().items()}
     if wanted != stored:
         raise _misfit(card, weights)

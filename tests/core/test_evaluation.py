@@ -297,3 +297,23 @@ def test_cli_scores_a_dicom_seg_by_its_segment_labels(tmp_path, capsys):
     assert summary["matching"] == "by name"
     [liver] = summary["labels"]
     assert liver["name"] == "liver" and liver["predicted_value"] == 1 and liver["dice"] == 1.0
+
+
+@pytest.mark.real
+def test_a_liver_model_against_totalsegmentators_real_map(shared_data):
+    from scipy.ndimage import binary_erosion
+
+    from napari_medai.core.io.reading import read_label_map
+    from napari_medai.core.samples import TOTALSEG_LABEL_NAMES
+
+    reference = read_label_map(shared_data / "totalsegmentator" / "example_seg.nii.gz")
+    reference.label_names = dict(TOTALSEG_LABEL_NAMES)
+    liver = binary_erosion(reference.array == 5)  # a model a voxel short of the truth
+    prediction = LabelMap(liver.astype(np.uint8), reference.geometry, {}, {1: "liver"})
+    result = run_job(evaluate_job(prediction, reference))
+    [scores] = result.labels
+    assert (scores.name, scores.predicted_value, scores.value) == ("liver", 1, 5)
+    truth = reference.array == 5
+    assert scores.dice == pytest.approx(2 * liver.sum() / (liver.sum() + truth.sum()))
+    unmatched = {label.name for label in result.matching.unmatched_reference}
+    assert "spleen" in unmatched and "liver" not in unmatched

@@ -173,8 +173,16 @@ def _cyst(ds: Dataset) -> Dataset:
     return ds.ROIContourSequence[1]
 
 
-def _set_points(text: str) -> Callable[[Dataset], None]:
-    return lambda ds: _raw(_cyst(ds).ContourSequence[0], CONTOUR_DATA, "DS", text)
+def _set_points(text: str, stated: int | None = None) -> Callable[[Dataset], None]:
+    """Replace the cyst's first ContourData with ``text`` (and its stated point count)."""
+
+    def change(ds: Dataset) -> None:
+        contour = _cyst(ds).ContourSequence[0]
+        _raw(contour, CONTOUR_DATA, "DS", text)
+        if stated is not None:
+            contour.NumberOfContourPoints = stated
+
+    return change
 
 
 def _set_type(kind: str) -> Callable[[Dataset], None]:
@@ -199,7 +207,8 @@ DAMAGE = {
     "text": (_set_points("1\\2\\abc\\4\\5\\6\\7\\8\\9"), "not numbers"),
     "nan": (_set_points("1\\2\\nan\\4\\5\\6\\7\\8\\9"), "NaN or infinite"),
     "inf": (_set_points("1\\2\\inf\\4\\5\\6\\7\\8\\9"), "NaN or infinite"),
-    "2 points": (_set_points("1\\2\\3\\4\\5\\6"), "fewer than 3 points"),
+    "2 points": (_set_points("1\\2\\3\\4\\5\\6", stated=2), "fewer than 3 points"),
+    "miscounted": (_set_points("1\\2\\3\\4\\5\\6\\7\\8\\9", stated=4), "disagrees"),
     "POINT": (_set_type("POINT"), "POINT, which encloses no area"),
     "open": (_set_type("OPEN_PLANAR"), "OPEN_PLANAR, which encloses no area"),
     "unknown type": (_set_type("SPLINE"), 'unknown type "SPLINE"'),
@@ -236,9 +245,8 @@ def test_a_contour_smaller_than_a_voxel_is_named(written):
     corner = volume.geometry.index_to_world([[2, 16.5, 14.5]])[0, ::-1]
     row, column = volume.geometry.direction[:, 1][::-1], volume.geometry.direction[:, 2][::-1]
     tiny = [corner, corner + 0.1 * row, corner + 0.1 * column]
-    back = read_rtstruct(
-        mutated(_set_points("\\".join(f"{v:.4f}" for v in np.ravel(tiny)))), volume
-    )
+    text = "\\".join(f"{v:.4f}" for v in np.ravel(tiny))
+    back = read_rtstruct(mutated(_set_points(text, stated=3)), volume)
     assert "1 too small to cover the centre of a voxel" in back.metadata["warnings"][0]
 
 

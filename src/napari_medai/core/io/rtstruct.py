@@ -11,7 +11,7 @@ contours of a slice by even-odd (XOR), as most planning systems do.
 Files from elsewhere are read defensively: a contour that is damaged or encloses
 nothing on the scan is left out, an ROI number that cannot be a label value gets
 a free one, and each such change is reported in ``metadata["warnings"]``, naming
-the ROI. Label values written must be valid ROI numbers (1 to 2**31 - 1).
+the ROI.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_medai import __version__
-from napari_medai.core.errors import ExportError, UnreadableFileError
+from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.files import atomic_write
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.io.dicom_seg import labels_to_export
+from napari_medai.core.io.dicom_seg import LARGEST_ROI_NUMBER, labels_to_export
 from napari_medai.core.io.dicom_source import SourceSeries, deidentify
 from napari_medai.core.io.export import DicomExportConfig, algorithm_of
 from napari_medai.core.jobs import Job, Progress
@@ -58,8 +58,7 @@ _COPIED = (
 )
 #: Contour slices further than this from a grid slice (in slices) are not on the grid.
 _PLANE_TOLERANCE = 0.05
-#: ROI numbers are DICOM IS values (signed 32 bits); 0 is the label map's background.
-_MAX_ROI = 2**31 - 1
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _CLOSED = "CLOSED_PLANAR"
 _NO_AREA = ("POINT", "OPEN_PLANAR", "OPEN_NONPLANAR")
 
@@ -78,7 +77,6 @@ def write_rtstruct_job(
 
     yield Progress(0.0, "matching the labels to the source slices")
     values = labels_to_export(label_map, source)
-    _check_roi_numbers(values)
     kind, model_name = algorithm_of(provenance, config.algorithm)
     first = source.datasets[0]
     by_slice = dict(zip(source.slice_index, source.datasets))
@@ -125,18 +123,6 @@ def write_rtstruct_job(
     )
     yield Progress(1.0, f"wrote {Path(path).name}")
     return written
-
-
-def _check_roi_numbers(values: Sequence[int]) -> None:
-    """Refuse label values that cannot be ROI numbers (each label is written as its ROI)."""
-    wrong = [value for value in values if not 0 < value <= _MAX_ROI]
-    if wrong:
-        shown = ", ".join(str(value) for value in wrong[:5])
-        raise ExportError(
-            f"label value(s) {shown} cannot be RTSTRUCT ROI numbers, which run from 1 to "
-            f"{_MAX_ROI}: relabel them (for example with the lowest unused values) and "
-            "export again"
-        )
 
 
 def _structure_set(first: Dataset, source: SourceSeries, label_map: LabelMap) -> Dataset:
@@ -300,6 +286,11 @@ def _open_structure_set(path: Path) -> Dataset:
         raise UnreadableFileError(
             f'Cannot open the RTSTRUCT "{path.name}": it is not a readable DICOM file'
         ) from error
+    if _cut_short(ds, path):
+        raise UnreadableFileError(
+            f'Cannot open the RTSTRUCT "{path.name}": the file is truncated (it ends inside '
+            "its contents); copy it again from its source"
+        )
     for keyword, what in (
         ("StructureSetROISequence", "list of ROIs"),
         ("ROIContourSequence", "contours"),
@@ -313,6 +304,25 @@ def _open_structure_set(path: Path) -> Dataset:
                 f'Cannot open the RTSTRUCT "{path.name}": it has no readable {keyword} ({what})'
             )
     return ds
+
+
+def _cut_short(ds: Dataset, path: Path) -> bool:
+    """Whether an element of known length ends past the end of the file.
+
+    pydicom reads a truncated file without a word, stopping where the bytes run
+    out, so a cut file would otherwise lose ROIs or contours silently.
+    """
+    size = path.stat().st_size
+    # Iterating a Dataset parses every element; its keys and get_item keep them raw.
+    for tag in ds.keys():  # noqa: SIM118
+        element = ds.get_item(tag)
+        if (
+            isinstance(element, RawDataElement)
+            and element.length != _UNDEFINED_LENGTH
+            and element.value_tell + element.length > size
+        ):
+            return True
+    return False
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -371,30 +381,33 @@ def _pair_with_rois(
 
 def _assign_labels(rois: list[_Roi], notes: list[str]) -> None:
     """Label value = ROI number where it can be one; otherwise the lowest free value, said."""
-    usable = {r.number for r in rois if isinstance(r.number, int) and 0 < r.number <= _MAX_ROI}
+    usable = {roi.number for roi in rois if _can_be_label(roi.number)}
     taken: set[int] = set()
     free = 1
     for roi in rois:
-        number = roi.number
-        if isinstance(number, int) and 0 < number <= _MAX_ROI and number not in taken:
-            roi.label = number
+        if _can_be_label(roi.number) and roi.number not in taken:
+            roi.label = int(roi.number)
         else:
             while free in usable or free in taken:
                 free += 1
             roi.label = free
-            notes.append(f"{roi.title} is read as label {free}: {_why_relabelled(number, rois)}")
+            notes.append(f"{roi.title} is read as label {free}: {_why_relabelled(roi, rois)}")
         taken.add(roi.label)
 
 
-def _why_relabelled(number: int | str | None, rois: list[_Roi]) -> str:
-    if number is None:
+def _can_be_label(number: int | str | None) -> bool:
+    return isinstance(number, int) and 0 < number <= LARGEST_ROI_NUMBER
+
+
+def _why_relabelled(roi: _Roi, rois: list[_Roi]) -> str:
+    if roi.number is None:
         return "it has no ROI number"
-    if number == 0:
+    if roi.number == 0:
         return "ROI number 0 would draw into the background"
-    if isinstance(number, int) and 0 < number <= _MAX_ROI:
-        first = next(roi for roi in rois if roi.number == number)
+    if _can_be_label(roi.number):
+        first = next(other for other in rois if other.number == roi.number)
         return f"{first.title} has the same number (their contours were paired in file order)"
-    return f"an ROI number must be a whole number from 1 to {_MAX_ROI}"
+    return f"an ROI number must be a whole number from 1 to {LARGEST_ROI_NUMBER}"
 
 
 def _label_dtype(largest: int) -> type[np.unsignedinteger]:
@@ -432,6 +445,8 @@ def _rasterise(
         return "with a coordinate count that is not a multiple of 3"
     if not np.isfinite(values).all():
         return "with NaN or infinite coordinates"
+    if _stated_points(contour) not in (None, values.size // 3):
+        return "whose Number of Contour Points disagrees with its coordinates"
     if values.size < 9:
         return "with fewer than 3 points, which enclose no area"
     with np.errstate(over="ignore", invalid="ignore"):
@@ -439,14 +454,22 @@ def _rasterise(
     if not np.isfinite(index).all():
         return "outside the scan"
     z = float(np.median(index[:, 0]))
+    if not 0 <= round(z) < shape[0]:
+        return "outside the scan"
     if np.ptp(index[:, 0]) > _PLANE_TOLERANCE or abs(z - round(z)) > _PLANE_TOLERANCE:
         return "between or across the slices of the scan"
-    if not 0 <= round(z) < shape[0] or not _overlaps(index[:, 1:], shape[1:]):
+    if not _overlaps(index[:, 1:], shape[1:]):
         return "outside the scan"
     inside = polygon2mask(shape[1:], index[:, 1:])
     if not inside.any():
         return "too small to cover the centre of a voxel"
     return round(z), inside
+
+
+def _stated_points(contour: Dataset) -> int | None:
+    """NumberOfContourPoints when it is a whole number (None when absent or unreadable)."""
+    number = _number(contour, "NumberOfContourPoints")
+    return number if isinstance(number, int) else None
 
 
 def _overlaps(points: np.ndarray, shape: tuple[int, ...]) -> bool:

@@ -212,7 +212,9 @@ def test_two_single_slices_are_scored_in_2d():
     disc = _ball(shape, (0, 20, 20), 12)
     reference = LabelMap(disc.astype(np.uint8), Geometry(SPACING))
     shifted = LabelMap(np.roll(disc, 2, axis=2).astype(np.uint8), Geometry(SPACING))
-    [scores] = run_job(evaluate_job(shifted, reference)).labels
+    result = run_job(evaluate_job(shifted, reference))
+    assert result.spacing_mm == list(SPACING)  # the grid's own (z, y, x) spacing, all three
+    [scores] = result.labels
     y_pred = torch.from_numpy(shifted.array[0] == 1)[None, None]
     y = torch.from_numpy(reference.array[0] == 1)[None, None]
     expected = compute_average_surface_distance(y_pred, y, True, True, spacing=SPACING[1:])

@@ -143,7 +143,8 @@ def evaluate_job(
         warnings.append("both label maps are empty: nothing to score")
     elif not matching.pairs:
         warnings.append("no label of the prediction matches one of the reference: nothing scored")
-    return EvaluationResult(scores, config.tolerance_mm, spacing, warnings, matching)
+    spacing_zyx = [float(s) for s in reference.geometry.spacing]
+    return EvaluationResult(scores, config.tolerance_mm, spacing_zyx, warnings, matching)
 
 
 def label_boxes(array: np.ndarray) -> dict[int, Box]:

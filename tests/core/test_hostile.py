@@ -19,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_factory import write_enhanced, write_series
 
+from napari_medai.cli import main
 from napari_medai.core.errors import MedaiError, UnreadableFileError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.dicom import remove_stale_folders
@@ -241,16 +242,21 @@ def test_folders_of_killed_runs_are_removed(tmp_path):
     assert live.exists()
 
 
-def test_nii_gz_with_more_data_than_promised_reads_fast(tmp_path):
-    """Case 4: inflation stops at the promised size; trailing megabytes are never inflated."""
+def test_nii_gz_with_far_more_data_than_promised_is_refused_fast(tmp_path, monkeypatch):
+    """Case 4: inflation stops a bounded way past the promised size (48 MB are never inflated)."""
     import gzip
 
+    from napari_medai.core.io import validate
+
+    monkeypatch.setattr(validate, "MAX_TRAILING_BYTES", 1 << 20)
     header = nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4)).header
     path = tmp_path / "long.nii.gz"
     with gzip.open(path, "wb", compresslevel=1) as stream:
         stream.write(header.binaryblock + b"\0" * 4 + bytes(240) + bytes(48 << 20))
     started = time.perf_counter()
-    check_image_header(path)
+    with pytest.raises(UnreadableFileError, match="runs on more than 1.0 MB past the image"):
+        check_image_header(path)
+    # Inflating 1 MB takes milliseconds; all 48 MB would take about ten times as long.
     assert time.perf_counter() - started < 0.5
 
 
@@ -316,3 +322,124 @@ def test_permission_denied_is_named(tmp_path, monkeypatch):
     )
     with pytest.raises(UnreadableFileError, match="permission denied"):
         read_volume(path)
+
+
+# --- issue 17: image files ------------------------------------------------------------------
+
+
+def _rot(path, at=0.8, count=16):
+    """Flip ``count`` bytes at ``at`` of the file: bit rot inside a compressed stream."""
+    raw = bytearray(path.read_bytes())
+    start = int(len(raw) * at)
+    raw[start : start + count] = bytes(b ^ 0xFF for b in raw[start : start + count])
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _noise_image():
+    rng = np.random.default_rng(17)
+    return sitk.GetImageFromArray(rng.integers(-1000, 1000, (12, 40, 40)).astype(np.int16))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_bit_rot_inside_compressed_data_is_refused_as_damaged(tmp_path, suffix):
+    """Bit rot at 80% of a gzip/zlib stream (trailer intact) fails its checksum: refused.
+
+    Before, the check inflated only as far as the header promised, never reaching the
+    checksum, and the file opened with garbage voxels.
+    """
+    path = tmp_path / f"rot{suffix}"
+    sitk.WriteImage(_noise_image(), str(path), useCompression=True)
+    _rot(path)
+    with pytest.raises(UnreadableFileError, match=f'"rot{suffix}".*the file is damaged'):
+        read_volume(path)
+
+
+@pytest.mark.real
+def test_bit_rot_in_a_real_nii_gz_is_refused(tmp_path, shared_data):
+    """The issue's case: a real CT .nii.gz with 16 bytes flipped at 80% of its stream."""
+    path = tmp_path / "ct.nii.gz"
+    path.write_bytes((shared_data / "totalsegmentator" / "example_ct_sm.nii.gz").read_bytes())
+    _rot(path)
+    with pytest.raises(UnreadableFileError, match='"ct.nii.gz".*the file is damaged'):
+        read_volume(path)
+
+
+def _save_nifti(path, image_type, data, patch=None):
+    nibabel.save(image_type(data, np.diag([2.0, 3.0, 4.0, 1.0])), path)
+    if patch is not None:
+        raw = bytearray(path.read_bytes())
+        patch(raw)
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def _no_scaling_but_an_intercept(raw):
+    """NIfTI-1 scl_slope 0 (no scaling) with scl_inter 5 (ignored)."""
+    raw[112:120] = struct.pack("<2f", 0.0, 5.0)
+
+
+@pytest.mark.parametrize("image_type", [nibabel.Nifti1Image, nibabel.Nifti2Image])
+@pytest.mark.parametrize("extra", [(1, 1), (2, 1)])
+def test_five_d_nifti_with_unit_extra_dims_opens(tmp_path, image_type, extra):
+    """A 4x5x6x1x1 (or x2x1) NIfTI opens as 3D (or 4D) with nibabel's values."""
+    data = np.arange(120 * extra[0], dtype=np.int16).reshape(4, 5, 6, *extra)
+    patch = _no_scaling_but_an_intercept if image_type is nibabel.Nifti1Image else None
+    path = _save_nifti(tmp_path / "five.nii", image_type, data, patch=patch)
+    volume = read_volume(path)
+    expected = data[..., 0].T if extra[0] > 1 else data[..., 0, 0].T
+    np.testing.assert_array_equal(volume.array, expected)
+    np.testing.assert_allclose(volume.geometry.spacing, [4.0, 3.0, 2.0])
+    assert main(["info", str(path)]) == 0
+
+
+@pytest.mark.parametrize("image_type", [nibabel.Nifti1Image, nibabel.Nifti2Image])
+def test_five_d_nifti_with_real_extra_dims_is_refused_naming_them(tmp_path, image_type, capsys):
+    data = np.zeros((4, 5, 6, 2, 3), np.int16)
+    path = _save_nifti(tmp_path / "five.nii", image_type, data)
+    with pytest.raises(UnreadableFileError, match=r"5 dimensions \(4x5x6x2x3\)"):
+        read_volume(path)
+    assert main(["info", str(path)]) == 2
+    assert "4x5x6x2x3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("intent", [1006, 1007])
+def test_vector_nifti_with_scaling_never_reaches_itk(tmp_path, intent):
+    """ITK 5.4 corrupts its heap scaling a vector NIfTI (the process dies): refused first."""
+    image = nibabel.Nifti1Image(np.zeros((4, 5, 6, 1, 3), np.int16), np.eye(4))
+    image.header.set_intent(intent)
+    image.header.set_slope_inter(2.0, 0.0)
+    path = tmp_path / "vector.nii"
+    nibabel.save(image, path)
+    with pytest.raises(UnreadableFileError, match="3 values per voxel .* with intensity scaling"):
+        check_image_header(path)
+
+
+def test_rgb_nifti_with_an_ignored_intercept_opens(tmp_path):
+    """scl_slope 0 on RGB: the unscaled channels come back in ITK's layout (was a TypeError)."""
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["G"] = np.arange(120).reshape(4, 5, 6)
+    path = _save_nifti(tmp_path / "rgb.nii", nibabel.Nifti1Image, rgb, _no_scaling_but_an_intercept)
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array[1], rgb["G"].T)
+    assert not volume.array[0].any() and not volume.array[2].any()
+
+
+@pytest.mark.parametrize("image_type", [nibabel.Nifti1Image, nibabel.Nifti2Image])
+def test_sheared_nifti_opens_the_same_in_both_versions(tmp_path, image_type):
+    """One rule: a sheared sform (no qform) opens exactly, with a warning, NIfTI-1 or -2.
+
+    ITK refused a sheared NIfTI-1 without a qform ("not a valid NIfTI file").
+    """
+    shear = np.array([[2.0, 0.8, 0, 5], [0, 3, 0, 6], [0, 0, 4, 7], [0, 0, 0, 1]])
+    image = image_type(np.arange(120, dtype=np.int16).reshape(4, 5, 6), shear)
+    image.set_qform(None, code=0)
+    image.set_sform(shear, code=1)
+    path = tmp_path / "sheared.nii"
+    nibabel.save(image, path)
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array, np.arange(120).reshape(4, 5, 6).T)
+    for index in ((0, 0, 0), (5, 4, 3), (2, 1, 0)):
+        world = volume.geometry.index_to_world(np.array(index))[0]
+        np.testing.assert_allclose(world, _nibabel_world(path, index), atol=1e-4)
+    assert "sheared" in " ".join(volume.metadata["warnings"])

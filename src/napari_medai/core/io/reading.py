@@ -300,8 +300,9 @@ def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
     file_type = SITK_FORMATS[suffix]
     checked = check_image_header(path)
     warnings = list(checked.warnings)
-    if checked.file_type == "NIfTI-2":
-        # SimpleITK (ITK 5.4) has no NIfTI-2 reader; nibabel reads the same affine rules.
+    if checked.file_type == "NIfTI-2" or (checked.nifti is not None and checked.nifti.sheared):
+        # SimpleITK (ITK 5.4) has no NIfTI-2 reader and refuses a sheared NIfTI-1 without a
+        # qform; nibabel reads both, by the same affine rules, so every sheared NIfTI opens.
         return _read_with_nibabel(path), {"modality": "", "warnings": warnings}
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -341,7 +342,8 @@ def _nifti_as_nibabel_sees_it(image: sitk.Image, path: Path, facts: NiftiFacts) 
         import nibabel
 
         raw = np.asarray(nibabel.load(path).dataobj.get_unscaled())
-        unscaled = sitk.GetImageFromArray(raw.T, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+        components = image.GetNumberOfComponentsPerPixel()
+        unscaled = sitk.GetImageFromArray(_in_itk_layout(raw, image), isVector=components > 1)
         unscaled.CopyInformation(image)
         image = unscaled
     if facts.sform is None or image.GetDimension() not in (3, 4):
@@ -365,47 +367,86 @@ def _nifti_as_nibabel_sees_it(image: sitk.Image, path: Path, facts: NiftiFacts) 
     return image
 
 
-def _read_with_nibabel(path: Path) -> sitk.Image:
-    """Read a FreeSurfer MGH/MGZ volume with nibabel into a SimpleITK image.
+def _in_itk_layout(raw: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """nibabel's (x, y, z, t, c) array of a NIfTI in the axis order of ``image``'s array.
 
-    Hand-written bridge: SimpleITK has no MGH reader. nibabel's affine maps
-    (i, j, k) voxel indices to RAS mm; ITK's grid is LPS, so x and y flip sign.
+    ITK drops trailing axes of size 1 (a 5-D file of 4x5x6x1x1 is a 3-D image) and
+    moves values per voxel (RGB, vectors) last: (t, z, y, x, c).
     """
+    if raw.dtype.names:  # RGB(A): one field per channel, made the last (slowest) axis
+        from numpy.lib.recfunctions import structured_to_unstructured
+
+        raw = structured_to_unstructured(raw)
+    components = image.GetNumberOfComponentsPerPixel()
+    size = tuple(reversed(image.GetSize()))
+    if components == 1:
+        return raw.T.reshape(size)
+    return np.moveaxis(raw.T.reshape((components, *size)), 0, -1)
+
+
+def _read_with_nibabel(path: Path) -> sitk.Image:
+    """Read a FreeSurfer MGH/MGZ volume, a NIfTI-2 or a sheared NIfTI with nibabel.
+
+    Hand-written bridge: SimpleITK has no MGH or NIfTI-2 reader. nibabel's affine
+    maps (i, j, k) voxel indices to RAS mm; ITK's grid is LPS, so x and y flip sign.
+    """
+    file_type = NIBABEL_FORMATS.get(compound_suffix(path), "NIfTI")
     try:
         import nibabel
     except ImportError:
         raise UnreadableFileError(
-            f'Cannot open "{path.name}": FreeSurfer .mgz/.mgh files need the nibabel package '
-            "(pip install nibabel)"
+            f'Cannot open "{path.name}": {file_type} files like this one need the nibabel '
+            "package (pip install nibabel)"
         ) from None
     try:
         loaded = nibabel.load(path)
         array = np.asarray(loaded.dataobj)
     except Exception as error:  # nibabel raises many types for damaged files
         raise UnreadableFileError(
-            f'Cannot open "{path.name}": not a valid FreeSurfer MGH file ({error})'
+            f'Cannot open "{path.name}": not a valid {file_type} file ({error})'
         ) from error
-    if array.ndim not in (3, 4):
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": it has {array.ndim} dimensions; 3D and 4D are supported'
-        )
+    vector = bool(array.dtype.names)
+    if vector:  # RGB(A): one field per channel becomes a last axis
+        from numpy.lib.recfunctions import structured_to_unstructured
+
+        array = structured_to_unstructured(array)
+    spatial = _three_or_four_axes(array[..., 0] if vector else array, path)
+    array = array.reshape(spatial.shape + array.shape[array.ndim - vector :])
     array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    image = sitk.GetImageFromArray(array.T)
+    image = sitk.GetImageFromArray(
+        np.moveaxis(array.T, 0, -1) if vector else array.T, isVector=vector
+    )
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(loaded.affine, dtype=np.float64)[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     direction = lps[:, :3] / spacing
-    extra = array.ndim - 3
+    extra = spatial.ndim - 3
     image.SetSpacing([*spacing, *[1.0] * extra])
     image.SetOrigin([*lps[:, 3], *[0.0] * extra])
-    full_direction = np.eye(array.ndim)
+    full_direction = np.eye(spatial.ndim)
     full_direction[:3, :3] = direction
     try:
+        # ITK accepts non-perpendicular axes, so a sheared affine is kept exactly.
         image.SetDirection(full_direction.ravel().tolist())
     except RuntimeError as error:
         raise UnreadableFileError(
-            f'Cannot open "{path.name}": its voxel axes are not perpendicular (sheared affine)'
+            f'Cannot open "{path.name}": its affine is degenerate (voxel axes flat or parallel)'
         ) from error
     return image
+
+
+def _three_or_four_axes(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` as 3D or 4D, as ITK reads it: trailing axes of size 1 dropped, 2D one slice."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim not in (3, 4):
+        size = "x".join(map(str, array.shape))
+        raise UnreadableFileError(
+            f'Cannot open "{path.name}": it has {array.ndim} dimensions ({size}); napari-medai '
+            "opens 2D, 3D and 4D (time or channel) images"
+        )
+    return array
 
 
 def _image_to_volume(image: sitk.Image, path: Path, info: dict[str, Any]) -> Volume:

@@ -35,8 +35,12 @@ MAX_TEXT_HEADER = 1 << 20
 COPIES_WHILE_READING = 2
 #: Inflate compressed data in pieces of at most this many bytes.
 _CHUNK = 1 << 22
+#: Compressed data may run this far past the image (padding) and still be checked to its end.
+MAX_TRAILING_BYTES = 64 << 20
 #: qform and sform closer than this (mm) at every grid corner agree.
 TRANSFORM_AGREEMENT_MM = 0.1
+#: Voxel axes further than this (degrees) from perpendicular are sheared.
+SHEAR_TOLERANCE_DEGREES = 0.01
 
 #: NIfTI datatype code -> (numpy dtype or None when unsupported, description).
 NIFTI_DATATYPES: dict[int, tuple[str | None, str]] = {
@@ -151,6 +155,11 @@ class NiftiFacts:
         """The voxel -> RAS mm affine a NIfTI reader should use: sform first, as nibabel."""
         return self.sform if self.sform is not None else self.qform
 
+    @property
+    def sheared(self) -> bool:
+        """Whether the sform's voxel axes are not perpendicular (ITK reads no such NIfTI-1)."""
+        return self.sform is not None and shear_degrees(self.sform) > SHEAR_TOLERANCE_DEGREES
+
 
 @dataclass
 class HeaderCheck:
@@ -233,45 +242,62 @@ def _check_spacing(path: Path, spacings: list[float]) -> None:
             )
 
 
-def _inflated_at_least(path: Path, offset: int, expected: int, codec: str) -> bool:
-    """Whether gzip/bzip2 data from ``offset`` yields ``expected`` bytes; inflates no more."""
-    total = 0
-    try:
-        with path.open("rb") as raw:
-            raw.seek(offset)
-            stream_type = gzip.GzipFile if codec == "gzip" else bz2.BZ2File
-            with stream_type(fileobj=raw) if codec == "gzip" else stream_type(raw) as stream:
-                while total < expected:
-                    chunk = stream.read(min(_CHUNK, expected - total))
-                    if not chunk:
-                        break
-                    total += len(chunk)
-    except (EOFError, OSError, zlib.error, ValueError):
-        return False
-    return total >= expected
+def _inflated_length(path: Path, offset: int, most: int, codec: str) -> int:
+    """How many bytes the gzip/bzip2/zlib stream from ``offset`` inflates to, at most ``most`` + 1.
+
+    Reads to the end of the stream (nothing is kept), so that the checksum in its
+    trailer is checked: bit rot inside the stream otherwise inflates to garbage
+    voxels, and a reader that stops at the size the header promises never sees it.
+    Raises EOFError when the stream ends early, OSError/zlib.error when it is damaged.
+    """
+    with path.open("rb") as raw:
+        raw.seek(offset)
+        if codec == "zlib":
+            return _zlib_length(raw, most)
+        stream_type = gzip.GzipFile if codec == "gzip" else bz2.BZ2File
+        with stream_type(fileobj=raw) if codec == "gzip" else stream_type(raw) as stream:
+            total = 0
+            while total <= most and (chunk := stream.read(_CHUNK)):
+                total += len(chunk)
+    return total
 
 
-def _zlib_at_least(path: Path, offset: int, expected: int) -> bool:
-    """Whether a zlib stream starting at ``offset`` inflates to ``expected`` bytes (bounded)."""
+def _zlib_length(raw, most: int) -> int:
+    """:func:`_inflated_length` for a zlib stream (MetaImage), whose end holds an Adler-32."""
     inflater = zlib.decompressobj()
     total = 0
+    pending = b""
+    while total <= most and not inflater.eof:
+        if not pending:
+            pending = raw.read(_CHUNK)
+            if not pending:
+                raise EOFError("the zlib stream ends before its end marker")
+        total += len(inflater.decompress(pending, _CHUNK))
+        pending = inflater.unconsumed_tail
+    return total
+
+
+def _check_compressed(header: Path, data: Path, offset: int, expected: int, codec: str) -> None:
+    """Refuse compressed data that ends early, fails its checksum or runs on far past the image."""
+    most = expected + MAX_TRAILING_BYTES
     try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            pending = b""
-            while total < expected:
-                if not pending:
-                    pending = handle.read(_CHUNK)
-                    if not pending:
-                        break
-                out = inflater.decompress(pending, min(_CHUNK, expected - total))
-                total += len(out)
-                pending = inflater.unconsumed_tail
-                if inflater.eof:
-                    break
-    except (OSError, zlib.error):
-        return False
-    return total >= expected
+        length = _inflated_length(data, offset, most, codec)
+    except EOFError as error:
+        raise _truncated(header) from error
+    except (OSError, zlib.error, ValueError) as error:
+        raise _refuse(
+            header,
+            f"the file is damaged: its compressed data fails the {codec} integrity check "
+            "(corrupted on disk or in a copy?); open an intact copy",
+        ) from error
+    if length < expected:
+        raise _truncated(header)
+    if length > most:
+        raise _refuse(
+            header,
+            f"its compressed data runs on more than {_gigabytes(MAX_TRAILING_BYTES)} past the "
+            "image its header describes, so it cannot be checked (a damaged header?)",
+        )
 
 
 def _truncated(path: Path) -> UnreadableFileError:
@@ -417,6 +443,7 @@ def check_nifti(path: Path) -> HeaderCheck:
         raise _refuse(path, f"not a valid NIfTI file (data offset {vox_offset})")
     if not math.isfinite(intercept) and not (slope == 0 or not math.isfinite(slope)):
         raise _refuse(path, f"its intensity scaling is not a number (scl_inter {intercept})")
+    _check_values_per_voxel(path, dims[1 : ndim + 1], slope, intercept)
     voxels = math.prod(shape)
     data_bytes = voxels * itemsize
     check_memory(path, data_bytes)
@@ -444,6 +471,24 @@ def check_nifti(path: Path) -> HeaderCheck:
     return HeaderCheck(file_type, warnings, facts)
 
 
+def _check_values_per_voxel(path: Path, dims: list[int], slope: float, intercept: float) -> None:
+    """Refuse several values per voxel (``dim[5]``) with intensity scaling.
+
+    ITK's NIfTI reader corrupts its memory and kills the process when it scales a
+    vector image (heap corruption in ITK 5.4), so such a file never reaches it.
+    """
+    scaled = (math.isfinite(slope) and slope not in (0, 1)) or (
+        math.isfinite(intercept) and intercept != 0
+    )
+    if len(dims) >= 5 and dims[4] > 1 and scaled:
+        raise _refuse(
+            path,
+            f"it stores {dims[4]} values per voxel (dimensions {'x'.join(map(str, dims))}) "
+            f"with intensity scaling (scl_slope {slope:g}, scl_inter {intercept:g}), which "
+            "napari-medai cannot open safely; save it without scaling",
+        )
+
+
 def _transform_warnings(path: Path, facts: NiftiFacts) -> list[str]:
     """Say when qform and sform disagree (the sform wins) and when the grid is sheared."""
     warnings = []
@@ -457,7 +502,7 @@ def _transform_warnings(path: Path, facts: NiftiFacts) -> list[str]:
                 f'"{path.name}": its two orientation transforms (NIfTI qform and sform) disagree '
                 f"by up to {distance:.1f} mm; the sform is used, as nibabel, FSL and niivue do"
             )
-    if facts.sform is not None and shear_degrees(facts.sform) > 0.01:
+    if facts.sheared:
         warnings.append(
             f'"{path.name}": its sform is sheared (voxel axes {shear_degrees(facts.sform):.1f} '
             "degrees from perpendicular); it is shown exactly, but a mask drawn on it cannot be "
@@ -479,16 +524,14 @@ def _nifti_data_file(path: Path) -> Path | None:
 
 
 def _check_nifti_data(path: Path, offset: int, data_bytes: int) -> None:
-    """Refuse data that ends early; a compressed stream is inflated only up to the promise."""
+    """Refuse data that ends early or, compressed, fails its checksum."""
     data_file = _nifti_data_file(path)
     if data_file is None:
         raise _refuse(path, "the image file (.img) that belongs to this header is missing")
     expected = offset + data_bytes
     if data_file.name.lower().endswith(".gz"):
-        complete = _inflated_at_least(data_file, 0, expected, "gzip")
-    else:
-        complete = data_file.stat().st_size >= expected
-    if not complete:
+        _check_compressed(path, data_file, 0, expected, "gzip")
+    elif data_file.stat().st_size < expected:
         raise _truncated(path)
 
 
@@ -561,20 +604,15 @@ def _data_files(path: Path, spec: str, after_header: list[str]) -> list[Path]:
 
 
 def _check_stream(path: Path, files: list[Path], offset: int, expected: int, codec: str) -> None:
-    """Check that detached or attached data holds ``expected`` bytes (bounded for codecs)."""
+    """Check that detached or attached data holds ``expected`` bytes, intact when compressed."""
     per_file = expected // max(len(files), 1)
     for data in files:
         start = offset if data == path else 0
-        if codec == "raw":
-            complete = data.stat().st_size - start >= per_file
-        elif codec in ("gzip", "bzip2"):
-            complete = _inflated_at_least(data, start, per_file, codec)
-        elif codec == "zlib":
-            complete = _zlib_at_least(data, start, per_file)
-        else:
-            complete = True  # text encodings: ITK reports short text itself
-        if not complete:
+        if codec in ("gzip", "bzip2", "zlib"):
+            _check_compressed(path, data, start, per_file, codec)
+        elif codec == "raw" and data.stat().st_size - start < per_file:
             raise _truncated(path)
+        # text encodings: ITK reports short text itself
 
 
 def check_nrrd(path: Path) -> HeaderCheck:

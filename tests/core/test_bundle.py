@@ -278,3 +278,35 @@ def test_monai_axcodes_and_itk_codes_give_the_same_array(axcodes):
     code = itk_orientation_from_axcodes(axcodes, "test")
     ours = volume_from_sitk(sitk.DICOMOrient(image, code)).array
     np.testing.assert_array_equal(ours.transpose(2, 1, 0), monai_array)
+
+
+def _rewrite_metadata(root: Path, change) -> Path:
+    path = root / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    path.write_text(json.dumps(change(metadata)))
+    return path
+
+
+def _pred(metadata: dict, pred: dict) -> dict:
+    metadata["network_data_format"]["outputs"]["pred"] = pred
+    return metadata
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda m: _pred(m, {"channel_def": {"0": "background", "liver": "1"}}), "'label_names'"),
+        (lambda m: _pred(m, {"num_channels": 10**9}), "num_channels must be a whole number"),
+        (lambda m: _pred(m, {"num_channels": "3"}), "num_channels must be a whole number"),
+        (lambda m: {**m, "network_data_format": "3 channels"}, "'network_data_format' must be"),
+        (lambda m: [m], "bundle metadata must be a JSON object"),
+    ],
+    ids=["text-label-key", "billion-channels", "text-channels", "format-not-object", "a-list"],
+)
+def test_bundle_metadata_junk_is_refused_naming_the_file(tmp_path, change, words):
+    root = tmp_path / "b"
+    make_bundle(root)
+    path = _rewrite_metadata(root, change)
+    with pytest.raises(ModelLoadError, match=f"^{path}: ") as error:
+        load_model(root, trusted=True)
+    assert words in str(error.value)

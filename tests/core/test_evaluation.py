@@ -66,6 +66,20 @@ def test_statistics_count_volume_and_intensity(pair):
     assert statistics_csv(rows).splitlines()[0] == "value,name,voxels,volume_ml,mean,std,min,max"
 
 
+def test_statistics_count_the_values_present_however_large_or_negative():
+    """One slot per value present: a label 2**31-1 used to ask bincount for 17 GB."""
+    array = np.zeros((4, 5, 6), dtype=np.int64)
+    array[0, 0, :2] = 2**31 - 1
+    array[1, :, 0] = -3
+    array[3, 4, 5] = 7
+    labels = LabelMap(array, Geometry((2.0, 1.0, 1.0)))
+    image = Volume(np.arange(array.size, dtype=np.float32).reshape(array.shape), labels.geometry)
+    rows, _ = label_statistics(labels, image)
+    assert [(row.value, row.voxels) for row in rows] == [(-3, 5), (7, 1), (2**31 - 1, 2)]
+    assert rows[2].mean == float(image.array[0, 0, :2].mean())
+    assert rows[1].min == rows[1].max == float(image.array[3, 4, 5])
+
+
 def test_statistics_on_another_image_grid_resample_the_labels(pair):
     _, labels = pair
     coarse = Geometry((6.0, 3.0, 1.6), labels.geometry.origin)

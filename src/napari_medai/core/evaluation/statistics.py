@@ -56,18 +56,15 @@ def label_statistics(
     """Statistics of every non-zero label, ascending, and warnings about the inputs."""
     from scipy import ndimage
 
-    array = labels.array
-    if array.min(initial=0) < 0:
-        array = array - array.min()  # bincount takes non-negative values only
-        offset = int(labels.array.min())
-    else:
-        offset = 0
-    counts = np.bincount(array.ravel())
-    values = [int(v) for v in np.flatnonzero(counts) if v + offset != 0]
+    # Counted over the values present (np.unique), not one slot per value up to the
+    # largest: a label 2**31-1 would otherwise ask bincount for 17 GB.
+    present, index = np.unique(labels.array, return_inverse=True)
+    counts = np.bincount(index.ravel(), minlength=len(present))
+    slots = [k for k, value in enumerate(present) if value != 0]
     voxel_mm3 = voxel_volume_mm3(labels)
     warnings: list[str] = []
     intensity: dict[int, tuple[float, float, float, float]] = {}
-    if image is not None and values:
+    if image is not None and slots:
         if image.array.ndim != 3:
             raise MedaiError(
                 "intensity statistics need a 3D scan with one value per voxel; this one has "
@@ -82,29 +79,29 @@ def label_statistics(
                 "the labels were on another grid than the image; intensities were measured "
                 "on the image grid (labels resampled, nearest neighbour)"
             )
-        flat = (under.array.ravel() - offset).astype(np.intp, copy=False)
+        # Nearest-neighbour resampling keeps only values the labels had.
+        flat = np.searchsorted(present, under.array.ravel())
         pixels = image.array.ravel().astype(np.float64)
-        size = max(len(counts), int(flat.max(initial=0)) + 1)
-        n = np.bincount(flat, minlength=size)
-        sums = np.bincount(flat, weights=pixels, minlength=size)
-        squares = np.bincount(flat, weights=pixels * pixels, minlength=size)
-        present = [v for v in values if n[v]]
-        lows = ndimage.minimum(pixels, flat, present)
-        highs = ndimage.maximum(pixels, flat, present)
-        for v, low, high in zip(present, lows, highs):
-            mean = sums[v] / n[v]
-            variance = max(squares[v] / n[v] - mean * mean, 0.0)
-            intensity[v] = (float(mean), float(np.sqrt(variance)), float(low), float(high))
+        n = np.bincount(flat, minlength=len(present))
+        sums = np.bincount(flat, weights=pixels, minlength=len(present))
+        squares = np.bincount(flat, weights=pixels * pixels, minlength=len(present))
+        measured = [k for k in slots if n[k]]
+        lows = ndimage.minimum(pixels, flat, measured)
+        highs = ndimage.maximum(pixels, flat, measured)
+        for k, low, high in zip(measured, lows, highs):
+            mean = sums[k] / n[k]
+            variance = max(squares[k] / n[k] - mean * mean, 0.0)
+            intensity[k] = (float(mean), float(np.sqrt(variance)), float(low), float(high))
     rows = []
-    for v in values:
-        value = v + offset
-        mean, std, low, high = intensity.get(v, (None, None, None, None))
+    for k in slots:
+        value = int(present[k])
+        mean, std, low, high = intensity.get(k, (None, None, None, None))
         rows.append(
             LabelStatistics(
                 value=value,
                 name=labels.label_names.get(value, str(value)),
-                voxels=int(counts[v]),
-                volume_ml=int(counts[v]) * voxel_mm3 / 1000.0,
+                voxels=int(counts[k]),
+                volume_ml=int(counts[k]) * voxel_mm3 / 1000.0,
                 mean=mean,
                 std=std,
                 min=low,

@@ -351,3 +351,13 @@ def test_structurally_broken_files_are_refused_in_words(tmp_path, written):
     junk.write_bytes(b"not dicom at all")
     with pytest.raises(UnreadableFileError, match='"junk.dcm": it is not a readable DICOM'):
         read_rtstruct(junk, volume)
+
+
+def test_a_truncated_file_is_refused_not_read_in_part(tmp_path, written):
+    volume, _, mutated = written
+    whole = mutated(lambda ds: None).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    # pydicom reads this without a word, giving fewer contours than were written.
+    cut.write_bytes(whole[: len(whole) * 3 // 4])
+    with pytest.raises(UnreadableFileError, match='"cut.dcm": the file is truncated'):
+        read_rtstruct(cut, volume)

@@ -43,6 +43,7 @@ IDENTIFIERS = ("Doe", "SECRET-ID-42")
 CONTOUR_DATA = 0x30060050
 ROI_NUMBER = 0x30060022
 REFERENCED_ROI_NUMBER = 0x30060084
+CONTOUR_SEQUENCE = 0x30060040
 
 
 @dataclass
@@ -263,6 +264,22 @@ def _everything_empty(ds: Dataset) -> Expect:
     return Expect(labels={0: 0, 1: 0, 2: 0}, warning="holds no contours")
 
 
+def _junk_contours(seed: int) -> Callable[[Dataset], Expect]:
+    """One ROI's contour sequence replaced by seeded random bytes (some framed as an item)."""
+    rng = random.Random(seed)
+    item = rng.randrange(3)
+    junk = bytes(rng.randrange(256) for _ in range(rng.randrange(4, 40)))
+    if rng.random() < 0.5:
+        junk = b"\xfe\xff\x00\xe0" + len(junk).to_bytes(4, "little") + junk
+
+    def change(ds: Dataset) -> Expect:
+        target = ds.ROIContourSequence[item]
+        _raw(target, CONTOUR_SEQUENCE, "SQ", junk.decode("latin-1"))
+        return Expect(labels={item: 0}, warning=_title(item))
+
+    return change
+
+
 ROI_CHANGES = {
     "number 0": _renumber(0, "ROI number 0 would draw into the background"),
     "number -5": _renumber(-5, "whole number from 1"),
@@ -283,6 +300,7 @@ ROI_CHANGES = {
     "no roi list": _no_structure_list,
     "no contour list": _no_contour_list,
     "no contours at all": _everything_empty,
+    **{f"junk contour sequence {k}": _junk_contours(SEED + k) for k in range(8)},
 }
 
 _rng = random.Random(SEED)

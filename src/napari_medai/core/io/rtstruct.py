@@ -234,7 +234,12 @@ def read_rtstruct(path: Path, reference: Volume) -> LabelMap:
     contours = 0
     for roi, item in pairs:
         planes: dict[int, np.ndarray] = {}
-        for contour in item.get("ContourSequence") or []:
+        sequence = _contour_sequence(item)
+        if sequence is None:
+            contours += 1
+            notes.append(f"{roi.title}: its contour sequence is damaged; the ROI was left out")
+            continue
+        for contour in sequence:
             contours += 1
             drawn = _rasterise(contour, to_index, shape)
             if isinstance(drawn, str):
@@ -422,6 +427,14 @@ def _world_to_index(geometry: Geometry) -> Callable[[np.ndarray], np.ndarray]:
     """Maps DICOM (x, y, z) world points in mm to continuous (z, y, x) voxel indices."""
     inverse = np.linalg.inv(geometry.direction @ np.diag(geometry.spacing))
     return lambda xyz: (xyz[:, ::-1] - geometry.origin) @ inverse.T
+
+
+def _contour_sequence(item: Dataset) -> list[Dataset] | None:
+    """An ROI's contours, or None when its sequence is too damaged to parse."""
+    try:
+        return list(item.get("ContourSequence") or [])
+    except Exception:  # pydicom raises many types for damaged sequences
+        return None
 
 
 def _rasterise(

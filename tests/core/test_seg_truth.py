@@ -255,7 +255,9 @@ def test_overlapping_segments_warn_and_the_higher_number_wins(tmp_path, series):
     labels = read_dicom_seg(out, volume)
     (warning,) = labels.metadata["warnings"]
     assert (
-        f"{shared} voxel(s)" in warning and '"liver"' in warning and "segment 2 is shown" in warning
+        f"{shared} voxel(s)" in warning
+        and '"liver"' in warning
+        and "the highest-numbered one is shown" in warning
     )
     truth = np.where(pixels[..., 1], 2, np.where(pixels[..., 0], 1, 0))
     np.testing.assert_array_equal(labels.array, truth)

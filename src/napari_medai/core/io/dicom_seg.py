@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -375,34 +376,50 @@ def _segment_numbers_volume(
 def _combined_one_by_one(
     seg: Any, numbers: list[int], names: dict[int, str], name: str
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Segments laid down in ascending number (the higher wins), counting overlaps.
+    """Segments laid down in ascending number (the highest shown), with exact overlap counts.
 
-    Read in groups of segments so that many segments on a large grid never
-    need one array per segment at once.
+    Each voxel keeps the id of the set of segments covering it, so every pair's
+    shared voxels are counted even where a third segment covers them too. Read
+    in groups of segments so that many segments on a large grid never need one
+    array per segment at once.
     """
-    combined, affine = None, None
-    overlaps: dict[tuple[int, int], int] = {}
-    group = 1
-    for start in range(0, len(numbers), group):
+    covers: list[tuple[int, ...]] = [()]  # id -> the segment numbers covering a voxel
+    ids_of = {(): 0}
+
+    def id_of(cover: tuple[int, ...]) -> int:
+        if cover not in ids_of:
+            ids_of[cover] = len(covers)
+            covers.append(cover)
+        return ids_of[cover]
+
+    ids, affine = None, None
+    start, group = 0, 1
+    while start < len(numbers):
         chunk = numbers[start : start + group]
+        start += len(chunk)
         part = seg.get_volume(segment_numbers=chunk, combine_segments=False)
-        if combined is None:
-            combined = np.zeros(part.array.shape[:3], dtype=np.uint16)
+        if ids is None:
+            ids = np.zeros(part.array.shape[:3], dtype=np.int32)
             affine = np.asarray(part.affine, dtype=float)
-            group = max(1, _VOXELS_PER_READ // max(1, combined.size))
+            group = max(1, _VOXELS_PER_READ // max(1, ids.size))
         for k, number in enumerate(chunk):
             inside = np.asarray(part.array[..., k]) >= 0.5
-            below, counts = np.unique(combined[inside], return_counts=True)
-            for lower, count in zip(below, counts):
-                if lower:
-                    overlaps[(int(lower), number)] = int(count)
-            combined[inside] = number
+            before, inverse = np.unique(ids[inside], return_inverse=True)
+            after = [id_of(covers[old] + (number,)) for old in before]
+            ids[inside] = np.asarray(after, dtype=np.int32)[inverse.ravel()]
+    shown = np.array([c[-1] if c else 0 for c in covers], dtype=np.uint16)
+    counts = np.bincount(ids.ravel(), minlength=len(covers))
+    overlaps: dict[tuple[int, int], int] = {}
+    for cover, count in zip(covers, counts):
+        for pair in combinations(cover, 2):
+            overlaps[pair] = overlaps.get(pair, 0) + int(count)
     warnings = [
         f'in "{name}", segments {low} "{names[low]}" and {high} "{names[high]}" overlap in '
-        f"{count} voxel(s); there segment {high} is shown"
+        f"{count} voxel(s); where segments overlap, the highest-numbered one is shown"
         for (low, high), count in sorted(overlaps.items())
+        if count
     ]
-    return combined, affine, warnings
+    return shown[ids], affine, warnings
 
 
 def _off_scan(own: LabelMap, on_scan: LabelMap, name: str) -> list[str]:

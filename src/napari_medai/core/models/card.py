@@ -227,9 +227,10 @@ def _intensity(value: Any) -> dict[str, Any]:
 
 #: Architecture arguments are JSON numbers, text, true/false/null and lists of
 #: them; no MONAI network argument (channels, features, heads, sizes) is a count
-#: beyond a few thousand, nor nested deeper than a list of lists.
+#: beyond a few thousand, nor nested deeper than a list of lists (DynUNet's
+#: per-level kernel sizes). Text arguments (activation names) are name-sized.
 _ARGUMENT_LIMIT = 65536
-_ARGUMENT_DEPTH = 3
+_ARGUMENT_DEPTH = 2
 
 
 def _argument(name: str, value: Any, depth: int = 0) -> None:

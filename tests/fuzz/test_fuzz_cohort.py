@@ -101,7 +101,8 @@ def _warnings_of(action: Callable[[], Any]) -> tuple[Any, list[str]]:
 
 def _refused(action: Callable[[], Any], words: str) -> None:
     """``action`` must raise a MedaiError whose one-line message contains ``words``."""
-    with pytest.raises(MedaiError) as caught:
+    with pytest.raises(MedaiError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore", CohortWarning)  # said on the way to the refusal
         action()
     message = str(caught.value)
     assert words in message and "\n" not in message, message
@@ -184,32 +185,34 @@ JUNK_CASES = [(f, j) for f in RECORD_FIELDS for j in _RNG.sample(sorted(JUNK), J
 JUNK_CASES += [
     ("outputs", j) for j in ("passwd-list", "escape-list") if ("outputs", j) not in JUNK_CASES
 ]
+#: Where the torn-line case cuts the first line (a fraction of its length).
 _CUT = _RNG.random()
 
 
-def _line_edits(rows: list[dict]) -> dict[str, Callable[[list[str]], None]]:
-    """Hand edits and damage to the record's lines; ``rows`` are the untouched rows."""
-    first, second = rows
-    cut = int(5 + _CUT * (len(json.dumps(first)) - 10))
-
-    def append(row: dict) -> Callable[[list[str]], None]:
-        return lambda lines: lines.append(json.dumps(row))
-
-    return {
-        "torn-first-line": lambda lines: lines.__setitem__(0, lines[0][:cut]),
-        "garbage-line": lambda lines: lines.__setitem__(0, "\udcff\udcfe{\udc80"),
-        "bom": lambda lines: lines.__setitem__(0, "\ufeff" + lines[0]),
-        "deep-nesting": lambda lines: lines.append("[" * 100_000),
-        "giant-number": lambda lines: lines.append('{"id": "x", "seconds": ' + "9" * 5000 + "}"),
-        "later-failed": append({**first, "status": "failed"}),
-        "other-scans-outputs": append({**first, "outputs": second["outputs"]}),
-        "unknown-field": append({**first, "colour": "blue"}),
-        "nan-seconds": append({**first, "seconds": {"total": math.nan}}),
-        "emptied": lambda lines: lines.clear(),
-    }
+def _append(**change: Any) -> Callable[[list[str], dict, dict], None]:
+    """An edit appending scan 0's row with ``change`` (a later line wins)."""
+    return lambda lines, first, second: lines.append(json.dumps({**first, **change}))
 
 
-LINE_EDITS = list(_line_edits([{"x": 1}, {"outputs": []}]))
+def _tear(lines: list[str], first: dict, second: dict) -> None:
+    lines[0] = lines[0][: int(5 + _CUT * (len(lines[0]) - 10))]
+
+
+#: Hand edits and damage to the record's lines: edit(lines, first row, second row).
+LINE_EDITS: dict[str, Callable[[list[str], dict, dict], None]] = {
+    "torn-first-line": _tear,
+    "garbage-line": lambda lines, *_: lines.__setitem__(0, "\udcff\udcfe{\udc80"),
+    "bom": lambda lines, *_: lines.__setitem__(0, "\ufeff" + lines[0]),
+    "deep-nesting": lambda lines, *_: lines.append("[" * 100_000),
+    "giant-number": lambda lines, *_: lines.append('{"id": "x", "seconds": ' + "9" * 5000 + "}"),
+    "later-failed": _append(status="failed"),
+    "other-scans-outputs": lambda lines, first, second: lines.append(
+        json.dumps({**first, "outputs": second["outputs"]})
+    ),
+    "unknown-field": _append(colour="blue"),
+    "nan-seconds": _append(seconds={"total": math.nan}),
+    "emptied": lambda lines, *_: lines.clear(),
+}
 
 
 def _record_rows(out: Path) -> list[dict]:
@@ -237,8 +240,9 @@ def _junk_record(world: World, field_name: str, junk: str) -> Path:
 
 def _edited_record(world: World, name: str) -> Path:
     out = _copy_base(world, name)
-    lines = [json.dumps(row) for row in _record_rows(out)]
-    _line_edits(_record_rows(out))[name](lines)
+    rows = _record_rows(out)
+    lines = [json.dumps(row) for row in rows]
+    LINE_EDITS[name](lines, *rows)
     _write_lines(out, lines)
     return out
 

@@ -234,7 +234,8 @@ def _exists(path: Path) -> bool:
 def _say_paths_outside(manifest: Path, paths: list[Path]) -> None:
     """Warn when a manifest lists scans outside its own folder (accepted, but said)."""
     folder = Path(os.path.abspath(manifest.parent))
-    outside = [p for p in paths if not Path(os.path.abspath(p)).is_relative_to(folder)]
+    outside = [Path(os.path.abspath(p)) for p in paths]
+    outside = [p for p in outside if not p.is_relative_to(folder)]
     if outside:
         warnings.warn(
             f"{manifest.name}: {len(outside)} scan(s) lie outside its folder {folder} "

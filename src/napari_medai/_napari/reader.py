@@ -107,7 +107,10 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
             # In memory only (never in sidecars): lets DICOM export reference the series.
             kwargs["metadata"][METADATA_KEY]["source_path"] = str(source.resolve())
             layers.append((data, kwargs, kind))
-        layers.extend(labels_layer_data(labels) for labels in derived)
+        for labels in derived:
+            for warning in labels.metadata.get("warnings", []):
+                show_warning(f"{labels.metadata.get('name', 'segmentation')}: {warning}")
+            layers.append(labels_layer_data(labels))
     return layers
 
 

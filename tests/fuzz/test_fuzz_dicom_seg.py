@@ -259,6 +259,18 @@ def _mutations() -> list[Mutation]:
         Mutation("columns one fewer", lambda ds: setattr(ds, "Columns", ds.Columns - 1), "need"),
         Mutation("no pixel data", lambda ds: delattr(ds, "PixelData"), "no pixel data"),
         Mutation(
+            "frame count is text",
+            lambda ds: ds.__setitem__(0x00280008, pydicom.DataElement(0x00280008, "LO", "many")),
+            "header is damaged",
+        ),
+        Mutation(
+            "segment number is text",
+            lambda ds: _segments(ds)[0].__setitem__(
+                0x0062_0004, pydicom.DataElement(0x0062_0004, "LO", "one")
+            ),
+            "header is damaged",
+        ),
+        Mutation(
             "huge segment number",
             lambda ds: _set_number(ds, 2, 65535),
             truth=same,

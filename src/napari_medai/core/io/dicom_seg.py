@@ -220,8 +220,11 @@ def _open_seg(path: Path) -> Any:
         dataset = pydicom.dcmread(path)
     except Exception as error:  # pydicom raises many types for damaged files
         raise _refusal(path.name, f"it is not a readable DICOM file ({error})") from error
-    _check_segments(dataset, path.name)
-    _check_frames(dataset, path.name)
+    try:
+        _check_segments(dataset, path.name)
+        _check_frames(dataset, path.name)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        raise _refusal(path.name, f"its header is damaged ({error})") from error
     try:
         return hd.seg.Segmentation.from_dataset(dataset, copy=False)
     except Exception as error:  # highdicom raises many types for odd or damaged objects

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,36 @@ def test_labels_outside_counts_voxels_off_the_target_grid(labels):
     assert labels_outside(label_map, geometry, labels.shape) == 0
     # A target grid one slice shorter: the labelled voxels of the last slice fall outside.
     assert labels_outside(label_map, geometry, (6, 12, 10)) == int(np.count_nonzero(labels[6]))
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path):
+    """An OSError from the writer (here: no space left) names the file and folder, no traceback."""
+    import errno
+
+    from napari_medai.core.files import atomic_write
+
+    def full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    with pytest.raises(MedaiError) as raised:
+        atomic_write(tmp_path / "mask.nii.gz", full)
+    assert str(raised.value) == (
+        f'Cannot save "mask.nii.gz" in the folder {tmp_path}: No space left on device'
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """atomic_directory: the system refusing the temporary folder names the folder."""
+    import errno
+    import tempfile
+
+    from napari_medai.core.files import atomic_directory
+
+    def refused(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    expected = re.escape(f"you may not write in the folder {tmp_path} ")
+    with pytest.raises(MedaiError, match=expected), atomic_directory(tmp_path / "model"):
+        pass

@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     except MedaiError as error:
         print(f"napari-medai {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.filename is None:
+            raise  # not the file system refusing a path: a bug, keep its traceback
+        # Writes through core.files say this in their own words; this catches the rest.
+        print(
+            f"napari-medai {args.command}: error: cannot use {error.filename}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"napari-medai {args.command}: cancelled", file=sys.stderr)
         return 130

@@ -1,8 +1,9 @@
-"""Atomic, non-clobbering file writes."""
+"""Atomic, non-clobbering file writes that say in one line why the system refused one."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -28,9 +29,39 @@ def compound_stem(path: Path) -> str:
 
 
 def check_can_write(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing file unless ``overwrite`` is set."""
-    if Path(path).exists() and not overwrite:
+    """Refuse to write where the user may not, or to replace a file unless ``overwrite`` is set.
+
+    Cheap (no writing): lets a long job refuse before it starts.
+    """
+    path = Path(path)
+    folder = _nearest_folder(path.parent)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MedaiError(_not_allowed(path, folder))
+    if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; choose another name or allow overwrite")
+
+
+def _nearest_folder(folder: Path) -> Path:
+    """``folder``, or its closest existing ancestor (where a write would create folders)."""
+    while not os.path.isdir(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _not_allowed(path: Path, folder: Path) -> str:
+    return (
+        f'Cannot save "{path.name}": you may not write in the folder {folder} '
+        "(permission denied); choose another folder"
+    )
+
+
+def _cannot_write(path: Path, error: OSError) -> MedaiError:
+    """The system's refusal to write ``path`` as one line naming the file and its folder."""
+    folder = _nearest_folder(path.parent)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return MedaiError(_not_allowed(path, folder))
+    reason = error.strerror or str(error)
+    return MedaiError(f'Cannot save "{path.name}" in the folder {folder}: {reason}')
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
@@ -48,16 +79,21 @@ def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = Fa
             "or another name"
         )
     check_can_write(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=compound_suffix(path), dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=compound_suffix(path), dir=path.parent
+        )
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     os.close(handle)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved mask is for others to read
         os.replace(tmp, path)
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -69,17 +105,28 @@ def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path`` that replaces it on success."""
     path = Path(path)
     check_can_write(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     try:
         yield tmp
-        if path.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, backup / "old")
-            os.replace(tmp, path)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, path)
+        try:
+            _replace_folder(tmp, path)
+        except OSError as error:
+            raise _cannot_write(path, error) from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Move the folder ``new`` to ``path``, replacing a folder there."""
+    if path.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, backup / "old")
+        os.replace(new, path)
+        shutil.rmtree(backup)
+    else:
+        os.replace(new, path)

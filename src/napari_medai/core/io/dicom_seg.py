@@ -361,8 +361,6 @@ def _segment_numbers_volume(
                 if "overlap" not in str(error):
                     raise
         array, affine, warnings = _combined_one_by_one(seg, numbers, names, name)
-    except UnreadableFileError:
-        raise
     except Exception as error:  # highdicom raises many types for odd or damaged objects
         raise _refusal(
             name, f"its frames cannot be decoded or placed in space ({error})"

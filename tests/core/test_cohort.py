@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -339,3 +340,25 @@ def test_an_edit_keeping_size_and_modification_time_changes_the_fingerprint(tmp_
         os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert file.stat().st_size == stat.st_size
         assert fingerprint(path) != before, (path.name, offset)
+
+
+def test_the_fingerprint_never_reads_a_pipe(tmp_path):
+    """A manifest may name anything: a pipe would block the fingerprint's read forever."""
+    pipe = tmp_path / "scan.nii"
+    os.mkfifo(pipe)
+    prints: list[str] = []
+    reader = threading.Thread(target=lambda: prints.append(fingerprint(pipe)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert prints and prints[0] != fingerprint(tmp_path / "missing.nii")
+
+
+def test_cli_says_what_the_run_left_out_under_the_summary(tmp_path, model, capsys):
+    write_cohort(tmp_path / "scans", phantoms=1, broken=False)
+    args = ["cohort", "segment", str(tmp_path / "scans"), "--model", str(model), "--device", "cpu"]
+    args += ["--out", str(tmp_path / "scans" / "masks")]
+    assert main(args) == 0
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2].startswith("0 done / 0 failed / 1 skipped of 1")
+    assert printed[-1].startswith("warning: 1 path(s) in a cohort output folder were not taken")

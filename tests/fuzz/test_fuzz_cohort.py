@@ -149,6 +149,7 @@ MANIFESTS: list[tuple[str, Any, str, list[int], str, str]] = [
         "not UTF-8 text",
         "",
     ),
+    ("too-long-name", "path\n" + "a" * 5000 + ".nii.gz\n", ".csv", [], "name too long", ""),
     ("beside-its-scans", "path\nphantom1.nii.gz\nphantom0.nii.gz\n", "@scans", [1, 0], "", ""),
 ]
 

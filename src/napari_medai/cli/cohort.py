@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     said = [str(w.message) for w in caught if issubclass(w.category, CohortWarning)]
     for other in (w for w in caught if not issubclass(w.category, CohortWarning)):
         warnings.showwarning(other.message, other.category, other.filename, other.lineno)
-    _print_summary(summary, len(items), said)
+    _print_summary(summary, said)
     return 0 if summary.failed == 0 else 1
 
 
@@ -94,14 +94,15 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _print_summary(summary, total: int, said: list[str]) -> None:
+def _print_summary(summary, said: list[str]) -> None:
     print(f"{'scan':<40} {'status':<7} {'seconds':>8}  reason")
     for row in summary.rows:
         seconds = row.get("seconds", {}).get("total", 0.0)
         print(f"{row['id']:<40} {row['status']:<7} {seconds:>8.2f}  {row.get('error', '')}")
     print(
         f"{summary.done} done / {summary.failed} failed / {summary.skipped} skipped "
-        f"of {total} in {summary.seconds:.1f} s; record: {summary.table}"
+        f"of {summary.skipped + len(summary.rows)} in {summary.seconds:.1f} s; "
+        f"record: {summary.table}"
     )
     for text in said:
         print(f"warning: {text}")

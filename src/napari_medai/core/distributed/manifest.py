@@ -84,7 +84,7 @@ def read_manifest(source: str | Path) -> list[ScanItem]:
         raise ManifestError(f"{source}: names no scans")
     paths = [p.resolve() for p in paths]
     base = Path(os.path.commonpath([p.parent for p in paths]))
-    items = [scan_item(p, base) for p in paths]
+    items = [_listed_item(p, base, source) for p in paths]
     seen: dict[str, str] = {}
     for item in items:
         if item.id in seen:
@@ -103,6 +103,17 @@ def scan_item(path: Path, base: Path) -> ScanItem:
     name = compound_stem(resolved) if resolved.is_file() else resolved.name
     digest = hashlib.sha1(relative.encode("utf-8")).hexdigest()[:8]
     return ScanItem(str(resolved), f"{safe_name(name)}-{digest}", fingerprint(resolved))
+
+
+def _listed_item(path: Path, base: Path, source: str | Path) -> ScanItem:
+    """:func:`scan_item`, refusing in one line a path the file system cannot hold."""
+    try:
+        return scan_item(path, base)
+    except OSError as error:
+        shown = str(path) if len(str(path)) <= 80 else f"...{str(path)[-60:]}"
+        raise ManifestError(
+            f"{source}: the scan path {shown} cannot be used ({error.strerror})"
+        ) from error
 
 
 def safe_name(text: str) -> str:
@@ -131,13 +142,17 @@ def fingerprint(path: Path) -> str:
 
 
 def _end_blocks(file: Path, size: int, block: int) -> bytes:
-    """The first and last ``block`` bytes of ``file`` (the whole file when it is small)."""
+    """The first and last ``block`` bytes of a regular file (all of it when it is small).
+
+    Anything else (a pipe, a device such as /dev/zero) is not read: it could block or never end.
+    """
+    if not file.is_file():
+        return b"not a regular file"
     try:
         with open(file, "rb") as handle:
             head = handle.read(block)
-            if size <= 2 * block:
-                return head + handle.read()
-            handle.seek(-block, os.SEEK_END)
+            if size > 2 * block:
+                handle.seek(-block, os.SEEK_END)
             return head + handle.read(block)
     except OSError:
         return b"unreadable"  # the worker then says why it cannot read the scan

@@ -494,6 +494,78 @@ def _zip_cases(corpus: _Corpus, bases: dict[str, Path]) -> None:
     corpus.add("unknown file type (left to other readers)", raw, "declined", "not a scan")
 
 
+# --- issue 17: bit rot, 5-D and vector NIfTI, shear in both NIfTI versions -----------------
+
+
+def _rotted(path: Path, at: float) -> Path:
+    """``path`` with 16 bytes flipped at ``at`` of the file (the stream's checksum intact)."""
+    raw = bytearray(path.read_bytes())
+    start = int(len(raw) * at)
+    raw[start : start + 16] = bytes(b ^ 0xFF for b in raw[start : start + 16])
+    rotted = path.with_name(f"rot{int(at * 100)}_{path.name}")
+    rotted.write_bytes(bytes(raw))
+    return rotted
+
+
+def _bit_rot_cases(corpus: _Corpus) -> None:
+    noise = np.random.default_rng(17).integers(-1000, 1000, (12, 40, 40)).astype(np.int16)
+    image = sitk.GetImageFromArray(noise)
+    for suffix, places in (
+        (".nii.gz", (0.5, 0.8, 0.9, 0.95)),
+        (".nrrd", (0.5, 0.8)),
+        (".mha", (0.5, 0.8)),
+    ):
+        intact = corpus.path(f"noise{suffix}")
+        sitk.WriteImage(image, str(intact), useCompression=True)
+        for at in places:
+            corpus.add(f"{suffix} bit rot at {at:.0%}", _rotted(intact, at), "refuse", "damaged")
+
+
+def _nifti_of(corpus: _Corpus, name: str, image, patch=None) -> Path:
+    path = corpus.path(name)
+    nibabel.save(image, path)
+    if patch is not None:
+        raw = bytearray(path.read_bytes())
+        patch(raw)
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def _issue17_nifti_cases(corpus: _Corpus) -> None:
+    """5-D and vector NIfTI (SimpleITK errors and heap corruption before) and shear."""
+    grid = np.diag([2.0, 3.0, 4.0, 1.0])
+    no_scaling = _put(112, "<2f", 0.0, 5.0)  # slope 0: scl_inter ignored
+    for extra in ((1, 1), (2, 1)):
+        data = np.arange(120 * extra[0], dtype=np.int16).reshape(4, 5, 6, *extra)
+        name = "x".join(map(str, extra))
+        path = _nifti_of(corpus, f"five_{name}.nii", nibabel.Nifti1Image(data, grid), no_scaling)
+        corpus.add(f"NIfTI-1 4x5x6x{name}, slope 0", path, "open")
+        path = _nifti_of(corpus, f"five2_{name}.nii", nibabel.Nifti2Image(data, grid))
+        corpus.add(f"NIfTI-2 4x5x6x{name}", path, "open")
+    data = np.zeros((4, 5, 6, 2, 3), np.int16)
+    for version, image_type in ((1, nibabel.Nifti1Image), (2, nibabel.Nifti2Image)):
+        path = _nifti_of(corpus, f"five{version}_2x3.nii", image_type(data, grid))
+        corpus.add(f"NIfTI-{version} 4x5x6x2x3", path, "refuse", "4x5x6x2x3")
+    for intent in (1006, 1007):
+        image = nibabel.Nifti1Image(np.zeros((4, 5, 6, 1, 3), np.int16), grid)
+        image.header.set_intent(intent)
+        path = _nifti_of(corpus, f"vector_{intent}.nii", image, _put(112, "<2f", 2.0, 0.0))
+        corpus.add(f"vector NIfTI (intent {intent}) scaled", path, "refuse", "values per voxel")
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = _nifti_of(corpus, "rgb_slope0.nii", nibabel.Nifti1Image(rgb, grid), no_scaling)
+    corpus.add("RGB NIfTI, slope 0", path, "open")
+    path = _nifti_of(corpus, "flat2.nii", nibabel.Nifti2Image(np.ones((4, 5), np.int16), grid))
+    corpus.add("2-D NIfTI-2", path, "open")
+    shear = np.array([[2.0, 0.8, 0, 5], [0, 3, 0, 6], [0, 0, 4, 7], [0, 0, 0, 1]])
+    for version, image_type in ((1, nibabel.Nifti1Image), (2, nibabel.Nifti2Image)):
+        image = image_type(np.ones((4, 5, 6), np.int16), shear)
+        image.set_qform(None, code=0)
+        path = _nifti_of(corpus, f"shear{version}_sform_only.nii", image)
+        corpus.add(
+            f"sheared NIfTI-{version}, sform only", path, "open", "sheared", compare_nibabel=True
+        )
+
+
 def build_corpus(root: Path, real: Path | None = None, seed: int = 12) -> list[Case]:
     """Write every case under ``root``; ``real`` adds mutations of small real files."""
     corpus = _Corpus(root)
@@ -502,6 +574,8 @@ def build_corpus(root: Path, real: Path | None = None, seed: int = 12) -> list[C
     _file_cases(corpus, bases)
     _zip_cases(corpus, bases)
     _field_cases(corpus, bases)
+    _bit_rot_cases(corpus)
+    _issue17_nifti_cases(corpus)
     sources = {k: bases[k] for k in (".nii", ".nii.gz", "raw.nrrd", "raw.mha", "dcm")}
     if real is not None:
         for label, relative in (
@@ -514,5 +588,10 @@ def build_corpus(root: Path, real: Path | None = None, seed: int = 12) -> list[C
                 shutil.copy(real / relative, copy)
                 corpus.add(label, copy, "open")
                 sources[label] = copy
+        real_ct = real / "totalsegmentator" / "example_ct_sm.nii.gz"
+        if real_ct.is_file():
+            copy = corpus.path("real_example_ct_sm.nii.gz")
+            shutil.copy(real_ct, copy)
+            corpus.add("real CT .nii.gz bit rot at 80%", _rotted(copy, 0.8), "refuse", "damaged")
     _mutations(corpus, sources, seed)
     return corpus.cases

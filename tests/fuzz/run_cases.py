@@ -41,6 +41,11 @@ def _medai_message(error: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def _declined(message: str) -> bool:
+    """napari's words when a plugin's reader refuses a path, or its manifest does not claim it."""
+    return "refused the file" in message or "is not a compatible reader" in message
+
+
 def _through_napari(viewer, path: str) -> dict:
     started = time.perf_counter()
     try:
@@ -52,7 +57,7 @@ def _through_napari(viewer, path: str) -> dict:
         outcome = {"ok": False, "seconds": time.perf_counter() - started}
         if isinstance(error, FileNotFoundError) and not Path(path).exists():
             outcome["napari_says"] = str(error)  # napari checks paths before any plugin
-        elif medai is None and "refused the file" in str(error):
+        elif medai is None and _declined(str(error)):
             outcome["declined"] = str(error)
         elif medai is None:
             outcome["traceback"] = traceback.format_exc()

@@ -88,7 +88,9 @@ def test_training_on_two_painted_slices_beats_the_untrained_model(tmp_path, phan
     after = _liver_dice_off_the_painted_slices(
         volume, organs, LoadedModel(card, network, str(result.best_path), "")
     )
-    assert after > before + 0.4, (before, after)
+    # Train seeds 0-9 (60 steps): untrained 0.04-0.09, trained 0.50-0.88, gains 0.43-0.82;
+    # another CPU's kernels move the result as another seed does (SSE4.1: 0.58 -> 0.55).
+    assert after > before + 0.25, (before, after)
     assert card.spatial_dims == 2 and card.context_slices == 1 and card.in_channels == 3
     assert card.label_names == {0: "background", LIVER: "liver"}
     assert card.intensity["kind"] == "window"

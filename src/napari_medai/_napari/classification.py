@@ -19,6 +19,7 @@ from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.types import LayerDataTuple
 
 from napari_medai._napari.layers import METADATA_KEY, image_layer_data, label_map_from_layer
+from napari_medai.core import catalogue
 from napari_medai.core.classification.config import (
     ClassificationError,
     ClassifyConfig,
@@ -26,7 +27,6 @@ from napari_medai.core.classification.config import (
     Region,
 )
 from napari_medai.core.classification.heldout import HeldOutSet
-from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import Volume
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 #: Share of the progress bar given to loading the model.
 _LOADING_SHARE = 0.05
 #: Classifier training runs in a worker process, off napari's GIL (see core/job_process.py).
-CLASSIFIER_TRAINER = "napari_medai.core.classification.training:train_classifier_job"
 CAM_DISPLAY = {"colormap": "inferno", "blending": "additive", "opacity": 0.5}
 #: ``layer.metadata`` key set when the ``class`` feature holds our predictions.
 PREDICTIONS_KEY = "napari_medai_predictions"
@@ -200,7 +199,7 @@ def train_from_boxes_job(
     yield Progress(0.0, "reading the boxes")
     regions, labels = [regions[n] for n in keep], [labels[n] for n in keep]
     examples = examples_from_regions(volume, regions, labels, names)
-    return (yield from run_in_process(CLASSIFIER_TRAINER, examples, config))
+    return (yield from catalogue.TRAIN_CLASSIFIER(examples, config))
 
 
 def cam_layer_data(
@@ -268,7 +267,7 @@ def train_from_label_slices_job(
         raise ClassificationError("every slice is held out; leave some to train on")
     yield Progress(0.0, "reading the slices")
     examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
-    return (yield from run_in_process(CLASSIFIER_TRAINER, examples, config))
+    return (yield from catalogue.TRAIN_CLASSIFIER(examples, config))
 
 
 def held_out_slices(

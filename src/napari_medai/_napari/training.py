@@ -37,8 +37,8 @@ from napari_medai._napari.segmentation import (
     prediction_display,
     show_segmentation,
 )
+from napari_medai.core import catalogue
 from napari_medai.core.errors import GeometryError, MedaiError
-from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.registry import drafts_dir, keep_model, user_model_dir
@@ -175,8 +175,7 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
     the snapshot :func:`training_pair` took; the model lands in
     ``config.out_dir`` as before.
     """
-    trainer = "napari_medai.core.training.trainer:train_job"
-    return (yield from run_in_process(trainer, pairs, config))
+    return (yield from catalogue.TRAIN_SEGMENTATION(pairs, config))
 
 
 def predict_job(
@@ -187,8 +186,7 @@ def predict_job(
     The process that trained the model has torch loaded already, so the
     first prediction imports nothing into napari's process either.
     """
-    review = "napari_medai.core.training.review:predict_for_review_job"
-    return (yield from run_in_process(review, model, volume, annotation))
+    return (yield from catalogue.PREDICT_FOR_REVIEW(model, volume, annotation))
 
 
 def _check_same_grid(prediction: Labels, annotation: Labels) -> None:

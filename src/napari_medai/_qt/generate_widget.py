@@ -41,8 +41,8 @@ from napari_medai._napari.generation import (
 from napari_medai._napari.layers import label_map_from_layer, volume_from_layer
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.plot import LivePlot
+from napari_medai.core import catalogue
 from napari_medai.core.generative.config import KINDS, GanConfig
-from napari_medai.core.job_process import run_in_process
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.training.strengths import AUGMENTATIONS, AugmentStrengths
 
@@ -66,8 +66,7 @@ def default_generator_dir(now: float | None = None) -> Path:
 
 def _train_job(volume: Any, labels: Any, config: GanConfig) -> Job:
     """GAN training in a worker process, which keeps torch's GIL holds off the GUI."""
-    trainer = "napari_medai.core.generative.train:train_gan_job"
-    return run_in_process(trainer, volume, labels, config)
+    return catalogue.TRAIN_GAN(volume, labels, config)
 
 
 def _sample_job(path: Path, count: int, labels: Any, deform: bool, seed: int | None) -> Job:

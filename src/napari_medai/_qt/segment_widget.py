@@ -31,8 +31,8 @@ from napari_medai._napari.segmentation import (
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.model_picker import ModelPicker
 from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow
+from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.job_process import run_in_process
 from napari_medai.core.models.fit import describe_modality, modality_mismatch
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 
@@ -43,7 +43,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
 #: The segmentation job, run in a worker process: torch loads there, not in napari,
 #: and a model that crashes takes only the worker down.
-SEGMENT_JOB = "napari_medai.core.segmentation.jobs:segment_from_source_job"
 NO_MODEL = "Pick a model, or load one from a file or folder."
 
 
@@ -223,8 +222,7 @@ class SegmentWidget(Container):
         # A model known only after loading (a file) is checked in the job.
         check = "" if self.models.is_listed(source) else layer_modality(image)
         job = partial(
-            run_in_process,
-            SEGMENT_JOB,
+            catalogue.SEGMENT,
             source,
             self.trust_check.value,
             volume,

@@ -17,19 +17,21 @@ a napari script without a ``__main__`` guard would open a second viewer.
 A finished worker process stays idle for the next job, so torch is imported
 once per session, not once per job. Arrays travel out of band (pickle
 protocol 5), so sending a scan copies it once, in the kernel, without
-holding the GIL for the copy.
+holding the GIL for the copy. The connection is multiprocessing's local one
+(a Unix socket, a named pipe on Windows) authenticated by a random key that
+only napari's process and its worker know, so it works on every platform.
+The worker runs below napari's CPU priority, so the GUI wins the CPU.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import warnings
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client
 from typing import Any
 
 from napari_medai.core import job_worker
@@ -43,10 +45,9 @@ CLEANUP_TIMEOUT_S = 60.0
 POLL_S = 0.2
 #: Idle worker processes kept for later jobs (each holds torch in memory).
 MAX_IDLE = 1
-#: Whether jobs run in a worker process. The worker's socket is handed over
-#: with ``pass_fds``, which Windows lacks; there the job runs in the caller's
-#: thread (the same job, with the GUI stalls a thread has).
-SEPARATE_PROCESS = os.name == "posix"
+#: Whether jobs run in a worker process: tests whose jobs use in-process fakes
+#: turn it off, and the same job then runs in the caller's thread.
+SEPARATE_PROCESS = True
 
 
 class JobProcessError(MedaiError):
@@ -61,13 +62,26 @@ class _Worker:
     """One worker process (``python -m napari_medai.core.job_worker``) and our socket to it."""
 
     def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
+        key = os.urandom(32)
         # The worker imports what this process can: its sys.path, as spawn would pass it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        command = [sys.executable, "-m", "napari_medai.core.job_worker", str(theirs.fileno())]
-        self.process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env)
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        command = [sys.executable, "-m", "napari_medai.core.job_worker"]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            # Windows' way to start below napari's priority (POSIX workers lower their own).
+            creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0),
+        )
+        # The key goes through a pipe, not the command line, which other users can read.
+        self.process.stdin.write(key.hex().encode() + b"\n")
+        self.process.stdin.close()
+        address = self.process.stdout.readline().decode().strip()
+        self.process.stdout.close()
+        if not address:
+            raise JobProcessError(_death_message(self.process.wait()))
+        self.conn = Client(address, authkey=key)
 
     def alive(self) -> bool:
         """Whether the worker process is still running."""

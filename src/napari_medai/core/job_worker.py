@@ -1,10 +1,14 @@
 """The worker process side of :mod:`napari_medai.core.job_process`.
 
-Started as ``python -m napari_medai.core.job_worker FD`` (a fresh interpreter
+Started as ``python -m napari_medai.core.job_worker`` (a fresh interpreter
 that never imports the parent's ``__main__``, unlike multiprocessing's
-spawn, which would rerun a user's napari script). It runs the jobs it is
-sent over the socket ``FD`` one after another and relays their events.
-A message that arrives while a job runs asks it to stop.
+spawn, which would rerun a user's napari script). It reads a key from its
+standard input, listens on a local address (a Unix socket, a named pipe on
+Windows) that it prints on its standard output, accepts the parent's
+connection authenticated by that key, then runs the jobs it is sent one
+after another and relays their events. A message that arrives while a job
+runs asks it to stop. It lowers its own CPU priority first, so that napari's
+GUI wins the CPU on a busy machine.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Listener
 from typing import Any
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job
 
 PROGRESS, WARNED, RETURNED, RAISED, CLOSED = "progress", "warned", "returned", "raised", "closed"
+#: How much below its parent the worker runs (``nice`` steps; POSIX only).
+NICENESS = 10
 #: What the parent sends to stop the running job (or, too late, an idle worker).
 CANCEL = "cancel"
 
@@ -45,8 +51,9 @@ def send(conn: Connection, message: Any) -> None:
 def receive(conn: Connection) -> Any:
     """The next message; its arrays land in writable buffers.
 
-    Unpickling is safe here: the socket is a private pair between napari's
-    process and the worker it started, never a file or a network peer, and
+    Unpickling is safe here: the connection is local and authenticated by a
+    random key that only napari's process and the worker it started know
+    (never a file or a network peer), and
     the worker opens model files with the safe loaders (safetensors,
     ``weights_only``) like any other job.
     """
@@ -127,5 +134,17 @@ def serve(conn: Connection) -> None:
             _run_one(conn, *request)
 
 
+def connect() -> Connection:
+    """Listen on a local address, tell it the parent, accept the parent's authenticated call."""
+    key = bytes.fromhex(sys.stdin.readline().strip())
+    with Listener(authkey=key) as listener:
+        sys.stdout.write(f"{listener.address}\n")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe any more
+        return listener.accept()
+
+
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
+    serve(connect())

@@ -1,6 +1,6 @@
 """Train a classifier on the user's examples, as a generator job.
 
-The same pattern as segmentation training (``core.training.trainer``): the
+The steps of ``core.training.loop``'s one training loop, as segmentation's: the
 job yields after every optimizer step with the loss (and, every few seconds,
 the held-out figures) in its payload; stopping runs ``finally``, which keeps
 the best model validated so far as a model package and writes the last one
@@ -27,7 +27,7 @@ from napari_medai.core.classification.metrics import classification_metrics, spa
 from napari_medai.core.classification.model import TASK
 from napari_medai.core.devices import autocast, choose_device
 from napari_medai.core.files import check_can_write
-from napari_medai.core.jobs import Job, Progress
+from napari_medai.core.jobs import Job
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.networks import CLASSIFIERS, build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
@@ -39,10 +39,8 @@ from napari_medai.core.training.checkpoints import (
 )
 from napari_medai.core.training.config import checkpoints_folder
 from napari_medai.core.training.dataset import Augmenter
+from napari_medai.core.training.loop import Schedule, Steps, run_training
 from napari_medai.core.training.strengths import AugmentStrengths
-
-# One clock for both trainers: training time excludes time the consumer holds an event.
-from napari_medai.core.training.trainer import _Clock, training_threads
 
 #: A small DenseNet with one dense block: learns organ boxes in seconds on a laptop CPU, and a
 #: 32-pixel box keeps an 8x8 feature map for Grad-CAM (two blocks pool it to 4x4, whose heat
@@ -182,8 +180,8 @@ def _new_card(examples: Examples, config: ClassifierTrainConfig) -> ModelCard:
     )
 
 
-class _Session:
-    """One training run: network, optimizer, sampler; the job below drives it."""
+class _Session(Steps):
+    """One training run: network, optimizer, sampler; the training loop drives it."""
 
     def __init__(
         self,
@@ -231,7 +229,6 @@ class _Session:
         )
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
-        self.validated_at = -1
 
     def anneal(self, fraction: float) -> None:
         """Cosine learning-rate decay over the budget (``fraction`` of it spent).
@@ -248,8 +245,9 @@ class _Session:
         for group in self.optimizer.param_groups:
             group["lr"] = rate
 
-    def step(self) -> float:
-        """One optimizer step on a class-balanced, augmented batch; returns the loss."""
+    def step(self, fraction: float) -> dict[str, Any]:
+        """One optimizer step on a class-balanced, augmented batch; its loss and rate."""
+        self.anneal(fraction)
         size = min(self.config.batch_size, len(self.examples))
         rows = self.rng.choice(len(self.examples), size=size, p=self.weights)
         images = self.augment.images(self.examples.images[rows]).to(self.device)
@@ -261,11 +259,28 @@ class _Session:
         loss.backward()
         self.optimizer.step()
         self.iteration += 1
-        return float(loss.detach())
+        return {"loss": float(loss.detach()), "learning_rate": self.optimizer.param_groups[0]["lr"]}
 
-    def validate(self) -> dict[str, Any] | None:
+    def message(self, entry: dict[str, Any]) -> str:
+        message = f"iteration {entry['iteration']}: loss {entry['loss']:.3f}"
+        if "val_auc" in entry:
+            message += f", held-out accuracy {entry['val_accuracy']:.2f}"
+        return message
+
+    def validate(self, fraction: float) -> Job[dict[str, Any]]:
+        """Held-out accuracy and ROC AUC, keeping the weights when they are the best so far.
+
+        Quick, so it yields no progress of its own.
+        """
+        yield from ()
+        metrics = self.metrics()
+        self.consider(metrics)
+        if metrics is None:
+            return {}
+        return {"val_accuracy": metrics["accuracy"], "val_auc": metrics["macro"]["roc_auc"]}
+
+    def metrics(self) -> dict[str, Any] | None:
         """Held-out figures of the current weights (None without held-out examples)."""
-        self.validated_at = self.iteration
         if self.validation is None or len(self.validation) == 0:
             return None
         self.network.eval()
@@ -334,31 +349,11 @@ class _Session:
             self.config.checkpoints, self.card_now(None), self.network, self.optimizer, state
         )
 
-
-def _fraction(config: ClassifierTrainConfig, steps: int, seconds: float) -> float:
-    parts = [0.0]
-    if config.max_iters:
-        parts.append(steps / config.max_iters)
-    if config.max_time_s:
-        parts.append(seconds / config.max_time_s)
-    return min(max(parts), 1.0)
-
-
-def _entry(session: _Session, clock: _Clock, loss: float) -> dict[str, Any]:
-    return {
-        "iteration": session.iteration,
-        "elapsed_s": round(clock.elapsed(), 3),
-        "loss": loss,
-        "learning_rate": session.optimizer.param_groups[0]["lr"],
-    }
-
-
-def _record(session: _Session, clock: _Clock, entry: dict[str, Any]) -> None:
-    metrics = session.validate()
-    session.elapsed_s = clock.elapsed()
-    session.consider(metrics)
-    if metrics is not None:
-        entry.update(val_accuracy=metrics["accuracy"], val_auc=metrics["macro"]["roc_auc"])
+    def finish(self, finished: bool) -> None:
+        """Write the last model, and the current one as best if none was kept yet."""
+        if not self.best_saved:
+            self.save_best(None)
+        self.save_last()
 
 
 def _train(
@@ -368,51 +363,18 @@ def _train(
     config: ClassifierTrainConfig,
     device: torch.device,
 ) -> Job[ClassifierTrainResult]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads or training_threads())
-    session: _Session | None = None
-    clock = _Clock()
-    try:
-        yield Progress(0.0, "preparing the examples")
-        session = _Session(examples, validation, held_out, config, device)
-        clock.carry_over(session.elapsed_s)
-        first = session.iteration
-        next_validation = clock.elapsed() + config.validation_every_s
-        last_checkpoint = clock.elapsed()
-        while True:
-            fraction = _fraction(config, session.iteration - first, clock.elapsed() - clock.offset)
-            if fraction >= 1.0:
-                break
-            session.anneal(fraction)
-            entry = _entry(session, clock, session.step())
-            message = f"iteration {session.iteration}: loss {entry['loss']:.3f}"
-            if clock.elapsed() >= next_validation:
-                _record(session, clock, entry)
-                if "val_auc" in entry:
-                    message += f", held-out accuracy {entry['val_accuracy']:.2f}"
-                next_validation = clock.elapsed() + config.validation_every_s
-            session.history.append(entry)
-            if clock.elapsed() - last_checkpoint >= config.checkpoint_every_s:
-                session.elapsed_s = clock.elapsed()
-                session.save_last()
-                last_checkpoint = clock.elapsed()
-            clock.pause()
-            yield Progress(
-                _fraction(config, session.iteration - first, clock.elapsed() - clock.offset),
-                message,
-                dict(entry),
-            )
-            clock.resume()
-        if session.history and session.validated_at != session.iteration:
-            _record(session, clock, session.history[-1])
-        yield Progress(1.0, "saving the model")
-    finally:
-        if session is not None:
-            session.elapsed_s = clock.elapsed()
-            if not session.best_saved:
-                session.save_best(None)
-            session.save_last()
-        torch.set_num_threads(threads)
+    schedule = Schedule(
+        config.max_iters,
+        config.max_time_s,
+        config.validation_every_s,
+        config.checkpoint_every_s,
+        config.num_threads,
+    )
+    session = yield from run_training(
+        lambda: _Session(examples, validation, held_out, config, device),
+        schedule,
+        "preparing the examples",
+    )
     return ClassifierTrainResult(
         best_path=Path(config.out_dir),
         last_path=config.checkpoints / LAST,

@@ -5,7 +5,8 @@ generator and critic (a fraction of a second on a CPU) with both losses, and
 every ``preview_every_s`` seconds a preview grid of samples (in [0, 1]) in
 the payload. Stopping the iteration saves the generator trained so far. At
 the end of the budget the generator is measured against held-out real
-patches (:mod:`.quality`) and the result goes on its card.
+patches (:mod:`.quality`) and the result goes on its card. Budgets, threads
+and the stop are ``core.training.loop``'s.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from napari_medai.core.generative.quality import quality_job
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.package import save_model_package
-from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.training.loop import Schedule, Steps, run_training
 from napari_medai.core.volume import LabelMap, Volume
 
 #: Patches shown in a preview grid.
@@ -63,10 +64,33 @@ def train_gan_job(image: Volume, labels: LabelMap | None, config: GanConfig) -> 
     return _train(image, source, config, device)
 
 
-class _Gan:
+def _train(
+    image: Volume, source: PatchSource, config: GanConfig, device: torch.device
+) -> Job[GanResult]:
+    schedule = Schedule(
+        config.max_iters,
+        config.max_time_s,
+        threads=config.num_threads,
+        now=time.process_time if config.budget_clock == "cpu" else time.perf_counter,
+        share=0.9,
+    )
+    gan = yield from run_training(
+        lambda: _Gan(image, source, config, device), schedule, f"building the {config.kind} GAN"
+    )
+    return GanResult(Path(config.out_dir), gan.saved_card, gan.history, gan.quality)
+
+
+class _Gan(Steps):
     """Generator, critic, optimisers and one training step."""
 
-    def __init__(self, source: PatchSource, config: GanConfig, device: torch.device) -> None:
+    saving = "saving the generator"
+
+    def __init__(
+        self, image: Volume, source: PatchSource, config: GanConfig, device: torch.device
+    ) -> None:
+        if config.seed is not None:
+            set_determinism(seed=config.seed)
+        self.image = image
         self.source = source
         self.config = config
         self.device = device
@@ -97,7 +121,10 @@ class _Gan:
         self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         seed = config.seed if config.seed is not None else int(source.rng.integers(2**31))
         self.noise = torch.Generator().manual_seed(seed)
-        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        self.quality: dict[str, Any] = {}
+        self.saved_card: ModelCard | None = None
+        self.next_preview = 0.0
         preview_real, preview_labels = source.batch(PREVIEW_COUNT, held_out=True)
         self.preview_input = self.inputs(preview_labels, PREVIEW_COUNT)
         self.preview_real = preview_real
@@ -112,8 +139,8 @@ class _Gan:
     def _critic_input(self, image: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
         return image if onehot is None else torch.cat([image, onehot], dim=1)
 
-    def step(self) -> tuple[float, float]:
-        """One critic and one generator update; returns (generator loss, critic loss)."""
+    def step(self, fraction: float) -> dict[str, Any]:
+        """One critic and one generator update; their losses."""
         real, labels = self.source.batch(self.config.batch_size)
         real = real.to(self.device)
         z = self.inputs(labels, len(real))
@@ -137,7 +164,32 @@ class _Gan:
         loss_g.backward()
         self.opt_g.step()
         self.iteration += 1
-        return float(loss_g.detach()), float(loss_d.detach())
+        return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach())}
+
+    def message(self, entry: dict[str, Any]) -> str:
+        return (
+            f"step {entry['iteration']}: generator {entry['loss_g']:.3f}, "
+            f"critic {entry['loss_d']:.3f}"
+        )
+
+    def payload(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry, with a preview grid every ``preview_every_s`` seconds (and first)."""
+        payload = dict(entry)
+        if entry["elapsed_s"] >= self.next_preview:
+            payload["preview"] = self.preview()
+            self.next_preview = entry["elapsed_s"] + self.config.preview_every_s
+        return payload
+
+    def conclude(self) -> Job[None]:
+        self.quality = yield from _measure(self)
+
+    def finish(self, finished: bool) -> None:
+        """Save the generator trained so far (with the quality report once measured)."""
+        if self.iteration:
+            self.saved_card = _card(self)
+            save_model_package(
+                Path(self.config.out_dir), self.saved_card, self.generator, overwrite=True
+            )
 
     def generate(self, z: torch.Tensor) -> np.ndarray:
         """Samples for ``z`` as (n, y, x) in [0, 1], in eval mode."""
@@ -155,15 +207,6 @@ class _Gan:
         return networks.grid(
             np.concatenate([real, self.generate(self.preview_input)]), PREVIEW_COUNT
         )
-
-
-def _fraction(config: GanConfig, steps: int, seconds: float) -> float:
-    parts = [0.0]
-    if config.max_iters:
-        parts.append(steps / config.max_iters)
-    if config.max_time_s:
-        parts.append(seconds / config.max_time_s)
-    return min(max(parts), 1.0)
 
 
 def _measure(gan: _Gan) -> Job[dict[str, Any]]:
@@ -184,15 +227,15 @@ def _measure(gan: _Gan) -> Job[dict[str, Any]]:
     return report
 
 
-def _card(gan: _Gan, image: Volume, elapsed: float, history: list, quality: dict) -> ModelCard:
+def _card(gan: _Gan) -> ModelCard:
     """The card with the training facts (no patient identifiers)."""
-    source = gan.source
-    last = history[-1] if history else {}
+    source, image = gan.source, gan.image
+    last = gan.history[-1] if gan.history else {}
     info = {
         "trained_with": "napari-medai",
         "kind": gan.config.kind,
         "iterations": gan.iteration,
-        "training_time_s": round(elapsed, 2),
+        "training_time_s": round(gan.elapsed_s, 2),
         "budget_clock": gan.config.budget_clock,
         "loss_generator": last.get("loss_g"),
         "loss_critic": last.get("loss_d"),
@@ -210,53 +253,7 @@ def _card(gan: _Gan, image: Volume, elapsed: float, history: list, quality: dict
             "train_slices": len(source.train_slices),
             "held_out_slices": len(source.test_slices) if source.held_out else 0,
         },
-        "quality": quality,
+        "quality": gan.quality,
         "versions": {"torch": torch.__version__, "monai": monai.__version__},
     }
     return replace(gan.card, training=info)
-
-
-def _train(
-    image: Volume, source: PatchSource, config: GanConfig, device: torch.device
-) -> Job[GanResult]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads or training_threads())
-    gan: _Gan | None = None
-    history: list[dict[str, Any]] = []
-    elapsed = 0.0
-    quality: dict[str, Any] = {}
-    try:
-        if config.seed is not None:
-            set_determinism(seed=config.seed)
-        yield Progress(0.0, f"building the {config.kind} GAN")
-        gan = _Gan(source, config, device)
-        clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
-        started = clock()
-        held = 0.0  # time the consumer held progress events, not counted as training
-        next_preview = 0.0
-        while _fraction(config, gan.iteration, elapsed) < 1.0:
-            loss_g, loss_d = gan.step()
-            elapsed = clock() - started - held
-            entry = {
-                "iteration": gan.iteration,
-                "elapsed_s": round(elapsed, 3),
-                "loss_g": loss_g,
-                "loss_d": loss_d,
-            }
-            history.append(entry)
-            payload: dict[str, Any] = dict(entry)
-            if elapsed >= next_preview:
-                payload["preview"] = gan.preview()
-                next_preview = elapsed + config.preview_every_s
-            message = f"step {gan.iteration}: generator {loss_g:.3f}, critic {loss_d:.3f}"
-            pause = clock()
-            yield Progress(0.9 * _fraction(config, gan.iteration, elapsed), message, payload)
-            held += clock() - pause
-        quality = yield from scaled(_measure(gan), 0.9, 1.0)
-        yield Progress(1.0, "saving the generator")
-    finally:
-        if gan is not None and gan.iteration:
-            card = _card(gan, image, elapsed, history, quality)
-            save_model_package(Path(config.out_dir), card, gan.generator, overwrite=True)
-        torch.set_num_threads(threads)
-    return GanResult(Path(config.out_dir), card, history, quality)

@@ -3,19 +3,17 @@
 :func:`train_job` yields a :class:`Progress` after every optimizer step (a
 fraction of a second), with the loss and, every few seconds, the validation
 Dice in its payload (``None`` payloads mark progress during validation).
-Stopping the iteration (``close()``) runs the ``finally`` block, which writes
-the last model and keeps the best one validated so far (the current one if
-none was validated yet), so nothing learnt is lost. At the end of the budget
-the final weights are validated once more before that.
+Stopping the iteration (``close()``) writes the last model and keeps the best
+one validated so far (the current one if none was validated yet), so nothing
+learnt is lost. At the end of the budget the final weights are validated once
+more before that. Budgets, threads and cadences are ``core.training.loop``'s.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
-from collections.abc import Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +43,10 @@ from napari_medai.core.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
-from napari_medai.core.training.config import (
-    DIMENSIONALITIES,
-    TrainConfig,
-    TrainResult,
-    training_threads,
-)
+from napari_medai.core.training.config import DIMENSIONALITIES, TrainConfig, TrainResult
+
+# Re-exported: bench scripts and the Generate dock import it from here.
+from napari_medai.core.training.config import training_threads as training_threads
 from napari_medai.core.training.dataset import (
     Augmenter,
     PatchSampler,
@@ -58,6 +54,7 @@ from napari_medai.core.training.dataset import (
     choose_intensity,
     prepare_pairs,
 )
+from napari_medai.core.training.loop import Schedule, Steps, run_training
 from napari_medai.core.training.loss import MaskedDiceCELoss
 from napari_medai.core.training.synthetic import SyntheticMixer
 from napari_medai.core.volume import LabelMap, Volume
@@ -142,32 +139,6 @@ def _check_config(config: TrainConfig) -> None:
         )
     if config.context_slices < 0:
         raise MedaiError(f"context slices must be 0 or more, not {config.context_slices}")
-
-
-class _Clock:
-    """Training time: runs inside the job, paused while the consumer holds a progress event."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.total = 0.0
-        self.mark: float | None = time.perf_counter()
-
-    def carry_over(self, seconds: float) -> None:
-        """Count ``seconds`` of earlier sessions in :meth:`elapsed` (not in the budget)."""
-        self.offset = seconds
-        self.total += seconds
-
-    def pause(self) -> None:
-        if self.mark is not None:
-            self.total += time.perf_counter() - self.mark
-            self.mark = None
-
-    def resume(self) -> None:
-        self.mark = time.perf_counter()
-
-    def elapsed(self) -> float:
-        running = time.perf_counter() - self.mark if self.mark is not None else 0.0
-        return self.total + running
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -259,28 +230,18 @@ def _check_classes(card: ModelCard, classes: list[int]) -> None:
         )
 
 
-@dataclass
-class _State:
-    """What a session carries forward: counts, history and the best score."""
-
-    iteration: int = 0
-    elapsed_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_dice: float = -1.0
-    best_iteration: int = 0
-    best_saved: bool = False
-
-
-class _Session:
-    """Everything one training run needs; the job below drives it."""
+class _Session(Steps):
+    """Everything one training run needs; the training loop drives it."""
 
     def __init__(
         self, pairs: list[tuple[Volume, LabelMap]], config: TrainConfig, device: torch.device
     ) -> None:
         self.config = config
         self.dist = ddp.from_environment()
+        self.is_main = self.dist.is_main
         self.device = device = ddp.start(self.dist, device)
-        self.state = _State()
+        self.history: list[dict[str, Any]] = []
+        self.best_val_dice, self.best_iteration, self.best_saved = -1.0, 0, False
         self.init_info: dict[str, Any] | None = None
         rng = np.random.default_rng(config.seed)
         if config.seed is not None:
@@ -289,14 +250,11 @@ class _Session:
         if config.resume:
             saved = read_state(config.checkpoints)
             card, network = load_model_package(config.checkpoints / LAST)
-            self.state = _State(
-                iteration=int(saved["iteration"]),
-                elapsed_s=float(saved["elapsed_s"]),
-                history=list(saved["history"]),
-                best_val_dice=float(saved["best_val_dice"]),
-                best_iteration=int(saved["best_iteration"]),
-                best_saved=Path(config.out_dir).is_dir(),
-            )
+            self.iteration, self.elapsed_s = int(saved["iteration"]), float(saved["elapsed_s"])
+            self.history = list(saved["history"])
+            self.best_val_dice = float(saved["best_val_dice"])
+            self.best_iteration = int(saved["best_iteration"])
+            self.best_saved = Path(config.out_dir).is_dir()
             self.init_info = saved.get("init")
             optimizer_state = load_optimizer_state(config.checkpoints, saved)
             self.reason = "resumed"
@@ -335,6 +293,7 @@ class _Session:
             name=config.name or card.name or f"{default_name} ({_kind_of(card)})",
         )
         self.kind = _kind_of(self.card)
+        self.opening = f"training a {self.kind} model ({self.reason})"
         self.network = network.to(device).train()
         self.trained = ddp.wrap(self.network, self.dist)
         seed = config.seed if config.seed is not None else int(rng.integers(2**31))
@@ -357,10 +316,9 @@ class _Session:
             self.optimizer.load_state_dict(optimizer_state)
         self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
         self.batch_size = config.batch_size or (8 if self.card.spatial_dims == 2 else 2)
-        self.validated_at = -1
 
-    def step(self) -> float:
-        """One optimizer step on an augmented batch; returns the loss."""
+    def step(self, fraction: float) -> dict[str, Any]:
+        """One optimizer step on an augmented batch; its loss."""
         batch = self.sampler.batch(self.batch_size * self.dist.world_size)
         batch = ddp.shard(batch, self.dist)
         if self.synthetic is not None:
@@ -376,8 +334,17 @@ class _Session:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.state.iteration += 1
-        return float(loss.detach())
+        self.iteration += 1
+        return {"loss": float(loss.detach())}
+
+    def message(self, entry: dict[str, Any]) -> str:
+        message = f"iteration {entry['iteration']}: loss {entry['loss']:.3f}"
+        if "val_dice" in entry:
+            message += f", validation Dice {entry['val_dice']:.3f}"
+        return message
+
+    def agree(self, go_on: bool) -> bool:
+        return ddp.agree(go_on, self.dist)
 
     def _predict_slice(self, image: np.ndarray, z: int) -> np.ndarray:
         """Labels of axial slice ``z`` predicted as inference would (sliding windows)."""
@@ -402,11 +369,12 @@ class _Session:
         labels = logits.float().argmax(dim=1)[0]
         return (labels if pick is None else labels[pick]).cpu().numpy()
 
-    def validation(self) -> Generator[None, None, float]:
+    def validate(self, fraction: float) -> Job[dict[str, Any]]:
         """Dice over the validation voxels (all slices pooled), mean over the trained classes.
 
-        A generator that pauses after every slice, so a stop request is seen
-        within a slice's inference even when validation is long (3D models).
+        Keeps the weights as the best model if they validate at least as well.
+        Yields after every slice, so a stop request is seen within a slice's
+        inference even when validation is long (3D models).
         """
         self.network.eval()
         predicted, truth = [], []
@@ -416,7 +384,7 @@ class _Session:
                     mask = pair.val_mask[z]
                     predicted.append(self._predict_slice(pair.image, z)[mask])
                     truth.append(pair.target[z][mask])
-                    yield
+                    yield Progress(fraction, "validating")
         finally:
             self.network.train()
         predicted_all, truth_all = np.concatenate(predicted), np.concatenate(truth)
@@ -427,8 +395,9 @@ class _Session:
         # The functional form: DiceMetric would all-gather across DDP ranks, but rank 0
         # validates alone.
         dice = compute_dice(as_one_hot(predicted_all), as_one_hot(truth_all), ignore_empty=False)
-        self.validated_at = self.state.iteration
-        return float(dice.mean().item())
+        val_dice = float(dice.mean().item())
+        self.consider(val_dice)
+        return {"val_dice": val_dice, "val_held_out": self.data.held_out}
 
     def card_now(self, val_dice: float | None) -> ModelCard:
         """The card with the training facts as of now (no patient identifiers)."""
@@ -436,8 +405,8 @@ class _Session:
             "trained_with": "napari-medai",
             "dimensionality": self.kind,
             "why": self.reason,
-            "iterations": self.state.iteration,
-            "training_time_s": round(self.state.elapsed_s, 2),
+            "iterations": self.iteration,
+            "training_time_s": round(self.elapsed_s, 2),
             "val_dice": None if val_dice is None else round(val_dice, 4),
             "val_held_out": self.data.held_out,
             "batch_size": self.batch_size,
@@ -458,29 +427,40 @@ class _Session:
     def save_best(self, val_dice: float | None) -> None:
         card = self.card_now(val_dice)
         save_model_package(Path(self.config.out_dir), card, self.network, overwrite=True)
-        self.state.best_saved = True
+        self.best_saved = True
 
     def save_last(self) -> Path:
-        state = self.state
         saved = {
-            "iteration": state.iteration,
-            "elapsed_s": state.elapsed_s,
-            "history": state.history,
-            "best_val_dice": state.best_val_dice,
-            "best_iteration": state.best_iteration,
+            "iteration": self.iteration,
+            "elapsed_s": self.elapsed_s,
+            "history": self.history,
+            "best_val_dice": self.best_val_dice,
+            "best_iteration": self.best_iteration,
             "init": self.init_info,
         }
-        last_dice = next((h["val_dice"] for h in reversed(state.history) if "val_dice" in h), None)
+        last_dice = next((h["val_dice"] for h in reversed(self.history) if "val_dice" in h), None)
         return save_checkpoint(
             self.config.checkpoints, self.card_now(last_dice), self.network, self.optimizer, saved
         )
 
     def consider(self, val_dice: float) -> None:
         """Keep the current weights as the best model if they validate at least as well."""
-        if val_dice >= self.state.best_val_dice:
-            self.state.best_val_dice = val_dice
-            self.state.best_iteration = self.state.iteration
+        if val_dice >= self.best_val_dice:
+            self.best_val_dice = val_dice
+            self.best_iteration = self.iteration
             self.save_best(val_dice)
+
+    def finish(self, finished: bool) -> None:
+        """Write the last model, and the current one as best if none was kept yet.
+
+        Runs on completion, on stop and on error; it does no validation, so a stop
+        request is honoured at once (the best model is the best one validated).
+        """
+        if self.is_main:
+            if not self.best_saved:
+                self.save_best(None)
+            self.save_last()
+        ddp.stop(self.dist, wait=finished)
 
 
 def _mixer(
@@ -505,112 +485,24 @@ def _mixer(
     )
 
 
-def _fraction(config: TrainConfig, steps: int, seconds: float) -> float:
-    parts = [0.0]
-    if config.max_iters:
-        parts.append(steps / config.max_iters)
-    if config.max_time_s:
-        parts.append(seconds / config.max_time_s)
-    return min(max(parts), 1.0)
-
-
-def _validate(session: _Session, clock: _Clock, fraction: float) -> Job[float]:
-    """Run the session's validation, yielding (payload-less) progress between slices."""
-    steps = session.validation()
-    try:
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
-            clock.pause()
-            yield Progress(fraction, "validating")
-            clock.resume()
-    finally:
-        steps.close()
-
-
-def _record(session: _Session, clock: _Clock, entry: dict[str, Any], val_dice: float) -> None:
-    """Note a validation in the history entry and keep the model if it is the best."""
-    session.state.elapsed_s = clock.elapsed()
-    session.consider(val_dice)
-    entry.update(val_dice=val_dice, val_held_out=session.data.held_out)
-
-
 def _train(
     pairs: list[tuple[Volume, LabelMap]], config: TrainConfig, device: torch.device
 ) -> Job[TrainResult]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads or training_threads())
-    session: _Session | None = None
-    finished = False
-    clock = _Clock()
-    try:
-        yield Progress(0.0, "preparing the annotations")
-        session = _Session(pairs, config, device)
-        state = session.state
-        clock.carry_over(state.elapsed_s)
-        first = state.iteration
-        next_validation = clock.elapsed() + config.validation_every_s
-        last_checkpoint = clock.elapsed()
-        yield Progress(0.0, f"training a {session.kind} model ({session.reason})")
-        while ddp.agree(
-            _fraction(config, state.iteration - first, clock.elapsed() - clock.offset) < 1.0,
-            session.dist,
-        ):
-            loss = session.step()
-            entry: dict[str, Any] = {
-                "iteration": state.iteration,
-                "elapsed_s": round(clock.elapsed(), 3),
-                "loss": loss,
-            }
-            message = f"iteration {state.iteration}: loss {loss:.3f}"
-            fraction = _fraction(config, state.iteration - first, clock.elapsed() - clock.offset)
-            if session.dist.is_main and clock.elapsed() >= next_validation:
-                started = clock.elapsed()
-                _record(session, clock, entry, (yield from _validate(session, clock, fraction)))
-                message += f", validation Dice {entry['val_dice']:.3f}"
-                # Validation takes at most a fifth of the time, however slow it is (3D).
-                spent = clock.elapsed() - started
-                next_validation = clock.elapsed() + max(config.validation_every_s, 4 * spent)
-            state.history.append(entry)
-            if (
-                session.dist.is_main
-                and clock.elapsed() - last_checkpoint >= config.checkpoint_every_s
-            ):
-                state.elapsed_s = clock.elapsed()
-                session.save_last()
-                last_checkpoint = clock.elapsed()
-            clock.pause()
-            yield Progress(fraction, message, dict(entry))
-            clock.resume()
-        if session.dist.is_main and state.history and session.validated_at != state.iteration:
-            val_dice = yield from _validate(session, clock, 1.0)
-            _record(session, clock, state.history[-1], val_dice)
-        yield Progress(1.0, "saving the model")
-        finished = True
-    finally:
-        if session is not None:
-            if session.dist.is_main:
-                _finish(session, clock)
-            ddp.stop(session.dist, wait=finished)
-        torch.set_num_threads(threads)
+    schedule = Schedule(
+        config.max_iters,
+        config.max_time_s,
+        config.validation_every_s,
+        config.checkpoint_every_s,
+        config.num_threads,
+        # Validation takes at most a fifth of the time, however slow it is (3D).
+        validation_share=0.2,
+    )
+    session = yield from run_training(
+        lambda: _Session(pairs, config, device), schedule, "preparing the annotations"
+    )
     return TrainResult(
         best_path=Path(config.out_dir),
         last_path=config.checkpoints / LAST,
-        history=list(session.state.history),
+        history=list(session.history),
         card=ModelCard.read(Path(config.out_dir) / CARD_FILE),
     )
-
-
-def _finish(session: _Session, clock: _Clock) -> None:
-    """Write the last model, and the current one as best if none was kept yet.
-
-    Runs on completion, on stop and on error; it does no validation, so a stop
-    request is honoured at once (the best model is the best one validated).
-    """
-    state = session.state
-    state.elapsed_s = clock.elapsed()
-    if not state.best_saved:
-        session.save_best(None)
-    session.save_last()

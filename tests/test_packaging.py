@@ -66,7 +66,9 @@ def test_files_of_other_kinds_are_neither_offered_nor_claimed(name, tmp_path):
     assert get_reader(str(path)) is None
 
 
-@pytest.mark.parametrize("name", ["IM0001", "1.2.840.113619.2.55.7", "scan.IMA", "brain.mgz"])
+@pytest.mark.parametrize(
+    "name", ["IM0001", "1.2.840.113619.2.55.7", "scan.IMA", "brain.mgz", "DICOMDIR"]
+)
 def test_dicom_style_and_freesurfer_names_are_offered(name, tmp_path):
     path = tmp_path / name
     path.write_bytes(b"")

@@ -52,7 +52,7 @@ FILENAME_PATTERNS = (
     "*.ima",
     "*.IMA",
     "*.zip",
-    "DICOMDIR",
+    "*DICOMDIR",
     "*[0-9]",
 )
 

@@ -13,7 +13,7 @@ import npe2
 import pytest
 import yaml
 
-from napari_medai._napari.reader import FILENAME_PATTERNS, get_reader
+from napari_medai._napari.reader import get_reader
 from napari_medai.core.io.reading import NIBABEL_FORMATS, SITK_FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +44,13 @@ def _reader_patterns() -> list[str]:
     return reader["filename_patterns"]
 
 
-def test_manifest_patterns_are_the_readers_and_cover_every_format_it_reads():
-    assert _reader_patterns() == list(FILENAME_PATTERNS)
-    assert "*" not in FILENAME_PATTERNS  # napari would ask "Choose reader" for any file
-    for suffix in (*SITK_FORMATS, *NIBABEL_FORMATS, ".dcm", ".IMA", ".zip"):
-        assert f"*{suffix}" in FILENAME_PATTERNS, suffix
+def test_manifest_patterns_cover_every_format_the_reader_reads_and_no_more():
+    """npe2 lower-cases suffixes and patterns before matching, so '*.dcm' covers '.DCM'."""
+    patterns = _reader_patterns()
+    assert "*" not in patterns  # napari would ask "Choose reader" for any file
+    formats = {f"*{suffix}" for suffix in (*SITK_FORMATS, *NIBABEL_FORMATS)}
+    dicom = {"*.dcm", "*.dicom", "*.ima", "*.zip", "*[0-9]", "[!.]" * 8}
+    assert sorted(patterns) == sorted(formats | dicom)
 
 
 def _offered(path: Path) -> list[str]:
@@ -58,7 +60,9 @@ def _offered(path: Path) -> list[str]:
     return [reader.plugin_name for reader in manager.iter_compatible_readers([str(path)])]
 
 
-@pytest.mark.parametrize("name", ["photo.png", "notes.txt", "cells.tif", "table.csv"])
+@pytest.mark.parametrize(
+    "name", ["photo.png", "notes.txt", "cells.tif", "table.csv", "abcd.png", "scan.jp2x"]
+)
 def test_files_of_other_kinds_are_neither_offered_nor_claimed(name, tmp_path):
     path = tmp_path / name
     path.write_bytes(b"not a scan")
@@ -67,7 +71,8 @@ def test_files_of_other_kinds_are_neither_offered_nor_claimed(name, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["IM0001", "1.2.840.113619.2.55.7", "scan.IMA", "brain.mgz", "DICOMDIR"]
+    "name",
+    ["IM0001", "1.2.840.113619.2.55.7", "scan.IMA", "CT.DCM", "brain.mgz", "t1.hdr.gz", "DICOMDIR"],
 )
 def test_dicom_style_and_freesurfer_names_are_offered(name, tmp_path):
     path = tmp_path / name

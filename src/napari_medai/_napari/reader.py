@@ -10,7 +10,6 @@ Label names stored in the file become the layer's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from fnmatch import fnmatch
 from pathlib import Path
 
 import napari
@@ -31,45 +30,15 @@ from napari_medai.core.jobs import run_job
 
 Reader = Callable[[str | list[str]], list[LayerDataTuple]]
 
-#: The reader's ``filename_patterns`` in napari.yaml (a test keeps them equal): every
-#: suffix the core reads, and the names DICOM files go by. ``*[0-9]`` stands for files
-#: named by number or UID with no suffix (IM0001, 00000001, 1.2.840....7), as scanners
-#: and PACS exports write them; napari offers us nothing else, and we claim nothing else.
-FILENAME_PATTERNS = (
-    "*.nii",
-    "*.nii.gz",
-    "*.hdr",
-    "*.hdr.gz",
-    "*.nrrd",
-    "*.nhdr",
-    "*.mha",
-    "*.mhd",
-    "*.mgz",
-    "*.mgh",
-    "*.dcm",
-    "*.DCM",
-    "*.dicom",
-    "*.ima",
-    "*.IMA",
-    "*.zip",
-    "*DICOMDIR",
-    "*[0-9]",
-)
-
 
 def _paths(path: str | list[str]) -> list[Path]:
     return [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
 
 
-def claims(path: Path) -> bool:
-    """Whether ``path`` is a folder or has a name of :data:`FILENAME_PATTERNS`."""
-    return path.is_dir() or any(fnmatch(path.name, pattern) for pattern in FILENAME_PATTERNS)
-
-
 def get_reader(path: str | list[str]) -> Reader | None:
-    """Return :func:`read_layers` when every path is named like a scan we read."""
+    """Return :func:`read_layers` when every path looks like a scan we read."""
     paths = _paths(path)
-    if paths and all(claims(p) and can_read(p) for p in paths):
+    if paths and all(can_read(p) for p in paths):
         return read_layers
     return None
 

@@ -197,3 +197,13 @@ def test_models_shows_title_labels_and_deletes_with_confirmation(
     assert not (folder / "trained-20260101-120000").exists()
     assert main(["models", "--delete", "deepbet-brain", "--yes"]) == 2
     assert "only models there can be deleted" in capfd.readouterr().err
+
+
+def test_a_scan_with_a_very_long_name_still_gets_its_outputs(tmp_path, package, capfd):
+    """File names stop at 255 bytes: each part of an output's name is cut to 100 characters."""
+    scan = tmp_path / ("patient-scan-" * 19 + ".nii.gz")  # a 254-byte name, near the limit
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(scan))
+    out = tmp_path / "out"
+    assert main(["segment", str(scan), "--model", str(package), "--out", str(out)]) == 0
+    [mask] = out.glob("*_seg.nii.gz")
+    assert len(mask.name) <= 255 and mask.name.startswith("patient-scan-patient-scan")

@@ -57,11 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Classify every input; stop at the first bad one (MedaiError, handled by main)."""
     from napari_medai.cli.progress import run_with_bar
-    from napari_medai.cli.segment import _safe
     from napari_medai.core.classification.boxes import read_boxes
     from napari_medai.core.classification.config import ClassifyConfig, parse_axis
     from napari_medai.core.classification.inference import classify_job
-    from napari_medai.core.files import check_can_write, compound_stem
+    from napari_medai.core.files import check_can_write, compound_stem, file_token
     from napari_medai.core.io.reading import check_readable, read_volume_job
     from napari_medai.core.io.writing import write_volume
     from napari_medai.core.models.sources import load_model
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cam is not None:
         for path in inputs:
             name = compound_stem(path) if path.is_file() else path.name
-            cams[path] = args.cam / f"{_safe(name)}_{_safe(model.card.name)}_cam.nii.gz"
+            cams[path] = args.cam / f"{file_token(name)}_{file_token(model.card.name)}_cam.nii.gz"
             check_can_write(cams[path], args.overwrite)
     report = []
     for path in inputs:

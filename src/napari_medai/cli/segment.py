@@ -10,7 +10,6 @@ foreground probability map. Everything runs through the same core jobs and
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from napari_medai.cli.options import add_device, add_trust_bundle
 from napari_medai.cli.progress import run_with_bar
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
+from napari_medai.core.files import check_can_write, compound_stem, compound_suffix, file_token
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 
 if TYPE_CHECKING:
@@ -85,17 +84,12 @@ def _outputs(path: Path, model: LoadedModel, out: Path) -> dict[str, Path]:
     suffix = compound_suffix(path) if path.is_file() else ""
     name = compound_stem(path) if path.is_file() else path.name
     ext = _KEEP_FORMAT.get(suffix, ".nii.gz")
-    base = f"{_safe(name)}_{_safe(model.card.name)}"
+    base = f"{file_token(name)}_{file_token(model.card.name)}"
     return {
         "labels": out / f"{base}_seg{ext}",
         "sidecar": out / f"{base}_seg.json",
         "probability": out / f"{base}_prob{ext}",
     }
-
-
-def _safe(text: str) -> str:
-    """A file-name-safe token: letters, digits, '.', '_' and '-' only."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
 
 
 def _save(

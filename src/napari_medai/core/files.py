@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,6 +27,17 @@ def compound_stem(path: Path) -> str:
     suffix = compound_suffix(path)
     name = Path(path).name
     return name[: -len(suffix)] if suffix else name
+
+
+#: Longest token :func:`file_token` returns: two of them and a suffix stay well
+#: inside the 255 bytes a file name may have on every common file system.
+TOKEN_CHARS = 100
+
+
+def file_token(text: str) -> str:
+    """A file-name-safe token of ``text``: letters, digits, '.', '_' and '-', at most 100."""
+    token = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:TOKEN_CHARS].strip("-")
+    return token or "unnamed"
 
 
 def check_can_write(path: Path, overwrite: bool) -> None:

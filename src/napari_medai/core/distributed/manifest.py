@@ -16,13 +16,12 @@ import glob
 import hashlib
 import io
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.files import compound_stem
+from napari_medai.core.files import compound_stem, file_token
 
 #: Column of a CSV manifest that names the scan (else the first column).
 PATH_COLUMNS = ("path", "file", "scan", "image", "input")
@@ -102,7 +101,7 @@ def scan_item(path: Path, base: Path) -> ScanItem:
         relative = resolved.as_posix()
     name = compound_stem(resolved) if resolved.is_file() else resolved.name
     digest = hashlib.sha1(relative.encode("utf-8")).hexdigest()[:8]
-    return ScanItem(str(resolved), f"{safe_name(name)}-{digest}", fingerprint(resolved))
+    return ScanItem(str(resolved), f"{file_token(name)}-{digest}", fingerprint(resolved))
 
 
 def _listed_item(path: Path, base: Path, source: str | Path) -> ScanItem:
@@ -114,11 +113,6 @@ def _listed_item(path: Path, base: Path, source: str | Path) -> ScanItem:
         raise ManifestError(
             f"{source}: the scan path {shown} cannot be used ({error.strerror})"
         ) from error
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe token: letters, digits, '.', '_' and '-' only."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
 
 
 def fingerprint(path: Path) -> str:

@@ -1,41 +1,31 @@
-"""A small live line plot for the docks, drawn in napari's theme colours.
+"""A small live line plot for the docks, painted with QPainter in napari's theme colours.
 
 Points may arrive many times a second while the GUI thread must stay
-responsive (issue 4: event-loop stalls under 100 ms; issue 11: p99 under
-20 ms). matplotlib draws each frame in a helper process
-(:mod:`~napari_medai._qt.plot_render`, which says why not a thread), fed by
-one helper thread here, and the GUI thread only shows the finished image. A
-timer asks for at most ``max_fps`` frames a second, one at a time, and only
-when something changed; the GUI thread hands over a snapshot of the points and
-the theme colours.
+responsive (issue 11: p99 event-loop stall under 20 ms). QPainter paints a few
+curves in a few milliseconds on the GUI thread, so the plot needs no renderer
+process and no thread (issue 21; it was matplotlib in a helper process). A
+curve with more than four points a pixel column is reduced to each column's
+first, lowest, highest and last point before painting: the same pixels, at a
+cost bound by the width. Changes are coalesced into at most ``max_fps``
+repaints a second, and a hidden plot paints nothing.
 
-Why not pyqtgraph: it is not installed, and it paints on the GUI thread; this
-costs the GUI thread one ``QPixmap`` swap a frame.
+Why not pyqtgraph: it is not a dependency, and a few curves, a legend row and
+two y axes are all the docks need.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import logging
-import os
-import subprocess
-import sys
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from qtpy.QtCore import QRectF, Qt, QTimer, Signal
-from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
-
-from napari_medai._qt.plot_render import Colours, Frame, Scene, Series, read_frame, render
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 if TYPE_CHECKING:
     import napari
-
-logger = logging.getLogger(__name__)
 
 #: The least height of the plot, so that several docks do not squash it flat.
 MIN_HEIGHT_PX = 160
@@ -45,79 +35,57 @@ STYLES = ("line", "points", "line+points")
 AXES = ("left", "right")
 #: Series colours, readable on both the dark and the light napari theme.
 PALETTE = ("#f28e2b", "#4e9fe6", "#59a14f", "#e15759", "#b07aa1", "#9c755f")
-#: Renderer processes that die are restarted this often, then frames are drawn here.
-_MAX_RESTARTS = 3
+#: Space between texts, ticks and edges, in logical pixels.
+_PAD = 4.0
+_TICK = 4.0
+_LEGEND_SAMPLE = 16.0
+_LEGEND_GAP = 12.0
+_POINT_RADIUS = 2.5
+_LINE_WIDTH = 1.5
 
 
-class _Renderer:
-    """The helper process drawing every plot's frames; started on first use."""
+class Colours(NamedTuple):
+    """Theme colours the plot is drawn in (hex strings)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
-        self._starts = 0
-        self._cache: dict[str, Any] = {}
-
-    def warm_up(self) -> None:
-        """Start the process (it imports matplotlib) before the first frame is wanted."""
-        with self._lock:
-            self._running()
-
-    def render(self, scene: Scene) -> Frame:
-        """Draw ``scene`` in the process; here, if the process cannot run."""
-        with self._lock:
-            while (process := self._running()) is not None:
-                try:
-                    process.stdin.write(scene.to_json().encode() + b"\n")
-                    process.stdin.flush()
-                    return read_frame(process.stdout)
-                except (OSError, EOFError) as error:
-                    logger.warning("plot renderer process failed (%s); restarting it", error)
-                    self._stop()
-            return render(scene, self._cache)
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop()
-
-    def _running(self) -> subprocess.Popen | None:
-        if self._process is not None and self._process.poll() is None:
-            return self._process
-        if self._starts >= _MAX_RESTARTS:
-            return None
-        self._starts += 1
-        root = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "napari_medai._qt.plot_render"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg"},
-            )
-        except OSError as error:
-            logger.warning("cannot start the plot renderer (%s); drawing in a thread", error)
-            self._starts = _MAX_RESTARTS
-            return None
-        return self._process
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            for stream in (process.stdin, process.stdout):
-                with contextlib.suppress(OSError):
-                    stream.close()
-            try:
-                process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    background: str
+    text: str
+    lines: str
+    marker: str
 
 
-_RENDERER = _Renderer()
-atexit.register(_RENDERER.close)
-# One helper thread feeds the renderer for every plot; it waits on the pipe, not the GIL.
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-plot")
+@dataclass
+class Series:
+    """One named curve: points, axis ("left" or "right"), style, legend label, colour."""
+
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+    axis: str = "left"
+    style: str = "line"
+    label: str = ""
+    colour: str = PALETTE[0]
+
+
+class Curve(NamedTuple):
+    """A series' points as arrays for one frame, and whether they go on the right axis."""
+
+    series: Series
+    xs: np.ndarray
+    ys: np.ndarray
+    on_right: bool
+
+
+class Layout(NamedTuple):
+    """Where things go in one frame: the axes box (widget coordinates), ranges and ticks."""
+
+    curves: list[Curve]
+    axes: QRectF
+    x_range: tuple[float, float]
+    x_ticks: list[float]
+    y_range: tuple[float, float]
+    y_ticks: list[float]
+    right_range: tuple[float, float] | None
+    right_ticks: list[float]
+    legend_rows: list[list[Series]]
 
 
 def theme_colours(theme_id: str = "dark") -> Colours:
@@ -133,15 +101,97 @@ def theme_colours(theme_id: str = "dark") -> Colours:
     )
 
 
+def nice_ticks(low: float, high: float, most: int) -> list[float]:
+    """About ``most`` round values (1, 2 or 5 times a power of ten apart) in [low, high].
+
+    At least two when the span allows, so that a short axis still reads as a scale.
+    Written here because the only library tick locator installed is matplotlib's,
+    and the point of this module is not to import matplotlib.
+    """
+    span = high - low
+    if not (math.isfinite(span) and span > 0):
+        return [low]
+    raw = span / max(most, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    steps = [m * power for m in (0.1, 0.2, 0.5, 1, 2, 5, 10)]
+    fitting = next(i for i, step in enumerate(steps) if step >= raw)
+    for step in reversed(steps[: fitting + 1]):
+        ticks = [
+            i * step
+            for i in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)
+        ]
+        if len(ticks) >= 2:
+            break
+    return ticks
+
+
+def tick_text(value: float, ticks: list[float]) -> str:
+    """``value`` with as many decimals as the tick spacing needs."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value) or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    text = f"{value:.{decimals}f}"
+    return text.lstrip("-") if float(text) == 0 else text
+
+
+def data_range(
+    arrays: list[np.ndarray], fixed: tuple[float, float] | None, margin: float
+) -> tuple[float, float]:
+    """``fixed`` if given, else the finite values' span widened by ``margin`` of it each side.
+
+    A single value gets a span of a tenth of itself (or one) around it.
+    """
+    if fixed is not None:
+        return float(fixed[0]), float(fixed[1])
+    values = np.concatenate([np.zeros(0), *arrays])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        pad = abs(low) * 0.1 or 1.0
+        return low - pad / 2, high + pad / 2
+    pad = (high - low) * margin
+    return low - pad, high + pad
+
+
+def reduced(px: np.ndarray, py: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """A polyline of at most four points a pixel column that covers the same pixels.
+
+    Each column keeps its first, lowest, highest and last point; only when the
+    x values never go back (as iterations and false positive rates do).
+    """
+    if px.size <= 4 * max(columns, 1) or np.any(np.diff(px) < 0):
+        return px, py
+    column = np.floor(px)
+    starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
+    ends = np.r_[starts[1:], px.size] - 1
+    low, high = np.minimum.reduceat(py, starts), np.maximum.reduceat(py, starts)
+    xs = np.stack([px[starts], px[starts], px[starts], px[ends]], axis=1).ravel()
+    ys = np.stack([py[starts], low, high, py[ends]], axis=1).ravel()
+    return xs, ys
+
+
+def widest(metrics: QFontMetricsF, ticks: list[float]) -> float:
+    """The width of the widest tick value."""
+    return max(metrics.horizontalAdvance(tick_text(t, ticks)) for t in ticks)
+
+
+def finite_runs(px: np.ndarray, py: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stretches of a curve between non-finite points (a NaN loss leaves a gap)."""
+    finite = np.isfinite(px) & np.isfinite(py)
+    edges = np.flatnonzero(np.diff(np.r_[False, finite, False].astype(np.int8)))
+    return [(px[a:b], py[a:b]) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
 class LivePlot(QWidget):
     """Named series against a common x, on a left and optionally a right y axis.
 
     Shows ``empty_text`` until a series has a point. Follows ``viewer``'s theme
     (the dark theme without a viewer). A click (or drag) inside the axes emits
-    :attr:`clicked` with the x of the data under the mouse.
+    :attr:`clicked` with the x of the nearest point.
     """
 
-    #: The data x under a click or drag inside the axes.
+    #: The x of the point nearest (along x) to a click or drag inside the axes.
     clicked = Signal(float)
 
     def __init__(
@@ -165,28 +215,20 @@ class LivePlot(QWidget):
         self._series: dict[str, Series] = {}
         self._marker_x: float | None = None
         self._colours = theme_colours(viewer.theme if viewer is not None else "dark")
-        self._dirty = True
-        self._frame: Frame | None = None
-        self._pending: Future[Frame] | None = None
-        _EXECUTOR.submit(_RENDERER.warm_up)
-        #: Frames shown so far.
+        #: Frames with data painted so far.
         self.redraws = 0
-        self._view = QLabel()
-        self._view.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._view.setWordWrap(True)
-        self._view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.setMinimumSize(200, MIN_HEIGHT_PX)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self._view)
-        self._timer = QTimer(self)
-        self._timer.setInterval(max(1, round(1000.0 / max_fps)))
-        self._timer.timeout.connect(self._tick)
-        self._timer.start()
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        font = QFont(self.font())
+        font.setPointSizeF(max(7.0, font.pointSizeF() - 1.0))
+        self.setFont(font)
+        self._repaint = QTimer(self)
+        self._repaint.setSingleShot(True)
+        self._repaint.setInterval(max(1, round(1000.0 / max_fps)))
+        self._repaint.timeout.connect(self.update)
         if viewer is not None:
             viewer.events.theme.connect(self._on_theme)
-        self._show_empty()
 
     def sizeHint(self):  # noqa: N802 (Qt's name)
         hint = super().sizeHint()
@@ -205,7 +247,7 @@ class LivePlot(QWidget):
         style: str = "line",
         label: str | None = None,
     ) -> None:
-        """Replace (or add) the series ``name``; ``label`` is its legend entry."""
+        """Replace (or add) the series ``name``; ``label`` is its legend entry ("" for none)."""
         if axis not in AXES:
             raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
         if style not in STYLES:
@@ -267,102 +309,255 @@ class LivePlot(QWidget):
         return self._colours
 
     def axes_rect(self) -> QRectF | None:
-        """Where the axes are in the shown frame, in widget coordinates; None if none shown."""
-        if self._frame is None or self.is_empty:
-            return None
-        left, top, width, height = self._frame.axes
-        offset = self._view.geometry().topLeft()
-        image_w = self._frame.width / self.devicePixelRatioF()
-        image_h = self._frame.height / self.devicePixelRatioF()
-        # The label centres the pixmap when it is smaller than the label.
-        dx = offset.x() + (self._view.width() - image_w) / 2
-        dy = offset.y() + (self._view.height() - image_h) / 2
-        return QRectF(left + dx, top + dy, width, height)
+        """Where the axes are, in widget coordinates; None while the empty text shows."""
+        return None if self.is_empty else self.layout_now().axes
+
+    # Layout -----------------------------------------------------------------------------
+
+    def layout_now(self) -> Layout:
+        """Where the axes, ticks and legend go at the widget's present size and data."""
+        metrics = QFontMetricsF(self.font())
+        line = metrics.height()
+        width, height = float(self.width()), float(self.height())
+        right_axis = self._right_y_label is not None
+        rows = self._legend_rows(metrics, width - 2 * _PAD)
+        top = _PAD + len(rows) * line + (_PAD if rows else line / 2)
+        bottom = height - (2 * _PAD + _TICK + 2 * line)
+        most = max(2, int((bottom - top) / (2 * line)))
+        curves = [
+            Curve(s, np.asarray(s.xs), np.asarray(s.ys), right_axis and s.axis == "right")
+            for s in self._series.values()
+        ]
+        left_ys = [c.ys for c in curves if not c.on_right]
+        y_range = data_range(left_ys, self._y_range, 0.05)
+        y_ticks = nice_ticks(*y_range, most)
+        right_range, right_ticks = None, []
+        if right_axis:
+            right_ys = [c.ys for c in curves if c.on_right]
+            right_range = data_range(right_ys, self._right_y_range, 0.05)
+            right_ticks = nice_ticks(*right_range, most)
+        # No margin along x: the curves run from edge to edge.
+        x_range = data_range([c.xs for c in curves], None, 0.0)
+        x_ticks = nice_ticks(*x_range, 6)
+        left = _PAD + line + _PAD + widest(metrics, y_ticks) + _PAD / 2 + _TICK
+        if right_axis:
+            right = width - (_TICK + _PAD / 2 + widest(metrics, right_ticks) + _PAD + line + _PAD)
+        else:  # room for half the last x tick value, centred under the axes' right edge
+            right = width - _PAD - max(widest(metrics, x_ticks) / 2, _PAD)
+        # On half pixels, so that the 1 px frame and ticks are crisp.
+        left, top = math.floor(left) + 0.5, math.floor(top) + 0.5
+        axes = QRectF(left, top, max(round(right - left), 1), max(round(bottom - top), 1))
+        return Layout(
+            curves, axes, x_range, x_ticks, y_range, y_ticks, right_range, right_ticks, rows
+        )
+
+    def _legend_rows(self, metrics: QFontMetricsF, width: float) -> list[list[Series]]:
+        """The labelled series, in rows as wide as ``width`` (a narrow dock gets more rows)."""
+        rows: list[list[Series]] = []
+        used = width
+        for series in self._series.values():
+            if not series.label:
+                continue
+            entry = self._legend_entry_width(metrics, series)
+            if rows and used + _LEGEND_GAP + entry <= width:
+                rows[-1].append(series)
+                used += _LEGEND_GAP + entry
+            else:
+                rows.append([series])
+                used = entry
+        return rows
+
+    @staticmethod
+    def _legend_entry_width(metrics: QFontMetricsF, series: Series) -> float:
+        return _LEGEND_SAMPLE + _PAD + metrics.horizontalAdvance(series.label)
 
     # Events -----------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        self._dirty = True
-        if self.is_empty:
-            self._show_empty()
+        """Repaint soon: at most ``max_fps`` times a second, however often points come."""
+        if not self._repaint.isActive():
+            self._repaint.start()
 
     def _on_theme(self, _event: Any = None) -> None:
         if self._viewer is not None:
             self._colours = theme_colours(self._viewer.theme)
         self._changed()
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        super().resizeEvent(event)
-        self._dirty = True
-
     def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        self._emit_click(event)
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._emit_click(event)
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if event.buttons() & Qt.MouseButton.LeftButton:
             self._emit_click(event)
 
     def _emit_click(self, event) -> None:
-        rect = self.axes_rect()
-        if rect is None or event.button() not in (
-            Qt.MouseButton.LeftButton,
-            Qt.MouseButton.NoButton,
-        ):
-            return
         position = event.position() if hasattr(event, "position") else event.localPos()
-        if not rect.contains(position):
-            return
-        x0, x1 = self._frame.x_range
-        self.clicked.emit(x0 + (position.x() - rect.left()) / rect.width() * (x1 - x0))
+        x = self.x_at(position.x(), position.y())
+        if x is not None:
+            self.clicked.emit(x)
 
-    # Rendering ------------------------------------------------------------------------
+    def x_at(self, px: float, py: float) -> float | None:
+        """The x of the point nearest along x to widget position (px, py); None outside the axes."""
+        if self.is_empty:
+            return None
+        layout = self.layout_now()
+        if not layout.axes.contains(QPointF(px, py)):
+            return None
+        x0, x1 = layout.x_range
+        x = x0 + (px - layout.axes.left()) / layout.axes.width() * (x1 - x0)
+        xs = np.concatenate([c.xs for c in layout.curves])
+        xs = xs[np.isfinite(xs)]
+        return float(xs[np.argmin(np.abs(xs - x))]) if xs.size else None
 
-    def _show_empty(self) -> None:
-        background, text = self._colours.background, self._colours.text
-        self._view.setStyleSheet(f"background-color: {background}; color: {text};")
-        self._view.setText(self._empty_text)
+    # Painting ---------------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        """Show a finished frame; start the next render if something changed."""
-        if self._pending is not None:
-            if not self._pending.done():
-                return
-            pending, self._pending = self._pending, None
-            try:
-                frame = pending.result()
-            except Exception:  # a failed frame is logged; the next change draws again
-                logger.exception("drawing the plot failed")
-            else:
-                if not self.is_empty:
-                    self._show(frame)
-        if not self._dirty or self.is_empty:
-            return
-        self._dirty = False
-        scene = Scene(
-            series=tuple(
-                Series(list(s.xs), list(s.ys), s.axis, s.style, s.label, s.colour)
-                for s in self._series.values()
-            ),
-            colours=self._colours,
-            x_label=self._x_label,
-            y_label=self._y_label,
-            right_y_label=self._right_y_label,
-            y_range=self._y_range,
-            right_y_range=self._right_y_range,
-            marker_x=self._marker_x,
-            width=max(self._view.width(), 100),
-            height=max(self._view.height(), MIN_HEIGHT_PX // 2),
-            scale=self.devicePixelRatioF(),
-        )
-        self._pending = _EXECUTOR.submit(_RENDERER.render, scene)
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.fillRect(self.rect(), QColor(self._colours.background))
+        if self.is_empty:
+            self._paint_empty(painter)
+        else:
+            layout = self.layout_now()
+            self._paint_axes(painter, layout)
+            self._paint_curves(painter, layout)
+            self._paint_legend(painter, layout)
+            self.redraws += 1
+        painter.end()
 
-    def _show(self, frame: Frame) -> None:
-        image = QImage(
-            frame.data, frame.width, frame.height, 4 * frame.width, QImage.Format.Format_RGBA8888
-        )
-        pixmap = QPixmap.fromImage(image)
-        pixmap.setDevicePixelRatio(self.devicePixelRatioF())
-        self._view.setStyleSheet(f"background-color: {self._colours.background};")
-        self._view.setPixmap(pixmap)
-        self._frame = frame
-        self.redraws += 1
+    def _paint_empty(self, painter: QPainter) -> None:
+        painter.setPen(QColor(self._colours.text))
+        box = QRectF(self.rect()).adjusted(2 * _PAD, 2 * _PAD, -2 * _PAD, -2 * _PAD)
+        flags = Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap
+        painter.drawText(box, int(flags), self._empty_text)
+
+    def _paint_axes(self, painter: QPainter, layout: Layout) -> None:
+        """The frame, ticks with their values and the axis labels."""
+        line = QFontMetricsF(self.font()).height()
+        axes = layout.axes
+        painter.setPen(QPen(QColor(self._colours.lines), 1.0))
+        painter.drawRect(axes)
+        x0, x1 = layout.x_range
+        for value in layout.x_ticks:
+            x = axes.left() + (value - x0) / (x1 - x0) * axes.width()
+            painter.setPen(QPen(QColor(self._colours.lines), 1.0))
+            painter.drawLine(QPointF(x, axes.bottom()), QPointF(x, axes.bottom() + _TICK))
+            painter.setPen(QColor(self._colours.text))
+            box = QRectF(x - axes.width() / 2, axes.bottom() + _TICK, axes.width(), line)
+            painter.drawText(
+                box, int(Qt.AlignmentFlag.AlignHCenter), tick_text(value, layout.x_ticks)
+            )
+        self._paint_y_ticks(painter, axes, layout.y_range, layout.y_ticks, left=True)
+        if layout.right_range is not None:
+            self._paint_y_ticks(painter, axes, layout.right_range, layout.right_ticks, left=False)
+        painter.setPen(QColor(self._colours.text))
+        below = QRectF(axes.left(), axes.bottom() + _TICK + line, axes.width(), line)
+        x_label = self._elided(self._x_label, axes.width())
+        painter.drawText(below, int(Qt.AlignmentFlag.AlignHCenter), x_label)
+        self._paint_vertical_label(painter, self._y_label, axes, _PAD + line / 2, -90.0)
+        if self._right_y_label is not None:
+            at = self.width() - _PAD - line / 2
+            self._paint_vertical_label(painter, self._right_y_label, axes, at, 90.0)
+
+    def _paint_y_ticks(
+        self,
+        painter: QPainter,
+        axes: QRectF,
+        value_range: tuple[float, float],
+        ticks: list[float],
+        *,
+        left: bool,
+    ) -> None:
+        metrics = QFontMetricsF(self.font())
+        y0, y1 = value_range
+        edge = axes.left() if left else axes.right()
+        outward = -_TICK if left else _TICK
+        for value in ticks:
+            y = axes.bottom() - (value - y0) / (y1 - y0) * axes.height()
+            painter.setPen(QPen(QColor(self._colours.lines), 1.0))
+            painter.drawLine(QPointF(edge, y), QPointF(edge + outward, y))
+            painter.setPen(QColor(self._colours.text))
+            label = tick_text(value, ticks)
+            advance = metrics.horizontalAdvance(label)
+            x = edge - _TICK - _PAD / 2 - advance if left else edge + _TICK + _PAD / 2
+            painter.drawText(QPointF(x, y + (metrics.ascent() - metrics.descent()) / 2), label)
+
+    def _paint_vertical_label(
+        self, painter: QPainter, label: str, axes: QRectF, x: float, angle: float
+    ) -> None:
+        """``label`` along the axes' height, centred on ``x``, turned by ``angle`` degrees."""
+        line = QFontMetricsF(self.font()).height()
+        painter.save()
+        painter.translate(x, axes.center().y())
+        painter.rotate(angle)
+        box = QRectF(-axes.height() / 2, -line / 2, axes.height(), line)
+        painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter), self._elided(label, axes.height()))
+        painter.restore()
+
+    def _elided(self, label: str, width: float) -> str:
+        """``label``, shortened with an ellipsis only if it is wider than ``width``."""
+        return QFontMetricsF(self.font()).elidedText(label, Qt.TextElideMode.ElideRight, width)
+
+    def _paint_curves(self, painter: QPainter, layout: Layout) -> None:
+        """Every series and the marker, clipped to the axes."""
+        axes = layout.axes
+        painter.save()
+        painter.setClipRect(axes)
+        x0, x1 = layout.x_range
+        for curve in layout.curves:
+            y0, y1 = layout.right_range if curve.on_right else layout.y_range
+            px = axes.left() + (curve.xs - x0) / (x1 - x0) * axes.width()
+            py = axes.bottom() - (curve.ys - y0) / (y1 - y0) * axes.height()
+            self._paint_series(painter, curve.series, px, py, int(axes.width()))
+        if self._marker_x is not None:
+            x = axes.left() + (self._marker_x - x0) / (x1 - x0) * axes.width()
+            painter.setPen(QPen(QColor(self._colours.marker), _LINE_WIDTH))
+            painter.drawLine(QPointF(x, axes.top()), QPointF(x, axes.bottom()))
+        painter.restore()
+
+    @staticmethod
+    def _paint_series(
+        painter: QPainter, series: Series, px: np.ndarray, py: np.ndarray, columns: int
+    ) -> None:
+        colour = QColor(series.colour)
+        for xs, ys in finite_runs(px, py):
+            if "line" in series.style:
+                painter.setPen(QPen(colour, _LINE_WIDTH))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                line_xs, line_ys = reduced(xs, ys, columns)
+                points = zip(line_xs.tolist(), line_ys.tolist(), strict=True)
+                painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in points]))
+            if "points" in series.style:
+                painter.setPen(Qt.PenStyle.NoPen)
+                painter.setBrush(colour)
+                # One dot a whole pixel: more would cover the same pixels again.
+                dots = np.unique(np.round(np.stack([xs, ys], axis=1)), axis=0)
+                for x, y in dots.tolist():
+                    painter.drawEllipse(QPointF(x, y), _POINT_RADIUS, _POINT_RADIUS)
+
+    def _paint_legend(self, painter: QPainter, layout: Layout) -> None:
+        """One row (or more on a narrow dock) above the axes: it never hides the curves."""
+        metrics = QFontMetricsF(self.font())
+        line = metrics.height()
+        for row_index, row in enumerate(layout.legend_rows):
+            entries = [self._legend_entry_width(metrics, s) for s in row]
+            x = (self.width() - sum(entries) - _LEGEND_GAP * (len(row) - 1)) / 2
+            y = _PAD + row_index * line
+            for series, entry in zip(row, entries, strict=True):
+                # On a pixel centre, so that the sample line is crisp.
+                middle = QPointF(x + _LEGEND_SAMPLE / 2, math.floor(y + line / 2) + 0.5)
+                colour = QColor(series.colour)
+                if "line" in series.style:
+                    painter.setPen(QPen(colour, _LINE_WIDTH))
+                    painter.drawLine(
+                        QPointF(x, middle.y()), QPointF(x + _LEGEND_SAMPLE, middle.y())
+                    )
+                if "points" in series.style:
+                    painter.setPen(Qt.PenStyle.NoPen)
+                    painter.setBrush(colour)
+                    painter.drawEllipse(middle, _POINT_RADIUS, _POINT_RADIUS)
+                painter.setPen(QColor(self._colours.text))
+                label_x = x + _LEGEND_SAMPLE + _PAD
+                painter.drawText(QPointF(label_x, y + metrics.ascent()), series.label)
+                x += entry + _LEGEND_GAP

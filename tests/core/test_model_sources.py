@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -328,3 +329,15 @@ def test_deepbet_orientation_code_gives_nibabel_canonical_array(tmp_path, axes):
 def test_bad_axcodes_are_refused(bad):
     with pytest.raises(ModelLoadError, match="orientation"):
         itk_orientation_from_axcodes(bad, "config")
+
+
+def test_a_checkpoint_whose_card_asks_for_a_huge_network_allocates_nothing(tmp_path):
+    """Checked on the meta device first: 20,000 channels would need 43 GB if built."""
+    card = tiny_card()
+    path = tmp_path / "weights.pth"
+    torch.save(tiny_network(card, seed=3).state_dict(), path)
+    huge = json.loads(card.to_json())
+    huge["architecture_args"]["channels"] = [20_000, 20_000]
+    (tmp_path / "weights.pth.json").write_text(json.dumps(huge), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_model(path)

@@ -66,9 +66,14 @@ def load_checkpoint(path: Path, card: ModelCard | None = None) -> LoadedModel:
     """Load a state dict checkpoint into the card's architecture (weights only)."""
     path = Path(path)
     card = _card_for(path, card)
-    network = build_network(card)
     state = load_state_dict_file(path)
-    fit_state_dict(network, state, path, f"{card.architecture} as the card describes it")
+    what = f"{card.architecture} as the card describes it"
+    # Names and shapes are checked on the meta device first, so a card that asks for
+    # a network far larger than the file allocates nothing before it is refused.
+    with torch.device("meta"):
+        fit_state_dict(build_network(card), state, path, what)
+    network = build_network(card)
+    fit_state_dict(network, state, path, what)
     return LoadedModel(
         card, network, str(path), file_sha256([path]), extra={"format": "checkpoint"}
     )

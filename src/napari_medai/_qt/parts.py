@@ -5,12 +5,13 @@ which keeps a combo box with long entries from widening its dock;
 :class:`OnPress`, which tells when a widget is clicked;
 :func:`layers_of` / :func:`follow_layer_list` / :func:`scan_pickers` for layer
 pickers; and
-:func:`paint_apart`, which keeps a dock's repaints cheap.
+:func:`paint_apart`, which keeps a dock's repaints cheap on software OpenGL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from html import escape
 from typing import Any
 
@@ -18,6 +19,7 @@ from magicgui.widgets import ComboBox
 from napari.components import LayerList
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
 from qtpy.QtWidgets import QComboBox, QDockWidget, QLabel, QWidget
 from superqt import QCollapsible
 
@@ -55,16 +57,47 @@ def refresh_scan_pickers(labels_combo: Any, image_combo: Any) -> None:
         image_combo.value = scans[0]
 
 
+#: Words in GL_RENDERER that mark OpenGL drawn by the CPU (Mesa's llvmpipe on Xvfb
+#: and remote desktops, Google's SwiftShader, Microsoft's GDI renderer).
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software", "swiftshader", "gdi generic")
+
+
+@cache
+def opengl_renderer() -> str:
+    """GL_RENDERER of a context like napari's ("" when none can be made)."""
+    from vispy.gloo import gl
+
+    surface = QOffscreenSurface()
+    surface.create()
+    context = QOpenGLContext()
+    if not (context.create() and context.makeCurrent(surface)):
+        return ""
+    try:
+        return str(gl.glGetParameter(gl.GL_RENDERER))
+    finally:
+        context.doneCurrent()
+
+
+def software_opengl() -> bool:
+    """Whether OpenGL is drawn by the CPU, where composing napari's window is slow."""
+    renderer = opengl_renderer().lower()
+    return any(word in renderer for word in SOFTWARE_RENDERERS)
+
+
 def paint_apart(widget: QWidget) -> None:
-    """Give the dock that holds ``widget`` a native window of its own.
+    """With software OpenGL, give the dock that holds ``widget`` a native window of its own.
 
     Qt 5 repaints a window holding a QOpenGLWidget (napari's canvas) by
     composing all of it through OpenGL, so a progress line or plot update in
     a dock costs a whole-window composition: ~36 ms per repaint at
     1600x1000 on software OpenGL (Xvfb, remote desktops), against ~2 ms
     once the dock paints into a native window of its own (measured with
-    ``processEvents`` after ``setText``). Outside a dock this does nothing.
+    ``processEvents`` after ``setText``). On a GPU the composition is cheap,
+    and native child windows are fragile (macOS, Wayland, floating docks), so
+    there, and outside a dock, this does nothing.
     """
+    if not software_opengl():
+        return
     child = widget
     while child.parentWidget() is not None and not isinstance(child.parentWidget(), QDockWidget):
         child = child.parentWidget()

@@ -155,6 +155,7 @@ def test_curves_axes_legend_and_labels_are_drawn_in_their_places(qtbot):
     colours = plot.colours
     pixels = grab(plot)
     axes = plot.axes_rect()
+    assert axes.width() > 100 and axes.height() > 50
     for x in xs[::10]:
         assert colour_around(pixels, to_pixel(plot, x, math.exp(-x / 50)), loss), x
     for x, y in plot.series("dice"):
@@ -181,6 +182,21 @@ def test_curves_axes_legend_and_labels_are_drawn_in_their_places(qtbot):
     # Unclipped: nothing reaches the widget's edge.
     edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     assert near(edges, colours.background, 2).all()
+
+
+def test_a_long_axis_label_is_written_in_full_at_the_least_height(qtbot):
+    label = "held-out macro ROC AUC"
+    plot = make_plot(qtbot, right_y_label=label, right_y_range=(0, 1))
+    plot.resize(400, MIN_HEIGHT_PX)
+    plot.set_series("loss", [1, 2, 3], [0.5, 0.4, 0.3], label="loss")
+    pixels = grab(plot)
+    metrics = QFontMetricsF(plot.font())
+    assert metrics.horizontalAdvance(label) > plot.axes_rect().height()  # longer than the axes
+    strip = near(pixels[:, plot.width() - round(metrics.height()) - 4 :], plot.colours.text, 60)
+    rows = np.flatnonzero(strip.any(axis=1))
+    # Not cut short: the text spans its whole length (less the letters' side bearings).
+    assert rows.max() - rows.min() >= metrics.horizontalAdvance(label) - 6
+    assert near(np.concatenate([pixels[0], pixels[-1]]), plot.colours.background, 2).all()
 
 
 def test_the_marker_is_drawn_at_its_x(qtbot):

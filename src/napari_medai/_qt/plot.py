@@ -320,7 +320,8 @@ class LivePlot(QWidget):
         line = metrics.height()
         width, height = float(self.width()), float(self.height())
         right_axis = self._right_y_label is not None
-        rows = self._legend_rows(metrics, width - 2 * _PAD)
+        # The legend keeps clear of the strips at both sides where the y labels go.
+        rows = self._legend_rows(metrics, width - 2 * (2 * _PAD + line))
         top = _PAD + len(rows) * line + (_PAD if rows else line / 2)
         bottom = height - (2 * _PAD + _TICK + 2 * line)
         most = max(2, int((bottom - top) / (2 * line)))
@@ -486,13 +487,19 @@ class LivePlot(QWidget):
     def _paint_vertical_label(
         self, painter: QPainter, label: str, axes: QRectF, x: float, angle: float
     ) -> None:
-        """``label`` along the axes' height, centred on ``x``, turned by ``angle`` degrees."""
-        line = QFontMetricsF(self.font()).height()
+        """``label`` turned by ``angle`` degrees and centred on ``x``, beside the axes.
+
+        Centred on the axes when it fits their height; else on the whole height,
+        and shortened with an ellipsis only if even that is too short.
+        """
+        metrics = QFontMetricsF(self.font())
+        fits = metrics.horizontalAdvance(label) <= axes.height()
+        length = axes.height() if fits else self.height() - 2 * _PAD
         painter.save()
-        painter.translate(x, axes.center().y())
+        painter.translate(x, axes.center().y() if fits else self.height() / 2)
         painter.rotate(angle)
-        box = QRectF(-axes.height() / 2, -line / 2, axes.height(), line)
-        painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter), self._elided(label, axes.height()))
+        box = QRectF(-length / 2, -metrics.height() / 2, length, metrics.height())
+        painter.drawText(box, int(Qt.AlignmentFlag.AlignCenter), self._elided(label, length))
         painter.restore()
 
     def _elided(self, label: str, width: float) -> str:

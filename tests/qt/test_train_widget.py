@@ -137,6 +137,7 @@ def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
     assert widget.plot.series("loss") == [(h["iteration"], h["loss"]) for h in history]
     dice_in_history = [(h["iteration"], h["val_dice"]) for h in history if "val_dice" in h]
     assert set(widget.plot.series("dice")) <= set(dice_in_history)
+    widget.native.show()  # the plot paints when shown
     qtbot.waitUntil(lambda: widget.plot.redraws > 0, timeout=2000)
     np.testing.assert_array_equal(annotation.data, painted)
 

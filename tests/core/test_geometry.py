@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from napari_medai.core.errors import GeometryError
-from napari_medai.core.geometry import Geometry
+from napari_medai.core.geometry import Geometry, lps_from_ras, ras_from_lps
 from napari_medai.core.volume import LabelMap, Volume, volume_from_sitk, volume_to_sitk
 
 
@@ -87,3 +88,32 @@ def test_vector_pixels_become_a_leading_channel_axis():
 def test_spacing_must_be_positive():
     with pytest.raises(ValueError):
         Geometry((0.0, 1.0, 1.0))
+
+
+def test_ras_affine_is_what_a_nifti_writer_stores(tmp_path):
+    """SimpleITK writes the grid to NIfTI in RAS; nibabel reads that affine back."""
+    image = _oblique_image()
+    sitk.WriteImage(image, str(tmp_path / "oblique.nii"))
+    stored = nibabel.load(tmp_path / "oblique.nii").affine
+    geometry = volume_from_sitk(image).geometry
+    # NIfTI keeps the sform in float32: about 1e-7 relative, so 1e-5 mm over this grid.
+    np.testing.assert_allclose(geometry.ras_affine(), stored, atol=1e-5)
+    assert Geometry.from_ras_affine(stored).is_close(geometry, 1e-5)
+
+
+def test_from_ras_affine_places_voxels_where_nibabel_does():
+    """A sheared, flipped RAS affine: every voxel lands on nibabel's point, x and y negated."""
+    affine = np.array([[-2.0, 0.8, 0, 5], [0, 3, 0.5, -6], [0.2, 0, 4, 7], [0, 0, 0, 1]])
+    geometry = Geometry.from_ras_affine(affine)
+    index_xyz = np.array([[0, 0, 0], [5, 4, 3], [2, 7, 1]])
+    ras = nibabel.affines.apply_affine(affine, index_xyz)
+    lps_zyx = np.column_stack([ras[:, 2], -ras[:, 1], -ras[:, 0]])
+    np.testing.assert_allclose(geometry.index_to_world(index_xyz[:, ::-1]), lps_zyx, atol=1e-12)
+    np.testing.assert_allclose(geometry.ras_affine(), affine, atol=1e-12)
+
+
+def test_lps_ras_flip_negates_x_and_y_and_undoes_itself():
+    matrix = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(lps_from_ras(matrix)[:, 0], [0.0, -4.0, 8.0])
+    np.testing.assert_array_equal(ras_from_lps(lps_from_ras(matrix)), matrix)
+    assert lps_from_ras(matrix) is not matrix and matrix[1, 0] == 4.0

@@ -3,6 +3,8 @@
 :meth:`Geometry.affine` is the only place that builds the napari affine
 (``direction @ diag(spacing)`` plus origin); :mod:`napari_medai.core.volume`
 holds the only pair of functions that convert to and from SimpleITK.
+:func:`lps_from_ras` and :meth:`Geometry.from_ras_affine` are the only LPS<->RAS
+conversions (nibabel, NIfTI and FreeSurfer state positions in RAS).
 """
 
 from __future__ import annotations
@@ -18,6 +20,24 @@ WORLD_AXIS_LABELS = ("S (z)", "P (y)", "L (x)")
 
 #: SimpleITK's own tolerance for "same grid" checks.
 GEOMETRY_TOLERANCE = 1e-6
+
+#: Reverses the order of (x, y, z, 1) homogeneous coordinates to (z, y, x, 1) (its own inverse).
+_XYZ_ZYX = np.eye(4)[[2, 1, 0, 3]]
+
+
+def lps_from_ras(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with its (x, y) rows negated: RAS coordinates become LPS, and back.
+
+    Takes any matrix whose first rows are x and y (a 3x3 direction, a 4x4 affine
+    in (x, y, z) order): L = -R and P = -A, so the conversion is its own inverse.
+    """
+    flipped = np.array(matrix, dtype=np.float64)
+    flipped[:2] *= -1.0
+    return flipped
+
+
+#: The same flip read the other way (RAS from LPS).
+ras_from_lps = lps_from_ras
 
 
 def _as_array(values: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -100,3 +120,12 @@ class Geometry:
         linear = affine[:3, :3]
         spacing = np.linalg.norm(linear, axis=0)
         return cls(spacing, affine[:3, 3], linear / spacing)
+
+    def ras_affine(self) -> np.ndarray:
+        """The 4x4 voxel (i, j, k) = (x, y, z) -> RAS mm affine, as nibabel and NIfTI state it."""
+        return ras_from_lps(_XYZ_ZYX @ self.affine() @ _XYZ_ZYX)
+
+    @classmethod
+    def from_ras_affine(cls, affine: np.ndarray) -> Geometry:
+        """Inverse of :meth:`ras_affine`: the grid of a nibabel image (``image.affine``)."""
+        return cls.from_affine(_XYZ_ZYX @ lps_from_ras(affine) @ _XYZ_ZYX)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_medai.core.geometry import Geometry
+from napari_medai.core.geometry import Geometry, lps_from_ras
 from napari_medai.core.volume import LabelMap, Volume
 
 #: Label value -> (name, HU, centre LPS mm from the body centre, semi-axes mm).
@@ -25,7 +25,7 @@ LABEL_NAMES = {0: "background", **{value: spec[0] for value, spec in ORGANS.item
 
 
 def phantom_geometry(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Geometry:
-    """A grid stored with x and y flipped and rotated 10 degrees about z.
+    """A grid stored along RAS (x and y flipped in LPS) and rotated 10 degrees about z.
 
     That is the kind of direction a NIfTI converter writes, plus an oblique
     turn, so code that ignores the direction lands organs on the wrong side.
@@ -34,7 +34,7 @@ def phantom_geometry(shape: tuple[int, int, int], spacing: tuple[float, float, f
     rotation_xyz = np.array(
         [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1]]
     )
-    direction_xyz = rotation_xyz @ np.diag([-1.0, -1.0, 1.0])
+    direction_xyz = lps_from_ras(rotation_xyz)
     direction = direction_xyz[::-1, ::-1]
     centre_index = (np.array(shape) - 1) / 2.0
     origin = -(direction @ np.diag(spacing) @ centre_index)

@@ -9,7 +9,9 @@ from napari_medai.core.generative.quality import (
     histogram_distance,
     mmd2,
     ms_ssim_diversity,
+    quality_job,
     two_sample_accuracy_job,
+    verdict,
 )
 from napari_medai.core.jobs import run_job
 
@@ -49,3 +51,37 @@ def test_two_sample_accuracy_separates_different_sets_only():
     same = run_job(two_sample_accuracy_job(real, blobs(64, 1), steps=40))
     assert different > 0.9
     assert same < 0.75
+
+
+def test_a_generator_missing_the_structure_is_not_yet_useful_and_a_real_draw_is():
+    """The verdict read from the measures themselves, not from hand-set figures."""
+    real = blobs(64, 0)
+    bad = run_job(quality_job(real, blobs(64, 1, brightness=0.0), steps=40))
+    good = run_job(quality_job(real, blobs(64, 1), steps=40))
+    # Patches without the disc are about 3x further from the real ones than noise
+    # (MMD² 0.16 against 0.057), and a second real draw is near 0 against 0.057:
+    # margins no CPU's summation order can cross.
+    assert bad["verdict"].startswith("Not yet useful: ")
+    assert "no closer to real patches than noise" in bad["verdict"]
+    assert bad["verdict"].endswith("train longer.")
+    assert good["mmd2"] < min(good["mmd2_noise"], good["mmd2_shuffled"])
+    assert not good["verdict"].startswith("Not yet useful"), good["verdict"]
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "mmd", "says"),
+    [
+        (1.0, 0.01, "Not yet useful: a classifier tells its samples from real patches 100%"),
+        (0.6, 0.07, "Not yet useful: its samples are no closer to real patches than noise is"),
+        (0.95, 0.07, "95% of the time (50% would mean it cannot) and its samples are no closer"),
+        (0.6, 0.01, "Closer to real patches than noise (MMD² 0.0100, noise 0.0590)"),
+    ],
+)
+def test_verdict_names_each_reason(accuracy, mmd, says):
+    report = {
+        "two_sample_accuracy": accuracy,
+        "mmd2": mmd,
+        "mmd2_noise": 0.059,
+        "mmd2_shuffled": 0.06,
+    }
+    assert says in verdict(report)

@@ -36,9 +36,9 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from napari_medai.core.distributed.cohort import EngineConfig, cohort_job
-from napari_medai.core.distributed.manifest import read_manifest
-from napari_medai.core.distributed.tasks import TaskSpec
+from napari_medai.core.cohort.manifest import read_manifest
+from napari_medai.core.cohort.run import EngineConfig, cohort_job
+from napari_medai.core.cohort.tasks import TaskSpec
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package

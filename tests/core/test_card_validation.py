@@ -10,8 +10,14 @@ import torch
 
 from napari_medai.core.classification.model import TASK as CLASSIFICATION_TASK
 from napari_medai.core.errors import ModelLoadError
-from napari_medai.core.generative.config import GENERATION_TASK
-from napari_medai.core.models.card import CARD_FILE, LIMITS, TASKS, WEIGHTS_FILE, ModelCard
+from napari_medai.core.models.card import (
+    CARD_FILE,
+    GENERATION_TASK,
+    LIMITS,
+    TASKS,
+    WEIGHTS_FILE,
+    ModelCard,
+)
 from napari_medai.core.models.deepbet import deepbet_card
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package

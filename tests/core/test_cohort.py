@@ -18,16 +18,16 @@ from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort, wr
 from napari_medai.cli import main
 from napari_medai.core.classification.config import ClassifyConfig
 from napari_medai.core.classification.inference import classify_job
-from napari_medai.core.distributed.cohort import cohort_job
-from napari_medai.core.distributed.manifest import (
+from napari_medai.core.cohort.manifest import (
     CohortWarning,
     ManifestError,
     ScanItem,
     fingerprint,
     read_manifest,
 )
-from napari_medai.core.distributed.record import RECORD_FILE, TABLE_FILE, RunRecord
-from napari_medai.core.distributed.tasks import TaskSpec, failed_row
+from napari_medai.core.cohort.record import RECORD_FILE, TABLE_FILE, RunRecord
+from napari_medai.core.cohort.run import cohort_job
+from napari_medai.core.cohort.tasks import TaskSpec, failed_row
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job

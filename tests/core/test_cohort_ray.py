@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 from cohort_scans import save_tiny_model, write_cohort, write_manifest
 
-from napari_medai.core.distributed.cohort import EngineConfig, cohort_job
-from napari_medai.core.distributed.manifest import read_manifest
-from napari_medai.core.distributed.tasks import TaskSpec
+from napari_medai.core.cohort.manifest import read_manifest
+from napari_medai.core.cohort.run import EngineConfig, cohort_job
+from napari_medai.core.cohort.tasks import TaskSpec
 from napari_medai.core.jobs import run_job
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install napari-medai[ray])")

@@ -13,8 +13,8 @@ import SimpleITK as sitk
 import torch
 from safetensors.numpy import load_file
 
+from napari_medai.core.cohort.manifest import ManifestError, read_training_manifest
 from napari_medai.core.distributed import ddp
-from napari_medai.core.distributed.manifest import ManifestError, read_training_manifest
 from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.package import load_model_package

@@ -18,13 +18,8 @@ from napari_medai.core.errors import (
     UnreadableFileError,
 )
 from napari_medai.core.io.dicom_derived import derived_kind, read_scan_and_labels_job
-from napari_medai.core.io.export import (
-    DicomExportConfig,
-    ExportConfig,
-    algorithm_of,
-    export_job,
-    sidecar_path,
-)
+from napari_medai.core.io.dicom_export import DicomExportConfig, algorithm_of
+from napari_medai.core.io.export import ExportConfig, export_job, sidecar_path
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.volume import LabelMap

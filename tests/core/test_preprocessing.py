@@ -9,13 +9,13 @@ import torch
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.models.card import ModelCard
-from napari_medai.core.phantom import phantom_geometry
-from napari_medai.core.segmentation.preprocessing import (
+from napari_medai.core.models.preprocessing import (
     Normaliser,
     SourceGrid,
     model_space,
     to_model_space,
 )
+from napari_medai.core.phantom import phantom_geometry
 from napari_medai.core.volume import Volume
 
 

@@ -21,7 +21,8 @@ from skimage.draw import polygon2mask
 
 from napari_medai.core.errors import ExportError, UnreadableFileError
 from napari_medai.core.io.dicom_derived import read_scan_and_labels_job
-from napari_medai.core.io.export import DicomExportConfig, ExportConfig, export_job
+from napari_medai.core.io.dicom_export import DicomExportConfig
+from napari_medai.core.io.export import ExportConfig, export_job
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.io.rtstruct import read_rtstruct
 from napari_medai.core.jobs import run_job

@@ -20,8 +20,9 @@ from pydicom.dataset import Dataset
 from napari_medai.cli import main
 from napari_medai.core.errors import ExportError
 from napari_medai.core.io.dicom_derived import read_scan_and_labels_job
+from napari_medai.core.io.dicom_export import DicomExportConfig
 from napari_medai.core.io.dicom_seg import read_dicom_seg
-from napari_medai.core.io.export import DicomExportConfig, ExportConfig, export_job
+from napari_medai.core.io.export import ExportConfig, export_job
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.jobs import run_job

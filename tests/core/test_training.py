@@ -14,9 +14,9 @@ from napari_medai.core.jobs import run_job
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package
+from napari_medai.core.models.preprocessing import Normaliser
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
-from napari_medai.core.segmentation.preprocessing import Normaliser
 from napari_medai.core.training import config
 from napari_medai.core.training.annotations import annotation_mask
 from napari_medai.core.training.checkpoints import OPTIMIZER_FILE

@@ -31,10 +31,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort  # noqa: E402
 
-from napari_medai.core.distributed.cohort import EngineConfig, cohort_job  # noqa: E402
-from napari_medai.core.distributed.manifest import CohortWarning, read_manifest  # noqa: E402
-from napari_medai.core.distributed.record import RECORD_FILE, TABLE_FILE, RunRecord  # noqa: E402
-from napari_medai.core.distributed.tasks import SegmentTask, TaskSpec  # noqa: E402
+from napari_medai.core.cohort.manifest import CohortWarning, read_manifest  # noqa: E402
+from napari_medai.core.cohort.record import RECORD_FILE, TABLE_FILE, RunRecord  # noqa: E402
+from napari_medai.core.cohort.run import EngineConfig, cohort_job  # noqa: E402
+from napari_medai.core.cohort.tasks import SegmentTask, TaskSpec  # noqa: E402
 from napari_medai.core.errors import MedaiError  # noqa: E402
 from napari_medai.core.jobs import run_job  # noqa: E402
 

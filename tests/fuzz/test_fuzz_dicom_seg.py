@@ -26,12 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from dicom_factory import write_series  # noqa: E402
 
 from napari_medai.core.errors import MedaiError  # noqa: E402
+from napari_medai.core.io.dicom_export import DicomExportConfig  # noqa: E402
 from napari_medai.core.io.dicom_seg import read_dicom_seg  # noqa: E402
-from napari_medai.core.io.export import (  # noqa: E402
-    DicomExportConfig,
-    ExportConfig,
-    export_job,
-)
+from napari_medai.core.io.export import ExportConfig, export_job  # noqa: E402
 from napari_medai.core.io.reading import read_volume  # noqa: E402
 from napari_medai.core.jobs import run_job  # noqa: E402
 from napari_medai.core.volume import LabelMap  # noqa: E402

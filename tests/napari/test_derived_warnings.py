@@ -7,7 +7,8 @@ import pydicom
 from dicom_factory import write_series
 
 from napari_medai._napari import reader
-from napari_medai.core.io.export import DicomExportConfig, ExportConfig, export_job
+from napari_medai.core.io.dicom_export import DicomExportConfig
+from napari_medai.core.io.export import ExportConfig, export_job
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.volume import LabelMap

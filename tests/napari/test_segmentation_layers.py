@@ -148,7 +148,7 @@ def test_the_job_reports_a_broken_model_before_any_work(viewer_with_image, tmp_p
 
 
 def test_painting_a_models_mask_makes_its_dicom_seg_semiautomatic(viewer_with_image):
-    from napari_medai.core.io.export import algorithm_of
+    from napari_medai.core.io.dicom_export import algorithm_of
 
     viewer, image = viewer_with_image
     volume = segmentation_input(image)

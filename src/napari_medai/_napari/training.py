@@ -181,7 +181,7 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
 def predict_job(
     model: Path, volume: Volume, annotation: np.ndarray
 ) -> Job[tuple[SegmentResult, list[int]]]:
-    """:func:`~napari_medai.core.training.review.predict_for_review_job` in the worker process.
+    """:func:`~napari_medai.core.segmentation.review.predict_for_review_job` in the worker process.
 
     The process that trained the model has torch loaded already, so the
     first prediction imports nothing into napari's process either.

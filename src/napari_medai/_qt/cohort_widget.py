@@ -1,7 +1,7 @@
 """Dock widget "Cohort": segment a whole folder (or manifest) of scans in the background.
 
 Hands the folder of the current scan, or any folder, CSV manifest or glob, to
-a cohort run (``core.distributed.cohort``) through the :class:`JobRunner`. The
+a cohort run (``core.cohort.run``) through the :class:`JobRunner`. The
 masks stay on disk in the output folder with the run record; nothing is added
 to the layer list. Running again resumes: finished scans are skipped.
 """
@@ -113,9 +113,9 @@ class CohortWidget(QWidget):
         self.workers.enabled = self.engine.value == "ray"
 
     def _run(self) -> None:
-        from napari_medai.core.distributed.cohort import EngineConfig, cohort_job
-        from napari_medai.core.distributed.manifest import read_manifest
-        from napari_medai.core.distributed.tasks import TaskSpec
+        from napari_medai.core.cohort.manifest import read_manifest
+        from napari_medai.core.cohort.run import EngineConfig, cohort_job
+        from napari_medai.core.cohort.tasks import TaskSpec
 
         source = str(self.cohort.value)
         spec = TaskSpec("segment", self.model.value.strip())

@@ -18,11 +18,10 @@ from napari_medai._napari.export import export_input, is_dicom_source, source_pa
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai.core.files import compound_stem
+from napari_medai.core.io.dicom_export import ALGORITHM_TYPES, DicomExportConfig
 from napari_medai.core.io.export import (
-    ALGORITHM_TYPES,
     DICOM_FORMATS,
     EXPORT_FORMATS,
-    DicomExportConfig,
     ExportConfig,
     ExportResult,
     export_job,

@@ -51,9 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the cohort with a progress line, then print the summary table and any warnings."""
-    from napari_medai.core.distributed.cohort import EngineConfig, cohort_job
-    from napari_medai.core.distributed.manifest import CohortWarning, read_manifest
-    from napari_medai.core.distributed.tasks import TaskSpec
+    from napari_medai.core.cohort.manifest import CohortWarning, read_manifest
+    from napari_medai.core.cohort.run import EngineConfig, cohort_job
+    from napari_medai.core.cohort.tasks import TaskSpec
     from napari_medai.core.jobs import run_job
 
     spec = TaskSpec(args.task, str(args.model), args.device, args.tta, args.trust_bundle)

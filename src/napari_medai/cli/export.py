@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     """Read, export, print the written paths and any warnings."""
     from napari_medai.cli.labels_input import read_labels
     from napari_medai.cli.progress import run_with_bar
-    from napari_medai.core.io.export import DicomExportConfig, ExportConfig, export_job, format_for
+    from napari_medai.core.io.dicom_export import DicomExportConfig
+    from napari_medai.core.io.export import ExportConfig, export_job, format_for
     from napari_medai.core.io.reading import read_volume_job
 
     kind = format_for(args.out, args.format)

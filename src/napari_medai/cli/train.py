@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the pairs, train, and print where the model is."""
+    from napari_medai.core.cohort.manifest import read_training_manifest
     from napari_medai.core.distributed import ddp
-    from napari_medai.core.distributed.manifest import read_training_manifest
     from napari_medai.core.io.reading import read_label_map, read_volume_job
     from napari_medai.core.training.trainer import TrainConfig, train_job
 

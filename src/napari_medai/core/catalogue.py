@@ -42,7 +42,7 @@ class WorkerJob:
 
 SEGMENT = WorkerJob("napari_medai.core.segmentation.jobs:segment_from_source_job")
 TRAIN_SEGMENTATION = WorkerJob("napari_medai.core.training.trainer:train_job")
-PREDICT_FOR_REVIEW = WorkerJob("napari_medai.core.training.review:predict_for_review_job")
+PREDICT_FOR_REVIEW = WorkerJob("napari_medai.core.segmentation.review:predict_for_review_job")
 TRAIN_CLASSIFIER = WorkerJob("napari_medai.core.classification.training:train_classifier_job")
 TRAIN_GAN = WorkerJob("napari_medai.core.generative.train:train_gan_job")
 

@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from napari_medai.core.classification.config import Region
 from napari_medai.core.models.card import ModelCard
-from napari_medai.core.segmentation.preprocessing import (
+from napari_medai.core.models.preprocessing import (
     ModelSpace,
     Normaliser,
     SourceGrid,

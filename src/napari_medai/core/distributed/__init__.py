@@ -1,1 +1,1 @@
-"""Scale out: cohort runs on many scans (local or Ray) and DDP training helpers (torchrun)."""
+"""DDP training helpers (torchrun)."""

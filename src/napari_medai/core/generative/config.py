@@ -7,8 +7,6 @@ from pathlib import Path
 
 from napari_medai.core.errors import MedaiError
 
-#: The card task of a generator package.
-GENERATION_TASK = "generation"
 #: noise -> image patch, or label map -> image patch (SPADE, pix2pix-style).
 KINDS = ("unconditional", "conditional")
 #: Patch edges must halve four times (the generators start at 1/16 of the patch).

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from napari_medai.core.generative.config import GenerativeError
-from napari_medai.core.segmentation.preprocessing import Normaliser
+from napari_medai.core.models.preprocessing import Normaliser
 from napari_medai.core.training.dataset import choose_intensity
 from napari_medai.core.volume import LabelMap, Volume
 

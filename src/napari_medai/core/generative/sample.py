@@ -19,10 +19,11 @@ import torch
 
 from napari_medai.core.errors import ModelLoadError
 from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
-from napari_medai.core.generative import networks
-from napari_medai.core.generative.config import GENERATION_TASK, GenerativeError
+from napari_medai.core.generative.config import GenerativeError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import Job, Progress
+from napari_medai.core.models import generators
+from napari_medai.core.models.card import GENERATION_TASK
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.training.dataset import Augmenter
@@ -57,7 +58,7 @@ def load_generator(source: str | Path) -> LoadedModel:
 
 def is_conditional(model: LoadedModel) -> bool:
     """Whether the generator turns label maps into images."""
-    return model.card.architecture == networks.CONDITIONAL
+    return model.card.architecture == generators.CONDITIONAL
 
 
 def masks_from_labels(
@@ -142,10 +143,10 @@ def _sample(
     for start in range(0, count, SAMPLE_BATCH):
         size = min(SAMPLE_BATCH, count - start)
         if masks is None:
-            z = networks.latent(size, int(card.architecture_args["latent_dim"]), noise)
+            z = generators.latent(size, int(card.architecture_args["latent_dim"]), noise)
         else:
             part = torch.from_numpy(masks[start : start + size].astype(np.int64))
-            z = networks.condition(networks.label_channels(part, values), noise)
+            z = generators.condition(generators.label_channels(part, values), noise)
         with torch.no_grad():
             out = network(z)[:, 0].float().numpy()
         chunks.append(((out + 1.0) / 2.0).clip(0.0, 1.0) * (high - low) + low)

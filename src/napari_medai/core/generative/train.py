@@ -24,12 +24,12 @@ from monai.utils import set_determinism
 
 from napari_medai.core.devices import choose_device
 from napari_medai.core.files import check_can_write
-from napari_medai.core.generative import networks
-from napari_medai.core.generative.config import GENERATION_TASK, GanConfig, GenerativeError
+from napari_medai.core.generative.config import GanConfig, GenerativeError
 from napari_medai.core.generative.patches import PatchSource
 from napari_medai.core.generative.quality import quality_job
 from napari_medai.core.jobs import Job, Progress, scaled
-from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models import generators as networks
+from napari_medai.core.models.card import GENERATION_TASK, ModelCard
 from napari_medai.core.models.package import save_model_package
 from napari_medai.core.training.loop import Schedule, Steps, run_training
 from napari_medai.core.volume import LabelMap, Volume

@@ -18,6 +18,7 @@ from typing import Any
 from napari_medai import __version__
 from napari_medai.core.errors import ExportError
 from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
+from napari_medai.core.io.dicom_export import DicomExportConfig
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap
 
@@ -32,47 +33,6 @@ EXPORT_FORMATS = {
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
 _BY_SUFFIX = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".mha": "mha"}
 _HASH_CHUNK = 1 << 20
-
-
-#: Algorithm type choices; "auto" derives it from the provenance.
-ALGORITHM_TYPES = ("auto", "manual", "semiautomatic", "automatic")
-
-
-@dataclass(frozen=True)
-class DicomExportConfig:
-    """Choices for DICOM-SEG and RTSTRUCT outputs (the widget and CLI build one).
-
-    ``algorithm``: one of :data:`ALGORITHM_TYPES`. ``deidentify``: PS3.15 basic
-    profile (UIDs kept). ``new_uids``: write against a source series whose UIDs
-    were blanked, referencing new UIDs (with a warning) instead of refusing.
-    ``compact``: a LABELMAP segmentation compressed with JPEG-LS (one frame per
-    slice instead of one per slice and label: far smaller with many labels, but
-    read only by recent viewers); otherwise BINARY, which every SEG reader opens.
-    """
-
-    algorithm: str = "auto"
-    deidentify: bool = False
-    new_uids: bool = False
-    compact: bool = False
-
-
-def algorithm_of(provenance: Mapping[str, Any], choice: str = "auto") -> tuple[str, str | None]:
-    """The segment algorithm type and model name for a mask's provenance.
-
-    A mask with a model in its provenance is AUTOMATIC (SEMIAUTOMATIC when the
-    provenance says it was edited); one without is MANUAL.
-    """
-    if choice not in ALGORITHM_TYPES:
-        raise ExportError(f"algorithm type must be one of {', '.join(ALGORITHM_TYPES)}")
-    model = provenance.get("model")
-    model_name = str(model) if model else None
-    if choice == "auto":
-        if model_name is None:
-            return "MANUAL", None
-        choice = "semiautomatic" if provenance.get("edited") else "automatic"
-    if choice != "manual" and model_name is None:
-        model_name = "napari-medai"
-    return choice.upper(), model_name if choice != "manual" else None
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from napari_medai import __version__
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.files import atomic_write
 from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.dicom_export import DicomExportConfig, algorithm_of
 from napari_medai.core.io.dicom_seg import LARGEST_ROI_NUMBER, labels_to_export
 from napari_medai.core.io.dicom_source import SourceSeries, deidentify
-from napari_medai.core.io.export import DicomExportConfig, algorithm_of
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.volume import LabelMap, Volume
 

@@ -20,21 +20,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from napari_medai.core.errors import ModelLoadError
-from napari_medai.core.generative.config import GENERATION_TASK
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT_VERSION = 1
 
-#: Intensity normalisations a card may name (see ``core.segmentation.preprocessing``):
+#: Intensity normalisations a card may name (see ``core.models.preprocessing``):
 #: ``{"kind": "window", "low": -160, "high": 240}`` clips and scales a CT window,
 #: ``{"kind": "percentile", "low": 0.5, "high": 99.5}`` scales MR by percentiles,
 #: ``{"kind": "zscore"}`` standardises over non-zero voxels, ``{"kind": "none"}``.
 INTENSITY_KINDS = ("window", "percentile", "zscore", "none")
 
+#: The card task of a generator package (an image GAN; it segments nothing).
+GENERATION_TASK = "generation"
 #: What a card's ``task`` may say: the tasks napari-medai trains or runs
-#: (classification's and generation's task names are also kept in their own
-#: modules; tests/core/test_card_validation.py checks they are listed here).
+#: (classification's task name is also kept in its own module;
+#: tests/core/test_card_validation.py checks it is listed here).
 TASKS = ("segmentation", "classification", GENERATION_TASK, "brain extraction")
 
 

@@ -9,9 +9,8 @@ import torch
 from monai.networks import nets
 
 from napari_medai.core.errors import ModelLoadError
-from napari_medai.core.generative.config import GENERATION_TASK
-from napari_medai.core.generative.networks import build_generator
-from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.card import GENERATION_TASK, ModelCard
+from napari_medai.core.models.generators import build_generator
 
 #: Architectures a card may name. Extending this list is a code change, never a
 #: string in a file, so a card cannot make us import anything.

@@ -1,1 +1,1 @@
-"""Segmentation: model-space preprocessing and inference."""
+"""Segmentation: inference, its jobs and the review round of active learning."""

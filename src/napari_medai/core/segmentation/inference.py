@@ -1,6 +1,6 @@
 """Segmentation inference as a generator job.
 
-Pipeline: map the scan into the model's space (``core.segmentation.preprocessing``), run
+Pipeline: map the scan into the model's space (``core.models.preprocessing``), run
 the network over sliding windows (3D models) or slice by slice along z (2D and
 2.5D models), or call the model's whole-volume predictor, average softmax over
 flips for test-time augmentation, stitch with Gaussian weights, map the class
@@ -39,15 +39,16 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.card import ModelCard, refuse_generator
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
-from napari_medai.core.segmentation.preprocessing import (
+from napari_medai.core.models.preprocessing import (
     CHUNK_VOXELS,
     ModelSpace,
     Normaliser,
     SourceGrid,
+    check_image_values,
     model_space,
     to_model_space,
 )
+from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.volume import LabelMap, Volume
 
 logger = logging.getLogger(__name__)
@@ -70,23 +71,6 @@ def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Jo
     _check_input(volume, model.card)
     device = choose_device(config.device)
     return _segment(volume, model, config, device)
-
-
-def check_image_values(array: np.ndarray, what: str = "the image") -> None:
-    """Refuse complex images and images with NaN or infinite values (a model cannot use them)."""
-    if array.dtype.kind == "c":
-        raise MedaiError(
-            f"{what} holds complex values (MR phase/k-space data?); use its magnitude image"
-        )
-    if array.dtype.kind not in "biuf":
-        raise MedaiError(f"{what} holds {array.dtype} values, not numbers")
-    if array.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise MedaiError(
-                f"{what} holds {bad} voxel(s) that are not numbers (NaN or infinite); "
-                "fill them (for example with the background value) first"
-            )
 
 
 def _check_input(volume: Volume, card: ModelCard) -> None:

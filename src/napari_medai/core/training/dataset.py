@@ -22,7 +22,7 @@ from monai.transforms import Compose, RandGaussianNoise, RandScaleIntensity, Ran
 from monai.utils import convert_to_tensor
 
 from napari_medai.core.errors import GeometryError, MedaiError
-from napari_medai.core.segmentation.preprocessing import Normaliser
+from napari_medai.core.models.preprocessing import Normaliser
 from napari_medai.core.training.annotations import AXIS_NAMES, annotation_mask, painted_planes
 from napari_medai.core.training.strengths import AugmentStrengths
 from napari_medai.core.volume import LabelMap, Volume

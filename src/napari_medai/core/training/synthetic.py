@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.segmentation.preprocessing import Normaliser
+from napari_medai.core.models.preprocessing import Normaliser
 
 
 @dataclass

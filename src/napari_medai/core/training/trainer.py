@@ -34,8 +34,8 @@ from napari_medai.core.models.card import CARD_FILE, ModelCard, refuse_generator
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
+from napari_medai.core.models.preprocessing import check_image_values
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.segmentation.inference import check_image_values
 from napari_medai.core.training.annotations import choose_dimensionality
 from napari_medai.core.training.checkpoints import (
     LAST,

@@ -31,6 +31,23 @@ from napari_medai.core.windows import subsample
 CHUNK_VOXELS = 1 << 20
 
 
+def check_image_values(array: np.ndarray, what: str = "the image") -> None:
+    """Refuse complex images and images with NaN or infinite values (a model cannot use them)."""
+    if array.dtype.kind == "c":
+        raise MedaiError(
+            f"{what} holds complex values (MR phase/k-space data?); use its magnitude image"
+        )
+    if array.dtype.kind not in "biuf":
+        raise MedaiError(f"{what} holds {array.dtype} values, not numbers")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise MedaiError(
+                f"{what} holds {bad} voxel(s) that are not numbers (NaN or infinite); "
+                "fill them (for example with the background value) first"
+            )
+
+
 @dataclass(frozen=True)
 class ModelSpace:
     """The grid a model runs on; ``identity`` when it is the source grid itself."""

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from napari_medai.core.distributed.manifest import ScanItem, content_sha256
+from napari_medai.core.cohort.manifest import ScanItem, content_sha256
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
 

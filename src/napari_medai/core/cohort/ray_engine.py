@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from napari_medai.core.distributed.manifest import ScanItem
-from napari_medai.core.distributed.tasks import CohortWorker, TaskSpec, failed_row
+from napari_medai.core.cohort.manifest import ScanItem
+from napari_medai.core.cohort.tasks import CohortWorker, TaskSpec, failed_row
 from napari_medai.core.errors import MedaiError
 
 #: Scans in flight per actor: one in the model, one being read or written.

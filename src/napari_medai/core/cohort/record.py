@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from napari_medai.core.distributed.manifest import ScanItem
+from napari_medai.core.cohort.manifest import ScanItem
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import atomic_write
 

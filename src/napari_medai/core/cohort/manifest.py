@@ -5,8 +5,8 @@ the folder all the cohort's scans share), so outputs keep their names when the
 cohort folder moves or is listed another way (CSV, folder, glob), and two
 ``scan.nii.gz`` in different folders never collide. The cheap fingerprint
 (size, modification time and a hash of the first and last MiB) tells a resumed
-run which inputs changed; the content hash (SHA-256) is computed by the worker
-that reads the scan anyway.
+run which inputs changed; the content hash (:func:`~napari_medai.core.hashing.content_sha256`)
+is computed by the worker that reads the scan anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import compound_stem, file_token
+from napari_medai.core.hashing import content_files
 
 #: Column of a CSV manifest that names the scan (else the first column).
 PATH_COLUMNS = ("path", "file", "scan", "image", "input")
@@ -39,7 +40,6 @@ SCAN_SUFFIXES = (
     ".zip",
     ".dcm",
 )
-_HASH_CHUNK = 1 << 20
 #: Bytes the fingerprint hashes at each end of a scan file: an edit that keeps the size and
 #: modification time still shows there (a gzip trailer holds the CRC of all the content).
 END_BLOCK = 1 << 20
@@ -124,7 +124,7 @@ def fingerprint(path: Path) -> str:
     path = Path(path)
     if not _exists(path):
         return "missing"
-    files = _files(path)
+    files = content_files(path)
     block = max(MIN_END_BLOCK, END_BLOCK // max(len(files), 1))
     digest = hashlib.sha1()
     for file in files:
@@ -150,24 +150,6 @@ def _end_blocks(file: Path, size: int, block: int) -> bytes:
             return head + handle.read(block)
     except OSError:
         return b"unreadable"  # the worker then says why it cannot read the scan
-
-
-def content_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (names and contents, sorted)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in _files(path):
-        if file != path:
-            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
-        with open(file, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _files(path: Path) -> list[Path]:
-    """``path`` itself, or the files of a folder scan in a stable order."""
-    return [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
 
 
 def _is_scan(path: Path) -> bool:

@@ -20,8 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from napari_medai.core.cohort.manifest import ScanItem, content_sha256
+from napari_medai.core.cohort.manifest import ScanItem
 from napari_medai.core.errors import MedaiError, ModelLoadError
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
 
 if TYPE_CHECKING:

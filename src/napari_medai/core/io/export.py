@@ -9,7 +9,6 @@ is replaced without ``overwrite``; the label map is never modified.
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from napari_medai import __version__
 from napari_medai.core.errors import ExportError
 from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.io.dicom_export import DicomExportConfig
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap
@@ -32,7 +32,6 @@ EXPORT_FORMATS = {
 }
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
 _BY_SUFFIX = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".mha": "mha"}
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -167,20 +166,6 @@ def _dicom_job(
     return (yield from scaled(job, 0.4, 1.0))
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (sorted by relative path, names included)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as stream:
-            while chunk := stream.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _sidecar(
     label_map: LabelMap,
     written: Path,
@@ -214,8 +199,8 @@ def _sidecar(
     )
     sidecar.update(
         format=kind,
-        output_sha256=file_sha256(written),
-        source_sha256=file_sha256(source) if source is not None and source.exists() else None,
+        output_sha256=content_sha256(written),
+        source_sha256=content_sha256(source) if source is not None and source.exists() else None,
         plugin_version=__version__,
         exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         warnings=warnings,

@@ -31,11 +31,12 @@ from monai.transforms import (
 )
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.models.axes import ReversedAxes, itk_orientation_from_axcodes
 from napari_medai.core.models.card import LIMITS, ModelCard
 from napari_medai.core.models.formats import METADATA_FILE
 from napari_medai.core.models.loaded import LoadedModel
-from napari_medai.core.models.weights import file_sha256, fit_state_dict, load_state_dict_file
+from napari_medai.core.models.weights import fit_state_dict, load_state_dict_file
 
 INFERENCE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 UNTRUSTED_REASON = (
@@ -118,7 +119,7 @@ def _load_bundle_folder(root: Path, source: str) -> LoadedModel:
         card,
         ReversedAxes(network).eval(),
         source,
-        file_sha256([weights]),
+        content_sha256(weights),
         extra={"format": "bundle", "bundle_version": metadata.get("version")},
     )
 

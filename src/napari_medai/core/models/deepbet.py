@@ -74,16 +74,16 @@ def load_deepbet() -> LoadedModel:
         raise ModelLoadError(
             f"{DEEPBET_NAME}: deepbet's weights are missing ({', '.join(missing)})"
         )
+    from napari_medai.core.hashing import content_sha256
     from napari_medai.core.models.axes import ReversedAxes
     from napari_medai.core.models.deepbet_network import DeepbetNetwork
-    from napari_medai.core.models.weights import file_sha256
 
     network = ReversedAxes(DeepbetNetwork()).eval()
     return LoadedModel(
         deepbet_card(),
         network,
         DEEPBET_NAME,
-        file_sha256(files),
+        content_sha256(files[0].parent, files),
         predict_volume=network,
         extra={"format": "builtin", "weights": [f.name for f in files]},
     )

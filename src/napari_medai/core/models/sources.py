@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.models.bundle import load_bundle
 from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.deepbet import DEEPBET_NAME, load_deepbet
@@ -24,7 +25,6 @@ from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.package import load_model_package
 from napari_medai.core.models.registry import find_model
 from napari_medai.core.models.torchscript import load_weight_file
-from napari_medai.core.models.weights import file_sha256
 
 _KINDS = (
     "a model package folder (card.json + model.safetensors), a MONAI bundle "
@@ -67,7 +67,7 @@ def _load_folder(path: Path, trusted: bool) -> LoadedModel:
             card,
             network,
             str(path),
-            file_sha256([path / WEIGHTS_FILE]),
+            content_sha256(path / WEIGHTS_FILE),
             extra={"format": "package"},
         )
     raise ModelLoadError(f"{path}: this folder holds no model; a model is {_KINDS}")

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.weights import (
-    file_sha256,
     fit_state_dict,
     is_torchscript_archive,
     load_state_dict_file,
@@ -58,7 +58,7 @@ def load_torchscript(path: Path, card: ModelCard | None = None) -> LoadedModel:
             f"{path}: not a loadable TorchScript archive ({first_line})"
         ) from error
     return LoadedModel(
-        card, network.eval(), str(path), file_sha256([path]), extra={"format": "torchscript"}
+        card, network.eval(), str(path), content_sha256(path), extra={"format": "torchscript"}
     )
 
 
@@ -75,7 +75,7 @@ def load_checkpoint(path: Path, card: ModelCard | None = None) -> LoadedModel:
     network = build_network(card)
     fit_state_dict(network, state, path, what)
     return LoadedModel(
-        card, network, str(path), file_sha256([path]), extra={"format": "checkpoint"}
+        card, network, str(path), content_sha256(path), extra={"format": "checkpoint"}
     )
 
 

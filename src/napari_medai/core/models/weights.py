@@ -1,4 +1,4 @@
-"""Reading weight files without ever running code from them, and hashing them.
+"""Reading weight files without ever running code from them.
 
 ``torch.load`` is only ever called with ``weights_only=True``: PyTorch's
 restricted unpickler then accepts tensors, containers and numbers and refuses
@@ -8,10 +8,9 @@ is no fallback to full unpickling.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from napari_medai.core.errors import ModelLoadError
 
 #: Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "network", "net")
-
-
-def file_sha256(paths: Iterable[Path]) -> str:
-    """SHA-256 of the files' bytes, read in order (provenance of the weights)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def is_torchscript_archive(path: Path) -> bool:

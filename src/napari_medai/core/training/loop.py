@@ -1,13 +1,10 @@
 """The one training loop: budgets, threads, validation, checkpoints, progress and stop.
 
-The segmentation, classification and GAN trainers are :class:`Steps`: an
-optimizer step plus the hooks they need (validate, save the last checkpoint,
-what to keep when the run ends). :func:`run_training` drives them as a
-generator job (see ``core.jobs``): it trains on the training thread count,
-counts training time on a :class:`Clock` stopped while the consumer holds an
-event, ends at the first budget spent, validates and checkpoints every so many
-seconds, and yields a :class:`Progress` after every step with the step's
-history entry as payload. Stopping the job (``close()``) or an error still runs
+The segmentation, classification and GAN trainers are :class:`Steps` (a step
+plus the hooks they need) that :func:`run_training` drives as a generator job
+(``core.jobs``) on the training threads. Training time runs on a :class:`Clock`
+stopped while the consumer holds an event; every step yields a :class:`Progress`
+with its history entry. Stopping the job (``close()``) or an error still runs
 :meth:`Steps.finish`, so nothing learnt is lost.
 """
 
@@ -78,10 +75,6 @@ class Clock:
     def elapsed(self) -> float:
         """Training seconds of every session so far."""
         return self.total + (self.now() - self.mark if self.mark is not None else 0.0)
-
-    def session(self) -> float:
-        """Training seconds of this session (what the time budget counts)."""
-        return self.elapsed() - self.carried_s
 
 
 class Steps:
@@ -169,7 +162,7 @@ def _steps(trainer: Steps, schedule: Schedule, clock: Clock) -> Job[None]:
     next_checkpoint = _after(clock, schedule.checkpoint_every_s)
 
     def spent() -> float:
-        return schedule.fraction(trainer.iteration - first, clock.session())
+        return schedule.fraction(trainer.iteration - first, clock.elapsed() - clock.carried_s)
 
     while trainer.agree((fraction := spent()) < 1.0):
         losses = trainer.step(fraction)
@@ -180,8 +173,9 @@ def _steps(trainer: Steps, schedule: Schedule, clock: Clock) -> Job[None]:
             started = clock.elapsed()
             entry.update((yield from _held(clock, trainer.validate(fraction))))
             validated_at = trainer.iteration
-            took = (clock.elapsed() - started) * (1 / schedule.validation_share - 1)
-            next_validation = clock.elapsed() + max(schedule.validation_every_s, took)
+            # Training for (1/share - 1) times what validation took keeps it to its share.
+            rest = (clock.elapsed() - started) * (1 / schedule.validation_share - 1)
+            next_validation = clock.elapsed() + max(schedule.validation_every_s, rest)
         trainer.history.append(entry)
         if trainer.is_main and clock.elapsed() >= next_checkpoint:
             trainer.elapsed_s = clock.elapsed()
@@ -196,7 +190,6 @@ def _steps(trainer: Steps, schedule: Schedule, clock: Clock) -> Job[None]:
         and trainer.history
         and validated_at != trainer.iteration
     ):
-        trainer.elapsed_s = clock.elapsed()
         final = yield from _held(clock, trainer.validate(schedule.share))
         trainer.history[-1].update(final)
 

@@ -18,26 +18,13 @@ from napari_medai._napari.export import export_input, is_dicom_source, source_pa
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai.core.files import compound_stem
+from napari_medai.core.io import exporters
 from napari_medai.core.io.dicom_export import ALGORITHM_TYPES, DicomExportConfig
-from napari_medai.core.io.export import (
-    DICOM_FORMATS,
-    EXPORT_FORMATS,
-    ExportConfig,
-    ExportResult,
-    export_job,
-    sidecar_path,
-)
+from napari_medai.core.io.export import ExportConfig, ExportResult, export_job, sidecar_path
+from napari_medai.core.io.exporters import Exporter, exporter_named
 
 if TYPE_CHECKING:
     import napari
-
-_FORMAT_LABELS = {
-    "nifti": "NIfTI (.nii.gz)",
-    "nrrd": "NRRD (.nrrd)",
-    "mha": "MetaImage (.mha)",
-    "dicom-seg": "DICOM-SEG (.dcm)",
-    "rtstruct": "DICOM RTSTRUCT (.dcm)",
-}
 
 
 def ask_overwrite(parent, paths: list[Path]) -> bool:
@@ -59,9 +46,8 @@ class ExportWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
         self.labels_layer, self.image_layer = scan_pickers(napari_viewer.layers)
-        self.format = ComboBox(
-            label="Format", choices=[(_FORMAT_LABELS[key], key) for key in EXPORT_FORMATS]
-        )
+        formats = [(exporter.label, exporter.name) for exporter in exporters.EXPORTERS]
+        self.format = ComboBox(label="Format", choices=formats)
         self.path = FileEdit(label="Save as", mode="w")
         self.algorithm = ComboBox(label="Algorithm", choices=ALGORITHM_TYPES, value="auto")
         self.algorithm.tooltip = (
@@ -80,6 +66,13 @@ class ExportWidget(Container):
             "labels, but only recent viewers read it"
         )
         self.sidecar = CheckBox(text="JSON provenance sidecar", value=True)
+        # DicomExportConfig field -> its widget; enabled when the format honours it.
+        self._dicom_choices = {
+            "algorithm": self.algorithm,
+            "deidentify": self.deidentify,
+            "new_uids": self.new_uids,
+            "compact": self.compact,
+        }
         self.status = Label(value="")
         self.export_button = PushButton(text="Export")
         super().__init__(
@@ -115,6 +108,11 @@ class ExportWidget(Container):
         refresh_scan_pickers(self.labels_layer, self.image_layer)
         self._update()
 
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter of the chosen format."""
+        return exporter_named(self.format.value)
+
     def blocker(self) -> str:
         """Why Export cannot run now ("" when it can)."""
         if self.runner.running:
@@ -123,18 +121,16 @@ class ExportWidget(Container):
             return "Add or pick a Labels layer to export"
         if not str(self.path.value) or Path(self.path.value).name in ("", "."):
             return "Choose a file to save as"
-        if self.format.value in DICOM_FORMATS and not is_dicom_source(self.image_layer.value):
+        if self.exporter.needs_series and not is_dicom_source(self.image_layer.value):
             return (
-                f"{_FORMAT_LABELS[self.format.value]} needs the scan to come from a DICOM "
+                f"{self.exporter.label} needs the scan to come from a DICOM "
                 "series; export NIfTI or NRRD instead"
             )
         return ""
 
     def _update(self, _event=None) -> None:
-        dicom = self.format.value in DICOM_FORMATS
-        for widget in (self.algorithm, self.deidentify, self.new_uids):
-            widget.enabled = dicom
-        self.compact.enabled = self.format.value == "dicom-seg"
+        for choice, widget in self._dicom_choices.items():
+            widget.enabled = choice in self.exporter.choices
         reason = self.blocker()
         self.export_button.enabled = not reason
         self.export_button.tooltip = reason or "Write the file (and its sidecar)"
@@ -144,7 +140,7 @@ class ExportWidget(Container):
     def output_path(self) -> Path:
         """The chosen file, with the format's suffix added when it has none of its own."""
         path = Path(self.path.value)
-        suffix = EXPORT_FORMATS[self.format.value]
+        suffix = self.exporter.suffix
         return path if path.name.endswith(suffix) else path.with_name(compound_stem(path) + suffix)
 
     def export(self, _event=None) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FORMATS = ("nifti", "nrrd", "mha", "dicom-seg", "rtstruct")
+from napari_medai.core.io import exporters
+from napari_medai.core.io.dicom_export import ALGORITHM_TYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--like", required=True, type=Path, help="the scan the labels belong to (DICOM for SEG)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output file")
-    parser.add_argument("--format", choices=FORMATS, help="default: from the suffix (.dcm: SEG)")
+    parser.add_argument(
+        "--format",
+        choices=[exporter.name for exporter in exporters.EXPORTERS],
+        help="default: from the suffix (.dcm: SEG)",
+    )
     parser.add_argument(
         "--algorithm",
-        choices=("auto", "manual", "semiautomatic", "automatic"),
+        choices=ALGORITHM_TYPES,
         default="auto",
         help="DICOM segment algorithm type (auto: AUTOMATIC if a model made it, else MANUAL)",
     )
@@ -56,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from napari_medai.cli.labels_input import read_labels
     from napari_medai.cli.progress import run_with_bar
     from napari_medai.core.io.dicom_export import DicomExportConfig
-    from napari_medai.core.io.export import ExportConfig, export_job, format_for
+    from napari_medai.core.io.export import ExportConfig, export_job
+    from napari_medai.core.io.exporters import exporter_for
     from napari_medai.core.io.reading import read_volume_job
 
-    kind = format_for(args.out, args.format)
+    kind = exporter_for(args.out, args.format).name
     image = run_with_bar(read_volume_job(args.like), f"reading {args.like.name}")
     labels = read_labels(args.labels, reference=image)
     config = ExportConfig(

@@ -1,8 +1,9 @@
 """Export a label map in the format a clinic needs, with a JSON provenance sidecar.
 
-One entry point for the Export widget and ``napari-medai export``: NIfTI, NRRD
-and MetaImage through the label writer; DICOM-SEG and RTSTRUCT against the
-DICOM series the mask was drawn on. Every file is written atomically; nothing
+One entry point for the Export widget and ``napari-medai export``; the formats
+are the exporters of :mod:`.exporters` (NIfTI, NRRD and MetaImage through the
+label writer; DICOM-SEG and RTSTRUCT against the DICOM series the mask was
+drawn on). Every file is written atomically; nothing
 is replaced without ``overwrite``; the label map is never modified.
 """
 
@@ -10,33 +11,26 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_medai import __version__
 from napari_medai.core.errors import ExportError
-from napari_medai.core.files import check_can_write, compound_stem, compound_suffix
+from napari_medai.core.files import check_can_write, compound_stem
 from napari_medai.core.hashing import content_sha256
 from napari_medai.core.io.dicom_export import DicomExportConfig
+from napari_medai.core.io.exporters import ExportRequest, exporter_for
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap
 
-#: Format name -> file suffix; the first three go through the label writer.
-EXPORT_FORMATS = {
-    "nifti": ".nii.gz",
-    "nrrd": ".nrrd",
-    "mha": ".mha",
-    "dicom-seg": ".dcm",
-    "rtstruct": ".dcm",
-}
-DICOM_FORMATS = ("dicom-seg", "rtstruct")
-_BY_SUFFIX = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".mha": "mha"}
+if TYPE_CHECKING:
+    from napari_medai.core.io.dicom_source import SourceSeries
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to write: ``format`` (a key of :data:`EXPORT_FORMATS`), DICOM choices, sidecar."""
+    """What to write: ``format`` (an exporter's name), DICOM choices, sidecar."""
 
     format: str = "nifti"
     dicom: DicomExportConfig = field(default_factory=DicomExportConfig)
@@ -49,23 +43,6 @@ class ExportResult:
 
     paths: list[Path]
     warnings: list[str]
-
-
-def format_for(path: Path, requested: str | None = None) -> str:
-    """The export format: ``requested``, else guessed from the suffix (.dcm means SEG)."""
-    if requested:
-        if requested not in EXPORT_FORMATS:
-            raise ExportError(f"unknown format {requested!r}; choose {', '.join(EXPORT_FORMATS)}")
-        return requested
-    suffix = compound_suffix(Path(path))
-    if suffix == ".dcm":
-        return "dicom-seg"
-    if suffix not in _BY_SUFFIX:
-        raise ExportError(
-            f'cannot tell the format of "{Path(path).name}": name it .nii.gz, .nrrd, .mha or '
-            ".dcm, or give the format"
-        )
-    return _BY_SUFFIX[suffix]
 
 
 def sidecar_path(path: Path) -> Path:
@@ -90,80 +67,48 @@ def export_job(
     """
     path = Path(path)
     provenance = dict(provenance or {})
-    kind = format_for(path, config.format)
+    exporter = exporter_for(path, config.format)
     check_can_write(path, overwrite)
     if config.sidecar:
         check_can_write(sidecar_path(path), overwrite)
     warnings: list[str] = []
-    if kind in DICOM_FORMATS:
-        written = yield from scaled(
-            _dicom_job(
-                label_map,
-                path,
-                kind,
-                config,
-                provenance,
-                source,
-                series_uid,
-                colors,
-                overwrite,
-                warnings,
-            ),
-            0.0,
-            0.9,
+    request = ExportRequest(config.dicom, provenance, colors, overwrite)
+    start = 0.0
+    if exporter.needs_series:
+        start = 0.36
+        series = yield from scaled(
+            _source_series_job(exporter.name, source, series_uid, config.dicom.new_uids), 0.0, start
         )
-    else:
-        from napari_medai.core.io.writing import write_label_map
-
-        yield Progress(0.0, f"writing {path.name}")
-        written = write_label_map(label_map, path, overwrite=overwrite)
+        warnings.extend(series.warnings)
+        request = replace(request, series=series)
+    written = yield from scaled(exporter.write_job(label_map, path, request), start, 0.9)
     paths = [written]
     if config.sidecar:
         yield Progress(0.9, "writing the provenance sidecar")
         from napari_medai.core.io.writing import write_sidecar
 
-        sidecar = _sidecar(label_map, written, kind, config, provenance, source, warnings)
+        sidecar = _sidecar(label_map, written, exporter.name, config, provenance, source, warnings)
         paths.append(write_sidecar(sidecar, sidecar_path(path), overwrite))
     yield Progress(1.0, f"exported {path.name}")
     return ExportResult(paths, warnings)
 
 
-def _dicom_job(
-    label_map: LabelMap,
-    path: Path,
-    kind: str,
-    config: ExportConfig,
-    provenance: dict[str, Any],
-    source: Path | None,
-    series_uid: str | None,
-    colors: Mapping[int, Sequence[float]] | None,
-    overwrite: bool,
-    warnings: list[str],
-) -> Job[Path]:
+def _source_series_job(
+    kind: str, source: Path | None, series_uid: str | None, new_uids: bool
+) -> Job[SourceSeries]:
+    """The DICOM series a DICOM output references, its UIDs checked; refused in words if none."""
+    # Imported here, as the writers are: pydicom is no cost to a dock that exports NIfTI.
     from napari_medai.core.io.dicom_source import check_uids, read_source_series_job
 
     if source is None:
         raise ExportError(
-            f"a {kind.upper()} must reference the DICOM series the labels were drawn on, and "
-            "this scan did not come from DICOM. Export NIfTI or NRRD instead, or give the "
-            "DICOM series (folder or .zip)"
+            f"a {kind.upper()} must reference the DICOM series the labels were drawn "
+            "on, and this scan did not come from DICOM. Export NIfTI or NRRD instead, or give "
+            "the DICOM series (folder or .zip)"
         )
-    series = yield from scaled(read_source_series_job(source, series_uid), 0.0, 0.4)
-    check_uids(series, config.dicom.new_uids)
-    warnings.extend(series.warnings)
-    if kind == "dicom-seg":
-        from napari_medai.core.io.dicom_seg import write_dicom_seg_job
-
-        job = write_dicom_seg_job(
-            label_map, series, path, config.dicom, provenance, colors, overwrite
-        )
-    else:
-        from napari_medai.core.io.rtstruct import write_rtstruct_job
-
-        job = write_rtstruct_job(
-            label_map, series, path, config.dicom, provenance, colors, overwrite
-        )
-    return (yield from scaled(job, 0.4, 1.0))
+    series = yield from read_source_series_job(source, series_uid)
+    check_uids(series, new_uids)
+    return series
 
 
 def _sidecar(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medai.core.cohort.manifest import CohortWarning, ScanItem
+from napari_medai.core.cohort.ray_engine import ray_rows, require_ray
 from napari_medai.core.cohort.record import RECORD_FILE, RunRecord
 from napari_medai.core.cohort.tasks import CohortWorker, TaskSpec, task_class
 from napari_medai.core.errors import MedaiError
@@ -102,8 +103,6 @@ def cohort_job(
         raise MedaiError(f"GPUs per worker must be 0 or more, not {engine.gpus_per_worker}")
     task_class(spec.task)
     if engine.engine == "ray":
-        from napari_medai.core.cohort.ray_engine import require_ray
-
         require_ray()
     items = scans_only(items, Path(out))
     out = _output_folder(Path(out))
@@ -259,6 +258,4 @@ def _ray_rows(
 ) -> Iterator[dict[str, Any] | None]:
     if not todo:
         return
-    from napari_medai.core.cohort.ray_engine import ray_rows
-
     yield from ray_rows(todo, spec, out, engine, HEARTBEAT_S)

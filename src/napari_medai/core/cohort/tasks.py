@@ -62,6 +62,8 @@ class SegmentTask:
     """Segment a scan; write ``<id>_seg.nii.gz`` on the scan's grid and its JSON sidecar."""
 
     def __init__(self, spec: TaskSpec) -> None:
+        # Tasks import their models' machinery (torch, MONAI) when built, so the CLI and the
+        # Cohort dock start without it.
         from napari_medai.core.models.sources import load_model
         from napari_medai.core.segmentation.inference import SegmentConfig
 

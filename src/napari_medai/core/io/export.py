@@ -21,6 +21,7 @@ from napari_medai.core.files import check_can_write, compound_stem
 from napari_medai.core.hashing import content_sha256
 from napari_medai.core.io.dicom_export import DicomExportConfig
 from napari_medai.core.io.exporters import ExportRequest, exporter_for
+from napari_medai.core.io.writing import label_sidecar, write_sidecar
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.volume import LabelMap
 
@@ -85,8 +86,6 @@ def export_job(
     paths = [written]
     if config.sidecar:
         yield Progress(0.9, "writing the provenance sidecar")
-        from napari_medai.core.io.writing import write_sidecar
-
         sidecar = _sidecar(label_map, written, exporter.name, config, provenance, source, warnings)
         paths.append(write_sidecar(sidecar, sidecar_path(path), overwrite))
     yield Progress(1.0, f"exported {path.name}")
@@ -125,8 +124,6 @@ def _sidecar(
     The source is named by its hash only; DICOM UIDs are left out by
     :func:`label_sidecar`.
     """
-    from napari_medai.core.io.writing import label_sidecar
-
     model = provenance.get("model")
     sidecar = label_sidecar(
         label_map,

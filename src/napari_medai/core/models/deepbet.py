@@ -17,6 +17,7 @@ import importlib.util
 from pathlib import Path
 
 from napari_medai.core.errors import ModelLoadError
+from napari_medai.core.hashing import content_sha256
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 
@@ -74,7 +75,6 @@ def load_deepbet() -> LoadedModel:
         raise ModelLoadError(
             f"{DEEPBET_NAME}: deepbet's weights are missing ({', '.join(missing)})"
         )
-    from napari_medai.core.hashing import content_sha256
     from napari_medai.core.models.axes import ReversedAxes
     from napari_medai.core.models.deepbet_network import DeepbetNetwork
 

@@ -1,11 +1,19 @@
-"""What a GAN run needs to know; torch-free so widgets and the CLI import it cheaply."""
+"""What a GAN run needs to know and what sampling gives back.
+
+Torch-free, so widgets and the CLI import it cheaply, and a result coming back
+from the worker process unpickles in napari without importing torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.volume import LabelMap, Volume
 
 #: noise -> image patch, or label map -> image patch (SPADE, pix2pix-style).
 KINDS = ("unconditional", "conditional")
@@ -78,3 +86,48 @@ class GanConfig:
             raise GenerativeError(f"the budget clock is 'wall' or 'cpu', not {self.budget_clock!r}")
         if self.holdout_every < 2:
             raise GenerativeError("holdout_every must be 2 or more (one slice in n is held out)")
+
+
+def check_training_input(image: Volume, labels: LabelMap | None, config: GanConfig) -> None:
+    """Refuse settings, a scan or labels a GAN cannot train on, before any worker starts."""
+    config.check()
+    if config.kind == "conditional" and labels is None:
+        raise GenerativeError("a label-conditioned GAN needs labels: pick a labels layer")
+    check_patch_input(image, labels, config.patch_size)
+
+
+def check_patch_input(image: Volume, labels: LabelMap | None, patch: int) -> None:
+    """Refuse a scan (and labels) that ``patch`` x ``patch`` axial patches cannot come from."""
+    if image.array.ndim != 3:
+        raise GenerativeError(
+            "the image has channels or time points; GANs train on single-channel 3D scans"
+        )
+    _, height, width = image.spatial_shape
+    if height < patch or width < patch:
+        raise GenerativeError(
+            f"the image slices are {height}x{width} pixels, smaller than the {patch}x{patch} "
+            "patch; choose a smaller patch size"
+        )
+    if labels is None:
+        return
+    if labels.array.shape != image.spatial_shape:
+        raise GenerativeError(
+            f"the labels (grid {labels.array.shape}) are not on the image's grid "
+            f"{image.spatial_shape}; pick the labels painted on this image"
+        )
+    if not np.any(labels.array):
+        raise GenerativeError(
+            "the labels are empty: paint the structure on at least one slice, "
+            "or train an unconditional GAN without labels"
+        )
+
+
+@dataclass
+class SyntheticSamples:
+    """Generated patches (n, y, x) in scan units, and their label maps for a conditional GAN."""
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    pixel_spacing_mm: tuple[float, float]
+    label_names: dict[int, str]
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_medai.core.generative.config import GenerativeError
+from napari_medai.core.generative.config import GenerativeError, check_patch_input
 from napari_medai.core.models.preprocessing import Normaliser
 from napari_medai.core.training.dataset import choose_intensity
 from napari_medai.core.volume import LabelMap, Volume
@@ -59,7 +59,7 @@ class PatchSource:
         holdout_every: int,
         rng: np.random.Generator,
     ) -> None:
-        _check(image, labels, patch)
+        check_patch_input(image, labels, patch)
         self.patch = patch
         self.rng = rng
         pairs = [(image, labels if labels is not None else _empty_labels(image))]
@@ -120,28 +120,3 @@ class PatchSource:
 
 def _empty_labels(image: Volume) -> LabelMap:
     return LabelMap(np.zeros(image.spatial_shape, dtype=np.uint8), image.geometry)
-
-
-def _check(image: Volume, labels: LabelMap | None, patch: int) -> None:
-    if image.array.ndim != 3:
-        raise GenerativeError(
-            "the image has channels or time points; GANs train on single-channel 3D scans"
-        )
-    _, height, width = image.spatial_shape
-    if height < patch or width < patch:
-        raise GenerativeError(
-            f"the image slices are {height}x{width} pixels, smaller than the {patch}x{patch} "
-            "patch; choose a smaller patch size"
-        )
-    if labels is None:
-        return
-    if labels.array.shape != image.spatial_shape:
-        raise GenerativeError(
-            f"the labels (grid {labels.array.shape}) are not on the image's grid "
-            f"{image.spatial_shape}; pick the labels painted on this image"
-        )
-    if not np.any(labels.array):
-        raise GenerativeError(
-            "the labels are empty: paint the structure on at least one slice, "
-            "or train an unconditional GAN without labels"
-        )

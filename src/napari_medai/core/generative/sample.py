@@ -9,9 +9,7 @@ scan's units (e.g. Hounsfield units) with the range the generator was trained on
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,7 +17,7 @@ import torch
 
 from napari_medai.core.errors import ModelLoadError
 from napari_medai.core.files import atomic_write, check_can_write, compound_stem, compound_suffix
-from napari_medai.core.generative.config import GenerativeError
+from napari_medai.core.generative.config import GenerativeError, SyntheticSamples
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.models import generators
@@ -31,17 +29,6 @@ from napari_medai.core.volume import LabelMap, Volume, volume_to_sitk
 
 #: Samples generated per forward pass.
 SAMPLE_BATCH = 16
-
-
-@dataclass
-class SyntheticSamples:
-    """Generated patches (n, y, x) in scan units, and their label maps for a conditional GAN."""
-
-    images: np.ndarray
-    masks: np.ndarray | None
-    pixel_spacing_mm: tuple[float, float]
-    label_names: dict[int, str]
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def load_generator(source: str | Path) -> LoadedModel:
@@ -128,6 +115,26 @@ def sample_job(
         raise GenerativeError(f"ask for at least one sample, not {count}")
     masks = _check_masks(model, masks, count)
     return _sample(model, count, masks, seed)
+
+
+def sample_package_job(
+    path: Path, count: int, labels: LabelMap | None, deform: bool, seed: int | None = None
+) -> Job[SyntheticSamples]:
+    """Load the generator at ``path`` and generate ``count`` samples (the worker's whole job).
+
+    A conditional generator is given label maps cut from ``labels`` (randomly
+    deformed with ``deform``); an unconditional one ignores them.
+    """
+    yield Progress(0.0, "loading the generator")
+    model = load_generator(path)
+    masks = None
+    if is_conditional(model):
+        if labels is None:
+            raise GenerativeError(
+                f"'{model.name}' turns label maps into images: pick the labels to sample from"
+            )
+        masks = masks_from_labels(labels, count, int(model.card.patch_size[-1]), seed, deform)
+    return (yield from sample_job(model, count, masks, seed))
 
 
 def _sample(

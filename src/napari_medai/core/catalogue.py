@@ -45,6 +45,9 @@ TRAIN_SEGMENTATION = WorkerJob("napari_medai.core.training.trainer:train_job")
 PREDICT_FOR_REVIEW = WorkerJob("napari_medai.core.segmentation.review:predict_for_review_job")
 TRAIN_CLASSIFIER = WorkerJob("napari_medai.core.classification.training:train_classifier_job")
 TRAIN_GAN = WorkerJob("napari_medai.core.generative.train:train_gan_job")
+SAMPLE_GAN = WorkerJob("napari_medai.core.generative.sample:sample_package_job")
+PREVIEW_AUGMENTATIONS = WorkerJob("napari_medai.core.generative.preview:augmentation_preview_job")
 
 #: Every worker job, for the test that resolves them.
 WORKER_JOBS = (SEGMENT, TRAIN_SEGMENTATION, PREDICT_FOR_REVIEW, TRAIN_CLASSIFIER, TRAIN_GAN)
+WORKER_JOBS += (SAMPLE_GAN, PREVIEW_AUGMENTATIONS)

@@ -3,9 +3,10 @@
 ``python -m napari_medai._qt.launch [PATH] [--screenshot PNG] [--segment]``
 
 Without PATH the synthetic phantom CT sample is loaded; with ``--demo-model``
-a small liver model for it is trained once (a minute or two) into the user's model
-folder, so the Segment dock opens with a model that fits the scan
-(``scripts/demo`` asks for it). ``--segment`` runs that dock once before
+a small liver model for it is trained once into the user's model folder, in
+the worker process while the window is already up (the Segment dock says how
+far it is, then offers the model), so the Segment dock gets a model that fits
+the scan (``scripts/demo`` asks for it). ``--segment`` runs that dock once before
 showing. At start it activates the plugin, which makes napari-medai napari's
 reader for medical files and DICOM folders (see ``_napari/reader_choice.py``),
 so opening a scan from the demo never asks "Choose reader". With
@@ -142,54 +143,97 @@ def check_opengl() -> None:
     context.doneCurrent()
 
 
-def ensure_demo_model() -> Path:
-    """The phantom's liver model in the user's model folder, trained first if missing.
+def demo_model_folder() -> Path:
+    """Where the phantom's demo liver model lives (the user's model folder)."""
+    from napari_medai.core.models.registry import user_model_dir
+
+    return user_model_dir() / DEMO_MODEL
+
+
+def demo_training(scratch: Path) -> tuple[list, Any]:
+    """The phantom's liver and the fixed training that makes the demo model.
 
     Trained on the phantom's own liver label (every voxel annotated) with a
     fixed seed and step count, so the Segment dock has a CT model to offer for
     the sample, the same on every machine.
     """
-    from napari_medai.core.jobs import run_job
-    from napari_medai.core.models.registry import user_model_dir
     from napari_medai.core.phantom import make_phantom
-    from napari_medai.core.training.trainer import TrainConfig, train_job
+    from napari_medai.core.training.config import TrainConfig
 
-    folder = user_model_dir() / DEMO_MODEL
-    if (folder / "card.json").is_file():
-        return folder
-    _say(f"Training a small liver model on the phantom, once ({DEMO_STEPS} steps, a minute or two)")
     volume, organs = make_phantom()
     liver = replace(
         organs,
         array=(organs.array == 1).astype(np.uint8),
         label_names={0: "background", 1: "liver"},
     )
-    with tempfile.TemporaryDirectory(prefix="napari-medai-demo-") as scratch:
-        config = TrainConfig(
-            out_dir=folder,
-            max_time_s=None,
-            max_iters=DEMO_STEPS,
-            seed=0,
-            dense=True,
-            name="phantom liver (demo)",
-            checkpoint_dir=Path(scratch) / "checkpoints",
-            validation_every_s=float("inf"),
-        )
-        run_job(train_job([(volume, liver)], config))
-    return folder
+    config = TrainConfig(
+        out_dir=demo_model_folder(),
+        max_time_s=None,
+        max_iters=DEMO_STEPS,
+        seed=0,
+        dense=True,
+        name="phantom liver (demo)",
+        checkpoint_dir=scratch / "checkpoints",
+        validation_every_s=float("inf"),
+    )
+    return [(volume, liver)], config
+
+
+def train_demo_model_in_background(segment: Any) -> Any:
+    """Train the demo model in the worker process while napari runs; returns the thread worker.
+
+    The Segment dock's status line shows the steps, then its model list is
+    refreshed and picks the new model.
+    """
+    from napari.qt.threading import create_worker
+
+    from napari_medai.core import catalogue
+
+    scratch = Path(tempfile.mkdtemp(prefix="napari-medai-demo-"))
+    pairs, config = demo_training(scratch)
+
+    def shown(event: Any) -> None:
+        step = f" ({event.fraction:.0%})" if event.fraction is not None else ""
+        segment.status.setText(f"Training the demo liver model for the phantom{step}...")
+
+    def ready(_result: Any) -> None:
+        segment.refresh_models()
+        segment.status.setText("The demo liver model is ready: pick the scan and press Run.")
+
+    def failed(error: Exception) -> None:
+        segment.status.setText(f"The demo model could not be trained: {error}")
+
+    def training() -> Any:  # a generator function, which napari runs as a GeneratorWorker
+        return (yield from catalogue.TRAIN_SEGMENTATION(pairs, config))
+
+    worker = create_worker(training)
+    worker.yielded.connect(shown)
+    worker.returned.connect(ready)
+    worker.errored.connect(failed)
+    worker.finished.connect(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    segment.status.setText("Training the demo liver model for the phantom...")
+    worker.start()
+    return worker
+
+
+def wait_for(worker: Any, timeout_s: float = 600.0) -> None:
+    """Run the event loop until ``worker`` has finished (for screenshots and --segment)."""
+    deadline = time.monotonic() + timeout_s
+    while worker.is_running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
 
 
 def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[Viewer, dict[str, Any]]:
     """A napari viewer with every widget of the plugin docked and a scan loaded.
 
-    ``demo_model`` trains the phantom's demo model first when the phantom is
-    shown and the model is missing. Returns the viewer and the docked widgets
-    by display name.
+    ``demo_model`` starts training the phantom's demo model in the background
+    when the phantom is shown and the model is missing (its thread worker is
+    ``widgets["demo training"]``). Returns the viewer and the docked widgets by
+    display name.
     """
     get_qapp()
     check_opengl()
-    if path is None and demo_model:
-        ensure_demo_model()
     viewer = Viewer(title="napari-medai")
     plugins = PluginManager.instance()
     # napari activates a plugin only when one of its contributions is first used,
@@ -221,6 +265,10 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
         viewer.open_sample(PLUGIN, SAMPLE)
     else:
         viewer.open(path, plugin=PLUGIN)
+    segment = widgets.get("Segment")
+    missing = not (demo_model_folder() / "card.json").is_file()
+    if path is None and demo_model and segment is not None and missing:
+        widgets["demo training"] = train_demo_model_in_background(segment)
     return viewer, widgets
 
 
@@ -259,7 +307,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--demo-model",
         action="store_true",
-        help="with the phantom, train its small liver model once if missing (a minute or two)",
+        help="with the phantom, train its small liver model once if missing (in the background)",
     )
     parser.add_argument(
         "--segment",
@@ -277,6 +325,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _run(args: argparse.Namespace, screenshot: Path | None) -> int:
     viewer, widgets = open_viewer(args.path, args.demo_model)
+    if "demo training" in widgets and (args.segment or screenshot is not None):
+        wait_for(widgets["demo training"])
     if args.segment:
         run_segment(widgets["Segment"])
     if screenshot is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from napari_medai.core.classification.config import ClassificationError, Region
 from napari_medai.core.classification.evaluation import evaluate_job
 from napari_medai.core.classification.examples import examples_from_label_slices
 from napari_medai.core.classification.heldout import HeldOutSet, parse_slices, slices_text
+from napari_medai.core.classification.metrics import classification_metrics
+from napari_medai.core.classification.report import save_metrics
 from napari_medai.core.classification.training import (
     ClassifierTrainConfig,
     train_classifier_job,
@@ -73,7 +76,7 @@ def test_metrics_on_picked_slices_state_counts_and_what(phantom):
     assert on["cases"] == 9
     assert on["per_class"] == {"no spleen": int((~present).sum()), "spleen": int(present.sum())}
     assert on["description"] == (
-        "user-picked: layer 'organs' slices 15-23 along z (label 2) of image 'ct'"
+        "user-picked: layer 'organs' slices 15-23 along z (label 2 = spleen) of image 'ct'"
     )
     assert on["model"] == "tiny"
     matrix = np.array(metrics["confusion_matrix"]["rows_true_columns_predicted"])
@@ -164,3 +167,48 @@ def test_cli_evaluates_picked_slices_and_boxes(phantom, tmp_path, capsys):
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     assert main([*argv, "--boxes", str(tmp_path / "boxes.json")]) == 2
     assert "box class 7 is not one of the model's classes 0-1" in capsys.readouterr().err
+
+
+def test_a_held_out_set_without_a_class_says_what_cannot_be_computed(tmp_path):
+    """Every case 'not spleen', all called so: accuracy 1.0 judges nothing; it must say so."""
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    names = {0: "no spleen", 1: "spleen"}
+    metrics = classification_metrics([0, 0, 0], scores, names, "slice positions 17-23")
+    assert metrics["accuracy"] == 1.0 and metrics["missing_classes"] == ["spleen"]
+    spleen = metrics["per_class"]["spleen"]
+    assert spleen["recall"] is None and spleen["roc_auc"] is None and spleen["precision"] is None
+    assert metrics["macro"]["roc_auc"] is None
+    (note,) = metrics["notes"]
+    assert "no 'spleen' example" in note and "cannot judge the classifier" in note
+    _json, csv_path = save_metrics(metrics, tmp_path / "m")
+    assert f"note,{note}" in csv_path.read_text().replace('"', "")
+
+
+def test_a_class_never_predicted_has_no_precision_and_counts_as_zero_in_the_macro():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])  # everything called class 0
+    metrics = classification_metrics([0, 1, 1], scores, {0: "other", 1: "liver"}, "x")
+    assert metrics["per_class"]["liver"]["precision"] is None
+    assert metrics["per_class"]["liver"]["recall"] == 0.0  # two livers, none found: computable
+    assert metrics["missing_classes"] == []
+    assert metrics["notes"] == [
+        "no case was called 'liver', so its precision cannot be computed "
+        "(it counts as 0 in the macro average)"
+    ]
+    # Precision of 'other' is 1/3; the never-predicted 'liver' counts 0, as scikit-learn does.
+    assert metrics["macro"]["precision"] == round((1 / 3 + 0) / 2, 4)
+
+
+def test_slice_classes_carry_the_label_names(phantom):
+    ct, organs = phantom
+    named = examples_from_label_slices(ct, organs, [SPLEEN], patch_size=[1, 16, 16])
+    assert named.class_names == {0: "no spleen", 1: "spleen"}
+    unnamed = replace(organs, label_names={})
+    unnamed = examples_from_label_slices(ct, unnamed, [SPLEEN], patch_size=[1, 16, 16])
+    assert unnamed.class_names == {0: "no label 2", 1: "label 2"}
+
+
+def test_a_label_named_otherwise_than_the_class_is_refused(phantom):
+    ct, organs = phantom
+    model = tiny_model({0: "no liver", 1: "liver"})
+    with pytest.raises(ClassificationError, match="label 2 of 'organs' is 'spleen'.*'liver'"):
+        evaluate_job(model, ct, spleen_slices(organs))

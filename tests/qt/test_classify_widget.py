@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from qtpy.QtCore import Qt
 from napari_medai._napari.layers import image_layer_data, labels_layer_data
 from napari_medai._qt.classify_widget import ClassifyWidget
 from napari_medai._qt.job_runner import JobOutcome
+from napari_medai.core import job_process
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.models import sources
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
@@ -45,13 +48,20 @@ def package(tmp_path_factory):
 
 
 @pytest.fixture
-def dock(make_napari_viewer, phantom, package):
+def dock(make_napari_viewer, phantom, package, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path / "listed"))
     viewer = make_napari_viewer()
     image = viewer.add_layer(Layer.create(*image_layer_data(phantom[0])))
     widget = ClassifyWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.model.value = str(package)
+    widget.pick_model(package)
     return viewer, image, widget
+
+
+@pytest.fixture
+def in_thread(monkeypatch):
+    """Worker jobs in the test's process, so a monkeypatched load_model reaches them."""
+    monkeypatch.setattr(job_process, "SEPARATE_PROCESS", False)
 
 
 def draw_boxes(viewer, image, corners: list[tuple[int, int, int, int]], z: int = 12):
@@ -81,7 +91,7 @@ def assert_unchanged(viewer, before) -> None:
         assert (feat_a is None and feat_b is None) or feat_a.equals(feat_b)
 
 
-def run_and_wait(qtbot, widget, timeout_ms: int = 20000) -> JobOutcome:
+def run_and_wait(qtbot, widget, timeout_ms: int = 60000) -> JobOutcome:
     assert widget.run_button.enabled, widget.run_button.tooltip
     qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout_ms)
@@ -130,7 +140,9 @@ class Sleepy(torch.nn.Module):
         return self.inner(x)
 
 
-def test_cancel_and_errors_leave_the_layers_untouched(dock, qtbot, monkeypatch, notifications):
+def test_cancel_and_errors_leave_the_layers_untouched(
+    in_thread, dock, qtbot, monkeypatch, notifications
+):
     viewer, image, widget = dock
     boxes = draw_boxes(viewer, image, [(10, 10, 30, 30)])
     before = snapshot(viewer)
@@ -179,9 +191,9 @@ def test_train_on_box_classes_then_run_the_new_model(dock, qtbot, monkeypatch, t
     qtbot.mouseClick(widget.train_button.native, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
     assert widget.runner.outcome == JobOutcome.DONE
-    assert str(widget.model.value).startswith(str(tmp_path))
+    assert widget.model_path().startswith(str(tmp_path))
     assert "held-out accuracy" in widget.status.value and "boxes" in widget.status.value
-    card = ModelCard.read(widget.model.value / "card.json")
+    card = ModelCard.read(Path(widget.model_path()) / "card.json")
     # Six boxes off slices 10-11: slices 8-9 validate, 4-7 train.
     assert card.training["examples"] == {"liver": 2, "other": 2}
     assert "slice positions 8-9 held out" in card.training["held_out"]
@@ -243,7 +255,7 @@ def test_train_on_labelled_slices_shows_and_saves_the_held_out_metrics(
     widget.evaluation.button.native.click()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=20000)
     assert widget.metrics.metrics["computed_on"]["cases"] == 12
-    assert "slices 12-23 along z (label 2)" in widget.metrics.computed_on.text()
+    assert "slices 12-23 along z (label 2 = spleen)" in widget.metrics.computed_on.text()
 
 
 def test_stop_training_lands_within_a_second(dock, qtbot, monkeypatch, tmp_path, phantom):
@@ -283,7 +295,7 @@ def test_bad_label_values_are_refused_before_training(dock, notifications, phant
     assert "every slice is held out" in str(notifications[-1].message)
 
 
-def evaluate_and_wait(qtbot, widget, timeout_ms: int = 20000) -> JobOutcome:
+def evaluate_and_wait(qtbot, widget, timeout_ms: int = 60000) -> JobOutcome:
     button = widget.evaluation.button
     assert button.enabled, button.tooltip
     qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
@@ -307,7 +319,7 @@ def test_evaluate_on_picked_slices_and_points_fills_the_metrics(dock, qtbot, pha
     assert on["cases"] == 11 and on["per_class"] == {"other": 3, "liver": 8}
     text = widget.metrics.computed_on.text()
     assert "Model 'tiny' scored on 11 held-out cases (3 other, 8 liver)" in text
-    assert f"layer 'organs' slices 5-15 along z (label 1) of image '{image.name}'" in text
+    assert f"layer 'organs' slices 5-15 along z (label 1 = liver) of image '{image.name}'" in text
     assert widget.metrics.figures.rowCount() == 3 and widget.metrics.save_button.isEnabled()
     assert "on 11 picked slices" in widget.status.value
 
@@ -325,7 +337,7 @@ def test_evaluate_on_picked_slices_and_points_fills_the_metrics(dock, qtbot, pha
 
 
 def test_evaluate_cancel_and_errors_keep_layers_and_metrics(
-    dock, qtbot, monkeypatch, phantom, notifications
+    in_thread, dock, qtbot, monkeypatch, phantom, notifications
 ):
     viewer, _image, widget = dock
     labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
@@ -379,3 +391,118 @@ def test_the_roc_legend_drops_the_classes_of_an_earlier_model(qtbot):
     legend = [s.label for s in view.roc._series.values() if s.label]  # what the legend lists
     assert legend == ["chance", "c (AUC 1.000)", "d (AUC 1.000)"]
     assert view.roc.series("a") == [] and len(view.roc.series("d")) == 4
+
+
+def test_a_held_out_split_without_the_class_says_so_instead_of_accuracy(
+    dock, qtbot, monkeypatch, tmp_path, phantom
+):
+    """The right kidney (label 3) lies on slices 2-13; the automatic split holds out 17-23."""
+    viewer, _image, widget = dock
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path))
+    labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
+    widget.source.value = widget.source.choices[1]
+    widget.labels.value = labels
+    widget.values.value = "3"
+    widget.train_time.value = 1
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
+    assert widget.runner.outcome == JobOutcome.DONE
+    assert "held-out accuracy" not in widget.status.value
+    assert "hold no 'kidney_right' example" in widget.status.value
+    metrics = widget.metrics.metrics
+    assert set(metrics["per_class"]) == {"no kidney_right", "kidney_right"}
+    text = widget.metrics.computed_on.text()
+    assert "Accuracy" not in text and "cannot judge the classifier" in text
+    auc = widget.metrics.figures.item(1, 4)  # kidney_right's ROC AUC
+    assert auc.text() == "n/a" and "cannot be computed" in auc.toolTip()
+
+
+def test_typed_label_names_name_the_classes(make_napari_viewer, phantom):
+    from napari_medai._napari.classification import named_label_map
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(phantom[1].array, name="painted")  # no names of its own
+    assert named_label_map(labels, "2").label_names == {}
+    assert named_label_map(labels, "2=kidney").label_names == {2: "kidney"}
+    with pytest.raises(MedaiError, match="'2=kidney'"):
+        named_label_map(labels, "2=")
+
+
+def test_the_model_picker_lists_only_classifiers(dock, tmp_path, monkeypatch):
+    _viewer, _image, widget = dock
+    listed = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(listed))
+    torch.manual_seed(0)
+    for card in (
+        tiny_card(name="kidney finder"),
+        tiny_card(name="organ masks", task="segmentation"),
+    ):
+        save_model_package(listed / card.name.replace(" ", "-"), card, build_network(card))
+    widget.models.refresh()
+    titles = [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
+    assert any(t.startswith("kidney finder") for t in titles)
+    assert not any(t.startswith("organ masks") for t in titles)
+    widget.pick_model(listed / "kidney-finder")
+    assert widget.cam_class.choices == ("predicted class", "other", "liver")
+    widget.cam_class.value = "liver"
+    assert widget.config().cam_class == 1
+
+
+SCRIPT = """
+import json, sys, time
+from pathlib import Path
+
+import napari
+from napari.layers import Layer
+from qtpy.QtWidgets import QApplication
+
+from napari_medai._napari.layers import image_layer_data, labels_layer_data
+from napari_medai._qt.classify_widget import ClassifyWidget
+from napari_medai.core.phantom import make_phantom
+
+viewer = napari.Viewer(show=False)
+ct, organs = make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)
+viewer.add_layer(Layer.create(*image_layer_data(ct)))
+labels = viewer.add_layer(Layer.create(*labels_layer_data(organs)))
+dock = ClassifyWidget(viewer)
+viewer.window.add_dock_widget(dock)
+outcomes = []
+
+
+def click(button):
+    button.native.click()
+    while dock.runner.running:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    outcomes.append(dock.runner.outcome.name)
+
+
+dock.pick_model(sys.argv[1])
+click(dock.run_button)
+dock.source.value = dock.source.choices[1]
+dock.labels.value = labels
+dock.values.value = "1"
+click(dock.evaluation.button)
+dock.train_time.value = 1
+click(dock.train_button)
+dock.metrics.save(Path(sys.argv[2]) / "metrics")
+found = [name for name in ("torch", "monai") if name in sys.modules]
+print(json.dumps({"outcomes": outcomes, "imported": found}))
+viewer.close()
+"""
+
+
+def test_run_evaluate_train_and_save_never_import_torch_into_napari(package, tmp_path):
+    """In a fresh process: this test's own process imported torch for its fixtures."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NAPARI_MEDAI_MODELS": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(package), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"outcomes": ["DONE", "DONE", "DONE"], "imported": []}

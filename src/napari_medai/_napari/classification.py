@@ -11,7 +11,6 @@ next run of the same image and model.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,25 +18,13 @@ from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.types import LayerDataTuple
 
 from napari_medai._napari.layers import METADATA_KEY, image_layer_data, label_map_from_layer
-from napari_medai.core import catalogue
-from napari_medai.core.classification.config import (
-    ClassificationError,
-    ClassifyConfig,
-    ClassifyResult,
-    Region,
-)
+from napari_medai.core.classification.config import ClassificationError, ClassifyResult, Region
 from napari_medai.core.classification.heldout import HeldOutSet
-from napari_medai.core.jobs import Job, Progress, scaled
-from napari_medai.core.volume import Volume
+from napari_medai.core.volume import LabelMap
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from napari_medai.core.models.loaded import LoadedModel
-
-#: Share of the progress bar given to loading the model.
-_LOADING_SHARE = 0.05
-#: Classifier training runs in a worker process, off napari's GIL (see core/job_process.py).
 CAM_DISPLAY = {"colormap": "inferno", "blending": "additive", "opacity": 0.5}
 #: ``layer.metadata`` key set when the ``class`` feature holds our predictions.
 PREDICTIONS_KEY = "napari_medai_predictions"
@@ -82,32 +69,6 @@ def regions_from_points(points: Points, image: Image, size: tuple[int, int]) -> 
         raise ClassificationError(f"the Points layer '{points.name}' holds no points; add some")
     centres = _to_image_index(np.asarray(points.data), points, image)
     return [Region.around(tuple(c), (1, *size)) for c in centres]
-
-
-def _loaded(source: str, trusted: bool) -> Job[LoadedModel]:
-    """The first step of a job: load the model (torch and MONAI come in with it)."""
-    from napari_medai.core.models.sources import load_model
-
-    yield Progress(0.0, f"loading model {Path(source).name or source}")
-    model = load_model(source, trusted=trusted)
-    yield Progress(_LOADING_SHARE, f"loaded {model.name}")
-    return model
-
-
-def load_and_classify_job(
-    source: str,
-    trusted: bool,
-    volume: Volume,
-    config: ClassifyConfig,
-    regions: list[Region] | None = None,
-) -> Job[tuple[LoadedModel, ClassifyResult]]:
-    """Load the model, then classify; both in the job so a slow load never blocks the GUI."""
-    from napari_medai.core.classification.inference import classify_job
-
-    model = yield from _loaded(source, trusted)
-    job = classify_job(volume, model, config, regions)
-    result = yield from scaled(job, _LOADING_SHARE, 1.0)
-    return model, result
 
 
 def result_table(result: ClassifyResult) -> pd.DataFrame:
@@ -176,32 +137,6 @@ def class_labels(layer: Shapes | Points) -> tuple[list[int], dict[int, str]]:
     return [names.index(v) for v in values], dict(enumerate(names))
 
 
-def train_from_boxes_job(
-    volume: Volume,
-    regions: list[Region],
-    layer: Shapes | Points,
-    config: Any,
-    held_out: list[int] | None = None,
-) -> Job[Any]:
-    """Train a classifier on the boxes' classes (``config``: a ClassifierTrainConfig).
-
-    Boxes on the ``held_out`` slices (z) are left out, for Evaluate to score on.
-    """
-    from napari_medai.core.classification.examples import examples_from_regions
-
-    labels, names = class_labels(layer)
-    skipped = set(held_out or [])
-    keep = [n for n, r in enumerate(regions) if r.start[0] not in skipped]
-    if not keep:
-        raise ClassificationError(
-            f"every box of '{layer.name}' lies on a held-out slice; leave some to train on"
-        )
-    yield Progress(0.0, "reading the boxes")
-    regions, labels = [regions[n] for n in keep], [labels[n] for n in keep]
-    examples = examples_from_regions(volume, regions, labels, names)
-    return (yield from catalogue.TRAIN_CLASSIFIER(examples, config))
-
-
 def cam_layer_data(
     result: ClassifyResult, image: Image, model_source: str, model_name: str
 ) -> LayerDataTuple:
@@ -227,14 +162,41 @@ def cam_layer_data(
     return data, kwargs, kind
 
 
+def _parse_values(text: str) -> tuple[list[int], dict[int, str]]:
+    """Label values and the names typed with them: ``"5"``, ``"1, 2"`` or ``"2=kidney"``."""
+    values: list[int] = []
+    names: dict[int, str] = {}
+    for part in text.split(","):
+        numbers, named, name = part.partition("=")
+        try:
+            found = [int(v) for v in numbers.split()]
+        except ValueError:
+            raise ClassificationError(
+                f"label values must be whole numbers such as '5', '1, 2' or '2=kidney', "
+                f"not {text!r}"
+            ) from None
+        if named:
+            if len(found) != 1 or not name.strip():
+                raise ClassificationError(
+                    f"name one label value at a time, as in '2=kidney', not {part.strip()!r}"
+                )
+            names[found[0]] = name.strip()
+        values += found
+    return values, names
+
+
+def _feature_names(labels: Labels) -> dict[int, str]:
+    """Label names from the layer's napari features table (``index`` and ``name`` columns)."""
+    features = labels.features
+    if not {"index", "name"} <= set(features.columns):
+        return {}
+    pairs = zip(features["index"], features["name"])
+    return {int(value): name for value, name in pairs if isinstance(name, str) and name}
+
+
 def label_values(labels: Labels, text: str) -> list[int]:
-    """The label values a slice is classified by: ``text`` ("5" or "1, 2"), or every one present."""
-    try:
-        values = [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise ClassificationError(
-            f"label values must be whole numbers such as '5' or '1, 2', not {text!r}"
-        ) from None
+    """The label values a slice is classified by: ``text``'s, or every one present."""
+    values, _names = _parse_values(text)
     present = {int(v) for v in np.unique(np.asarray(labels.data))} - {0}
     if not values:
         values = sorted(present)
@@ -249,25 +211,16 @@ def label_values(labels: Labels, text: str) -> list[int]:
     return values
 
 
-def train_from_label_slices_job(
-    volume: Volume,
-    labels: Labels,
-    values: list[int],
-    axis: int,
-    config: Any,
-    held_out: list[int] | None = None,
-) -> Job[Any]:
-    """Train on every slice along ``axis`` but the ``held_out`` ones, class k when it holds k."""
-    from napari_medai.core.classification.examples import examples_from_label_slices
+def named_label_map(labels: Labels, text: str) -> LabelMap:
+    """The layer's label map, its values named as typed (``2=kidney``), else by the layer.
 
+    The names become the classes' names ("kidney" / "not kidney"), never "label 2"
+    where a name is known.
+    """
     label_map = label_map_from_layer(labels)
-    skipped = set(held_out or [])
-    kept = [i for i in range(volume.spatial_shape[axis]) if i not in skipped]
-    if not kept:
-        raise ClassificationError("every slice is held out; leave some to train on")
-    yield Progress(0.0, "reading the slices")
-    examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
-    return (yield from catalogue.TRAIN_CLASSIFIER(examples, config))
+    typed = _parse_values(text)[1]
+    label_map.label_names = {**_feature_names(labels), **label_map.label_names, **typed}
+    return label_map
 
 
 def held_out_slices(
@@ -275,7 +228,7 @@ def held_out_slices(
 ) -> HeldOutSet:
     """The slices of ``image`` labelled by ``labels`` (``values_text`` as in training)."""
     values = label_values(labels, values_text)
-    label_map = label_map_from_layer(labels)
+    label_map = named_label_map(labels, values_text)
     return HeldOutSet(image.name, labels.name, label_map, values, axis, slices=slices)
 
 
@@ -286,14 +239,3 @@ def held_out_boxes(
     return HeldOutSet(
         image.name, layer.name, regions=regions, classes=box_classes(layer), slices=slices
     )
-
-
-def load_and_evaluate_job(
-    source: str, trusted: bool, volume: Volume, picked: HeldOutSet, device: str
-) -> Job[dict[str, Any]]:
-    """Load the model, then score it on the picked examples; returns the metrics dict."""
-    from napari_medai.core.classification.evaluation import evaluate_job
-
-    model = yield from _loaded(source, trusted)
-    job = evaluate_job(model, volume, picked, device)
-    return (yield from scaled(job, _LOADING_SHARE, 1.0))

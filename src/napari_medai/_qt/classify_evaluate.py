@@ -6,8 +6,8 @@ narrowed to the "Held-out slices" typed here (z for boxes, the slice axis for
 labelled slices). Train leaves those slices out, so they are truly held out
 from the model it makes. The classifier is the dock's Model: the one just
 trained, or any picked.
-:func:`~napari_medai._napari.classification.load_and_evaluate_job` runs in the
-dock's JobRunner (progress, Cancel, errors as notifications); the figures
+The catalogue's ``EVALUATE_CLASSIFIER`` loads and scores it in the worker,
+through the dock's JobRunner (progress, Cancel, errors as notifications); the figures
 replace the dock's metrics only when it completes, and say what they were
 computed on. No layer is touched.
 """
@@ -20,13 +20,10 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import LineEdit, PushButton
 from napari.utils.notifications import show_error
 
-from napari_medai._napari.classification import (
-    held_out_boxes,
-    held_out_slices,
-    load_and_evaluate_job,
-)
+from napari_medai._napari.classification import held_out_boxes, held_out_slices
 from napari_medai._napari.layers import volume_from_layer
 from napari_medai._qt.classify_results import figure_text
+from napari_medai.core import catalogue
 from napari_medai.core.classification.heldout import parse_slices
 from napari_medai.core.errors import MedaiError
 
@@ -56,7 +53,7 @@ class Evaluation:
         """Why Evaluate cannot start now, or None."""
         why = self.dock.examples_problem()
         if why is None and self.dock.model_path() is None:
-            why = "choose a classifier model folder, or train one"
+            why = "choose a classifier model, or train one"
         return why
 
     def update(self) -> None:
@@ -88,7 +85,12 @@ class Evaluation:
         source = dock.model_path()
         dock.status.value = f"evaluating on the picked {picked.kind} of '{picked.source_name}'"
         job = partial(
-            load_and_evaluate_job, source, dock.trust.value, volume, picked, dock.device.value
+            catalogue.EVALUATE_CLASSIFIER,
+            source,
+            dock.trust.value,
+            volume,
+            picked,
+            dock.device.value,
         )
         dock.runner.start(job, partial(self._show, picked.kind), title="Evaluate")
 

@@ -3,9 +3,10 @@
 The figures are those of the split a training run held out, or of examples
 the user picked ("Evaluate", ``classify_evaluate``), as core computed them
 (``core.classification.metrics.classification_metrics``): a line saying what
-they were computed on, a per-class and macro table (accuracy, precision,
-recall, F1, ROC AUC, support), the one-vs-rest ROC curves on the themed
-:class:`LivePlot` with the chance diagonal, and the confusion matrix. No
+they were computed on and, in words, what could not be computed ("n/a" in the
+table), a per-class and macro table (precision, recall, F1, ROC AUC, support),
+the one-vs-rest ROC curves on the themed :class:`LivePlot` with the chance
+diagonal, and the confusion matrix, each bounded in height. No
 metric maths here. "Save metrics..." writes JSON and CSV through core's
 ``save_metrics``.
 """
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medai._qt.plot import LivePlot
+from napari_medai.core.classification.report import save_metrics
 from napari_medai.core.errors import MedaiError
 
 if TYPE_CHECKING:
@@ -43,34 +45,69 @@ HEADERS = ("class", "precision", "recall", "F1", "ROC AUC", "n")
 EMPTY = "Train a classifier, or Evaluate one on picked examples: its figures show here"
 
 
+#: Tallest a figures table grows before it scrolls (about eight rows).
+MAX_TABLE_PX = 200
+#: Tallest the per-input results table grows before it scrolls.
+MAX_RESULTS_PX = 240
+#: A figure that cannot be computed (the notes under the line above the table say why).
+NOT_COMPUTED = "n/a"
+
+
 def figure_text(value: Any) -> str:
-    """A figure as the dock shows it: three decimals, "–" for none."""
+    """A figure as the dock shows it: three decimals, "n/a" where it cannot be computed."""
     if value is None:
-        return "–"
+        return NOT_COMPUTED
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _missing(metrics: dict[str, Any]) -> str:
+    """The classes without a case, as ``'a' or 'b'`` ("" when every class has one)."""
+    return " or ".join(repr(name) for name in metrics.get("missing_classes", []))
+
+
+def trained_text(model: str, metrics: dict[str, Any] | None, noun: str) -> str:
+    """The status after training: the held-out figures, or in words why there are none."""
+    if metrics is None:
+        return f"saved {model}; nothing was held out to score it"
+    on = metrics["computed_on"]
+    missing = _missing(metrics)
+    if missing:
+        return (
+            f"saved {model}; its {on['cases']} held-out {noun} hold no {missing} example, so "
+            "no held-out figure can judge it (ROC AUC cannot be computed): type slices that "
+            "hold every class in 'Held-out slices' and Evaluate, or Train again"
+        )
+    auc = figure_text(metrics["macro"]["roc_auc"])
+    return (
+        f"held-out accuracy {metrics['accuracy']:.3f}, macro ROC AUC {auc} on {on['cases']} "
+        f"{noun} ({on['description']})"
+    )
+
+
 def _fill(table: QTableWidget, headers: list[str], rows: list[list[Any]]) -> None:
-    """Put ``rows`` into ``table`` read-only, sized to its contents (no inner scrolling)."""
+    """Put ``rows`` into ``table`` read-only, sized to its contents up to MAX_TABLE_PX."""
     table.clear()
     table.setColumnCount(len(headers))
     table.setRowCount(len(rows))
     table.setHorizontalHeaderLabels(headers)
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
-            table.setItem(r, c, QTableWidgetItem(figure_text(value)))
+            item = QTableWidgetItem(figure_text(value))
+            if value is None:
+                item.setToolTip("cannot be computed on these cases (see the notes above)")
+            table.setItem(r, c, item)
     table.resizeColumnsToContents()
     table.resizeRowsToContents()
     height = table.horizontalHeader().height() + 2 * table.frameWidth()
     height += sum(table.rowHeight(r) for r in range(len(rows)))
-    table.setFixedHeight(height + 2)
+    table.setFixedHeight(min(height + 2, MAX_TABLE_PX))
 
 
 def _table() -> QTableWidget:
     table = QTableWidget(0, 0)
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
     table.setFixedHeight(0)
@@ -82,6 +119,7 @@ def new_result_table() -> QTableWidget:
     table = QTableWidget(0, 0)
     table.verticalHeader().setVisible(False)
     table.setMinimumHeight(120)
+    table.setMaximumHeight(MAX_RESULTS_PX)
     table.setVisible(False)
     return table
 
@@ -185,9 +223,11 @@ class MetricsView(QWidget):
         on = metrics["computed_on"]
         counts = ", ".join(f"{n} {name}" for name, n in on["per_class"].items())
         model = f"Model '{on['model']}' scored on" if "model" in on else "Computed on"
+        notes = metrics.get("notes", [])
+        accuracy = "" if _missing(metrics) else f" Accuracy {metrics['accuracy']:.3f}."
         self.computed_on.setText(
-            f"{model} {on['cases']} held-out cases ({counts}); {on['description']}. "
-            f"Accuracy {metrics['accuracy']:.3f}."
+            f"{model} {on['cases']} held-out cases ({counts}); {on['description']}.{accuracy}"
+            + "".join(f" Note: {note}." for note in notes)
         )
         rows = [[name, *(row[c] for c in COLUMNS)] for name, row in metrics["per_class"].items()]
         rows.append(["macro", *(metrics["macro"][c] for c in COLUMNS[:-1]), on["cases"]])
@@ -199,8 +239,7 @@ class MetricsView(QWidget):
         for name in self._curves - set(metrics["roc_curves"]):  # out of the legend
             self.roc.set_series(name, [], [], label="")
         for name, curve in metrics["roc_curves"].items():
-            auc = metrics["per_class"][name]["roc_auc"]
-            label = f"{name} (AUC {auc:.3f})"
+            label = f"{name} (AUC {figure_text(metrics['per_class'][name]['roc_auc'])})"
             self.roc.set_series(name, curve["fpr"], curve["tpr"], style="line+points", label=label)
             self._curves.add(name)
         # The tables' heights changed: ask the dock for room, or the layout overlaps them.
@@ -226,9 +265,6 @@ class MetricsView(QWidget):
 
     def save(self, base: Path) -> list[Path]:
         """Write the shown metrics to ``<base>.json`` and ``<base>.csv``."""
-        # Imported here: core's metrics module loads torch, which a dock must not at start.
-        from napari_medai.core.classification.metrics import save_metrics
-
         if self.metrics is None:
             raise MedaiError("there are no metrics to save; train or evaluate a classifier first")
         return save_metrics(self.metrics, base, overwrite=True)

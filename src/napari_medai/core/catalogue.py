@@ -47,7 +47,19 @@ TRAIN_CLASSIFIER = WorkerJob("napari_medai.core.classification.training:train_cl
 TRAIN_GAN = WorkerJob("napari_medai.core.generative.train:train_gan_job")
 SAMPLE_GAN = WorkerJob("napari_medai.core.generative.sample:sample_package_job")
 PREVIEW_AUGMENTATIONS = WorkerJob("napari_medai.core.generative.preview:augmentation_preview_job")
+CLASSIFY = WorkerJob("napari_medai.core.classification.jobs:classify_from_source_job")
+EVALUATE_CLASSIFIER = WorkerJob("napari_medai.core.classification.jobs:evaluate_from_source_job")
+TRAIN_CLASSIFIER_ON_BOXES = WorkerJob("napari_medai.core.classification.jobs:train_on_boxes_job")
+TRAIN_CLASSIFIER_ON_SLICES = WorkerJob(
+    "napari_medai.core.classification.jobs:train_on_label_slices_job"
+)
 
 #: Every worker job, for the test that resolves them.
 WORKER_JOBS = (SEGMENT, TRAIN_SEGMENTATION, PREDICT_FOR_REVIEW, TRAIN_CLASSIFIER, TRAIN_GAN)
+WORKER_JOBS += (
+    CLASSIFY,
+    EVALUATE_CLASSIFIER,
+    TRAIN_CLASSIFIER_ON_BOXES,
+    TRAIN_CLASSIFIER_ON_SLICES,
+)
 WORKER_JOBS += (SAMPLE_GAN, PREVIEW_AUGMENTATIONS)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.volume import Volume
 
+#: The task a classifier's model card names.
+TASK = "classification"
 SCOPES = ("volume", "slices", "regions")
 CAM_METHODS = ("gradcam", "gradcampp")
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
@@ -215,3 +218,16 @@ class ClassifyResult:
             for prediction, region in zip(out["predictions"], self.regions):
                 prediction["box"] = region.to_dict()
         return out
+
+
+@dataclass
+class TrainedClassifier:
+    """A finished training run as napari's process receives it from the worker.
+
+    Torch-free (unlike the trainer's own result), so unpickling it never
+    imports torch: the best model's folder and its held-out figures (None when
+    nothing was held out).
+    """
+
+    best_path: Path
+    metrics: dict[str, Any] | None

@@ -66,6 +66,7 @@ def _truth(volume: Volume, picked: HeldOutSet, names: dict[int, str]) -> tuple[n
                 f"{len(names) - 1} label value(s), one per class after {names[0]!r}; "
                 f"{len(picked.values)} given"
             )
+        _check_names(picked, names)
         used = picked.slice_indices(volume.spatial_shape[picked.axis])
         return slice_classes(labels.array, picked.values, picked.axis)[used], used
     picked.slice_indices(volume.spatial_shape[0])
@@ -79,6 +80,21 @@ def _truth(volume: Volume, picked: HeldOutSet, names: dict[int, str]) -> tuple[n
         )
     used = sorted({region.start[0] for region in regions})
     return np.asarray([index[c] for c in classes], dtype=np.int64), used
+
+
+def _check_names(picked: HeldOutSet, names: dict[int, str]) -> None:
+    """Refuse a label value whose name is not the classifier's name for its class.
+
+    Class k is read from the k-th label value; where both are named, the names
+    must agree, or the figures would score 'kidney' slices as 'spleen'.
+    """
+    for k, value in enumerate(picked.values, 1):
+        named = picked.labels.label_names.get(value)
+        if named is not None and named != names[k]:
+            raise ClassificationError(
+                f"label {value} of '{picked.source_name}' is {named!r}, but the classifier's "
+                f"class {k} is {names[k]!r}; give the label value named {names[k]!r}"
+            )
 
 
 def held_out_examples(volume: Volume, picked: HeldOutSet, card: ModelCard) -> Examples:

@@ -197,9 +197,8 @@ def examples_from_label_slices(
             f"({volume.spatial_shape})"
         )
     classes = slice_classes(labels.array, values, axis)
-    names = {0: "none" if len(values) > 1 else f"no {labels.label_names.get(values[0], values[0])}"}
-    for k, value in enumerate(values, 1):
-        names[k] = labels.label_names.get(value, f"label {value}")
+    named = [labels.label_names.get(v, f"label {v}") for v in values]
+    names = dict(enumerate(["none" if len(values) > 1 else f"no {named[0]}", *named]))
     if patch_size is None:
         shape = [n for a, n in enumerate(volume.spatial_shape) if a != axis]
         scale = min(1.0, SLICE_EDGE_MAX / max(shape))

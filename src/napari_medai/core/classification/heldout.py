@@ -58,6 +58,24 @@ def slices_text(indices: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def training_slices(count: int, held_out: Sequence[int] | None) -> list[int]:
+    """The slices of ``count`` that training may use: all but the ``held_out`` ones."""
+    skipped = set(held_out or [])
+    kept = [i for i in range(count) if i not in skipped]
+    if not kept:
+        raise ClassificationError("every slice is held out; leave some to train on")
+    return kept
+
+
+def training_boxes(regions: Sequence[Region], held_out: Sequence[int] | None) -> list[int]:
+    """The numbers of the boxes training may use: those off the ``held_out`` slices (z)."""
+    skipped = set(held_out or [])
+    kept = [n for n, region in enumerate(regions) if region.start[0] not in skipped]
+    if not kept:
+        raise ClassificationError("every box lies on a held-out slice; leave some to train on")
+    return kept
+
+
 @dataclass
 class HeldOutSet:
     """Examples the user picked: labelled slices (``labels``) or classed boxes (``regions``).
@@ -132,7 +150,8 @@ class HeldOutSet:
         source = f"user-picked: {self.source_noun} '{self.source_name}'"
         where = f"of image '{self.image_name}'"
         if self.kind == "slices":
-            values = ", ".join(str(v) for v in self.values)
+            names = self.labels.label_names
+            values = ", ".join(f"{v} = {names[v]}" if v in names else str(v) for v in self.values)
             axis = "zyx"[self.axis]
             return f"{source} slices {slices_text(slices)} along {axis} (label {values}) {where}"
         return f"{source} boxes on slices {slices_text(slices)} {where}"

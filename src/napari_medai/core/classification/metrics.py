@@ -10,12 +10,8 @@ counts and the area only, and scikit-learn is not a dependency.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +19,9 @@ import torch
 from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 
 from napari_medai.core.classification.config import ClassificationError
-from napari_medai.core.files import atomic_write
+
+# Saving needs no torch; it lives in ``report`` so the dock can save without it.
+from napari_medai.core.classification.report import metrics_csv, save_metrics  # noqa: F401
 
 
 def spatial_split(
@@ -76,7 +74,10 @@ def classification_metrics(
 
     ``computed_on`` says which examples these are (e.g. "boxes on slices
     15-29, spatially separate from training"); it is reported with the counts.
-    A class without positives (or without negatives) has no ROC AUC (None).
+    A figure that cannot be computed is None, never 0: a class without
+    positives (or without negatives) has no ROC AUC and no recall, a class
+    never predicted no precision. ``missing_classes`` names the classes
+    without a case and ``notes`` says in words what that leaves out.
     """
     truth = np.asarray(truth, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -94,9 +95,9 @@ def classification_metrics(
     one_hot = lambda values: torch.nn.functional.one_hot(torch.from_numpy(values), k).float()  # noqa: E731
     counts = get_confusion_matrix(one_hot(predicted), one_hot(truth)).sum(0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # MONAI warns of 0/0; those figures become None below
         figures = {
-            name: compute_confusion_matrix_metric(metric, counts).nan_to_num(0.0).numpy()
+            name: compute_confusion_matrix_metric(metric, counts).numpy()
             for name, metric in (
                 ("precision", "precision"),
                 ("recall", "recall"),
@@ -118,18 +119,18 @@ def classification_metrics(
             aucs.append(auc)
             curves[class_names[label]] = roc_curve(positives, probabilities[:, column])
         per_class[class_names[label]] = {
-            "precision": round(float(figures["precision"][column]), 4),
-            "recall": round(float(figures["recall"][column]), 4),
-            "f1": round(float(figures["f1"][column]), 4),
+            **{key: _figure(figures[key][column]) for key in ("precision", "recall", "f1")},
             "roc_auc": None if auc is None else round(auc, 4),
             "support": int(positives.sum()),
         }
+    # Macro over the classes with cases; a 0/0 precision counts as 0 there, as scikit-learn does.
     present = [c for c, label in enumerate(classes) if (truth == label).any()]
-    macro = {
-        key: round(float(np.mean([figures[key][c] for c in present])), 4)
+    macro: dict[str, float | None] = {
+        key: round(float(np.mean(np.nan_to_num(figures[key][present]))), 4)
         for key in ("precision", "recall", "f1")
     }
     macro["roc_auc"] = round(float(np.mean(aucs)), 4) if aucs else None
+    missing = [class_names[c] for c in classes if not (truth == c).any()]
     return {
         "computed_on": {
             "description": computed_on,
@@ -144,34 +145,32 @@ def classification_metrics(
             "rows_true_columns_predicted": matrix.tolist(),
         },
         "roc_curves": curves,
+        "missing_classes": missing,
+        "notes": _notes(missing, per_class),
     }
 
 
-def metrics_csv(metrics: dict[str, Any]) -> str:
-    """The per-class table, the macro row and the confusion matrix as CSV text."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    on = metrics["computed_on"]
-    writer.writerow(["computed on", on["description"], "cases", on["cases"]])
-    writer.writerow(["accuracy", metrics["accuracy"]])
-    columns = ["precision", "recall", "f1", "roc_auc"]
-    writer.writerow(["class", *columns, "support"])
-    for name, row in metrics["per_class"].items():
-        writer.writerow([name, *(row[c] for c in columns), row["support"]])
-    writer.writerow(["macro", *(metrics["macro"][c] for c in columns), on["cases"]])
-    matrix = metrics["confusion_matrix"]
-    writer.writerow([])
-    writer.writerow(["true \\ predicted", *matrix["classes"]])
-    for name, row in zip(matrix["classes"], matrix["rows_true_columns_predicted"]):
-        writer.writerow([name, *row])
-    return out.getvalue()
+def _figure(value: float) -> float | None:
+    """A figure rounded for reports; None where it is 0/0 (e.g. recall of an absent class)."""
+    return None if np.isnan(value) else round(float(value), 4)
 
 
-def save_metrics(metrics: dict[str, Any], base: Path, overwrite: bool = False) -> list[Path]:
-    """Write ``<base>.json`` and ``<base>.csv`` atomically; returns both paths."""
-    base = Path(base)
-    paths = [base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")]
-    texts = [json.dumps(metrics, indent=2), metrics_csv(metrics)]
-    for path, text in zip(paths, texts):
-        atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"), overwrite)
-    return paths
+def _notes(missing: list[str], per_class: dict[str, dict[str, Any]]) -> list[str]:
+    """Why some figures are absent or cannot judge the classifier, in words."""
+    notes = []
+    if missing:
+        names = " or ".join(repr(n) for n in missing)
+        notes.append(
+            f"these cases hold no {names} example, so ROC AUC and the recall of {names} cannot "
+            "be computed, and accuracy only counts the other class(es): the figures cannot "
+            "judge the classifier; score it on cases that hold every class"
+        )
+    unpredicted = [name for name, row in per_class.items() if row["precision"] is None]
+    unpredicted = [name for name in unpredicted if name not in missing]
+    if unpredicted:
+        names = " or ".join(repr(n) for n in unpredicted)
+        notes.append(
+            f"no case was called {names}, so its precision cannot be computed "
+            "(it counts as 0 in the macro average)"
+        )
+    return notes

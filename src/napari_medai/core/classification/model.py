@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from napari_medai.core.classification.config import ClassificationError
+from napari_medai.core.classification.config import TASK, ClassificationError
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.volume import Volume
-
-TASK = "classification"
 
 
 def class_names(card: ModelCard) -> dict[int, str]:

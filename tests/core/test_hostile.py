@@ -6,6 +6,7 @@ child process; these tests check what each repaired case opens as.
 
 from __future__ import annotations
 
+import gzip
 import os
 import struct
 import tempfile
@@ -243,9 +244,10 @@ def test_folders_of_killed_runs_are_removed(tmp_path):
 
 
 def test_nii_gz_with_far_more_data_than_promised_is_refused_fast(tmp_path, monkeypatch):
-    """Case 4: inflation stops a bounded way past the promised size (48 MB are never inflated)."""
-    import gzip
+    """Case 4: inflation stops a bounded way past the promised size (48 MB are never inflated).
 
+    The data of a NIfTI is checked as it is read (one inflation), so the reader refuses it.
+    """
     from napari_medai.core.io import validate
 
     monkeypatch.setattr(validate, "MAX_TRAILING_BYTES", 1 << 20)
@@ -255,7 +257,7 @@ def test_nii_gz_with_far_more_data_than_promised_is_refused_fast(tmp_path, monke
         stream.write(header.binaryblock + b"\0" * 4 + bytes(240) + bytes(48 << 20))
     started = time.perf_counter()
     with pytest.raises(UnreadableFileError, match="runs on more than 1.0 MB past the image"):
-        check_image_header(path)
+        read_volume(path)
     # Inflating 1 MB takes milliseconds; all 48 MB would take about ten times as long.
     assert time.perf_counter() - started < 0.5
 
@@ -404,15 +406,46 @@ def test_five_d_nifti_with_real_extra_dims_is_refused_naming_them(tmp_path, imag
 
 
 @pytest.mark.parametrize("intent", [1006, 1007])
-def test_vector_nifti_with_scaling_never_reaches_itk(tmp_path, intent):
-    """ITK 5.4 corrupts its heap scaling a vector NIfTI (the process dies): refused first."""
-    image = nibabel.Nifti1Image(np.zeros((4, 5, 6, 1, 3), np.int16), np.eye(4))
+def test_scaled_vector_nifti_opens_as_scaled_channels(tmp_path, intent):
+    """ITK 5.4 corrupted its heap scaling a vector NIfTI, so it was refused; nibabel reads it.
+
+    Three values per voxel become three channels, scaled as nibabel scales them, in float32
+    (as ITK gives scaled NIfTI values; float64 would double the memory).
+    """
+    data = np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 1, 3)
+    image = nibabel.Nifti1Image(data, np.eye(4))
     image.header.set_intent(intent)
-    image.header.set_slope_inter(2.0, 0.0)
+    image.header.set_slope_inter(2.0, -1.0)
     path = tmp_path / "vector.nii"
     nibabel.save(image, path)
-    with pytest.raises(UnreadableFileError, match="3 values per voxel .* with intensity scaling"):
-        check_image_header(path)
+    volume = read_volume(path)
+    assert volume.array.dtype == np.float32
+    assert volume.metadata["channel_axis_name"] == "channel"
+    expected = np.asarray(nibabel.load(path).dataobj)[:, :, :, 0, :].T
+    np.testing.assert_array_equal(volume.array, expected)
+
+
+def _mgz(path, shape=(6, 7, 8)):
+    data = np.random.default_rng(21).integers(-1000, 1000, shape).astype(np.int16)
+    nibabel.save(nibabel.MGHImage(data, np.diag([-1.0, 1.5, 2.0, 1.0])), path)
+    return path
+
+
+def test_bit_rot_in_an_mgz_is_refused_as_damaged(tmp_path):
+    """An .mgz is read and checked as a .nii.gz is: bit rot is "damaged", in the same words."""
+    path = _rot(_mgz(tmp_path / "rot.mgz", (12, 40, 40)), at=0.8)
+    with pytest.raises(UnreadableFileError, match='"rot.mgz".*the file is damaged'):
+        read_volume(path)
+
+
+def test_mgz_promising_more_than_memory_is_refused(tmp_path):
+    """An MGH header's dimensions are checked against free memory before nibabel allocates."""
+    path = _mgz(tmp_path / "big.mgz")
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[4:16] = struct.pack(">3i", 30000, 30000, 30000)  # MGH dims are big-endian int32
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(UnreadableFileError, match="more than this computer can hold"):
+        read_volume(path)
 
 
 def test_rgb_nifti_with_an_ignored_intercept_opens(tmp_path):

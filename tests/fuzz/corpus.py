@@ -78,6 +78,11 @@ def _write_bases(corpus: _Corpus) -> dict[str, Path]:
         sitk.WriteImage(image, str(path), useCompression=suffix in (".nii.gz", ".nrrd"))
         bases[suffix] = path
         corpus.add(f"valid {suffix}", path, "open", compare_nibabel=suffix.startswith(".nii"))
+    volume, _ = make_phantom(shape=(6, 16, 20), spacing=(4.0, 2.0, 2.0), seed=0)
+    mgz = corpus.path("phantom.mgz")
+    nibabel.save(nibabel.MGHImage(volume.array.T, volume.geometry.ras_affine()), mgz)
+    bases[".mgz"] = mgz
+    corpus.add("valid .mgz", mgz, "open", compare_nibabel=True)
     raw_mha = corpus.path("phantom_raw.mha")
     sitk.WriteImage(image, str(raw_mha), useCompression=False)
     bases["raw.mha"] = raw_mha
@@ -532,7 +537,7 @@ def _nifti_of(corpus: _Corpus, name: str, image, patch=None) -> Path:
 
 
 def _issue17_nifti_cases(corpus: _Corpus) -> None:
-    """5-D and vector NIfTI (SimpleITK errors and heap corruption before) and shear."""
+    """5-D and vector NIfTI (SimpleITK errors and heap corruption before; nibabel reads them)."""
     grid = np.diag([2.0, 3.0, 4.0, 1.0])
     no_scaling = _put(112, "<2f", 0.0, 5.0)  # slope 0: scl_inter ignored
     for extra in ((1, 1), (2, 1)):
@@ -550,7 +555,7 @@ def _issue17_nifti_cases(corpus: _Corpus) -> None:
         image = nibabel.Nifti1Image(np.zeros((4, 5, 6, 1, 3), np.int16), grid)
         image.header.set_intent(intent)
         path = _nifti_of(corpus, f"vector_{intent}.nii", image, _put(112, "<2f", 2.0, 0.0))
-        corpus.add(f"vector NIfTI (intent {intent}) scaled", path, "refuse", "values per voxel")
+        corpus.add(f"vector NIfTI (intent {intent}) scaled", path, "open")
     rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     path = _nifti_of(corpus, "rgb_slope0.nii", nibabel.Nifti1Image(rgb, grid), no_scaling)
     corpus.add("RGB NIfTI, slope 0", path, "open")
@@ -576,7 +581,7 @@ def build_corpus(root: Path, real: Path | None = None, seed: int = 12) -> list[C
     _field_cases(corpus, bases)
     _bit_rot_cases(corpus)
     _issue17_nifti_cases(corpus)
-    sources = {k: bases[k] for k in (".nii", ".nii.gz", "raw.nrrd", "raw.mha", "dcm")}
+    sources = {k: bases[k] for k in (".nii", ".nii.gz", ".mgz", "raw.nrrd", "raw.mha", "dcm")}
     if real is not None:
         for label, relative in (
             ("real CT_small", "pydicom_wheel/CT_small"),

@@ -1,9 +1,9 @@
 """Open CT/MRI files as :class:`Volume` / :class:`LabelMap`, dispatching on the file type.
 
-Folders, ``.zip`` files and DICOM files go to :mod:`napari_medai.core.io.dicom`; NIfTI,
-NRRD, MetaImage and NIfTI/Analyze pairs are read by SimpleITK; FreeSurfer ``.mgz``/``.mgh``
-(which SimpleITK cannot read) by nibabel when it is installed. Every SimpleITK image becomes
-a volume through :func:`volume_from_sitk`, the one conversion.
+Folders, ``.zip`` files and DICOM files go to :mod:`napari_medai.core.io.dicom`; NIfTI-1/2,
+NIfTI/Analyze pairs and FreeSurfer ``.mgz``/``.mgh`` are read by nibabel, their grid taken from
+nibabel's RAS affine through :meth:`Geometry.from_ras_affine`; NRRD and MetaImage by SimpleITK,
+whose images become volumes through :func:`volume_from_sitk`, the one conversion.
 """
 
 from __future__ import annotations
@@ -21,33 +21,31 @@ import SimpleITK as sitk
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.files import compound_stem, compound_suffix
-from napari_medai.core.io.validate import NiftiFacts, check_image_header
+from napari_medai.core.geometry import Geometry
+from napari_medai.core.io.validate import NiftiFacts, check_image_header, read_nibabel_voxels
 from napari_medai.core.io.writing import smallest_label_dtype
 from napari_medai.core.jobs import Job, Progress, run_job
 from napari_medai.core.resample import resample_label_map
-from napari_medai.core.volume import (
-    LabelMap,
-    Volume,
-    label_map_from_sitk,
-    volume_from_sitk,
-)
+from napari_medai.core.volume import LabelMap, Volume, volume_from_sitk
 
 logger = logging.getLogger(__name__)
 
 #: File types SimpleITK reads, by (compound) suffix, with a name for messages.
 SITK_FORMATS = {
-    ".nii": "NIfTI",
-    ".nii.gz": "NIfTI",
-    ".hdr": "NIfTI/Analyze header",
-    ".hdr.gz": "NIfTI/Analyze header",
     ".nrrd": "NRRD",
     ".nhdr": "NRRD header",
     ".mha": "MetaImage",
     ".mhd": "MetaImage header",
 }
-#: FreeSurfer volumes: SimpleITK has no reader for them, nibabel has.
-NIBABEL_FORMATS = {".mgz": "FreeSurfer MGH", ".mgh": "FreeSurfer MGH"}
-_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
+#: File types nibabel reads: NIfTI-1/2 and Analyze (one rule for every NIfTI), FreeSurfer.
+NIBABEL_FORMATS = {
+    ".nii": "NIfTI",
+    ".nii.gz": "NIfTI",
+    ".hdr": "NIfTI/Analyze header",
+    ".hdr.gz": "NIfTI/Analyze header",
+    ".mgz": "FreeSurfer MGH",
+    ".mgh": "FreeSurfer MGH",
+}
 
 #: Air is -1000 HU; MR magnitudes are never negative. A minimum at or below this marks CT.
 CT_AIR_THRESHOLD = -900
@@ -85,9 +83,7 @@ def read_volume_job(path: str | Path, series_uid: str | None = None) -> Job[Volu
             f'"{path.name}" is a single image file, not DICOM: there is no series to choose'
         )
     yield Progress(0.0, f"Reading {path.name}")
-    image, info = _read_image(path, kind)
-    yield Progress(0.9, f"Converting {path.name}")
-    volume = _image_to_volume(image, path, info)
+    volume = _read_file(path)
     yield Progress(1.0, f"Read {path.name}")
     return volume
 
@@ -108,22 +104,21 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> LabelMa
     ``metadata["warnings"]``.
     """
     path = Path(path)
-    kind = _kind_of(path)
-    if kind == "dicom":
+    if _kind_of(path) == "dicom":
         raise UnreadableFileError(
             f'Cannot open "{path.name}" as a label map: label maps are read from NIfTI, NRRD, '
             "MetaImage or FreeSurfer files"
         )
-    image, info = _read_image(path, kind)
-    if image.GetDimension() == 2:
-        image = sitk.JoinSeries(image)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    volume = _read_file(path)
+    if volume.array.ndim != 3:
+        size = "x".join(map(str, volume.array.shape))
         raise UnreadableFileError(
-            f'Cannot open "{path.name}" as a label map: it has {_describe_shape(image)}; '
+            f'Cannot open "{path.name}" as a label map: it has a '
+            f"{volume.metadata['channel_axis_name']} axis ({size}); "
             "a label map is a single 3D grid of integers"
         )
-    label_map = label_map_from_sitk(_as_integer_labels(image, path))
-    warnings = list(info["warnings"])
+    label_map = LabelMap(_as_integer_labels(volume.array, path), volume.geometry)
+    warnings = list(volume.metadata["warnings"])
     if reference is not None:
         on_grid = label_map.spatial_shape == reference.spatial_shape and (
             label_map.geometry.is_close(reference.geometry, SAME_GRID_TOLERANCE)
@@ -288,22 +283,31 @@ def _unopenable(path: Path, error: OSError) -> str:
     return f'Cannot open "{path}": no such file or folder'
 
 
-def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
-    """The file as a SimpleITK image plus ``{"modality": ..., "warnings": [...]}``.
+def _read_file(path: Path) -> Volume:
+    """An image file as a volume whose metadata holds its name, source, modality and warnings.
 
-    The header is checked in Python first (:mod:`napari_medai.core.io.validate`),
-    so SimpleITK never sees a header that could crash it or a truncated file.
+    The header is checked in Python first (:mod:`napari_medai.core.io.validate`):
+    SimpleITK never sees a header that could crash it or a truncated file, and
+    nibabel reads only the voxels a checked header describes.
     """
-    if kind == "nibabel":
-        return _read_with_nibabel(path), {"modality": "", "warnings": []}
-    suffix = compound_suffix(path)
-    file_type = SITK_FORMATS[suffix]
     checked = check_image_header(path)
-    warnings = list(checked.warnings)
-    if checked.file_type == "NIfTI-2" or (checked.nifti is not None and checked.nifti.sheared):
-        # SimpleITK (ITK 5.4) has no NIfTI-2 reader and refuses a sheared NIfTI-1 without a
-        # qform; nibabel reads both, by the same affine rules, so every sheared NIfTI opens.
-        return _read_with_nibabel(path), {"modality": "", "warnings": warnings}
+    if checked.nifti is not None:
+        volume, modality = _volume_from_nibabel(path, checked.nifti), ""
+    else:
+        image, modality = _read_with_sitk(path)
+        volume = _volume_from_image(image, path)
+    volume.metadata.update(
+        name=compound_stem(path),
+        source=path.name,
+        modality=modality or _modality_from_intensities(volume.array),
+        warnings=list(checked.warnings),
+    )
+    return volume
+
+
+def _read_with_sitk(path: Path) -> tuple[sitk.Image, str]:
+    """A checked NRRD or MetaImage file as a SimpleITK image, and the modality its header states."""
+    file_type = SITK_FORMATS[compound_suffix(path)]
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -314,12 +318,6 @@ def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
             "or another format under this name)"
         ) from error
     header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    if suffix in _NIFTI_SUFFIXES and checked.nifti is not None and checked.nifti.affine is None:
-        warnings.append(
-            f'"{path.name}" stores no orientation (NIfTI qform and sform codes are 0): '
-            "left/right and position in the scanner are unknown; shown with an identity "
-            "direction at the origin"
-        )
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -327,131 +325,53 @@ def _read_image(path: Path, kind: str) -> tuple[sitk.Image, dict[str, Any]]:
             f'Cannot open "{path.name}": the image data is incomplete or damaged '
             "(truncated file, or a missing data file beside the header?)"
         ) from error
-    if checked.nifti is not None:
-        image = _nifti_as_nibabel_sees_it(image, path, checked.nifti)
-    return image, {"modality": _modality_from_header(header), "warnings": warnings}
+    return image, _modality_from_header(header)
 
 
-def _nifti_as_nibabel_sees_it(image: sitk.Image, path: Path, facts: NiftiFacts) -> sitk.Image:
-    """Undo two ITK departures from the NIfTI rules that nibabel, FSL and niivue follow.
+def _volume_from_nibabel(path: Path, facts: NiftiFacts) -> Volume:
+    """A checked NIfTI or MGH file as a volume: nibabel's voxels on its RAS affine's grid.
 
-    ITK adds ``scl_inter`` when ``scl_slope`` is 0 or NaN (NIfTI: no scaling), and
-    prefers the qform when both transforms are set (NIfTI practice: the sform).
+    Scaled values are float32 where that holds them (nibabel widens only to avoid
+    overflow), as ITK gave them; the array is nibabel's transposed, not copied.
     """
-    if facts.ignores_scaling and facts.intercept != 0:
-        import nibabel
+    from nibabel.volumeutils import apply_read_scaling
 
-        raw = np.asarray(nibabel.load(path).dataobj.get_unscaled())
-        components = image.GetNumberOfComponentsPerPixel()
-        unscaled = sitk.GetImageFromArray(_in_itk_layout(raw, image), isVector=components > 1)
-        unscaled.CopyInformation(image)
-        image = unscaled
-    if facts.sform is None or image.GetDimension() not in (3, 4):
-        return image
-    lps = np.diag([-1.0, -1.0, 1.0]) @ facts.sform[:3]
-    spacing = np.linalg.norm(lps[:, :3], axis=0)
-    direction = lps[:, :3] / spacing
-    itk_affine = np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3]
-    itk_linear = itk_affine @ np.diag(image.GetSpacing()[:3])
-    same = np.allclose(itk_linear, lps[:, :3], atol=1e-4) and np.allclose(
-        image.GetOrigin()[:3], lps[:, 3], atol=1e-4
-    )
-    if same:
-        return image
-    image.SetSpacing([*spacing, *image.GetSpacing()[3:]])
-    image.SetOrigin([*lps[:, 3], *image.GetOrigin()[3:]])
-    full = np.eye(image.GetDimension())
-    full[:3, :3] = direction
-    # ITK accepts a non-orthogonal direction, so a sheared sform is kept exactly.
-    image.SetDirection(full.ravel().tolist())
-    return image
+    array, axis_name = _volume_axes(read_nibabel_voxels(path, facts), path)
+    if facts.scaling is not None:
+        array = apply_read_scaling(array, *facts.scaling)
+    array = array.astype(array.dtype.newbyteorder("="), copy=False).T
+    metadata = {} if axis_name is None else {"channel_axis_name": axis_name}
+    return Volume(array, Geometry.from_ras_affine(facts.ras_affine), metadata)
 
 
-def _in_itk_layout(raw: np.ndarray, image: sitk.Image) -> np.ndarray:
-    """nibabel's (x, y, z, t, c) array of a NIfTI in the axis order of ``image``'s array.
+def _volume_axes(voxels: np.ndarray, path: Path) -> tuple[np.ndarray, str | None]:
+    """nibabel's (x, y, z, t, values per voxel) voxels as (x, y, z[, t or c]), and that axis' name.
 
-    ITK drops trailing axes of size 1 (a 5-D file of 4x5x6x1x1 is a 3-D image) and
-    moves values per voxel (RGB, vectors) last: (t, z, y, x, c).
+    As ITK reads NIfTI: trailing axes of size 1 go, a 2D image is one slice, and
+    values per voxel (``dim[5]`` of one time point, or RGB) become a channel axis.
     """
-    if raw.dtype.names:  # RGB(A): one field per channel, made the last (slowest) axis
-        from numpy.lib.recfunctions import structured_to_unstructured
-
-        raw = structured_to_unstructured(raw)
-    components = image.GetNumberOfComponentsPerPixel()
-    size = tuple(reversed(image.GetSize()))
-    if components == 1:
-        return raw.T.reshape(size)
-    return np.moveaxis(raw.T.reshape((components, *size)), 0, -1)
-
-
-def _read_with_nibabel(path: Path) -> sitk.Image:
-    """Read a FreeSurfer MGH/MGZ volume, a NIfTI-2 or a sheared NIfTI with nibabel.
-
-    Hand-written bridge: SimpleITK has no MGH or NIfTI-2 reader. nibabel's affine
-    maps (i, j, k) voxel indices to RAS mm; ITK's grid is LPS, so x and y flip sign.
-    """
-    file_type = NIBABEL_FORMATS.get(compound_suffix(path), "NIfTI")
-    try:
-        import nibabel
-    except ImportError:
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": {file_type} files like this one need the nibabel '
-            "package (pip install nibabel)"
-        ) from None
-    try:
-        loaded = nibabel.load(path)
-        array = np.asarray(loaded.dataobj)
-    except Exception as error:  # nibabel raises many types for damaged files
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": not a valid {file_type} file ({error})'
-        ) from error
-    vector = bool(array.dtype.names)
-    if vector:  # RGB(A): one field per channel becomes a last axis
-        from numpy.lib.recfunctions import structured_to_unstructured
-
-        array = structured_to_unstructured(array)
-    spatial = _three_or_four_axes(array[..., 0] if vector else array, path)
-    array = array.reshape(spatial.shape + array.shape[array.ndim - vector :])
-    array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    image = sitk.GetImageFromArray(
-        np.moveaxis(array.T, 0, -1) if vector else array.T, isVector=vector
-    )
-    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(loaded.affine, dtype=np.float64)[:3]
-    spacing = np.linalg.norm(lps[:, :3], axis=0)
-    direction = lps[:, :3] / spacing
-    extra = spatial.ndim - 3
-    image.SetSpacing([*spacing, *[1.0] * extra])
-    image.SetOrigin([*lps[:, 3], *[0.0] * extra])
-    full_direction = np.eye(spatial.ndim)
-    full_direction[:3, :3] = direction
-    try:
-        # ITK accepts non-perpendicular axes, so a sheared affine is kept exactly.
-        image.SetDirection(full_direction.ravel().tolist())
-    except RuntimeError as error:
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": its affine is degenerate (voxel axes flat or parallel)'
-        ) from error
-    return image
-
-
-def _three_or_four_axes(array: np.ndarray, path: Path) -> np.ndarray:
-    """``array`` as 3D or 4D, as ITK reads it: trailing axes of size 1 dropped, 2D one slice."""
+    array, axis_name = voxels, None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.ndim == 5 and array.shape[3] == 1:
+        array, axis_name = array[:, :, :, 0], "channel"
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim not in (3, 4):
+    if array.dtype.names and array.ndim == 3:  # RGB(A): one field per channel
+        from numpy.lib.recfunctions import structured_to_unstructured
+
+        array, axis_name = structured_to_unstructured(array), "channel"
+    if array.ndim not in (3, 4) or array.dtype.names:
         size = "x".join(map(str, array.shape))
         raise UnreadableFileError(
             f'Cannot open "{path.name}": it has {array.ndim} dimensions ({size}); napari-medai '
             "opens 2D, 3D and 4D (time or channel) images"
         )
-    return array
+    return array, axis_name or ("time" if array.ndim == 4 else None)
 
 
-def _image_to_volume(image: sitk.Image, path: Path, info: dict[str, Any]) -> Volume:
+def _volume_from_image(image: sitk.Image, path: Path) -> Volume:
     """2D -> one slice, 3D scalar or vector -> (z, y, x) or (c, z, y, x), 4D -> (t, z, y, x)."""
-    metadata: dict[str, Any] = {"name": compound_stem(path), "source": path.name}
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if dimension == 2:
@@ -459,19 +379,16 @@ def _image_to_volume(image: sitk.Image, path: Path, info: dict[str, Any]) -> Vol
         image = sitk.JoinSeries(image)
         dimension = 3
     if dimension == 3:
-        volume = volume_from_sitk(image, metadata)
+        volume = volume_from_sitk(image)
         if components > 1:
             volume.metadata["channel_axis_name"] = "channel"
-    elif dimension == 4 and components == 1:
-        volume = _volume_from_4d(image, metadata)
-    else:
-        raise UnreadableFileError(
-            f'Cannot open "{path.name}": it has {_describe_shape(image)}; napari-medai opens '
-            "2D, 3D and 4D (time or channel) images"
-        )
-    volume.metadata["modality"] = info["modality"] or _modality_from_intensities(volume.array)
-    volume.metadata["warnings"] = list(info["warnings"])
-    return volume
+        return volume
+    if dimension == 4 and components == 1:
+        return _volume_from_4d(image, {})
+    raise UnreadableFileError(
+        f'Cannot open "{path.name}": it has {_describe_shape(image)}; napari-medai opens '
+        "2D, 3D and 4D (time or channel) images"
+    )
 
 
 def _volume_from_4d(image: sitk.Image, metadata: dict[str, Any]) -> Volume:
@@ -509,20 +426,16 @@ def _modality_from_intensities(array: np.ndarray) -> str:
     return "CT" if sample.size and float(sample.min()) <= CT_AIR_THRESHOLD else ""
 
 
-def _as_integer_labels(image: sitk.Image, path: Path) -> sitk.Image:
-    """Integer images pass; whole-number float images are cast; others are refused."""
-    values = sitk.GetArrayViewFromImage(image)
-    if values.dtype.kind in "iu":
-        return image
-    if not (np.all(np.isfinite(values)) and np.array_equal(values, np.round(values))):
+def _as_integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer arrays pass; whole-number float arrays are cast; others are refused."""
+    if array.dtype.kind in "iu":
+        return array
+    if not (np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))):
         raise UnreadableFileError(
             f'Cannot open "{path.name}" as a label map: it holds fractional values '
             "(a probability or intensity image, not labels)"
         )
-    dtype = smallest_label_dtype(values)
-    integer = sitk.GetImageFromArray(values.astype(dtype))
-    integer.CopyInformation(image)
-    return integer
+    return array.astype(smallest_label_dtype(array))
 
 
 def _label_values(array: np.ndarray) -> set[int]:

@@ -1,13 +1,14 @@
-"""Check NIfTI-1/2, NRRD and MetaImage headers in Python before SimpleITK sees the file.
+"""Check image headers in Python before any reader trusts them, and read NIfTI/MGH voxels.
 
-Hand-written on purpose: ITK aborts the whole process on some malformed headers
-(a MetaImage with ``NDims = 99`` is a double free), follows detached-data paths
-anywhere on disk, fills truncated data with zeros and inflates compressed data
-without a bound. nibabel/pynrrd would parse these headers too, but they stop at
-the same places or read the data; here only the few fields that decide
-safety are read: dimensions, element type, spacing, scaling, the detached data
-file and how many bytes the data needs. Every refusal names the file and the
-problem in words.
+NIfTI-1/2, Analyze and FreeSurfer MGH headers are parsed by nibabel, which also
+reads their voxels (:func:`read_nibabel_voxels`): the checks here decide whether
+that is safe (dimensions, voxel type, spacing, scaling, memory, data length) and
+where the grid lies. NRRD and MetaImage headers are parsed by hand on purpose:
+ITK aborts the whole process on some malformed ones (a MetaImage with
+``NDims = 99`` is a double free), follows detached-data paths anywhere on disk,
+fills truncated data with zeros and inflates compressed data without a bound;
+only the few fields that decide safety are read. Every refusal names the file
+and the problem in words.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import gzip
 import math
 import os
 import re
-import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.files import compound_suffix
+from napari_medai.core.geometry import lps_from_ras
 
 #: The most dimensions napari-medai opens (x, y, z, time or channel).
 MAX_DIMENSIONS = 4
@@ -37,30 +39,12 @@ COPIES_WHILE_READING = 2
 _CHUNK = 1 << 22
 #: Compressed data may run this far past the image (padding) and still be checked to its end.
 MAX_TRAILING_BYTES = 64 << 20
+#: deflate (gzip, zlib) inflates at most this many bytes per compressed byte.
+DEFLATE_MAX_RATIO = 1032
 #: qform and sform closer than this (mm) at every grid corner agree.
 TRANSFORM_AGREEMENT_MM = 0.1
 #: Voxel axes further than this (degrees) from perpendicular are sheared.
 SHEAR_TOLERANCE_DEGREES = 0.01
-
-#: NIfTI datatype code -> (numpy dtype or None when unsupported, description).
-NIFTI_DATATYPES: dict[int, tuple[str | None, str]] = {
-    2: ("u1", "8-bit unsigned"),
-    4: ("i2", "16-bit signed"),
-    8: ("i4", "32-bit signed"),
-    16: ("f4", "32-bit float"),
-    32: (None, "complex (64-bit)"),
-    64: ("f8", "64-bit float"),
-    128: ("u1,u1,u1", "RGB"),
-    256: ("i1", "8-bit signed"),
-    512: ("u2", "16-bit unsigned"),
-    768: ("u4", "32-bit unsigned"),
-    1024: ("i8", "64-bit signed"),
-    1280: ("u8", "64-bit unsigned"),
-    1536: (None, "128-bit float"),
-    1792: (None, "complex (128-bit)"),
-    2048: (None, "complex (256-bit)"),
-    2304: ("u1,u1,u1,u1", "RGBA"),
-}
 
 #: NRRD type names (every spelling the NRRD format allows) and their sizes in bytes.
 _NRRD_TYPE_NAMES = {
@@ -135,30 +119,20 @@ METAIMAGE_TYPE_SIZES = {
 
 @dataclass
 class NiftiFacts:
-    """What the reader needs from a NIfTI header beyond "it is safe"."""
+    """Where a checked NIfTI or MGH file keeps its voxels and how to place them (by nibabel)."""
 
-    version: int
-    dtype: str
-    slope: float
-    intercept: float
+    #: The stored shape, (x, y, z, t, values per voxel...) as nibabel gives it.
     shape: tuple[int, ...]
-    qform: np.ndarray | None
-    sform: np.ndarray | None
-
-    @property
-    def ignores_scaling(self) -> bool:
-        """NIfTI: a zero or non-finite ``scl_slope`` means "no scaling" (inter ignored)."""
-        return self.slope == 0 or not math.isfinite(self.slope)
-
-    @property
-    def affine(self) -> np.ndarray | None:
-        """The voxel -> RAS mm affine a NIfTI reader should use: sform first, as nibabel."""
-        return self.sform if self.sform is not None else self.qform
-
-    @property
-    def sheared(self) -> bool:
-        """Whether the sform's voxel axes are not perpendicular (ITK reads no such NIfTI-1)."""
-        return self.sform is not None and shear_degrees(self.sform) > SHEAR_TOLERANCE_DEGREES
+    #: The stored voxel type, byte order included.
+    dtype: np.dtype
+    #: Where the voxels start in ``data_file``.
+    offset: int
+    #: ``(scl_slope, scl_inter)`` to apply, or None when the values are shown as stored.
+    scaling: tuple[Any, Any] | None
+    #: Voxel (i, j, k) -> RAS mm: the sform, else the qform, else identity LPS (said so).
+    ras_affine: np.ndarray
+    data_file: Path
+    compressed: bool
 
 
 @dataclass
@@ -285,19 +259,27 @@ def _check_compressed(header: Path, data: Path, offset: int, expected: int, code
     except EOFError as error:
         raise _truncated(header) from error
     except (OSError, zlib.error, ValueError) as error:
-        raise _refuse(
-            header,
-            f"the file is damaged: its compressed data fails the {codec} integrity check "
-            "(corrupted on disk or in a copy?); open an intact copy",
-        ) from error
+        raise _damaged(header, codec) from error
     if length < expected:
         raise _truncated(header)
     if length > most:
-        raise _refuse(
-            header,
-            f"its compressed data runs on more than {_gigabytes(MAX_TRAILING_BYTES)} past the "
-            "image its header describes, so it cannot be checked (a damaged header?)",
-        )
+        raise _runs_on(header)
+
+
+def _damaged(path: Path, codec: str) -> UnreadableFileError:
+    return _refuse(
+        path,
+        f"the file is damaged: its compressed data fails the {codec} integrity check "
+        "(corrupted on disk or in a copy?); open an intact copy",
+    )
+
+
+def _runs_on(path: Path) -> UnreadableFileError:
+    return _refuse(
+        path,
+        f"its compressed data runs on more than {_gigabytes(MAX_TRAILING_BYTES)} past the "
+        "image its header describes, so it cannot be checked (a damaged header?)",
+    )
 
 
 def _truncated(path: Path) -> UnreadableFileError:
@@ -331,45 +313,110 @@ def _confined(header: Path, name: str) -> Path:
     return target
 
 
-# --- NIfTI -------------------------------------------------------------------------------
+# --- NIfTI and FreeSurfer MGH, through nibabel -------------------------------------------
 
 
-def _nifti_head(path: Path) -> bytes:
-    """The first 540 bytes (enough for NIfTI-2), inflating at most that for ``.gz``."""
+def _nibabel_header(path: Path) -> tuple[Any, str]:
+    """nibabel's header of ``path`` as stored, and the file type to name in messages.
+
+    ``nibabel.load`` tells the type (NIfTI-1/2, Analyze, MGH) and reads no voxels.
+    A NIfTI/Analyze header is then read again unchecked, because the image's own
+    copy resets the data offset and the scaling that the checks below need.
+    """
+    import nibabel
+    from nibabel.imageglobals import LoggingOutputSuppressor
+    from nibabel.openers import ImageOpener
+
+    file_type = "FreeSurfer MGH" if compound_suffix(path) in (".mgz", ".mgh") else "NIfTI"
     try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as stream:
-                return stream.read(540)
-        with path.open("rb") as handle:
-            return handle.read(540)
+        with LoggingOutputSuppressor():  # nibabel logs header fixes; the checks below speak
+            image = nibabel.load(path)
+        header = image.header
+        if "vox_offset" in header:
+            with ImageOpener(path) as stream:
+                header = image.header_class.from_fileobj(stream, check=False)
     except EOFError as error:
         raise _truncated(path) from error
-    except (OSError, zlib.error) as error:
+    except (zlib.error, gzip.BadGzipFile) as error:
+        raise _damaged(path, "gzip") from error
+    except nibabel.spatialimages.HeaderDataError as error:  # names the field, not the file
+        raise _refuse(path, f"not a valid {file_type} file ({error})") from error
+    except Exception as error:  # nibabel raises many types for damaged headers
         raise _refuse(
-            path, f"not a valid NIfTI file: the gzip compression is damaged ({error})"
+            path, f"not a valid {file_type} file (its header is missing, cut short or damaged)"
         ) from error
+    if isinstance(header, nibabel.Nifti2Header):
+        file_type = "NIfTI-2"
+    return header, file_type
 
 
-def _quaternion_affine(b: float, c: float, d: float, pixdim, offset) -> np.ndarray:
-    """The NIfTI qform (method 2) as a 4x4 voxel -> RAS affine."""
-    a2 = 1.0 - (b * b + c * c + d * d)
-    if a2 < 1e-7:
-        norm = math.sqrt(b * b + c * c + d * d)
-        a, b, c, d = 0.0, b / norm, c / norm, d / norm
-    else:
-        a = math.sqrt(a2)
-    rotation = np.array(
-        [
-            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
-            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
-        ]
-    )
-    qfac = -1.0 if pixdim[0] < 0 else 1.0
-    affine = np.eye(4)
-    affine[:3, :3] = rotation @ np.diag([pixdim[1], pixdim[2], pixdim[3] * qfac])
-    affine[:3, 3] = offset
-    return affine
+def _nibabel_shape(path: Path, header: Any) -> tuple[int, ...]:
+    """The data shape (x, y, z, t, values per voxel...), refused unless every axis has voxels."""
+    if "dim" in header:  # NIfTI/Analyze: dim[0] says how many of dim[1:] count
+        ndim = int(header["dim"][0])
+        if not 1 <= ndim <= 7:
+            raise _refuse(
+                path,
+                f"not a valid NIfTI file (its header declares {ndim} dimensions; 1 to 7 exist)",
+            )
+    shape = tuple(int(size) for size in header.get_data_shape())
+    spatial = list(shape)
+    while len(spatial) > 3 and spatial[-1] == 1:
+        spatial.pop()
+    _check_dimensions(path, spatial)
+    return shape
+
+
+def _voxel_type(path: Path, header: Any) -> np.dtype:
+    """The stored voxel type; complex and 128-bit voxels are refused."""
+    try:
+        dtype = np.dtype(header.get_data_dtype())
+    except Exception as error:  # nibabel: KeyError or HeaderDataError for unknown codes
+        code = header["datatype"] if "datatype" in header else header["type"]
+        raise _refuse(path, f"its header gives an unknown voxel datatype code ({code})") from error
+    if dtype.names and all(dtype[name] == np.uint8 for name in dtype.names):
+        return dtype  # RGB(A)
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:
+        kind = {"c": "complex", "f": "float"}.get(dtype.kind, "non-numeric")
+        raise _refuse(
+            path,
+            f"it holds {kind} ({dtype.itemsize * 8}-bit) voxels, which napari-medai does not "
+            "open; save the magnitude (or real part) as a real-valued image first",
+        )
+    return dtype
+
+
+def _stored_spacing(header: Any, ndim: int) -> list[float]:
+    """The voxel sizes the header stores for its first (up to three) axes."""
+    zooms = header["pixdim"][1:4] if "pixdim" in header else header["delta"]
+    return [float(value) for value in zooms[: min(ndim, 3)]]
+
+
+def _data_offset(path: Path, header: Any) -> int:
+    stored = float(header["vox_offset"]) if "vox_offset" in header else 0.0
+    if not math.isfinite(stored) or stored < 0:
+        raise _refuse(path, f"not a valid NIfTI file (data offset {stored})")
+    return int(header.get_data_offset())
+
+
+def _scaling(path: Path, header: Any) -> tuple[tuple[Any, Any] | None, list[str]]:
+    """(slope, intercept) to apply (None: none), and a warning when an intercept is ignored.
+
+    NIfTI: a zero or non-finite ``scl_slope`` means "no scaling", ``scl_inter`` ignored.
+    """
+    if "scl_slope" not in header:
+        return None, []
+    slope, intercept = header["scl_slope"], header.get("scl_inter", np.float32(0))
+    if slope == 0 or not math.isfinite(slope):
+        if math.isfinite(intercept) and intercept != 0:
+            return None, [
+                f'"{path.name}": its scl_slope is {slope}, which NIfTI defines as "no scaling"; '
+                f"the stored values are shown unscaled (scl_inter {intercept:g} ignored)"
+            ]
+        return None, []
+    if not math.isfinite(intercept):
+        raise _refuse(path, f"its intensity scaling is not a number (scl_inter {intercept})")
+    return (None if (slope, intercept) == (1, 0) else (slope, intercept)), []
 
 
 def _corners(shape: tuple[int, ...]) -> np.ndarray:
@@ -386,135 +433,110 @@ def shear_degrees(affine: np.ndarray) -> float:
     return math.degrees(math.asin(min(float(cosines), 1.0)))
 
 
-def check_nifti(path: Path) -> HeaderCheck:
-    """Check a NIfTI-1/NIfTI-2/Analyze header and the size of its data."""
-    head = _nifti_head(path)
-    version = 0
-    for order in "<>":
-        if len(head) >= 4:
-            size = struct.unpack(order + "i", head[:4])[0]
-            if size in (348, 540):
-                version = 1 if size == 348 else 2
-                break
-    if version == 0 or len(head) < (348 if version == 1 else 540):
-        raise _refuse(path, "not a valid NIfTI file (its header is missing or cut short)")
-    if version == 1:
-        magic = head[344:348]
-        if magic not in (b"n+1\0", b"ni1\0") and compound_suffix(path) in (".nii", ".nii.gz"):
-            raise _refuse(path, "not a valid NIfTI file (the NIfTI-1 magic is missing)")
-        dims = list(struct.unpack(order + "8h", head[40:56]))
-        datatype, bitpix = struct.unpack(order + "2h", head[70:74])
-        pixdim = list(struct.unpack(order + "8f", head[76:108]))
-        vox_offset = struct.unpack(order + "f", head[108:112])[0]
-        slope, intercept = struct.unpack(order + "2f", head[112:120])
-        qform_code, sform_code = struct.unpack(order + "2h", head[252:256])
-        quatern = struct.unpack(order + "6f", head[256:280])
-        srows = struct.unpack(order + "12f", head[280:328])
-    else:
-        datatype, bitpix = struct.unpack(order + "2h", head[12:16])
-        dims = list(struct.unpack(order + "8q", head[16:80]))
-        pixdim = list(struct.unpack(order + "8d", head[104:168]))
-        vox_offset = struct.unpack(order + "q", head[168:176])[0]
-        slope, intercept = struct.unpack(order + "2d", head[176:192])
-        qform_code, sform_code = struct.unpack(order + "2i", head[344:352])
-        quatern = struct.unpack(order + "6d", head[352:400])
-        srows = struct.unpack(order + "12d", head[400:496])
-    ndim = dims[0]
-    if not 1 <= ndim <= 7:
-        raise _refuse(
-            path, f"not a valid NIfTI file (its header declares {ndim} dimensions; 1 to 7 exist)"
-        )
-    shape = tuple(dims[1 : ndim + 1])
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    _check_dimensions(path, list(shape))
-    if datatype not in NIFTI_DATATYPES:
-        raise _refuse(path, f"its header gives an unknown NIfTI datatype code ({datatype})")
-    dtype, description = NIFTI_DATATYPES[datatype]
-    if dtype is None:
-        raise _refuse(
-            path,
-            f"it holds {description} voxels, which napari-medai does not open; save the "
-            "magnitude (or real part) as a real-valued image first",
-        )
-    _check_spacing(path, pixdim[1 : min(ndim, 3) + 1])
-    itemsize = np.dtype(dtype).itemsize
-    if not math.isfinite(vox_offset) or vox_offset < 0:
-        raise _refuse(path, f"not a valid NIfTI file (data offset {vox_offset})")
-    if not math.isfinite(intercept) and not (slope == 0 or not math.isfinite(slope)):
-        raise _refuse(path, f"its intensity scaling is not a number (scl_inter {intercept})")
-    _check_values_per_voxel(path, dims[1 : ndim + 1], slope, intercept)
-    voxels = math.prod(shape)
-    data_bytes = voxels * itemsize
-    check_memory(path, data_bytes)
-    _check_nifti_data(path, int(vox_offset), data_bytes)
+def _usable(affine: np.ndarray, ndim: int) -> np.ndarray | None:
+    """``affine`` with the axes a 1-D/2-D file lacks made unit length; None if not invertible."""
+    affine = np.array(affine, dtype=np.float64)
+    for axis in range(ndim, 3):  # a 2-D file may leave its missing axis without a length
+        column = affine[:3, axis]
+        if not np.all(np.isfinite(column)) or not np.linalg.norm(column):
+            affine[:3, axis] = np.eye(3)[axis]
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) <= 1e-12:
+        return None
+    return affine
 
+
+def _nifti_transforms(
+    path: Path, header: Any, ndim: int
+) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """The usable sform and qform (None when absent or unusable), with a warning for a bad sform."""
+    from nibabel.spatialimages import HeaderDataError
+
+    if "sform_code" not in header:  # Analyze: no transform at all
+        return None, None, []
+    sform = _usable(header.get_sform(), ndim) if header["sform_code"] > 0 else None
+    qform = None
+    if header["qform_code"] > 0:
+        try:
+            qform = _usable(header.get_qform(), ndim)
+        except (ValueError, HeaderDataError):  # a quaternion longer than 1, a negative pixdim
+            qform = None
     warnings = []
-    facts = NiftiFacts(version, dtype, float(slope), float(intercept), shape, None, None)
-    if facts.ignores_scaling and intercept not in (0, 0.0) and math.isfinite(intercept):
+    if header["sform_code"] > 0 and sform is None:
         warnings.append(
-            f'"{path.name}": its scl_slope is {slope}, which NIfTI defines as "no scaling"; '
-            f"the stored values are shown unscaled (scl_inter {intercept:g} ignored)"
+            f'"{path.name}": its sform is unusable (not finite or flat); the qform is used'
         )
-    if qform_code > 0 and all(math.isfinite(v) for v in quatern):
-        facts.qform = _quaternion_affine(*quatern[:3], pixdim, quatern[3:])
-    if sform_code > 0:
-        sform = np.vstack([np.reshape(srows, (3, 4)), [0, 0, 0, 1]])
-        if np.all(np.isfinite(sform)) and abs(np.linalg.det(sform[:3, :3])) > 1e-12:
-            facts.sform = sform
-        else:
-            warnings.append(
-                f'"{path.name}": its sform is unusable (not finite or flat); the qform is used'
-            )
-    warnings.extend(_transform_warnings(path, facts))
-    file_type = "NIfTI-2" if version == 2 else "NIfTI"
-    return HeaderCheck(file_type, warnings, facts)
+    return sform, qform, warnings
 
 
-def _check_values_per_voxel(path: Path, dims: list[int], slope: float, intercept: float) -> None:
-    """Refuse several values per voxel (``dim[5]``) with intensity scaling.
+def _nifti_orientation(
+    path: Path, header: Any, shape: tuple[int, ...]
+) -> tuple[np.ndarray, list[str]]:
+    """The voxel -> RAS affine by the rules nibabel, FSL and niivue follow, and what to say.
 
-    ITK's NIfTI reader corrupts its memory and kills the process when it scales a
-    vector image (heap corruption in ITK 5.4), so such a file never reaches it.
+    The sform first, then the qform; with neither, ITK's choice so far: the stored
+    spacing along an identity LPS direction at the origin, said in a warning.
     """
-    scaled = (math.isfinite(slope) and slope not in (0, 1)) or (
-        math.isfinite(intercept) and intercept != 0
-    )
-    if len(dims) >= 5 and dims[4] > 1 and scaled:
-        raise _refuse(
-            path,
-            f"it stores {dims[4]} values per voxel (dimensions {'x'.join(map(str, dims))}) "
-            f"with intensity scaling (scl_slope {slope:g}, scl_inter {intercept:g}), which "
-            "napari-medai cannot open safely; save it without scaling",
+    if compound_suffix(path) in (".mgz", ".mgh"):
+        return np.asarray(header.get_affine(), dtype=np.float64), []
+    sform, qform, warnings = _nifti_transforms(path, header, len(shape))
+    affine = sform if sform is not None else qform
+    if affine is None:
+        spacing = [abs(v) if math.isfinite(v) and v else 1.0 for v in header["pixdim"][1:4]]
+        affine = lps_from_ras(np.diag([*spacing, 1.0]))
+        warnings.append(
+            f'"{path.name}" stores no orientation (no usable NIfTI qform or sform): left/right '
+            "and position in the scanner are unknown; shown with an identity direction at the "
+            "origin"
         )
-
-
-def _transform_warnings(path: Path, facts: NiftiFacts) -> list[str]:
-    """Say when qform and sform disagree (the sform wins) and when the grid is sheared."""
-    warnings = []
-    if facts.sform is not None and facts.qform is not None:
-        corners = _corners(facts.shape)
-        distance = float(
-            np.linalg.norm((corners @ facts.sform.T - corners @ facts.qform.T)[:, :3], axis=1).max()
-        )
+    if sform is not None and qform is not None:
+        corners = _corners(shape)
+        distance = float(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1).max())
         if distance > TRANSFORM_AGREEMENT_MM:
             warnings.append(
                 f'"{path.name}": its two orientation transforms (NIfTI qform and sform) disagree '
                 f"by up to {distance:.1f} mm; the sform is used, as nibabel, FSL and niivue do"
             )
-    if facts.sheared:
+    if shear_degrees(affine) > SHEAR_TOLERANCE_DEGREES:
         warnings.append(
-            f'"{path.name}": its sform is sheared (voxel axes {shear_degrees(facts.sform):.1f} '
+            f'"{path.name}": its sform is sheared (voxel axes {shear_degrees(affine):.1f} '
             "degrees from perpendicular); it is shown exactly, but a mask drawn on it cannot be "
             "saved on this grid until the scan is resampled"
         )
-    return warnings
+    return affine, warnings
+
+
+def check_nibabel_image(path: Path) -> HeaderCheck:
+    """Check a NIfTI-1/NIfTI-2/Analyze or FreeSurfer MGH header, read by nibabel, and its size.
+
+    An uncompressed file must hold all its voxels; compressed data is checked to
+    its end while :func:`read_nibabel_voxels` inflates it (one pass, not two).
+    """
+    header, file_type = _nibabel_header(path)
+    shape = _nibabel_shape(path, header)
+    dtype = _voxel_type(path, header)
+    _check_spacing(path, _stored_spacing(header, len(shape)))
+    offset = _data_offset(path, header)
+    scaling, warnings = _scaling(path, header)
+    voxels = math.prod(shape)
+    data_bytes = voxels * dtype.itemsize
+    scaled_bytes = 0 if scaling is None else voxels * max(scaling[0].itemsize, dtype.itemsize)
+    check_memory(path, data_bytes + scaled_bytes)
+    data_file = _nifti_data_file(path)
+    if data_file is None:
+        raise _refuse(path, "the image file (.img) that belongs to this header is missing")
+    compressed = data_file.name.lower().endswith((".gz", ".mgz"))
+    stored = data_file.stat().st_size * (DEFLATE_MAX_RATIO if compressed else 1)
+    if stored < offset + data_bytes:
+        raise _truncated(path)
+    affine, orientation_warnings = _nifti_orientation(path, header, shape)
+    facts = NiftiFacts(shape, dtype, offset, scaling, affine, data_file, compressed)
+    return HeaderCheck(file_type, warnings + orientation_warnings, facts)
 
 
 def _nifti_data_file(path: Path) -> Path | None:
     """The file holding the voxels: the file itself, or the ``.img`` of a header/image pair."""
     suffix = compound_suffix(path)
-    if suffix in (".nii", ".nii.gz"):
+    if suffix not in (".hdr", ".hdr.gz"):
         return path
     base = path.name[: -len(suffix)]
     order = (".img.gz", ".img") if suffix.endswith(".gz") else (".img", ".img.gz")
@@ -523,16 +545,36 @@ def _nifti_data_file(path: Path) -> Path | None:
     )
 
 
-def _check_nifti_data(path: Path, offset: int, data_bytes: int) -> None:
-    """Refuse data that ends early or, compressed, fails its checksum."""
-    data_file = _nifti_data_file(path)
-    if data_file is None:
-        raise _refuse(path, "the image file (.img) that belongs to this header is missing")
-    expected = offset + data_bytes
-    if data_file.name.lower().endswith(".gz"):
-        _check_compressed(path, data_file, 0, expected, "gzip")
-    elif data_file.stat().st_size < expected:
-        raise _truncated(path)
+def read_nibabel_voxels(path: Path, facts: NiftiFacts) -> np.ndarray:
+    """The stored voxels of a checked file, (x, y, z, ...) in Fortran order, unscaled.
+
+    Read by nibabel's ``array_from_file`` into memory (never a memory map, which
+    dies with the process if the file shrinks). Compressed data is then inflated
+    to its end, so that the checksum in its trailer is checked: bit rot inside
+    the stream otherwise opens as garbage voxels.
+    """
+    from nibabel.openers import ImageOpener  # knows .mgz is gzip
+    from nibabel.volumeutils import array_from_file
+
+    try:
+        with ImageOpener(str(facts.data_file)) as stream:
+            voxels = array_from_file(facts.shape, facts.dtype, stream, facts.offset, mmap=False)
+            if facts.compressed:
+                _read_to_end(path, stream)
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise _damaged(path, "gzip") from error
+    except (EOFError, OSError, ValueError) as error:  # the stream or file ends early
+        raise _truncated(path) from error
+    return voxels
+
+
+def _read_to_end(path: Path, stream) -> None:
+    """Read what follows the voxels up to the stream's end, refusing more than a bounded run."""
+    total = 0
+    while chunk := stream.read(_CHUNK):
+        total += len(chunk)
+        if total > MAX_TRAILING_BYTES:
+            raise _runs_on(path)
 
 
 # --- NRRD and MetaImage ------------------------------------------------------------------
@@ -720,10 +762,10 @@ def check_metaimage(path: Path) -> HeaderCheck:
 
 
 def check_image_header(path: Path) -> HeaderCheck:
-    """Check the header of a NIfTI, NRRD or MetaImage file before any native code reads it."""
+    """Check the header of a NIfTI, MGH, NRRD or MetaImage file before its voxels are read."""
     suffix = compound_suffix(path)
-    if suffix in (".nii", ".nii.gz", ".hdr", ".hdr.gz"):
-        return check_nifti(path)
+    if suffix in (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".mgz", ".mgh"):
+        return check_nibabel_image(path)
     if suffix in (".nrrd", ".nhdr"):
         return check_nrrd(path)
     if suffix in (".mha", ".mhd"):

@@ -46,7 +46,7 @@ def test_results_and_long_messages_never_grow_the_dock(docked):
     assert after.height() == before.height()
     assert after.width() <= before.width()  # both lines wrap instead of widening the dock
     assert widget.plot.height() == PLOT_HEIGHT_PX
-    assert widget.preview.height() <= PREVIEW_WIDTH_PX // 2
+    assert widget.preview.height() == PREVIEW_WIDTH_PX // 4
 
 
 def test_field_labels_are_capitalised_like_the_other_docks(docked):

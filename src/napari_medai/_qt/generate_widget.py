@@ -130,7 +130,9 @@ class GenerateWidget(QWidget):
         self.plot.setFixedHeight(PLOT_HEIGHT_PX)
         self.preview = _wrapping_label("Samples (bottom row) under held-out real patches show here")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMaximumHeight(PREVIEW_WIDTH_PX // 2)
+        # Two rows of eight patches at the preview width: a fixed height, since a wrapping
+        # label asks no height for a picture.
+        self.preview.setFixedHeight(PREVIEW_WIDTH_PX // 4)
         self.status = _wrapping_label("")
         self._forms = (
             Container(widgets=[self.image, self.labels, self.kind, self.patch, self.budget]),

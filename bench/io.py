@@ -1,8 +1,8 @@
 """Time to open a scan through napari-medai's reader versus bare SimpleITK.
 
 Cases: the 512x512x20 JPEG 2000 CT series in ``$NAPARI_MEDAI_DATA/totalsegmentator/
-example_ct_dicom`` and a synthetic 512x512x400 int16 NIfTI written to a temporary
-folder (gzipped and plain). The reader is ``napari_medai.core.io.reading.read_volume``
+example_ct_dicom`` and a synthetic 512x512x400 (``--slices``) int16 NIfTI written to a
+temporary folder (gzipped and plain). The reader is ``napari_medai.core.io.reading.read_volume``
 (which returns a numpy-backed Volume); the bare read is ``sitk.ImageSeriesReader``
 with ``GetGDCMSeriesFileNames`` for DICOM and ``sitk.ReadImage`` otherwise, timed
 alone (``bare``) and with ``sitk.GetArrayFromImage`` (``bare_numpy``).
@@ -14,7 +14,8 @@ of ``--cold-runs`` such processes. Warm: the median of ``--repeats`` reads in on
 process after one untimed read. The load average is reported: on a shared
 machine the numbers are only as steady as it is.
 
-Usage: ``python bench/io.py [--repeats 5] [--cold-runs 3]``; prints one JSON object.
+Usage: ``python bench/io.py [--repeats 5] [--cold-runs 3] [--slices 400]``; prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_MEDAI_DATA", REPO / ".." / "shared" / "data")).resolve()
-SHAPE = (400, 512, 512)
+PLANE = (512, 512)
 READERS = ("plugin", "bare", "bare_numpy")
 
 
@@ -122,17 +123,17 @@ def warm(path: Path, repeats: int) -> dict[str, float]:
     return {reader: statistics.median(values) for reader, values in times.items()}
 
 
-def write_synthetic(folder: Path) -> dict[str, Path]:
-    """A 512x512x400 int16 CT-like volume (body ellipse in air, noise), .nii.gz and .nii."""
+def write_synthetic(folder: Path, slices: int) -> dict[str, Path]:
+    """A 512x512x``slices`` int16 CT-like volume (body ellipse in air, noise), .nii.gz and .nii."""
     import numpy as np
     import SimpleITK as sitk
 
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    y, x = np.mgrid[: PLANE[0], : PLANE[1]]
     body = ((x - 256) / 200.0) ** 2 + ((y - 256) / 150.0) ** 2 <= 1.0
     plane = np.where(body, 40, -1000).astype(np.int16)
-    noise = rng.integers(-20, 21, size=(8, *SHAPE[1:]), dtype=np.int16)
-    array = plane + noise[np.arange(SHAPE[0]) % 8]
+    noise = rng.integers(-20, 21, size=(8, *PLANE), dtype=np.int16)
+    array = plane + noise[np.arange(slices) % 8]
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((0.7, 0.7, 1.25))
     image.SetOrigin((-179.3, -179.3, -250.0))
@@ -161,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=400, help="slices of the synthetic NIfTI")
     parser.add_argument("--once", nargs=2, metavar=("READER", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.once:
@@ -187,9 +189,9 @@ def main() -> None:
     }
     cases = {"dicom_512x512x20_jpeg2000": dicom}
     with tempfile.TemporaryDirectory(prefix="napari-medai-bench-") as folder:
-        synthetic = write_synthetic(Path(folder))
-        cases["nifti_gz_512x512x400_int16"] = synthetic["nifti_gz"]
-        cases["nifti_512x512x400_int16"] = synthetic["nifti"]
+        synthetic = write_synthetic(Path(folder), args.slices)
+        cases[f"nifti_gz_512x512x{args.slices}_int16"] = synthetic["nifti_gz"]
+        cases[f"nifti_512x512x{args.slices}_int16"] = synthetic["nifti"]
         report["cases"] = {
             name: summarise(path, args.repeats, args.cold_runs) for name, path in cases.items()
         }

@@ -1,15 +1,16 @@
-"""The Segment dock's model picker: listed models, models loaded from disk, delete.
+"""A dock's model picker: listed models for its task, models loaded from disk, delete.
 
-Offers the registry's available models, then files and folders the user
-loaded, then two entries that open a file dialog. Until the user picks a
-model, it picks the first one made for the image's modality (or for any scan);
-none when no listed model fits. Delete removes a model of the user's folder
-after asking.
+Offers the registry's available models whose card task is one the dock runs
+(a MONAI bundle's task is known only once it is loaded: listed where the dock
+asks for bundles), then files and folders the user loaded, then two entries
+that open a file dialog. Until the user picks a model, it picks the first one
+made for the image's modality (or for any scan); none when no listed model
+fits. Delete removes a model of the user's folder after asking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_medai._qt.parts import OnPress
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.models.card import CARD_FILE, ModelCard, package_file
+from napari_medai.core.models.deepbet import DEEPBET_NAME, deepbet_card
 from napari_medai.core.models.fit import best_fit
-from napari_medai.core.models.formats import WEIGHT_SUFFIXES
+from napari_medai.core.models.formats import WEIGHT_SUFFIXES, is_model_package
 from napari_medai.core.models.registry import (
     ModelEntry,
     delete_model,
@@ -36,6 +39,22 @@ _LOAD_ACTIONS = {LOAD_FILE: "\0load file", LOAD_FOLDER: "\0load folder"}
 _MODEL_FILES = "Model files ({});;All files (*)".format(
     " ".join(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)
 )
+#: The card tasks of the models the Segment dock runs (brain extraction yields a mask too).
+SEGMENTATION_TASKS = ("segmentation", deepbet_card().task)
+
+
+def source_task(source: str | Path) -> str | None:
+    """The card task of the model at ``source`` (a registry name or a path), read without
+    loading it; None when unknown before loading (a bundle, a weights file, an unreadable card).
+    """
+    if str(source) == DEEPBET_NAME:
+        return deepbet_card().task
+    if not is_model_package(Path(source)):
+        return None
+    try:
+        return ModelCard.read(package_file(Path(source), CARD_FILE)).task
+    except MedaiError:
+        return None
 
 
 class ModelPicker:
@@ -43,12 +62,23 @@ class ModelPicker:
 
     ``modality`` gives the picked image's modality ("" for none), for the
     best fit; ``on_change`` runs after every change of the pick or the list.
+    ``tasks`` are the card tasks listed, the dock's own first (None: every
+    task); ``bundles`` says whether MONAI bundles, whose task is unknown before
+    loading, are listed. A model loaded from a file or folder is offered
+    whatever its task; :meth:`task_problem` says when its card names another.
     """
 
     def __init__(
-        self, parent: QWidget, modality: Callable[[], str], on_change: Callable[[], None]
+        self,
+        parent: QWidget,
+        modality: Callable[[], str],
+        on_change: Callable[[], None],
+        tasks: Sequence[str] | None = None,
+        bundles: bool = True,
     ) -> None:
         self._parent = parent
+        self._tasks = None if tasks is None else tuple(tasks)
+        self._bundles = bundles
         self._modality = modality
         self._on_change = on_change
         self._loaded_sources: list[str] = []
@@ -71,9 +101,27 @@ class ModelPicker:
         """Whether ``source`` is a registry model (its card is known before loading)."""
         return source in self._entries
 
+    def lists(self, entry: ModelEntry) -> bool:
+        """Whether this picker offers the listed model ``entry`` (its task is the dock's)."""
+        if self._tasks is None:
+            return True
+        if entry.kind == "bundle":
+            return self._bundles
+        return source_task(entry.location or entry.name) in self._tasks
+
+    def task_problem(self) -> str | None:
+        """Why the picked model cannot do the dock's task, when its card says so; else None."""
+        source = self.source
+        task = None if source is None or self._tasks is None else source_task(source)
+        if task is None or task in self._tasks:
+            return None
+        entry = self.entry()
+        name = entry.title if entry is not None and entry.title else Path(source).name
+        return f"'{name}' is a {task} model (its card says so); pick a {self._tasks[0]} model"
+
     def _choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        """Available registry models, then models loaded from disk, then the load entries."""
-        entries = list_models()
+        """The dock's registry models, then models loaded from disk, then the load entries."""
+        entries = [entry for entry in list_models() if self.lists(entry)]
         items = picker_items(entries, self._loaded_sources)
         self._entries = {source: entry for (_text, source), entry in zip(items, entries)}
         return items + [(text, action) for text, action in _LOAD_ACTIONS.items()]

@@ -57,3 +57,6 @@ def test_metrics_and_long_messages_never_grow_the_dock(docked):
     for table in (widget.metrics.figures, widget.metrics.confusion):
         assert table.height() <= MAX_TABLE_PX  # nine or eight rows: the table scrolls
     assert widget.metrics.figures.rowCount() == 9
+    scroll = widget.form.root_native_widget
+    # Nothing is cut at the right: the form is no wider than the area it scrolls in.
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()

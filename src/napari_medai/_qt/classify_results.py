@@ -98,6 +98,8 @@ def _fill(table: QTableWidget, headers: list[str], rows: list[list[Any]]) -> Non
             table.setItem(r, c, item)
     table.resizeColumnsToContents()
     table.resizeRowsToContents()
+    # The first column holds class names: whole, the figures share the rest.
+    table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
     height = table.horizontalHeader().height() + 2 * table.frameWidth()
     height += sum(table.rowHeight(r) for r in range(len(rows)))
     table.setFixedHeight(min(height + 2, MAX_TABLE_PX))

@@ -33,6 +33,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from napari_medai._napari.classification import (
     annotate_layer,
@@ -81,6 +82,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SOURCES = ("boxes (Shapes/Points with a class feature)", "slices labelled by a Labels layer")
 OPTIONAL = {"nullable": True}
 PREDICTED = "predicted class"
+SHRINKABLE = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
 VALUES_TIP = (
     "a slice is class k when it holds label k ('5', '1, 2'; '2=kidney' names the class); blank: all"
 )
@@ -149,10 +151,15 @@ class ClassifyWidget(Container):
                 self.train_time, self.train_button, *self.evaluation.widgets,
             ]
         )  # fmt: skip
+        for row in self.form:  # long choices (layer names, model titles) must not widen it
+            if isinstance(row.native, QComboBox):
+                row.native.setSizeAdjustPolicy(SHRINKABLE)
+                row.native.setMinimumContentsLength(12)
         self.status = Label(value="")
         #: The last reason or warning the status line showed (cleared once it is past).
         self._note: str | None = None
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
         self.runner = JobRunner()
         self.table = new_result_table()
         self.curve = slice_curve(napari_viewer)

@@ -91,6 +91,8 @@ def assert_unchanged(viewer, before) -> None:
         assert (feat_a is None and feat_b is None) or feat_a.equals(feat_b)
 
 
+# 60 s: the first job of a test starts the worker, which imports torch (5-20 s on a busy
+# machine) before it classifies a 24-slice phantom in well under a second.
 def run_and_wait(qtbot, widget, timeout_ms: int = 60000) -> JobOutcome:
     assert widget.run_button.enabled, widget.run_button.tooltip
     qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)

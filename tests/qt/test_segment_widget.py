@@ -23,7 +23,7 @@ from napari_medai._qt.model_picker import LOAD_FILE, LOAD_FOLDER
 from napari_medai._qt.segment_widget import NO_IMAGE, SegmentWidget
 from napari_medai.cli import main
 from napari_medai.core import job_process
-from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
+from napari_medai.core.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
@@ -411,7 +411,8 @@ def test_a_fitting_model_is_preselected_and_a_misfit_warns_before_running(
     in_thread, viewer_widget, qtbot, monkeypatch, notifications, tmp_path
 ):
     _viewer, image, widget = viewer_widget
-    ct_model = ModelEntry("liver", "liver", "package", True, tmp_path / "liver", "liver", "CT")
+    liver = card_package(tmp_path / "liver", "segmentation", "liver")
+    ct_model = ModelEntry("liver", "liver", "package", True, liver, "liver", "CT")
     fake_models(monkeypatch, MR_BRAIN, ct_model)
     widget.refresh_models()
     assert widget.current_model_source() == str(tmp_path / "liver")
@@ -501,3 +502,46 @@ def test_a_listed_model_is_deleted_after_confirmation(
     assert not widget.delete_model() and folder.is_dir()
     assert widget.delete_model() and not folder.exists()
     assert str(folder) not in widget.model_combo.choices
+
+
+# Models for this dock's task only (issue 18) ------------------------------------------
+
+
+def card_package(folder: Path, task: str, name: str) -> Path:
+    """A model package folder holding only its card (the picker reads no weights)."""
+    card = ModelCard(
+        name=name,
+        architecture="UNet",
+        architecture_args={},
+        label_names={0: "background", 1: "organ"},
+        patch_size=[1, 32, 32],
+        task=task,
+    )
+    folder.mkdir()
+    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    return folder
+
+
+def test_the_model_list_holds_segmentation_models_only(qtbot, empty_model_folder):
+    classifier = card_package(empty_model_folder / "a-classifier", "classification", "organs")
+    card_package(empty_model_folder / "b-gan", "generation", "gan")
+    segmenter = card_package(empty_model_folder / "c-liver", "segmentation", "liver")
+    widget = SegmentWidget(ViewerModel())  # no image open: the best fit is any scan's model
+    qtbot.addWidget(widget.native)
+    listed = [source for source in widget.model_combo.choices if source and "\0" not in source]
+    assert str(segmenter) in listed
+    assert str(classifier) not in listed and str(empty_model_folder / "b-gan") not in listed
+    assert widget.current_model_source() == str(segmenter)
+
+
+def test_a_classifier_loaded_from_its_folder_is_refused_before_anything_runs(
+    viewer_widget, empty_model_folder, monkeypatch
+):
+    _viewer, _image, widget = viewer_widget
+    classifier = card_package(empty_model_folder.parent / "organs", "classification", "organs")
+    choose_folder(widget, monkeypatch, classifier)
+    assert widget.current_model_source() == str(classifier)
+    assert not widget.run_button.enabled
+    assert widget.reason.text() == (
+        "'organs' is a classification model (its card says so); pick a segmentation model"
+    )

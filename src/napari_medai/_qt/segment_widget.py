@@ -1,10 +1,12 @@
 """Dock widget "Segment": run a model on an image layer, result as layers on its grid.
 
 Thin by design: a magicgui form whose fields become a :class:`SegmentConfig`;
-:func:`load_and_segment_job` runs in the :class:`JobRunner` (progress, Cancel,
-errors as notifications) and :func:`show_segmentation` adds or updates the
-layers. The model picker offers first a model made for the image's modality
-and warns, before running, about a model made for another one.
+the catalogue's ``SEGMENT`` job runs in the worker process (torch loads there,
+not in napari, and a model that crashes takes only the worker down) through
+the :class:`JobRunner` (progress, Cancel, errors as notifications), and
+:func:`show_segmentation` adds or updates the layers. The model picker lists
+segmentation models only, offers first one made for the image's modality and
+warns, before running, about a model made for another one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.model_picker import ModelPicker
+from napari_medai._qt.model_picker import SEGMENTATION_TASKS, ModelPicker
 from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
-#: The segmentation job, run in a worker process: torch loads there, not in napari,
-#: and a model that crashes takes only the worker down.
 NO_MODEL = "Pick a model, or load one from a file or folder."
 
 
@@ -55,7 +55,7 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         #: The layers the last finished run showed (labels first).
         self.output_layers: list[Any] = []
@@ -63,7 +63,9 @@ class SegmentWidget(Container):
         self.image_combo = create_widget(
             annotation=Image, label="Image", options={"choices": self._image_choices}
         )
-        self.models = ModelPicker(self.native, self._image_modality, self._update_state)
+        self.models = ModelPicker(
+            self.native, self._image_modality, self._update_state, tasks=SEGMENTATION_TASKS
+        )
         self.model_combo, self.delete_button = self.models.combo, self.models.delete_button
         self.trust_check = CheckBox(text="Trust this MONAI bundle")
         self.trust_check.tooltip = (
@@ -81,7 +83,8 @@ class SegmentWidget(Container):
         self.new_layer_check = CheckBox(text="New layer each run")
         self.new_layer_check.tooltip = "Otherwise a run updates the layers of the previous run"
         self.run_button = PushButton(text="Run")
-        self.extend(
+        self.form = Container(labels=True, scrollable=True)
+        self.form.extend(
             [self.image_combo, self.model_combo, self.delete_button]
             + [self.trust_check]
             + [self.device_combo, self.tta_check, self.probability_check, self.uncertainty_check]
@@ -98,10 +101,7 @@ class SegmentWidget(Container):
         for label in (self.fit_warning, self.reason, self.status):
             label.setWordWrap(True)
         self.details = DetailsView()
-        layout = self.native.layout()
-        for widget in (self.fit_warning, self.reason, self.runner, self.status, self.details):
-            layout.addWidget(widget)
-        layout.addStretch(1)
+        self._layout_dock()
 
         self.image_combo.changed.connect(self._on_image_chosen)
         self.outline_check.changed.connect(self._show_outlines)
@@ -113,6 +113,18 @@ class SegmentWidget(Container):
         layers.selection.events.active.connect(self._update_details)
         self.refresh_models()
         self._on_image_chosen()
+
+    def _layout_dock(self) -> None:
+        """The form, its notes and Details scroll inside the dock; progress and status stay
+        in view below it, so the dock fits a small screen and a result never grows it."""
+        rows = self.form.native.layout()
+        for widget in (self.fit_warning, self.reason, self.details):
+            rows.addWidget(widget)
+        rows.addStretch(1)
+        layout = self.native.layout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        for part in (self.form.root_native_widget, self.runner, self.status):
+            layout.addWidget(part)
 
     # Pickers ----------------------------------------------------------------------
 
@@ -177,7 +189,7 @@ class SegmentWidget(Container):
                     "anyway, load one, or train one in the Train dock."
                 )
             return NO_MODEL
-        return ""
+        return self.models.task_problem() or ""
 
     def _update_state(self, _value: Any = None) -> None:
         reason = self.disabled_reason()

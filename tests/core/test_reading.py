@@ -126,6 +126,15 @@ def test_modality_stated_by_the_header_wins(tmp_path, ct_array):
     assert read_volume(mha).modality == "MR"
 
 
+def test_metaimage_with_a_field_name_that_is_not_text_opens(tmp_path, ct_array):
+    """A bit flip in a header field's name: SimpleITK cannot hand that field back (TypeError)."""
+    path = tmp_path / "flipped.mha"
+    sitk.WriteImage(synthetic_image(ct_array), str(path), useCompression=False)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"ElementDataFile", b"Bad\xffKey = 1\nElementDataFile", 1))
+    np.testing.assert_array_equal(read_volume(path).array, ct_array)
+
+
 def test_nifti_without_transform_opens_with_a_warning(tmp_path):
     path = tmp_path / "notransform.nii.gz"
     nib.save(nib.Nifti1Image(np.arange(60, dtype=np.uint8).reshape(5, 4, 3), None), path)

@@ -116,7 +116,7 @@ def _nibabel_view(path: str) -> dict | None:
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     # (i, j, k) -> (x, y, z) becomes (k, j, i) -> (z, y, x).
     flip = np.eye(4)[[2, 1, 0, 3]]
-    return {"shape": list(shape[::-1]), "affine": (flip @ lps @ flip).tolist()}
+    return {"shape": [int(n) for n in shape[::-1]], "affine": (flip @ lps @ flip).tolist()}
 
 
 def _warm_up(viewer_type) -> None:

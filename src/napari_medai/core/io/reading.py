@@ -317,7 +317,7 @@ def _read_with_sitk(path: Path) -> tuple[sitk.Image, str]:
             f'Cannot open "{path.name}": not a valid {file_type} file (damaged, truncated '
             "or another format under this name)"
         ) from error
-    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+    modality = _modality_from_header(reader)
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -325,7 +325,7 @@ def _read_with_sitk(path: Path) -> tuple[sitk.Image, str]:
             f'Cannot open "{path.name}": the image data is incomplete or damaged '
             "(truncated file, or a missing data file beside the header?)"
         ) from error
-    return image, _modality_from_header(header)
+    return image, modality
 
 
 def _volume_from_nibabel(path: Path, facts: NiftiFacts) -> Volume:
@@ -405,12 +405,19 @@ def _volume_from_4d(image: sitk.Image, metadata: dict[str, Any]) -> Volume:
     return Volume(array, geometry, {**metadata, "channel_axis_name": "time"})
 
 
-def _modality_from_header(header: dict[str, str]) -> str:
-    """The modality a MetaImage or dcm2niix NRRD header states, or ""."""
-    stated = _METAIMAGE_MODALITIES.get(header.get("Modality", ""), "")
-    for key, value in header.items():
+def _modality_from_header(reader: sitk.ImageFileReader) -> str:
+    """The modality a MetaImage or dcm2niix NRRD header states, or "".
+
+    Only the two fields that can state it are asked for: SimpleITK cannot hand
+    back a field whose name is not UTF-8 text (a damaged header), and raises.
+    """
+    keys = reader.GetMetaDataKeys()
+    stated = ""
+    if "Modality" in keys:
+        stated = _METAIMAGE_MODALITIES.get(reader.GetMetaData("Modality"), "")
+    for key in keys:
         if key.endswith("0008_0060_Modality"):
-            stated = value.strip()
+            stated = reader.GetMetaData(key).strip()
     return stated
 
 

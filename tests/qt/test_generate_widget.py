@@ -274,10 +274,5 @@ def test_sampling_and_preview_keep_torch_out_of_napari(torch_in_napari, job):
     assert torch_in_napari[job] == ("DONE", False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GanResult is defined in core/generative/train.py (torch, MONAI): unpickling the "
-    "worker's result imports them; it moves to the torch-free config.py with train.py's owner",
-)
 def test_training_keeps_torch_out_of_napari(torch_in_napari):
     assert torch_in_napari["train"] == ("DONE", False)

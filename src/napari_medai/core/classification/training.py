@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
 import torch
 from monai.utils import set_determinism
@@ -39,7 +38,7 @@ from napari_medai.core.training.checkpoints import (
 )
 from napari_medai.core.training.config import checkpoints_folder
 from napari_medai.core.training.dataset import Augmenter
-from napari_medai.core.training.loop import Schedule, Steps, run_training
+from napari_medai.core.training.loop import Schedule, Steps, library_versions, run_training
 from napari_medai.core.training.strengths import AugmentStrengths
 
 #: A small DenseNet with one dense block: learns organ boxes in seconds on a laptop CPU, and a
@@ -320,7 +319,7 @@ class _Session(Steps):
             "optimizer": "AdamW",
             "augmentation": "affine (in-plane rotation, scale, shift), intensity scale/shift/noise",
             "augmentation_strengths": self.strengths.to_dict(),
-            "versions": {"torch": torch.__version__, "monai": monai.__version__},
+            "versions": library_versions(),
         }
         return replace(self.card, training=info)
 

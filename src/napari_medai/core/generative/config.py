@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.models.card import ModelCard
 from napari_medai.core.volume import LabelMap, Volume
 
 #: noise -> image patch, or label map -> image patch (SPADE, pix2pix-style).
@@ -131,3 +132,13 @@ class SyntheticSamples:
     pixel_spacing_mm: tuple[float, float]
     label_names: dict[int, str]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GanResult:
+    """The saved generator package, its card, the loss history and the quality report."""
+
+    path: Path
+    card: ModelCard
+    history: list[dict[str, Any]]
+    quality: dict[str, Any]

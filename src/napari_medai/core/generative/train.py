@@ -12,11 +12,10 @@ and the stop are ``core.training.loop``'s.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
 import torch
 from monai.losses import PatchAdversarialLoss
@@ -24,28 +23,18 @@ from monai.utils import set_determinism
 
 from napari_medai.core.devices import choose_device
 from napari_medai.core.files import check_can_write
-from napari_medai.core.generative.config import GanConfig, GenerativeError
+from napari_medai.core.generative.config import GanConfig, GanResult, GenerativeError
 from napari_medai.core.generative.patches import PatchSource
 from napari_medai.core.generative.quality import quality_job
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models import generators as networks
 from napari_medai.core.models.card import GENERATION_TASK, ModelCard
 from napari_medai.core.models.package import save_model_package
-from napari_medai.core.training.loop import Schedule, Steps, run_training
+from napari_medai.core.training.loop import Schedule, Steps, library_versions, run_training
 from napari_medai.core.volume import LabelMap, Volume
 
 #: Patches shown in a preview grid.
 PREVIEW_COUNT = 8
-
-
-@dataclass
-class GanResult:
-    """The saved generator package, its card, the loss history and the quality report."""
-
-    path: Path
-    card: ModelCard
-    history: list[dict[str, Any]]
-    quality: dict[str, Any]
 
 
 def train_gan_job(image: Volume, labels: LabelMap | None, config: GanConfig) -> Job[GanResult]:
@@ -254,6 +243,6 @@ def _card(gan: _Gan) -> ModelCard:
             "held_out_slices": len(source.test_slices) if source.held_out else 0,
         },
         "quality": gan.quality,
-        "versions": {"torch": torch.__version__, "monai": monai.__version__},
+        "versions": library_versions(),
     }
     return replace(gan.card, training=info)

@@ -21,6 +21,18 @@ import torch
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.training.config import training_threads
 
+
+def library_versions() -> dict[str, str]:
+    """torch's and MONAI's versions for a model card, as plain text.
+
+    Plain ``str``: torch's version is a ``TorchVersion``, whose pickle imports
+    torch wherever the card is unpickled (napari's process, for a worker's result).
+    """
+    import monai
+
+    return {"torch": str(torch.__version__), "monai": str(monai.__version__)}
+
+
 T = TypeVar("T")
 
 

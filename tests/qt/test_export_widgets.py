@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -42,7 +43,8 @@ def viewer(make_napari_viewer, phantom):
 
 
 def _finish(qtbot, runner) -> None:
-    qtbot.waitUntil(lambda: not runner.running, timeout=30000)
+    # Evaluate starts the worker process (torch and MONAI load there): minutes on a busy machine.
+    qtbot.waitUntil(lambda: not runner.running, timeout=180_000)
 
 
 def test_export_asks_before_replacing_and_keeps_layer_and_file_on_failure(
@@ -74,6 +76,9 @@ def test_export_asks_before_replacing_and_keeps_layer_and_file_on_failure(
     widget.export_button.native.click()
     _finish(qtbot, widget.runner)
     assert widget.runner.outcome is JobOutcome.FAILED
+    # No stale line ("not exported: the file exists", "wrote ...") beside the runner's failure.
+    assert widget.status.value == ""
+    assert widget.runner.message.startswith("Export failed: ")
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["organs.json", "organs.nrrd"]
     np.testing.assert_array_equal(viewer.layers["organs"].data, layer_before)
@@ -137,3 +142,102 @@ def test_statistics_then_evaluate_on_one_viewer(qtbot, viewer, tmp_path, phantom
     evaluate.save_button.native.click()
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["reference"] == "organs" and len(saved["labels"]) == len(dice)
+
+
+def _export(qtbot, widget, labels, image, path) -> None:
+    widget.labels_layer.value = labels
+    widget.image_layer.value = image
+    widget.format.value = "nifti"
+    widget.path.value = path
+    widget.export_button.native.click()
+    _finish(qtbot, widget.runner)
+
+
+@pytest.mark.parametrize("pick_scan", [False, True], ids=["no scan picked", "scan picked"])
+def test_a_bare_array_is_exported_on_the_grid_file_save_takes(
+    qtbot, viewer, tmp_path, phantom, notifications, pick_scan
+):
+    """Labels from ``viewer.add_labels(array)`` have no grid: they go on the scan of their shape."""
+    ct = viewer.layers[0]
+    painted = np.zeros(ct.data.shape, np.uint8)
+    painted[5:8, 10:20, 10:20] = 2
+    drawn = viewer.add_labels(painted, name="painted")
+    widget = ExportWidget(viewer)
+    _export(qtbot, widget, drawn, ct if pick_scan else None, tmp_path / "painted.nii.gz")
+    saved = nib.load(tmp_path / "painted.nii.gz")
+    np.testing.assert_allclose(saved.affine, phantom[0].geometry.ras_affine(), atol=1e-4)
+    # nibabel's (x, y, z) against the layer's (z, y, x): voxel for voxel, nothing resampled away.
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), painted)
+    said = [str(n.message) for n in notifications]
+    assert "Exported \"painted\" on the grid of 'phantom CT' (same shape)." in said
+
+
+def test_a_bare_array_of_no_open_scan_shape_is_refused_before_any_job(
+    qtbot, viewer, tmp_path, notifications
+):
+    odd = viewer.add_labels(np.ones((5, 6, 7), np.uint8), name="odd")
+    widget = ExportWidget(viewer)
+    _export(qtbot, widget, odd, None, tmp_path / "odd.nii.gz")
+    assert widget.runner.outcome is None  # no job started
+    assert "no open scan is 5 x 6 x 7 voxels" in widget.status.value
+    assert widget.status.value.startswith('Export refused: Cannot export "odd"')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_labels_wholly_off_the_picked_scan_are_refused(qtbot, viewer, tmp_path):
+    organs = viewer.layers["organs"]
+    away = viewer.add_labels(organs.data, name="away", affine=organs.affine)
+    away.translate = (500.0, 0.0, 0.0)  # 500 mm above the scan
+    widget = ExportWidget(viewer)
+    _export(qtbot, widget, away, viewer.layers[0], tmp_path / "away.nii.gz")
+    assert "lie on 'phantom CT'" in widget.status.value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_statistics_and_evaluate_forget_the_last_result_when_a_new_run_fails(
+    qtbot, viewer, tmp_path, monkeypatch
+):
+    from napari_medai._qt import stats_widget
+    from napari_medai.core.errors import MedaiError
+
+    widget = StatisticsWidget(viewer)
+    widget.labels_layer.value = viewer.layers["organs"]
+    widget.measure_button.native.click()
+    _finish(qtbot, widget.runner)
+    assert widget.rows and "mL in all" in widget.status.value
+
+    def failing(_labels, _image):
+        raise MedaiError("the scan cannot be read")
+        yield
+
+    monkeypatch.setattr(stats_widget, "statistics_job", failing)
+    widget.measure_button.native.click()
+    _finish(qtbot, widget.runner)
+    assert widget.runner.outcome is JobOutcome.FAILED
+    assert widget.rows == [] and widget.table.shape[0] == 0 and widget.status.value == ""
+    widget.csv_path.value = tmp_path / "stats.csv"
+    assert not widget.save_button.enabled  # the last run's rows cannot be saved as this one's
+
+    evaluate = EvaluateWidget(viewer)
+    layer = viewer.layers["organs"]
+    viewer.add_labels(np.roll(layer.data, 1, axis=2), name="shifted", affine=layer.affine)
+    evaluate.prediction.value, evaluate.reference.value = viewer.layers["shifted"], layer
+    evaluate.evaluate_button.native.click()
+    _finish(qtbot, evaluate.runner)
+    assert evaluate.result is not None
+    viewer.layers["shifted"].data = viewer.layers["shifted"].data.astype(np.int16) * -1
+    evaluate.evaluate_button.native.click()  # negative labels: the worker refuses
+    _finish(qtbot, evaluate.runner)
+    assert evaluate.runner.outcome is JobOutcome.FAILED
+    assert evaluate.result is None and evaluate.table.shape[0] == 0
+    assert "label(s) scored" not in evaluate.status.value
+
+
+def test_statistics_refuses_a_scan_that_is_not_3d_greyscale_in_words(qtbot, viewer):
+    viewer.add_image(np.zeros((4, 8, 8, 3), np.uint8), rgb=True, name="photo")
+    widget = StatisticsWidget(viewer)
+    widget.labels_layer.value = viewer.layers["organs"]
+    widget.image_layer.value = viewer.layers["photo"]
+    widget.measure_button.native.click()  # raised out of the click before
+    assert widget.runner.outcome is None
+    assert "'photo' is not a 3D greyscale scan" in widget.status.value

@@ -1,22 +1,28 @@
 """Dock widget "Export": a Labels layer out as NIfTI, NRRD, MHA, DICOM-SEG or RTSTRUCT.
 
 A magicgui form (its layer pickers follow the layer list by themselves); the
-export runs as a core job through the :class:`JobRunner`. It asks before
-replacing a file, and a failed export changes neither the layer nor any file.
+export runs as a core job through the :class:`JobRunner`. The mask goes on
+the picked scan's grid, or with no scan picked on the grid File > Save would
+take (:func:`~napari_medai._napari.writer.labels_on_scan_grid`): never silently
+at origin 0 with 1 mm voxels. It asks before replacing a file, and a failed
+export changes neither the layer nor any file.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QMessageBox
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QMessageBox, QSizePolicy, QWidget
 
-from napari_medai._napari.export import export_input, is_dicom_source, source_path
-from napari_medai._qt.job_runner import JobRunner
+from napari_medai._napari.export import ExportInput, export_input, is_dicom_source, source_path
+from napari_medai._napari.writer import open_scans
+from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import compound_stem
 from napari_medai.core.io import exporters
 from napari_medai.core.io.dicom_export import ALGORITHM_TYPES, DicomExportConfig
@@ -38,6 +44,30 @@ def ask_overwrite(parent, paths: list[Path]) -> bool:
         QMessageBox.StandardButton.No,
     )
     return answer == QMessageBox.StandardButton.Yes
+
+
+def wrapping(label: Label) -> Label:
+    """``label`` wrapping its text, so a long message (or path) never widens the dock."""
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
+def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
+    """Lay ``dock`` out as one column that scrolls inside the dock when space is short.
+
+    ``form`` is a ``scrollable`` magicgui Container; ``below`` (Qt parts
+    magicgui has no widget for: a job runner, a status line) go under its
+    fields at full width. napari docks ``dock.native``, so the scroll area
+    goes in there.
+    """
+    rows = form.native.layout()
+    for widget in below:
+        rows.addWidget(widget)
+    rows.addStretch(1)
+    layout = dock.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(form.root_native_widget)
 
 
 class ExportWidget(Container):
@@ -73,9 +103,10 @@ class ExportWidget(Container):
             "new_uids": self.new_uids,
             "compact": self.compact,
         }
-        self.status = Label(value="")
+        self.status = wrapping(Label(value=""))
         self.export_button = PushButton(text="Export")
-        super().__init__(
+        super().__init__(labels=False)
+        self.form = Container(
             widgets=[
                 self.labels_layer,
                 self.image_layer,
@@ -87,14 +118,15 @@ class ExportWidget(Container):
                 self.compact,
                 self.sidecar,
                 self.export_button,
-                self.status,
             ],
             labels=True,
+            scrollable=True,
         )
         self.runner = JobRunner()
-        self.native.layout().addWidget(self.runner)
-        self.native.layout().addStretch(1)
+        scroll_column(self, self.form, self.runner, self.status.native)
         self.last_result: ExportResult | None = None
+        #: The reason Export was disabled, as last shown in the status line.
+        self._reason = ""
 
         self.export_button.changed.connect(self.export)
         for widget in (self.labels_layer, self.image_layer, self.format, self.path):
@@ -134,8 +166,13 @@ class ExportWidget(Container):
         reason = self.blocker()
         self.export_button.enabled = not reason
         self.export_button.tooltip = reason or "Write the file (and its sidecar)"
-        if reason and not self.runner.running:
+        if self.runner.running:
+            return
+        if reason:
             self.status.value = reason
+        elif self.status.value == self._reason:  # the reason is past
+            self.status.value = ""
+        self._reason = reason
 
     def output_path(self) -> Path:
         """The chosen file, with the format's suffix added when it has none of its own."""
@@ -156,7 +193,15 @@ class ExportWidget(Container):
         if existing and not ask_overwrite(self.native, existing):
             self.status.value = "not exported: the file exists"
             return
-        inputs = export_input(self.labels_layer.value, self.image_layer.value)
+        try:
+            inputs = export_input(
+                self.labels_layer.value, self.image_layer.value, open_scans(self._viewer.layers)
+            )
+        except MedaiError as error:
+            self.status.value = f"Export refused: {error}"
+            show_error(f"Export refused: {error}")
+            return
+        self.status.value = ""
         config = ExportConfig(
             format=self.format.value,
             dicom=DicomExportConfig(
@@ -181,10 +226,17 @@ class ExportWidget(Container):
                 overwrite=bool(existing),
             )
 
-        self.runner.start(job, self._done, title="Export")
+        done = partial(self._done, inputs)
+        self.runner.start(job, done, on_finished=self._finished, title="Export")
 
-    def _done(self, result: ExportResult) -> None:
+    def _done(self, inputs: ExportInput, result: ExportResult) -> None:
         self.last_result = result
-        for warning in result.warnings:
+        for info in inputs.infos:
+            show_info(info)
+        for warning in inputs.warnings + result.warnings:
             show_warning(f"Export: {warning}")
         self.status.value = "wrote " + ", ".join(path.name for path in result.paths)
+
+    def _finished(self, outcome: JobOutcome) -> None:
+        if outcome is not JobOutcome.DONE:
+            self.status.value = ""  # the runner's line says what happened

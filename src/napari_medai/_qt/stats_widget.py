@@ -1,4 +1,8 @@
-"""Dock widget "Label statistics": a table of voxel counts, mL and intensities, saved as CSV."""
+"""Dock widget "Label statistics": a table of voxel counts, mL and intensities, saved as CSV.
+
+One column that scrolls inside the dock; the table has a bounded height and
+scrolls itself, and the status line wraps, so neither grows the window.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, FileEdit, Label, PushButton, Table
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import statistics_input
-from napari_medai._qt.export_widget import ask_overwrite
-from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.export_widget import ask_overwrite, scroll_column, wrapping
+from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai.core.errors import MedaiError
 from napari_medai.core.evaluation.statistics import (
     CSV_COLUMNS,
     LabelStatistics,
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
 
 EMPTY_MESSAGE = "Pick a Labels layer and press Measure"
 _HEADERS = ("label", "name", "voxels", "mL", "mean", "std", "min", "max")
+#: The table's height: about six rows, then it scrolls instead of growing the dock.
+TABLE_HEIGHT_PX = 180
 
 
 def _cell(value: object, decimals: int = 1) -> object:
@@ -47,24 +54,21 @@ class StatisticsWidget(Container):
         self.table.native.verticalHeader().setVisible(False)
         # magicgui's delegate shows every number with 4 decimals; cells hold our own text.
         self.table.native.setItemDelegate(QStyledItemDelegate(self.table.native))
-        self.status = Label(value=EMPTY_MESSAGE)
+        self.status = wrapping(Label(value=EMPTY_MESSAGE))
         self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
         self.save_button = PushButton(text="Save CSV")
-        super().__init__(
-            widgets=[
-                self.labels_layer,
-                self.image_layer,
-                self.measure_button,
-                self.status,
-                self.table,
-                self.csv_path,
-                self.save_button,
-            ],
-            labels=True,
+        super().__init__(labels=False)
+        fields = [self.labels_layer, self.image_layer, self.measure_button]
+        self.form = Container(
+            widgets=[*fields, self.csv_path, self.save_button], labels=True, scrollable=True
         )
-        self.table.min_height = 160
+        self.table.native.setFixedHeight(TABLE_HEIGHT_PX)
         self.runner = JobRunner()
-        self.native.layout().addWidget(self.runner)
+        # Under Measure, at full width: progress, status and the table, then the CSV fields.
+        rows = self.form.native.layout()
+        for index, part in enumerate((self.runner, self.status.native, self.table.native)):
+            rows.insertWidget(len(fields) + index, part)
+        scroll_column(self, self.form)
         self.rows: list[LabelStatistics] = []
         self.measure_button.changed.connect(self.measure)
         self.save_button.changed.connect(self.save_csv)
@@ -93,14 +97,27 @@ class StatisticsWidget(Container):
         if self.labels_layer.value is None:
             show_info(EMPTY_MESSAGE)
             return
-        labels, image = statistics_input(self.labels_layer.value, self.image_layer.value)
-        self.runner.start(lambda: statistics_job(labels, image), self._show, title="Statistics")
+        self._show_rows([])
+        try:
+            labels, image = statistics_input(self.labels_layer.value, self.image_layer.value)
+        except MedaiError as error:
+            self.status.value = f"Measure refused: {error}"
+            show_error(f"Measure refused: {error}")
+            return
+        self.status.value = ""
+        self.runner.start(
+            lambda: statistics_job(labels, image),
+            self._show,
+            on_finished=self._finished,
+            title="Statistics",
+        )
 
-    def _show(self, result) -> None:
-        self.rows, warnings = result
+    def _show_rows(self, rows: list[LabelStatistics]) -> None:
+        """Fill the table with ``rows`` (empty it for none) and let Save follow."""
+        self.rows = rows
         data = [
             [_cell(getattr(row, key), 2 if key == "volume_ml" else 1) for key in CSV_COLUMNS]
-            for row in self.rows
+            for row in rows
         ]
         self.table.value = {
             "data": data,
@@ -108,10 +125,18 @@ class StatisticsWidget(Container):
             "columns": list(_HEADERS),
         }
         self.table.native.resizeColumnsToContents()
-        total = sum(row.volume_ml for row in self.rows)
-        summary = f"{len(self.rows)} label(s), {total:.1f} mL in all"
-        self.status.value = "; ".join([summary, *warnings]) if self.rows else "the layer is empty"
         self._update()
+
+    def _show(self, result) -> None:
+        rows, warnings = result
+        self._show_rows(rows)
+        total = sum(row.volume_ml for row in rows)
+        summary = f"{len(rows)} label(s), {total:.1f} mL in all"
+        self.status.value = "; ".join([summary, *warnings]) if rows else "the layer is empty"
+
+    def _finished(self, outcome: JobOutcome) -> None:
+        if outcome is not JobOutcome.DONE:
+            self.status.value = ""  # the runner's line says what happened
 
     def save_csv(self, _event=None) -> None:
         """Write the table as CSV (atomically; asks before replacing a file)."""

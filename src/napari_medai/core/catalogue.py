@@ -63,3 +63,6 @@ WORKER_JOBS += (
     TRAIN_CLASSIFIER_ON_SLICES,
 )
 WORKER_JOBS += (SAMPLE_GAN, PREVIEW_AUGMENTATIONS)
+EVALUATE_SEGMENTATION = WorkerJob("napari_medai.core.evaluation.metrics:evaluate_job")
+RUN_COHORT = WorkerJob("napari_medai.core.cohort.run:cohort_from_manifest_job")
+WORKER_JOBS += (EVALUATE_SEGMENTATION, RUN_COHORT)

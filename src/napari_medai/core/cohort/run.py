@@ -7,6 +7,10 @@ Progress events carry a :class:`CohortProgress` payload (counts, throughput,
 ETA, the latest row). ``local`` runs every scan in this process and needs no
 Ray; ``ray`` hands them to a pool of Ray actors that keep the model loaded.
 
+A scan whose modality differs from the one the model was made for (a CT
+model on an MR scan) is run all the same, and the run warns about it, once
+per scan (a :class:`CohortWarning` naming the scan's id; the row keeps it).
+
 Outputs are never inputs: the output folder, the files directly in it (all a
 run writes) and any folder holding a run record, with its files, are dropped
 from the cohort with a warning, so a folder or glob cohort whose output folder
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_medai.core.cohort.manifest import CohortWarning, ScanItem
+from napari_medai.core.cohort.manifest import CohortWarning, ScanItem, read_manifest
 from napari_medai.core.cohort.ray_engine import ray_rows, require_ray
 from napari_medai.core.cohort.record import RECORD_FILE, RunRecord
 from napari_medai.core.cohort.tasks import CohortWorker, TaskSpec, task_class
@@ -107,6 +111,17 @@ def cohort_job(
     items = scans_only(items, Path(out))
     out = _output_folder(Path(out))
     return _run(items, spec, out, engine, RunRecord(out))
+
+
+def cohort_from_manifest_job(
+    source: str | Path, spec: TaskSpec, out: Path, engine: EngineConfig | None = None
+) -> Job[CohortSummary]:
+    """:func:`cohort_job` on the scans ``source`` lists (a folder, CSV manifest or glob).
+
+    The Cohort dock's job, run in the worker process: listing the scans, loading
+    the model and segmenting all happen there, never in napari's.
+    """
+    return (yield from cohort_job(read_manifest(source), spec, out, engine))
 
 
 def _output_folder(out: Path) -> Path:
@@ -193,6 +208,7 @@ def _run(
                 continue
             record.append(event)
             summary.rows.append(event)
+            _say_modality(event)
             progress.done += event["status"] == "done"
             progress.failed += event["status"] == "failed"
             elapsed = time.perf_counter() - started
@@ -218,6 +234,12 @@ def _say_damaged(record: RunRecord, items: list[ScanItem]) -> None:
             CohortWarning,
             stacklevel=3,
         )
+
+
+def _say_modality(row: dict[str, Any]) -> None:
+    """Warn, naming the scan by its id, when its row says the model suits another modality."""
+    if row.get("warning"):
+        warnings.warn(f"scan {row['id']}: {row['warning']}", CohortWarning, stacklevel=2)
 
 
 def _remove_torn_temporaries(out: Path, todo: list[ScanItem]) -> None:

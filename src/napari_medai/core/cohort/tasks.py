@@ -24,9 +24,11 @@ from napari_medai.core.cohort.manifest import ScanItem
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.hashing import content_sha256
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
+from napari_medai.core.models.fit import modality_mismatch
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
+    from napari_medai.core.volume import Volume
 
 #: Longest error reason kept in the record (one line).
 MAX_REASON = 300
@@ -109,7 +111,8 @@ class SegmentTask:
         write_sidecar(sidecar, out / sidecar_name, overwrite=True)
         seconds["write"] = time.perf_counter() - mark
         yield Progress(1.0, "written")
-        return {"seconds": seconds, "model_sha256": self.model.sha256}
+        note = modality_note(self.model, volume)
+        return {"seconds": seconds, "model_sha256": self.model.sha256, **note}
 
 
 class ClassifyTask:
@@ -179,7 +182,8 @@ class ClassifyTask:
         )
         seconds["write"] = time.perf_counter() - mark
         yield Progress(1.0, "written")
-        return {"seconds": seconds, "model_sha256": self.model.sha256}
+        note = modality_note(self.model, volume)
+        return {"seconds": seconds, "model_sha256": self.model.sha256, **note}
 
 
 #: Task name -> class.
@@ -201,6 +205,15 @@ def require_card_task(model: LoadedModel, wanted: str, task: str) -> None:
             f"the model '{card.name}' is a {card.task} model (its card's task), but a cohort "
             f"'{task}' run needs a {wanted} model; pick one whose card says task: {wanted}"
         )
+
+
+def modality_note(model: LoadedModel, volume: Volume) -> dict[str, str]:
+    """``{"warning": ...}`` when ``model`` is made for another modality than ``volume``, else {}.
+
+    The same words the Segment dock shows before a run (:func:`modality_mismatch`).
+    """
+    warning = modality_mismatch(model.card, model.card.name, volume.modality)
+    return {"warning": warning} if warning else {}
 
 
 def one_line(error: BaseException) -> str:

@@ -17,7 +17,8 @@ from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.reading import can_read, read_label_map, read_volume, read_volume_job
 from napari_medai.core.jobs import Progress
-from napari_medai.core.volume import Volume
+from napari_medai.core.phantom import make_phantom
+from napari_medai.core.volume import Volume, volume_to_sitk
 
 HAVE_DICOM = importlib.util.find_spec("napari_medai.core.io.dicom") is not None
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha"]
@@ -81,6 +82,18 @@ def test_geometry_and_voxels_match_simpleitk(tmp_path, ct_array, suffix):
     assert volume.metadata["name"] == "scan"
     assert volume.metadata["source"] == path.name
     assert volume.metadata["warnings"] == []
+
+
+def test_nifti_sform_float32_rounding_is_not_a_new_grid(tmp_path):
+    """The phantom's oblique grid, stored by SimpleITK: read exactly where SimpleITK reads it.
+
+    NIfTI rounds each sform entry to float32; taken as is, the grid moves 9e-6 mm across
+    this volume. The stored voxel sizes and the nearest rotation restore it to 1e-6 mm.
+    """
+    volume, _ = make_phantom()
+    path = tmp_path / "phantom.nii"
+    sitk.WriteImage(volume_to_sitk(volume), str(path))
+    world_points_agree(read_volume(path), sitk.ReadImage(str(path)), np.random.default_rng(5), 1e-6)
 
 
 def test_nrrd_geometry_is_exact_in_double_precision(tmp_path, ct_array):

@@ -45,6 +45,8 @@ DEFLATE_MAX_RATIO = 1032
 TRANSFORM_AGREEMENT_MM = 0.1
 #: Voxel axes further than this (degrees) from perpendicular are sheared.
 SHEAR_TOLERANCE_DEGREES = 0.01
+#: Axes this close (degrees) to perpendicular differ by float32 rounding alone (about 1e-7 rad).
+FLOAT32_SHEAR_DEGREES = 1e-4
 
 #: NRRD type names (every spelling the NRRD format allows) and their sizes in bytes.
 _NRRD_TYPE_NAMES = {
@@ -445,6 +447,26 @@ def _usable(affine: np.ndarray, ndim: int) -> np.ndarray | None:
     return affine
 
 
+def _without_rounding(sform: np.ndarray, pixdim: np.ndarray) -> np.ndarray:
+    """A perpendicular sform without the float32 rounding of its entries, as ITK reads it.
+
+    NIfTI-1 rounds each sform entry to float32, so its axes come out perpendicular,
+    and as long as the stored voxel sizes (pixdim), only to about 1e-7: that is
+    5e-6 mm across a CT. When they agree that far, the voxel sizes and the nearest
+    rotation (polar decomposition) place every voxel where the writer had it.
+    """
+    lengths = np.linalg.norm(sform[:3, :3], axis=0)
+    spacing = np.abs(np.asarray(pixdim, dtype=np.float64))
+    if not np.allclose(lengths, spacing, rtol=1e-6, atol=0) or (
+        shear_degrees(sform) > FLOAT32_SHEAR_DEGREES
+    ):
+        return sform
+    u, _, vt = np.linalg.svd(sform[:3, :3] / lengths)
+    exact = sform.copy()
+    exact[:3, :3] = (u @ vt) * spacing
+    return exact
+
+
 def _nifti_transforms(
     path: Path, header: Any, ndim: int
 ) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
@@ -454,6 +476,8 @@ def _nifti_transforms(
     if "sform_code" not in header:  # Analyze: no transform at all
         return None, None, []
     sform = _usable(header.get_sform(), ndim) if header["sform_code"] > 0 else None
+    if sform is not None:
+        sform = _without_rounding(sform, header["pixdim"][1:4])
     qform = None
     if header["qform_code"] > 0:
         try:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pydicom
 
 from napari_medai.core.errors import SeriesSelectionError, UnreadableFileError
-from napari_medai.core.io.dicom.files import MACOS_FOLDER, folder_files, is_zip
 from napari_medai.core.io.dicom.headers import LABEL_MAP_SEGMENTATION, SEGMENTATION
+from napari_medai.core.io.dicom.sources import MACOS_FOLDER, folder_files, is_zip
 from napari_medai.core.io.dicom_seg import read_dicom_seg
 from napari_medai.core.io.dicom_seg import referenced_series_uid as seg_reference
 from napari_medai.core.io.dicom_source import replacement_uid

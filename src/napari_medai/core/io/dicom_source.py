@@ -24,9 +24,9 @@ from pydicom.uid import generate_uid
 
 from napari_medai.core.errors import ExportError
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.io.dicom.files import extract_zip_job, folder_files, is_zip
 from napari_medai.core.io.dicom.headers import scan_headers_job
 from napari_medai.core.io.dicom.series import group_series, select_series
+from napari_medai.core.io.dicom.sources import extract_zip_job, folder_files, is_zip
 from napari_medai.core.jobs import Job, Progress, scaled
 
 #: A source slice lies on a grid slice when its position is this close (in voxels).

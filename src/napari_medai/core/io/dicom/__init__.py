@@ -21,12 +21,6 @@ import numpy as np
 
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.geometry import Geometry
-from napari_medai.core.io.dicom.files import (
-    INDEX_FILE_NAMES,
-    extract_zip_job,
-    folder_files,
-    is_zip,
-)
 from napari_medai.core.io.dicom.headers import (
     DicomFile,
     looks_like_dicom,
@@ -34,8 +28,14 @@ from napari_medai.core.io.dicom.headers import (
     scan_headers_job,
 )
 from napari_medai.core.io.dicom.pixels import decode_job
-from napari_medai.core.io.dicom.resample import describe_irregularity, plan_grid, resample_job
+from napari_medai.core.io.dicom.regrid import describe_irregularity, plan_grid, resample_job
 from napari_medai.core.io.dicom.series import Series, SeriesInfo, group_series, select_series
+from napari_medai.core.io.dicom.sources import (
+    INDEX_FILE_NAMES,
+    extract_zip_job,
+    folder_files,
+    is_zip,
+)
 from napari_medai.core.io.dicom.stack import Stack, build_stack
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
 from napari_medai.core.volume import Volume

@@ -117,9 +117,10 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
         f"{slices['ratio_against_whole_slice']}); inside / outside within held-out boxes: "
         f"{boxes['ratio_of_means']}"
     )
-    # Seeds 0-4: 2.72, 3.30, 2.67, 4.24, 3.51.
+    # Seeds 0-9: 2.58-4.25 (seed 0: 2.72; SSE4.1 or AVX2 kernels instead of AVX-512,
+    # or 1 or 2 threads, move it by at most 0.06).
     assert slices["ratio_of_means"] >= 2.0
     # Within a 32x32 box around a kidney the map is coarser than the kidney: the last
-    # feature map sees about 59 px, so the heat spreads over the box (seeds 0-4: 1.83,
-    # 1.65, 1.96, 2.38, 2.22, with 16 px of scan around each box).
+    # feature map sees about 59 px, so the heat spreads over the box (seeds 0-9: 1.64-2.77;
+    # seed 0: 1.81, 1.85 with other kernels; with 16 px of scan around each box).
     assert boxes["ratio_of_means"] >= 1.5

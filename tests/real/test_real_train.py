@@ -53,5 +53,5 @@ def test_three_painted_slices_segment_the_liver(shared_data, tmp_path):
     assert len(others) == 27
     predicted, truth = segmented.labels.array[others] == LIVER, liver[others]
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    # Seeds 0-4 gave 0.931-0.936 (threads auto or 2): the margin is 15 times that spread.
+    # Seeds 0-4 gave 0.931-0.936 (threads auto or 2): 0.03 above the bound, 6x that spread.
     assert dice >= 0.90

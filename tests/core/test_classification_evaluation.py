@@ -12,16 +12,17 @@ import torch
 
 from napari_medai.cli import main
 from napari_medai.core.classification import inference
-from napari_medai.core.classification.config import ClassificationError, Region
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    ClassifierTrainConfig,
+    Region,
+)
 from napari_medai.core.classification.evaluation import evaluate_job
 from napari_medai.core.classification.examples import examples_from_label_slices
 from napari_medai.core.classification.heldout import HeldOutSet, parse_slices, slices_text
 from napari_medai.core.classification.metrics import classification_metrics
 from napari_medai.core.classification.report import save_metrics
-from napari_medai.core.classification.training import (
-    ClassifierTrainConfig,
-    train_classifier_job,
-)
+from napari_medai.core.classification.training import train_classifier_job
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.jobs import run_job

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from napari_medai.cli import main
 from napari_medai.core.classification.boxes import read_boxes
-from napari_medai.core.classification.config import ClassificationError, Region
+from napari_medai.core.classification.config import (
+    ClassificationError,
+    ClassifierTrainConfig,
+    Region,
+    default_model_name,
+)
 from napari_medai.core.classification.examples import (
+    Examples,
     examples_from_label_slices,
     examples_from_regions,
     slice_classes,
@@ -24,7 +33,7 @@ from napari_medai.core.classification.metrics import (
     spatial_split,
 )
 from napari_medai.core.classification.training import (
-    ClassifierTrainConfig,
+    ClassifierTrainResult,
     augment_strengths,
     train_classifier_job,
 )
@@ -32,6 +41,8 @@ from napari_medai.core.errors import OutputExistsError
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.io.writing import write_label_map
 from napari_medai.core.jobs import run_job
+from napari_medai.core.models.card import LIMITS
+from napari_medai.core.models.package import load_model_package
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.volume import volume_to_sitk
 
@@ -92,6 +103,18 @@ def test_spatial_split_keeps_neighbouring_slices_together():
     assert [positions[i] for i in test] == [7, 8, 9, 9]
     with pytest.raises(ClassificationError, match="same slice"):
         spatial_split([4, 4, 4])
+
+
+def test_the_split_picks_neighbouring_slices_that_hold_every_class():
+    positions = list(range(10))
+    # Positives on slices 2-4: the top block 7-9 holds none; 4-6 holds both classes and
+    # leaves positives (2, 3) and negatives to train on.
+    labels = [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    train, test = spatial_split(positions, 0.3, labels)
+    assert test == [4, 5, 6] and sorted(train + test) == positions
+    # A single positive slice cannot be both held out and trained on: the top block again.
+    assert spatial_split(positions, 0.3, [0, 0, 0, 0, 0, 1, 0, 0, 0, 0])[1] == [7, 8, 9]
+    assert spatial_split(positions, 0.3, [0, 1] * 5)[1] == [7, 8, 9]  # the top holds both
 
 
 def test_examples_from_boxes_and_from_label_slices(phantom):
@@ -207,6 +230,7 @@ def test_cli_train_classifier_then_classify_with_cam(phantom, tmp_path, capsys):
     present = int((organs.array == 1).any(axis=(1, 2)).sum())
     assert list(report["examples"].values()) == [24 - present, present]
     assert (tmp_path / "liver_slices_metrics.csv").is_file()
+    assert report["kept"] == load_model(model).card.training["kept"]
 
     assert (
         main(
@@ -237,3 +261,91 @@ def test_cli_train_classifier_then_classify_with_cam(phantom, tmp_path, capsys):
 
     assert main(["classify", str(image), "--model", str(model)]) == 2
     assert "2D classifier" in capsys.readouterr().err
+
+
+def _tiny_slices(ct, organs, slices) -> Examples:
+    """Right-kidney slice examples (the kidney lies on slices 2-13) at 16x16 pixels."""
+    return examples_from_label_slices(ct, organs, [3], slices=slices, patch_size=[1, 16, 16])
+
+
+def _run(examples, out, iterations=3) -> tuple[ClassifierTrainResult, list[str]]:
+    """Train for ``iterations`` steps, validating after each; the result and the messages."""
+    config = ClassifierTrainConfig(
+        out, max_time_s=None, max_iters=iterations, seed=0, device="cpu", **_tiny()
+    )
+    config.validation_every_s = 0.0
+    job = train_classifier_job(examples, config)
+    messages = []
+    while True:
+        try:
+            messages.append(next(job).message)
+        except StopIteration as done:
+            return done.value, messages
+
+
+def test_the_automatic_split_holds_the_kidney_and_keeps_the_best_auc(phantom, tmp_path):
+    ct, organs = phantom
+    result, messages = _run(_tiny_slices(ct, organs, None), tmp_path / "m")
+    # The top block (slices 17-23) holds no kidney; a lower block of neighbours does.
+    assert result.metrics["missing_classes"] == []
+    assert "no block" not in result.metrics["computed_on"]["description"]
+    assert "macro ROC AUC" in messages[-2] and "held-out accuracy" in messages[-2]
+    aucs = {e["iteration"]: e["val_auc"] for e in result.history}
+    best = max(aucs.values())
+    chosen = max(i for i, auc in aucs.items() if auc == best)  # ties keep the later weights
+    assert result.kept == (
+        f"the weights of iteration {chosen}, with the best held-out macro ROC AUC ({best:.3f})"
+    )
+    assert load_model(result.best_path).card.training["kept"] == result.kept
+
+
+def test_a_held_out_block_without_a_class_keeps_the_last_weights_and_says_why(phantom, tmp_path):
+    ct, organs = phantom
+    # Only slice 13 of 13-23 holds the kidney: no block can hold it and leave it to train on.
+    result, messages = _run(_tiny_slices(ct, organs, range(13, 24)), tmp_path / "m")
+    lacks = "hold no 'kidney_right' example"
+    assert not any("held-out accuracy" in m for m in messages)
+    assert sum(lacks in m for m in messages) >= 3  # the opening and every validated step
+    assert "last weights will be kept" in messages[1]
+    assert "no block of neighbouring slices holds every class" in result.card.training["held_out"]
+    assert result.kept.startswith("the last weights") and lacks in result.kept
+    assert result.card.training["kept"] == result.kept
+    assert result.metrics["missing_classes"] == ["kidney_right"]
+    # The kept package holds the last weights, not those of an accuracy on one class.
+    _card, kept = load_model_package(result.best_path)
+    _card, last = load_model_package(result.last_path)
+    for name, weight in last.state_dict().items():
+        assert torch.equal(kept.state_dict()[name], weight), name
+
+
+def test_the_default_name_fits_the_card_with_long_class_names(phantom, tmp_path):
+    long = {k: f"{name} of the upper abdomen, left side" for k, name in NAMES.items()}
+    long[2] = "spleen of the upper abdomen, left side"
+    name = default_model_name(long)
+    assert name == (
+        "other of the upper abdomen, left side / liver of the upper abdomen, left side and 1 more"
+    )
+    assert default_model_name(NAMES) == "other / liver"
+    assert len(default_model_name({k: "x" * 64 for k in range(9)})) <= LIMITS.name_chars
+    ct, organs = phantom
+    boxes = [Region((z, 20, 20), (z + 1, 36, 36)) for z in range(6)]
+    examples = examples_from_regions(ct, boxes, [0, 1, 2] * 2, long)
+    config = ClassifierTrainConfig(tmp_path / "m", max_time_s=None, max_iters=1, **_tiny())
+    trained = run_job(train_classifier_job(examples, config))
+    assert trained.card.name == name
+
+
+def test_the_train_settings_are_built_and_pickled_without_torch():
+    """In a fresh process (this one has torch): napari builds the config and hands it over."""
+    script = (
+        "import pickle, sys\n"
+        "from napari_medai.core.classification.config import ClassifierTrainConfig\n"
+        "config = ClassifierTrainConfig('out', max_time_s=5.0, device='cpu')\n"
+        "assert pickle.loads(pickle.dumps(config)) == config\n"
+        "print([name for name in ('torch', 'monai') if name in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

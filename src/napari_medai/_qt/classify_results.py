@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import napari
     import pandas as pd
 
+    from napari_medai.core.classification.config import TrainedClassifier
+
 CHANCE = "chance"
 COLUMNS = ("precision", "recall", "f1", "roc_auc", "support")
 HEADERS = ("class", "precision", "recall", "F1", "ROC AUC", "n")
@@ -65,22 +67,24 @@ def _missing(metrics: dict[str, Any]) -> str:
     return " or ".join(repr(name) for name in metrics.get("missing_classes", []))
 
 
-def trained_text(model: str, metrics: dict[str, Any] | None, noun: str) -> str:
-    """The status after training: the held-out figures, or in words why there are none."""
+def trained_text(result: TrainedClassifier, noun: str) -> str:
+    """The status after training: the held-out figures (or why there are none), what was kept."""
+    model, metrics = result.best_path.name, result.metrics
+    kept = f"; kept {result.kept}"
     if metrics is None:
-        return f"saved {model}; nothing was held out to score it"
+        return f"saved {model}; nothing was held out to score it{kept}"
     on = metrics["computed_on"]
     missing = _missing(metrics)
     if missing:
         return (
             f"saved {model}; its {on['cases']} held-out {noun} hold no {missing} example, so "
             "no held-out figure can judge it (ROC AUC cannot be computed): type slices that "
-            "hold every class in 'Held-out slices' and Evaluate, or Train again"
+            f"hold every class in 'Held-out slices' and Evaluate, or Train again{kept}"
         )
     auc = figure_text(metrics["macro"]["roc_auc"])
     return (
         f"held-out accuracy {metrics['accuracy']:.3f}, macro ROC AUC {auc} on {on['cases']} "
-        f"{noun} ({on['description']})"
+        f"{noun} ({on['description']}){kept}"
     )
 
 

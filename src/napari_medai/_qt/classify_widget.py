@@ -60,7 +60,12 @@ from napari_medai._qt.classify_results import (
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.model_picker import _LOAD_ACTIONS, ModelPicker
 from napari_medai.core import catalogue
-from napari_medai.core.classification.config import TASK, ClassifyConfig, ClassifyResult
+from napari_medai.core.classification.config import (
+    TASK,
+    ClassifierTrainConfig,
+    ClassifyConfig,
+    ClassifyResult,
+)
 from napari_medai.core.classification.heldout import (
     parse_slices,
     slices_text,
@@ -336,8 +341,9 @@ class ClassifyWidget(Container):
             return
         image, layer, labels = self.image.value, self.box_layer(), self.labels.value
         out = user_model_dir() / f"classifier-{time.strftime('%Y%m%d-%H%M%S')}"
-        settings = {"out_dir": out, "max_time_s": float(self.train_time.value)}
-        settings["device"] = self.device.value
+        config = ClassifierTrainConfig(
+            out, max_time_s=float(self.train_time.value), device=self.device.value
+        )
         try:
             volume = volume_from_layer(image)
             held_out = parse_slices(self.evaluation.slices.value)
@@ -346,13 +352,13 @@ class ClassifyWidget(Container):
                 values = label_values(labels, self.values.value)
                 training_slices(volume.spatial_shape[axis], held_out)
                 label_map = named_label_map(labels, self.values.value)
-                args = (volume, label_map, values, axis, settings, held_out)
+                args = (volume, label_map, values, axis, config, held_out)
                 job = partial(catalogue.TRAIN_CLASSIFIER_ON_SLICES, *args)
             else:
                 numbers, names = class_labels(layer)
                 regions = self.regions(layer, image)
                 training_boxes(regions, held_out)
-                args = (volume, regions, numbers, names, settings, held_out)
+                args = (volume, regions, numbers, names, config, held_out)
                 job = partial(catalogue.TRAIN_CLASSIFIER_ON_BOXES, *args)
         except MedaiError as error:
             show_error(f"Train classifier failed: {error}")
@@ -372,7 +378,7 @@ class ClassifyWidget(Container):
     def _trained(self, noun: str, result) -> None:
         self.pick_model(result.best_path)
         self.metrics.show_metrics(result.metrics)
-        self.status.value = trained_text(result.best_path.name, result.metrics, noun)
+        self.status.value = trained_text(result, noun)
 
     def _show(self, image: Image, layer: Shapes | Points | None, source: str, result) -> None:
         if layer is not None:

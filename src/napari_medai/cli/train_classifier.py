@@ -3,10 +3,11 @@
 Examples come from box files (one per scan, each box with a class number,
 names given by ``--classes``) or from label maps (one per scan): every slice
 along ``--axis`` is an example, positive for a label when it holds it. Part
-of the slices is held out as one contiguous block (neighbouring slices stay
-on the same side); the held-out figures are printed and saved as
-``<out>_metrics.json`` and ``.csv`` beside the model package. Ctrl+C stops
-training and keeps the best model so far; ``--resume`` continues.
+of the slices is held out as one block of neighbouring slices (they stay on
+the same side), one that holds every class where one exists; the held-out
+figures are printed and saved as ``<out>_metrics.json`` and ``.csv`` beside
+the model package, with which weights were kept and why. Ctrl+C stops
+training and keeps the model so far; ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -101,11 +102,9 @@ def _examples(args: argparse.Namespace, run_with_bar):
 def run(args: argparse.Namespace) -> int:
     """Build the examples, train, print the model's place and its held-out figures."""
     from napari_medai.cli.progress import run_with_bar
+    from napari_medai.core.classification.config import ClassifierTrainConfig
     from napari_medai.core.classification.metrics import save_metrics
-    from napari_medai.core.classification.training import (
-        ClassifierTrainConfig,
-        train_classifier_job,
-    )
+    from napari_medai.core.classification.training import train_classifier_job
 
     max_time = args.max_time
     if max_time is None and args.max_iters is None:
@@ -134,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "last_checkpoint": str(result.last_path),
         "iterations": result.card.training["iterations"],
         "training_time_s": result.card.training["training_time_s"],
+        "kept": result.kept,
         "examples": examples.counts(),
     }
     if result.metrics is not None:

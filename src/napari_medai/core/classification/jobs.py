@@ -4,7 +4,8 @@ Each job loads what it needs where it runs (the model, torch, MONAI), so
 napari's process never does: classify a scan (with its Grad-CAM), score a
 classifier on picked examples, or build training examples from classed boxes
 or labelled slices and train on them. Arguments and results pickle (volumes,
-label maps, boxes, configs, metrics dicts), never a network.
+label maps, boxes, configs, metrics dicts), never a network; the dock builds
+the :class:`ClassifierTrainConfig` itself, without torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medai.core.classification.config import (
+    ClassifierTrainConfig,
     ClassifyConfig,
     ClassifyResult,
     Region,
@@ -26,7 +28,7 @@ from napari_medai.core.classification.examples import (
 )
 from napari_medai.core.classification.heldout import HeldOutSet, training_boxes, training_slices
 from napari_medai.core.classification.inference import classify_job
-from napari_medai.core.classification.training import ClassifierTrainConfig, train_classifier_job
+from napari_medai.core.classification.training import train_classifier_job
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models import sources
 from napari_medai.core.models.loaded import LoadedModel
@@ -64,13 +66,13 @@ def evaluate_from_source_job(
     return (yield from scaled(evaluate_job(model, volume, picked, device), _LOADING_SHARE, 1.0))
 
 
-def _trained(examples: Examples, settings: dict[str, Any]) -> Job[TrainedClassifier]:
+def _trained(examples: Examples, config: ClassifierTrainConfig) -> Job[TrainedClassifier]:
     """Train on ``examples``; only what napari needs crosses back.
 
     The trainer's own result would import torch in napari's process when unpickled.
     """
-    result = yield from train_classifier_job(examples, ClassifierTrainConfig(**settings))
-    return TrainedClassifier(result.best_path, result.metrics)
+    result = yield from train_classifier_job(examples, config)
+    return TrainedClassifier(result.best_path, result.metrics, result.kept)
 
 
 def train_on_boxes_job(
@@ -78,10 +80,10 @@ def train_on_boxes_job(
     regions: list[Region],
     labels: list[int],
     class_names: dict[int, str],
-    settings: dict[str, Any],
+    config: ClassifierTrainConfig,
     held_out: list[int] | None = None,
 ) -> Job[TrainedClassifier]:
-    """Train on classed boxes (``settings``: ClassifierTrainConfig's fields).
+    """Train on classed boxes.
 
     Boxes on the ``held_out`` slices (z) are left out, for Evaluate to score on.
     """
@@ -90,7 +92,7 @@ def train_on_boxes_job(
     examples = examples_from_regions(
         volume, [regions[n] for n in keep], [labels[n] for n in keep], class_names
     )
-    return (yield from _trained(examples, settings))
+    return (yield from _trained(examples, config))
 
 
 def train_on_label_slices_job(
@@ -98,11 +100,11 @@ def train_on_label_slices_job(
     label_map: LabelMap,
     values: list[int],
     axis: int,
-    settings: dict[str, Any],
+    config: ClassifierTrainConfig,
     held_out: list[int] | None = None,
 ) -> Job[TrainedClassifier]:
     """Train on every slice along ``axis`` but the ``held_out`` ones, class k when it holds k."""
     kept = training_slices(volume.spatial_shape[axis], held_out)
     yield Progress(0.0, "reading the slices")
     examples = examples_from_label_slices(volume, label_map, values, axis, slices=kept)
-    return (yield from _trained(examples, settings))
+    return (yield from _trained(examples, config))

@@ -25,14 +25,20 @@ from napari_medai.core.classification.report import metrics_csv, save_metrics  #
 
 
 def spatial_split(
-    positions: Sequence[float], test_fraction: float = 0.3
+    positions: Sequence[float],
+    test_fraction: float = 0.3,
+    labels: Sequence[int] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Indices of training and test examples, the test ones one contiguous block.
+    """Indices of training and test examples, the test ones a block of neighbouring slices.
 
     ``positions`` is each example's slice position (e.g. its z index; add a
-    large offset per scan to keep scans apart). The highest positions form the
-    test block, so neighbouring, nearly identical slices fall on the same side
-    and cannot leak from training into the test.
+    large offset per scan to keep scans apart). The block covers
+    ``test_fraction`` of the distinct positions, so neighbouring, nearly
+    identical slices fall on the same side and cannot leak from training into
+    the test. Without ``labels`` it is the highest positions; with them, the
+    highest block whose examples hold every class while the rest still holds
+    every class to train on. When no block does, it is the highest positions
+    again, and the caller finds (and says) which classes the test lacks.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ClassificationError(f"the test fraction must be between 0 and 1, not {test_fraction}")
@@ -44,10 +50,24 @@ def spatial_split(
             "from at least two slices"
         )
     count = min(max(1, int(round(test_fraction * len(distinct)))), len(distinct) - 1)
-    cutoff = distinct[-count]
-    train = [i for i, v in enumerate(values) if v < cutoff]
-    test = [i for i, v in enumerate(values) if v >= cutoff]
-    return train, test
+    starts = range(len(distinct) - count, -1, -1)  # the highest block first
+    blocks = [_block(values, distinct[s], distinct[s + count - 1]) for s in starts]
+    chosen = next((b for b in blocks if _holds_every_class(b, labels)), blocks[0])
+    return np.flatnonzero(~chosen).tolist(), np.flatnonzero(chosen).tolist()
+
+
+def _block(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Which examples lie on the positions ``low`` to ``high`` (inclusive)."""
+    return (values >= low) & (values <= high)
+
+
+def _holds_every_class(block: np.ndarray, labels: Sequence[int] | None) -> bool:
+    """Whether both the ``block`` and the examples outside it hold every class (True unlabelled)."""
+    if labels is None:
+        return True
+    classes = np.asarray(labels)
+    every = set(np.unique(classes).tolist())
+    return set(classes[block].tolist()) == every == set(classes[~block].tolist())
 
 
 def roc_curve(truth: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:

@@ -3,9 +3,13 @@
 The steps of ``core.training.loop``'s one training loop, as segmentation's: the
 job yields after every optimizer step with the loss (and, every few seconds,
 the held-out figures) in its payload; stopping runs ``finally``, which keeps
-the best model validated so far as a model package and writes the last one
-with the optimizer state, from which ``resume`` continues. Batches are drawn
-class-balanced and augmented (``core.training.dataset.Augmenter``).
+the model as a model package and writes the last one with the optimizer
+state, from which ``resume`` continues. The kept model is the one with the
+best held-out macro ROC AUC; when the held-out examples lack a class, no
+held-out figure can judge the model and the last weights are kept. The card
+and the result say which (``kept``). Batches are drawn class-balanced and
+augmented (``core.training.dataset.Augmenter``). The settings are
+:class:`~napari_medai.core.classification.config.ClassifierTrainConfig`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
-from napari_medai.core.classification.config import ClassificationError
+from napari_medai.core.classification.config import (
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_ARGS,
+    ClassificationError,
+    ClassifierTrainConfig,
+    default_model_name,
+)
 from napari_medai.core.classification.examples import Examples
 from napari_medai.core.classification.metrics import classification_metrics, spatial_split
 from napari_medai.core.classification.model import TASK
@@ -36,18 +46,9 @@ from napari_medai.core.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
-from napari_medai.core.training.config import checkpoints_folder
 from napari_medai.core.training.dataset import Augmenter
 from napari_medai.core.training.loop import Schedule, Steps, library_versions, run_training
 from napari_medai.core.training.strengths import AugmentStrengths
-
-#: A small DenseNet with one dense block: learns organ boxes in seconds on a laptop CPU, and a
-#: 32-pixel box keeps an 8x8 feature map for Grad-CAM (two blocks pool it to 4x4, whose heat
-#: smears over the box: on the kidney benchmark, heat inside/outside the kidney 1.75 against
-#: 1.32, mean of four seeds).
-DEFAULT_ARCHITECTURE = "DenseNet"
-DEFAULT_ARGS = {"init_features": 16, "growth_rate": 12, "block_config": [6], "bn_size": 2}
-
 
 #: Intensity augmentation on a fixed window of calibrated units (CT's HU): a quarter of
 #: the default range. At full strength the random shift reaches 0.1 of the window,
@@ -67,60 +68,22 @@ def augment_strengths(intensity: dict[str, Any]) -> AugmentStrengths:
 
 
 @dataclass
-class ClassifierTrainConfig:
-    """How to train a classifier; the widget and the CLI fill in the same object.
-
-    ``out_dir`` receives the best model package, ``checkpoint_dir`` (default
-    ``<out_dir>.checkpoints``) the last one for ``resume``. Without explicit
-    validation examples, ``test_fraction`` of the slice positions (one
-    contiguous block, see ``spatial_split``) is held out.
-    """
-
-    out_dir: Path
-    max_time_s: float | None = 60.0
-    max_iters: int | None = None
-    seed: int | None = None
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    test_fraction: float = 0.3
-    validation_every_s: float = 2.0
-    checkpoint_every_s: float = 30.0
-    architecture: str = DEFAULT_ARCHITECTURE
-    architecture_args: dict[str, Any] | None = None
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    num_threads: int | None = None
-    name: str | None = None
-    checkpoint_dir: Path | None = None
-
-    @property
-    def checkpoints(self) -> Path:
-        """Where the last checkpoint and the training state live."""
-        return checkpoints_folder(self.out_dir, self.checkpoint_dir)
-
-
-@dataclass
 class ClassifierTrainResult:
-    """The best model package, its card, its held-out figures and the history."""
+    """The kept model package, its card, its held-out figures and the history.
+
+    ``kept`` says in words which weights the package holds and what chose them.
+    """
 
     best_path: Path
     last_path: Path
     card: ModelCard
     metrics: dict[str, Any] | None
+    kept: str
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _check(config: ClassifierTrainConfig) -> None:
-    if config.max_time_s is not None and config.max_time_s <= 0:
-        raise ClassificationError(f"the time budget must be positive, not {config.max_time_s} s")
-    if config.max_iters is not None and config.max_iters < 1:
-        raise ClassificationError(
-            f"the iteration budget must be at least 1, not {config.max_iters}"
-        )
-    if config.batch_size < 1:
-        raise ClassificationError(f"the batch size must be at least 1, not {config.batch_size}")
+    config.check()
     if config.architecture not in CLASSIFIERS:
         raise ClassificationError(
             f"unknown classifier architecture {config.architecture!r}; "
@@ -141,12 +104,11 @@ def train_classifier_job(
     if len(examples) == 0:
         raise ClassificationError("no training examples")
     if validation is None and len(np.unique(examples.positions)) >= 2:
-        train_idx, val_idx = spatial_split(examples.positions, config.test_fraction)
-        held_out = (
-            f"spatially separate split: slice positions {examples.positions[val_idx].min():g}"
-            f"-{examples.positions[val_idx].max():g} held out"
+        train_idx, val_idx = spatial_split(
+            examples.positions, config.test_fraction, examples.labels
         )
         training, validation = examples.subset(train_idx), examples.subset(val_idx)
+        held_out = _split_text(validation)
     else:
         training = examples
         held_out = "examples the user set aside" if validation is not None else "none"
@@ -158,6 +120,26 @@ def train_classifier_job(
     return _train(training, validation, held_out, config, device)
 
 
+def _lacking(examples: Examples) -> str:
+    """The classes without an example, as ``'a' or 'b'`` ("" when every class has one)."""
+    return " or ".join(repr(name) for name, count in examples.counts().items() if count == 0)
+
+
+def _split_text(validation: Examples) -> str:
+    """What the automatic split held out, and in words what it lacks when it must."""
+    text = (
+        f"spatially separate split: slice positions {validation.positions.min():g}"
+        f"-{validation.positions.max():g} held out"
+    )
+    lacking = _lacking(validation)
+    if lacking:
+        text += (
+            f"; no block of neighbouring slices holds every class and leaves some of each to "
+            f"train on, so it holds no {lacking} example"
+        )
+    return text
+
+
 def _new_card(examples: Examples, config: ClassifierTrainConfig) -> ModelCard:
     args = copy.deepcopy(
         config.architecture_args
@@ -166,7 +148,7 @@ def _new_card(examples: Examples, config: ClassifierTrainConfig) -> ModelCard:
     )
     names = examples.class_names
     return ModelCard(
-        name=config.name or " / ".join(names[k] for k in sorted(names)),
+        name=config.name or default_model_name(names),
         architecture=config.architecture,
         architecture_args=args,
         label_names=dict(names),
@@ -198,6 +180,13 @@ class _Session(Steps):
         self.iteration, self.elapsed_s = 0, 0.0
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_metrics, self.best_saved = -1.0, None, False
+        self.best_iteration: int | None = None
+        self.lacking = _lacking(validation) if validation is not None and len(validation) else ""
+        if self.lacking:
+            self.opening = (
+                f"the held-out examples hold no {self.lacking} example, so no held-out figure "
+                "can judge the model: the last weights will be kept"
+            )
         optimizer_state = None
         if config.resume:
             saved = read_state(config.checkpoints)
@@ -210,6 +199,7 @@ class _Session(Steps):
             self.iteration, self.elapsed_s = int(saved["iteration"]), float(saved["elapsed_s"])
             self.history = list(saved["history"])
             self.best_score = float(saved["best_score"])
+            self.best_iteration = saved.get("best_iteration")
             self.best_saved = Path(config.out_dir).is_dir()
             optimizer_state = load_optimizer_state(config.checkpoints, saved)
         else:
@@ -261,21 +251,30 @@ class _Session(Steps):
         return {"loss": float(loss.detach()), "learning_rate": self.optimizer.param_groups[0]["lr"]}
 
     def message(self, entry: dict[str, Any]) -> str:
+        """The loss, and the held-out figures where they can judge the model."""
         message = f"iteration {entry['iteration']}: loss {entry['loss']:.3f}"
-        if "val_auc" in entry:
-            message += f", held-out accuracy {entry['val_accuracy']:.2f}"
-        return message
+        if "val_auc" not in entry:
+            return message
+        if self.lacking:
+            return message + f", the held-out examples hold no {self.lacking} example"
+        return (
+            message + f", held-out accuracy {entry['val_accuracy']:.2f}, "
+            f"macro ROC AUC {entry['val_auc']:.2f}"
+        )
 
     def validate(self, fraction: float) -> Job[dict[str, Any]]:
         """Held-out accuracy and ROC AUC, keeping the weights when they are the best so far.
 
-        Quick, so it yields no progress of its own.
+        Without a class held out, neither can judge the model: no figures
+        (the AUC is None). Quick, so it yields no progress of its own.
         """
         yield from ()
         metrics = self.metrics()
         self.consider(metrics)
         if metrics is None:
             return {}
+        if self.lacking:
+            return {"val_auc": None}
         return {"val_accuracy": metrics["accuracy"], "val_auc": metrics["macro"]["roc_auc"]}
 
     def metrics(self) -> dict[str, Any] | None:
@@ -307,6 +306,7 @@ class _Session(Steps):
             "examples": self.examples.counts(),
             "sources": self.examples.sources,
             "held_out": self.held_out,
+            "kept": self.kept(),
             "metrics": None
             if metrics is None
             else {k: metrics[k] for k in ("computed_on", "accuracy", "macro")},
@@ -324,14 +324,35 @@ class _Session(Steps):
         return replace(self.card, training=info)
 
     def consider(self, metrics: dict[str, Any] | None) -> None:
-        """Keep the weights as the best model when they score at least as well held out."""
-        if metrics is None:
+        """Keep the weights when their held-out macro ROC AUC is at least the best so far.
+
+        Without a class held out, the figures go with the last weights, which
+        :meth:`finish` keeps: accuracy on one class would favour a model that
+        calls everything that class.
+        """
+        if metrics is None or self.lacking:
+            self.best_metrics = metrics
             return
         auc = metrics["macro"]["roc_auc"]
-        score = auc if auc is not None else metrics["accuracy"]
-        if score >= self.best_score:
-            self.best_score, self.best_metrics = score, metrics
+        if auc >= self.best_score:
+            self.best_score, self.best_metrics, self.best_iteration = auc, metrics, self.iteration
             self.save_best(metrics)
+
+    def kept(self) -> str:
+        """Which weights the model package holds, and what chose them, in words."""
+        if self.validation is None or len(self.validation) == 0:
+            return "the last weights (nothing was held out to choose by)"
+        if self.lacking:
+            return (
+                f"the last weights (the held-out examples hold no {self.lacking} example, "
+                "so no held-out figure could choose)"
+            )
+        if self.best_iteration is None:
+            return "the last weights (training stopped before the first held-out check)"
+        return (
+            f"the weights of iteration {self.best_iteration}, with the best held-out macro "
+            f"ROC AUC ({self.best_score:.3f})"
+        )
 
     def save_best(self, metrics: dict[str, Any] | None) -> None:
         save_model_package(Path(self.config.out_dir), self.card_now(metrics), self.network, True)
@@ -343,15 +364,16 @@ class _Session(Steps):
             "elapsed_s": self.elapsed_s,
             "history": self.history,
             "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
         }
         return save_checkpoint(
             self.config.checkpoints, self.card_now(None), self.network, self.optimizer, state
         )
 
     def finish(self, finished: bool) -> None:
-        """Write the last model, and the current one as best if none was kept yet."""
-        if not self.best_saved:
-            self.save_best(None)
+        """Write the last model, and keep it too when no held-out figure chose another."""
+        if self.lacking or not self.best_saved:
+            self.save_best(self.best_metrics)
         self.save_last()
 
 
@@ -374,10 +396,12 @@ def _train(
         schedule,
         "preparing the examples",
     )
+    card = ModelCard.read(Path(config.out_dir) / CARD_FILE)
     return ClassifierTrainResult(
         best_path=Path(config.out_dir),
         last_path=config.checkpoints / LAST,
-        card=ModelCard.read(Path(config.out_dir) / CARD_FILE),
+        card=card,
         metrics=session.best_metrics,
+        kept=card.training["kept"],
         history=list(session.history),
     )

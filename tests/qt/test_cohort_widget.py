@@ -1,25 +1,70 @@
-"""The Cohort widget: explains a disabled Run, takes the current folder, runs in the background."""
+"""The Cohort widget: explains a disabled Run, takes the current folder, runs in the worker."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+import torch
 
 from napari_medai._qt.cohort_widget import CohortWidget
+from napari_medai.core.cohort.record import RECORD_FILE
+from napari_medai.core.models.card import ModelCard
+from napari_medai.core.models.networks import build_network
+from napari_medai.core.models.package import save_model_package
 
 # The cohort builders of the core tests (tests/core is on sys.path only for its own tests).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from cohort_scans import save_tiny_model, write_cohort  # noqa: E402
+from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort  # noqa: E402
+
+#: A run starts the worker process, which imports torch and MONAI: slow on a busy machine.
+RUN_TIMEOUT_MS = 240_000
 
 
 @pytest.fixture
-def widget(make_napari_viewer, qtbot):
+def widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path / "models"))
     viewer = make_napari_viewer()
     widget = CohortWidget(viewer)
-    qtbot.addWidget(widget)
+    qtbot.addWidget(widget.native)
     return viewer, widget
+
+
+def ct_model(folder: Path) -> Path:
+    """A tiny two-class segmentation package whose card says it is made for CT."""
+    card = ModelCard(
+        name="tiny CT seg",
+        architecture="UNet",
+        architecture_args={"channels": [4, 8], "strides": [2], "num_res_units": 0},
+        label_names={0: "background", 1: "organ"},
+        patch_size=[16, 16, 16],
+        spacing=[8.0, 8.0, 8.0],
+        orientation="LPS",
+        intensity={"kind": "window", "low": -200.0, "high": 300.0},
+        modality="CT",
+    )
+    torch.manual_seed(0)
+    return save_model_package(folder, card, build_network(card))
+
+
+def write_mr(path: Path) -> Path:
+    """A small scan whose header says MR (dcm2niix's NRRD key for the DICOM modality)."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(0, 500, (20, 40, 40)).astype(np.int16))
+    image.SetSpacing((5.0, 5.0, 5.0))
+    image.SetMetaData("0008_0060_Modality", "MR")
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _wait(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=RUN_TIMEOUT_MS)
 
 
 def test_run_is_explained_until_ready_then_results_stay_on_disk(widget, qtbot, tmp_path):
@@ -34,11 +79,127 @@ def test_run_is_explained_until_ready_then_results_stay_on_disk(widget, qtbot, t
     assert Path(widget.out.value) == tmp_path / "study_masks"
     assert "model" in widget.run_button.tooltip.lower()
 
-    widget.model.value = str(save_tiny_model(tmp_path / "tiny"))
+    widget.models.add_source(save_tiny_model(tmp_path / "tiny"))
     assert widget.run_button.enabled
     layers = len(viewer.layers)
     widget.run_button.changed.emit(True)
-    qtbot.waitUntil(lambda: "done /" in widget.summary.value, timeout=60_000)
+    _wait(qtbot, widget)
     assert widget.summary.value.startswith("2 done / 0 failed / 0 skipped")
     assert len(list((tmp_path / "study_masks").glob("*_seg.nii.gz"))) == 2
     assert len(viewer.layers) == layers
+
+
+def test_the_picker_offers_segmentation_models_by_title_and_runs_by_folder(widget, tmp_path):
+    _viewer, widget = widget
+    models = tmp_path / "models"
+    segmenter = ct_model(models / "ct-seg")
+    save_tiny_classifier(models / "classifier")
+    widget.models.refresh()
+    titles = [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
+    assert any(title.startswith("tiny CT seg") for title in titles), titles
+    assert not any(title.startswith("tiny cls") for title in titles), titles
+    title = next(title for title in titles if title.startswith("tiny CT seg"))
+    widget.model.native.setCurrentText(title)
+    # What the run loads is the package folder, never the title the picker shows.
+    assert Path(widget.models.source) == segmenter
+    widget.cohort.value, widget.out.value = tmp_path / "study", tmp_path / "out"
+    assert widget.run_button.enabled
+    widget.models.add_source(models / "classifier")
+    assert "classification model" in widget.run_button.tooltip
+    assert not widget.run_button.enabled
+
+
+def test_a_ct_model_on_an_mr_scan_is_run_and_named_in_the_warnings(
+    widget, qtbot, tmp_path, notifications
+):
+    _viewer, widget = widget
+    study = tmp_path / "study"
+    write_cohort(study, phantoms=1, broken=False)
+    write_mr(study / "knee_mr.nrrd")
+    widget.cohort.value = study
+    widget.out.value = tmp_path / "out"
+    widget.models.add_source(ct_model(tmp_path / "ct-seg"))
+    widget.run_button.changed.emit(True)
+    _wait(qtbot, widget)
+    assert widget.summary.value.startswith("2 done / 0 failed")
+    warning = "'tiny CT seg' is made for CT scans, but this image is MRI"
+    assert f"Warning, knee_mr.nrrd: {warning}" in widget.summary.value
+    assert widget.summary.value.count("made for CT") == 1  # the phantom CT fits
+    rows = [json.loads(line) for line in (tmp_path / "out" / RECORD_FILE).read_text().splitlines()]
+    warned = {Path(row["input"]).name: row.get("warning", "") for row in rows}
+    assert warned["knee_mr.nrrd"].startswith(warning)
+    assert [name for name, text in warned.items() if text] == ["knee_mr.nrrd"]
+    said = [str(n.message) for n in notifications]
+    assert any(text.startswith("Cohort run: scan knee_mr") and warning in text for text in said)
+
+
+def test_a_failed_run_leaves_no_stale_status(widget, qtbot, tmp_path):
+    _viewer, widget = widget
+    study = tmp_path / "study"
+    write_cohort(study, phantoms=1, broken=False)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    widget.cohort.value = study
+    widget.out.value = tmp_path / "taken"
+    widget.models.add_source(save_tiny_model(tmp_path / "tiny"))
+    widget.run_button.changed.emit(True)
+    _wait(qtbot, widget)
+    assert widget.summary.value == ""  # not "Running..." beside the failure
+    assert widget.runner.message.startswith("Cohort run failed: ")
+    assert "is a file, not a folder" in widget.runner.message
+
+
+SCRIPT = """
+import json, sys, time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+from napari_medai._qt.cohort_widget import CohortWidget
+from napari_medai._qt.evaluate_widget import EvaluateWidget
+
+study, model, out = (Path(arg) for arg in sys.argv[1:4])
+viewer = napari.Viewer(show=False)
+outcomes = []
+
+
+def click(dock, button):
+    button.native.click()
+    while dock.runner.running:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    outcomes.append(dock.runner.outcome.name)
+
+
+cohort = CohortWidget(viewer)
+cohort.cohort.value, cohort.out.value = study, out
+cohort.models.add_source(model)
+click(cohort, cohort.run_button)
+masks = np.zeros((8, 16, 16), np.uint8)
+masks[2:6, 4:12, 4:12] = 1
+viewer.add_labels(masks, name="reference", scale=(2.0, 1.0, 1.0))
+viewer.add_labels(np.roll(masks, 1, axis=2), name="prediction", scale=(2.0, 1.0, 1.0))
+evaluate = EvaluateWidget(viewer)
+evaluate.prediction.value = viewer.layers["prediction"]
+evaluate.reference.value = viewer.layers["reference"]
+click(evaluate, evaluate.evaluate_button)
+found = [name for name in ("torch", "monai") if name in sys.modules]
+print(json.dumps({"outcomes": outcomes, "imported": found}))
+viewer.close()
+"""
+
+
+def test_cohort_and_evaluate_never_import_torch_into_napari(tmp_path):
+    """In a fresh process: this test's own process imported torch for its fixtures."""
+    study = tmp_path / "study"
+    write_cohort(study, phantoms=1, broken=False)
+    model = save_tiny_model(tmp_path / "tiny")
+    env = {**os.environ, "NAPARI_MEDAI_MODELS": str(tmp_path / "models")}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(study), str(model), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"outcomes": ["DONE", "DONE"], "imported": []}

@@ -299,3 +299,16 @@ def test_heartbeat_counts_a_stall_still_going_on_at_stop(qtbot):
         qtbot.wait(50)
         time.sleep(0.2)
     assert monitor.worst_stall_ms >= 180
+
+
+def test_a_longer_message_never_changes_the_runners_height(qtbot, runner):
+    """A height change resizes the dock, and napari re-renders its canvas (100-320 ms)."""
+    runner.resize(300, runner.sizeHint().height())
+    runner.show()
+    qtbot.waitExposed(runner)
+    heights = set()
+    for text in ("", "done", "starting a worker process (its first job loads the libraries) " * 3):
+        runner._message.setText(text)
+        heights.add(runner.sizeHint().height())
+    assert len(heights) == 1
+    assert runner._message.toolTip().startswith("starting a worker process")

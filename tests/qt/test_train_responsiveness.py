@@ -37,10 +37,7 @@ def test_event_loop_keeps_ticking_while_training(
         Layer.create(*labels_layer_data(LabelMap(sparse, volume.geometry), "annotation"))
     )
     widget = TrainWidget(viewer)
-    # Floating: docked, the runner's message wrapping to two lines at the start and end
-    # resizes napari's canvas, and that one re-render is napari's cost, not training's:
-    # 100-320 ms on software OpenGL on a loaded 2-core machine (13-41 ms of stalls left).
-    viewer.window.add_dock_widget(widget, name="Train").setFloating(True)
+    viewer.window.add_dock_widget(widget, name="Train")
     widget.pair_rows[0].image_combo.value = image
     widget.pair_rows[0].labels_combo.value = labels
     widget.time_spin.value = TRAIN_SECONDS

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QShowEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import GeneratorWorker
@@ -132,6 +132,26 @@ class _Run:
     warned: set[str] = field(default_factory=set)
 
 
+class _SteadyLabel(QLabel):
+    """A wrapping label that always keeps two lines' height, its whole text as tooltip.
+
+    A message that grows from one line to two would resize the dock, and napari
+    re-renders its whole canvas when a dock's height changes (100-320 ms on
+    software OpenGL); a longer message is cut here and shown in full in the
+    tooltip and in napari's notification.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.setWordWrap(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.setFixedHeight(2 * self.fontMetrics().lineSpacing() + 2)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self.setToolTip(text)
+
+
 class JobRunner(QWidget):
     """Progress bar, message and Cancel button that run one job at a time.
 
@@ -152,8 +172,7 @@ class JobRunner(QWidget):
         self._cancel = QPushButton("Cancel")
         self._cancel.setEnabled(False)
         self._cancel.clicked.connect(self.cancel)
-        self._message = QLabel("")
-        self._message.setWordWrap(True)
+        self._message = _SteadyLabel()
         row = QHBoxLayout()
         row.addWidget(self._bar, 1)
         row.addWidget(self._cancel)

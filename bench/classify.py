@@ -62,7 +62,7 @@ from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.training.config import training_threads
 from napari_medai.core.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]

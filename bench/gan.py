@@ -52,7 +52,7 @@ from napari_medai.core.generative.sample import load_generator, masks_from_label
 from napari_medai.core.generative.train import train_gan_job
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
-from napari_medai.core.training.trainer import training_threads
+from napari_medai.core.training.config import training_threads
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_MEDAI_DATA", REPO / ".." / "shared" / "data")).resolve()

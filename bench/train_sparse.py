@@ -35,7 +35,8 @@ from napari_medai.core.io.reading import read_label_map, read_volume
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
-from napari_medai.core.training.trainer import TrainConfig, train_job, training_threads
+from napari_medai.core.training.config import training_threads
+from napari_medai.core.training.trainer import TrainConfig, train_job
 from napari_medai.core.volume import LabelMap
 
 REPO = Path(__file__).resolve().parents[1]

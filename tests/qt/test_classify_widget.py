@@ -398,19 +398,25 @@ def test_the_roc_legend_drops_the_classes_of_an_earlier_model(qtbot):
 def test_a_held_out_split_without_the_class_says_so_instead_of_accuracy(
     dock, qtbot, monkeypatch, tmp_path, phantom
 ):
-    """The right kidney (label 3) lies on slices 2-13; the automatic split holds out 17-23."""
+    """The right kidney (label 3) lies on slices 2-13; 3-13 are held out for Evaluate.
+
+    Training keeps slice 2 as its only kidney slice, so no block of neighbouring
+    slices can hold the kidney and leave it to train on: the split holds out 20-23.
+    """
     viewer, _image, widget = dock
     monkeypatch.setenv("NAPARI_MEDAI_MODELS", str(tmp_path))
     labels = viewer.add_layer(Layer.create(*labels_layer_data(phantom[1])))
     widget.source.value = widget.source.choices[1]
     widget.labels.value = labels
     widget.values.value = "3"
+    widget.evaluation.slices.value = "3-13"
     widget.train_time.value = 1
     widget.train_button.native.click()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60000)
     assert widget.runner.outcome == JobOutcome.DONE
     assert "held-out accuracy" not in widget.status.value
     assert "hold no 'kidney_right' example" in widget.status.value
+    assert "kept the last weights" in widget.status.value
     metrics = widget.metrics.metrics
     assert set(metrics["per_class"]) == {"no kidney_right", "kidney_right"}
     text = widget.metrics.computed_on.text()

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import struct
-import sys
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -25,13 +24,11 @@ import nibabel
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from dicom_factory import write_enhanced, write_series
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from dicom_factory import write_enhanced, write_series  # noqa: E402
-
-from napari_medai.core.phantom import make_phantom  # noqa: E402
-from napari_medai.core.volume import volume_to_sitk  # noqa: E402
+from napari_medai.core.phantom import make_phantom
+from napari_medai.core.volume import volume_to_sitk
 
 
 @dataclass

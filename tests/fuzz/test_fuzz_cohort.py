@@ -16,7 +16,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,16 +26,14 @@ from typing import Any
 import nibabel
 import numpy as np
 import pytest
+from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort  # noqa: E402
-
-from napari_medai.core.cohort.manifest import CohortWarning, read_manifest  # noqa: E402
-from napari_medai.core.cohort.record import RECORD_FILE, TABLE_FILE, RunRecord  # noqa: E402
-from napari_medai.core.cohort.run import EngineConfig, cohort_job  # noqa: E402
-from napari_medai.core.cohort.tasks import SegmentTask, TaskSpec  # noqa: E402
-from napari_medai.core.errors import MedaiError  # noqa: E402
-from napari_medai.core.jobs import run_job  # noqa: E402
+from napari_medai.core.cohort.manifest import CohortWarning, read_manifest
+from napari_medai.core.cohort.record import RECORD_FILE, TABLE_FILE, RunRecord
+from napari_medai.core.cohort.run import EngineConfig, cohort_job
+from napari_medai.core.cohort.tasks import SegmentTask, TaskSpec
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.jobs import run_job
 
 SEED = 17
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

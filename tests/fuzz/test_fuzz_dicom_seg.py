@@ -11,7 +11,6 @@ module from a seeded generator.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import write_series
 from pydicom.dataset import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from dicom_factory import write_series  # noqa: E402
-
-from napari_medai.core.errors import MedaiError  # noqa: E402
-from napari_medai.core.io.dicom_export import DicomExportConfig  # noqa: E402
-from napari_medai.core.io.dicom_seg import read_dicom_seg  # noqa: E402
-from napari_medai.core.io.export import ExportConfig, export_job  # noqa: E402
-from napari_medai.core.io.reading import read_volume  # noqa: E402
-from napari_medai.core.jobs import run_job  # noqa: E402
-from napari_medai.core.volume import LabelMap  # noqa: E402
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.io.dicom_export import DicomExportConfig
+from napari_medai.core.io.dicom_seg import read_dicom_seg
+from napari_medai.core.io.export import ExportConfig, export_job
+from napari_medai.core.io.reading import read_volume
+from napari_medai.core.jobs import run_job
+from napari_medai.core.volume import LabelMap
 
 SHAPE = (5, 14, 12)
 ORIGIN_Z, STEP = 40.0, 2.5

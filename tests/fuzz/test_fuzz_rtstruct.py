@@ -10,7 +10,6 @@ no patient identifier of the source may reach a message or a de-identified file.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +17,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import rotation_iop, write_series
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from skimage.draw import ellipse, polygon2mask
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from dicom_factory import rotation_iop, write_series  # noqa: E402
-
-from napari_medai.core.errors import MedaiError  # noqa: E402
-from napari_medai.core.io.dicom_export import DicomExportConfig  # noqa: E402
-from napari_medai.core.io.export import ExportConfig, export_job  # noqa: E402
-from napari_medai.core.io.reading import read_volume  # noqa: E402
-from napari_medai.core.io.rtstruct import read_rtstruct  # noqa: E402
-from napari_medai.core.jobs import run_job  # noqa: E402
-from napari_medai.core.volume import LabelMap  # noqa: E402
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.io.dicom_export import DicomExportConfig
+from napari_medai.core.io.export import ExportConfig, export_job
+from napari_medai.core.io.reading import read_volume
+from napari_medai.core.io.rtstruct import read_rtstruct
+from napari_medai.core.jobs import run_job
+from napari_medai.core.volume import LabelMap
 
 SEED = 17
 SHAPE = (8, 32, 28)

@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort
 
 from napari_medai._qt.cohort_widget import CohortWidget
 from napari_medai.core.cohort.record import RECORD_FILE
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
-
-# The cohort builders of the core tests (tests/core is on sys.path only for its own tests).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort  # noqa: E402
 
 #: A run starts the worker process, which imports torch and MONAI: slow on a busy machine.
 RUN_TIMEOUT_MS = 240_000

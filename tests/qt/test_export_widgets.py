@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import write_series
 from napari.layers import Layer
 
 from napari_medai._napari.reader import read_layers
@@ -19,15 +19,6 @@ from napari_medai._qt.export_widget import ExportWidget
 from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.stats_widget import StatisticsWidget
 from napari_medai.core.io.reading import read_label_map
-
-
-def _write_series(folder: Path, pixels: np.ndarray) -> None:
-    """tests/core/dicom_factory.write_series (that folder is not on this tier's path)."""
-    path = Path(__file__).parents[1] / "core" / "dicom_factory.py"
-    spec = importlib.util.spec_from_file_location("_dicom_factory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_series(folder, pixels)
 
 
 @pytest.fixture
@@ -88,7 +79,7 @@ def test_export_asks_before_replacing_and_keeps_layer_and_file_on_failure(
 def test_dicom_formats_need_a_dicom_scan_and_then_write_a_seg(qtbot, make_napari_viewer, tmp_path):
     folder = tmp_path / "series"
     ct = np.random.default_rng(0).integers(-1000, 1000, (5, 16, 12)).astype(np.int16)
-    _write_series(folder, ct)
+    write_series(folder, ct)
     viewer = make_napari_viewer()
     for data, kwargs, kind in read_layers(str(folder)):
         viewer.add_layer(Layer.create(data, kwargs, kind))

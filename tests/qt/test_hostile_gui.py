@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,11 +65,8 @@ def test_bad_files_leave_unsaved_labels_untouched(
 
 def test_open_files_with_a_whole_series_selected_opens_it_once(make_napari_viewer, tmp_path):
     """Case 6: napari's Open Files hands the files over one by one; the series opens once."""
-    spec = importlib.util.spec_from_file_location(
-        "dicom_factory", Path(__file__).parents[1] / "core" / "dicom_factory.py"
-    )
-    factory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(factory)
+    import dicom_factory as factory
+
     pixels = np.random.default_rng(0).integers(0, 500, (6, 12, 10)).astype(np.int16)
     paths = factory.write_series(tmp_path / "series", pixels)
     viewer = make_napari_viewer()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+import dicom_factory
 import npe2
 import numpy as np
 import pytest
@@ -15,15 +14,6 @@ from napari.settings import get_settings
 
 from napari_medai._napari import reader, reader_choice, writer
 from napari_medai.core.volume import Volume, volume_to_sitk
-
-
-def _dicom_factory():
-    spec = importlib.util.spec_from_file_location(
-        "dicom_factory", Path(__file__).parents[1] / "core" / "dicom_factory.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -63,7 +53,7 @@ def test_file_open_needs_no_reader_choice_after_first_use(
     sitk.WriteImage(volume_to_sitk(labels), str(seg))
     series = tmp_path / "series"
     pixels = np.random.default_rng(0).integers(0, 400, (4, 16, 12)).astype(np.int16)
-    _dicom_factory().write_series(series, pixels)
+    dicom_factory.write_series(series, pixels)
     viewer = make_napari_viewer()
     qt_viewer = viewer.window._qt_viewer
 

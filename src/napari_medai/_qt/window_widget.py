@@ -2,7 +2,8 @@
 
 Presets say which modality they are for (all are CT windows in HU); they are
 disabled, with a tooltip saying why, while the images they would act on are
-not CT.
+not CT. The buttons scroll inside the dock when space is short, and the note
+wraps, so the dock never grows the window.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_medai._napari.modality import layer_modality
 from napari_medai.core.models.fit import describe_modality
@@ -67,11 +78,22 @@ class WindowPresetWidget(QWidget):
         #: Why presets are disabled, when they are.
         self.note = QLabel("")
         self.note.setWordWrap(True)
+        self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        content = QWidget()
+        column = QVBoxLayout(content)
+        column.addLayout(grid)
+        column.addWidget(auto)
+        column.addWidget(self.note)
+        column.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(content)
+        self.scroll.setMinimumWidth(content.minimumSizeHint().width())
         layout = QVBoxLayout(self)
-        layout.addLayout(grid)
-        layout.addWidget(auto)
-        layout.addWidget(self.note)
-        layout.addStretch(1)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.scroll)
         layers = napari_viewer.layers
         layers.selection.events.changed.connect(self._update_presets)
         layers.events.inserted.connect(self._update_presets)

@@ -46,6 +46,9 @@ def test_the_dock_scrolls_inside_itself_with_a_compact_minimum_height(docked):
     assert scroll is not None, "no scroll area inside the dock"
     assert scroll.widget().isAncestorOf(status_line(widget))  # the whole column scrolls
     assert dock.minimumSizeHint().height() <= MAX_MIN_HEIGHT_PX
+    # It never scrolls sideways: wide enough for its fields and a scroll bar, none cut off.
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    assert scroll.width() >= scroll.widget().minimumSizeHint().width() + bar
 
 
 @pytest.mark.parametrize("docked", DOCKS, indirect=True)

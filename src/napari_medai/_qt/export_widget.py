@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QMessageBox, QSizePolicy, QWidget
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QMessageBox, QScrollArea, QSizePolicy, QWidget
 
 from napari_medai._napari.export import ExportInput, export_input, is_dicom_source, source_path
 from napari_medai._napari.writer import open_scans
@@ -65,9 +66,43 @@ def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
     for widget in below:
         rows.addWidget(widget)
     rows.addStretch(1)
+    scroll = form.root_native_widget
+    fit_width(scroll)
     layout = dock.native.layout()
     layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(form.root_native_widget)
+    layout.addWidget(scroll)
+
+
+class _FitWidth(QObject):
+    """Keeps a scroll area as wide as its content plus a vertical scroll bar.
+
+    Measured again whenever the content's layout changes: napari's style sheet,
+    applied once the dock is shown, makes the fields wider than they were built.
+    """
+
+    def __init__(self, scroll: QScrollArea) -> None:
+        super().__init__(scroll)
+        self._scroll = scroll
+        scroll.widget().installEventFilter(self)
+        self.fit()
+
+    def fit(self) -> None:
+        content = self._scroll.widget().minimumSizeHint().width()
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(content + bar + 2 * self._scroll.frameWidth())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.fit()
+        return False
+
+
+def fit_width(scroll: QScrollArea) -> None:
+    """Keep ``scroll`` wide enough for its content and a vertical scroll bar beside it.
+
+    It never scrolls sideways, so a narrower one would cut its fields off at the right.
+    """
+    _FitWidth(scroll)
 
 
 class ExportWidget(Container):

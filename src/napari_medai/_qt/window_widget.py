@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medai._napari.modality import layer_modality
+from napari_medai._qt.export_widget import fit_width
 from napari_medai.core.models.fit import describe_modality
 from napari_medai.core.windows import PRESETS, WindowPreset, percentile_limits, value_range
 
@@ -90,7 +91,7 @@ class WindowPresetWidget(QWidget):
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(content)
-        self.scroll.setMinimumWidth(content.minimumSizeHint().width())
+        fit_width(self.scroll)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.scroll)

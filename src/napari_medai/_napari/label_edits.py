@@ -83,8 +83,8 @@ def write_result(
         )
     if flat.size:
         indices = _layer_indices(flat, bounds, layer.data.shape)
-        with layer.block_history():
-            layer.data_setitem(indices, new[flat].astype(layer.data.dtype, copy=False))
+        # One call of napari's data_setitem is one item of its undo history.
+        layer.data_setitem(indices, new[flat].astype(layer.data.dtype, copy=False))
     return LabelEdit(layer.name, changed=int(flat.size), held=held)
 
 

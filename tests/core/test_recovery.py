@@ -134,3 +134,37 @@ def test_prune_drops_old_copies_then_the_oldest_beyond_the_size_limit(root, pain
 
     assert pruned == [ancient.id, older.id]
     assert {entry.id for entry in recovery.list_entries()} == {newer.id, live.id}
+
+
+def test_the_cli_lists_copies_and_writes_one_on_its_grid(root, painted, tmp_path, capsys):
+    from napari_medai.cli import main
+    from napari_medai.core.io.reading import read_label_map
+
+    entry = _orphan(painted, "my liver")
+
+    assert main(["recover", "--list"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["id"] == entry.id and listed["layer"] == "my liver" and listed["scan"] == "scan"
+    out = tmp_path / "out" / "liver.nrrd"
+    assert main(["recover", entry.id, "--out", str(out)]) == 0
+    back = read_label_map(out)  # NRRD keeps the grid in full precision
+    np.testing.assert_array_equal(back.array, painted.array)
+    assert back.geometry.is_close(painted.geometry)
+    sidecar = json.loads((out.parent / "liver.json").read_text(encoding="utf-8"))
+    assert sidecar["outputs"] == {"labels": "liver.nrrd"}
+    assert sidecar["label_names"]["1"] == "liver"
+
+
+def test_the_cli_refuses_an_unknown_id_and_an_existing_file_in_one_line(
+    root, painted, tmp_path, capsys
+):
+    from napari_medai.cli import main
+
+    entry = _orphan(painted, "labels")
+    assert main(["recover", "nope", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "'napari-medai recover --list' shows the ids" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{}")
+    assert main(["recover", entry.id, "--out", str(tmp_path / "x.nii.gz")]) == 2
+    error = capsys.readouterr().err
+    assert "x.json already exists" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "x.nii.gz").exists()  # refused before writing either file

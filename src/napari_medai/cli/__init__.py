@@ -25,6 +25,7 @@ COMMANDS = (
     "train_classifier",
     "evaluate_classifier",
     "gan",
+    "recover",
 )
 
 

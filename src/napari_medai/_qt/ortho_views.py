@@ -1,0 +1,175 @@
+"""Dock widget: the two orthogonal planes the main canvas does not show, linked to it.
+
+With the main canvas on the axial plane, the dock shows coronal (top) and
+sagittal (bottom) views of the same Image and Labels layers, as ITK-SNAP and
+3D Slicer lay a scan out. The linking itself (shared data, one undo history,
+one crosshair) lives in :mod:`napari_medai._napari.ortho`; this module gives
+each side viewer a canvas, draws the crosshair on all three canvases and
+refreshes the other views at a bounded rate while the user paints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from napari.components import ViewerModel
+from napari.qt import QtViewer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QLabel, QSizePolicy, QSplitter, QVBoxLayout, QWidget
+from vispy.scene.visuals import Line
+
+from napari_medai._napari.ortho import OrthoLink, crosshair_segments, tilt_problem
+
+if TYPE_CHECKING:
+    import napari
+
+#: Redraw other views at most this often while a brush stroke goes on (ms).
+REFRESH_INTERVAL_MS = 50
+#: The dock's narrowest useful width (px): two readable canvases on a 1366x768 screen.
+DOCK_MIN_WIDTH = 320
+#: Crosshair colour (RGBA): the yellow 3D Slicer uses, slightly see-through.
+CROSSHAIR_COLOUR = (1.0, 0.85, 0.1, 0.75)
+#: Drawn above every layer.
+CROSSHAIR_ORDER = 1_000_000
+HINT = (
+    "Click (pan/zoom mode) in any view to move the crosshair; paint in any view. "
+    "Ctrl+scroll or the slider changes a view's slice."
+)
+
+
+class Crosshair:
+    """Two lines through the linked point on one napari canvas."""
+
+    def __init__(self, canvas: object, viewer: ViewerModel) -> None:
+        self.viewer = viewer
+        self.line = Line(
+            color=CROSSHAIR_COLOUR,
+            width=1,
+            connect="segments",
+            method="gl",
+            parent=canvas.view.scene,
+        )
+        self.line.order = CROSSHAIR_ORDER
+        self.line.set_gl_state("translucent", depth_test=False)
+        self.line.visible = False
+
+    def show_at(self, point) -> None:
+        """Put the lines through ``point`` (the viewer's world axes), or hide them."""
+        segments = crosshair_segments(self.viewer, point)
+        self.line.visible = segments is not None
+        if segments is not None:
+            self.line.set_data(pos=segments)
+
+    def remove(self) -> None:
+        """Take the lines off their canvas."""
+        self.line.parent = None
+
+
+def _main_canvas(viewer: napari.viewer.Viewer) -> object | None:
+    """The main window's vispy canvas (napari has no public handle to it)."""
+    qt_viewer = getattr(viewer.window, "_qt_viewer", None)
+    return getattr(qt_viewer, "canvas", None)
+
+
+def _view_change_emitters(viewer: ViewerModel) -> tuple:
+    """Dims events after which a crosshair must be drawn again (the point has its own)."""
+    events = viewer.dims.events
+    return events.order, events.ndisplay, events.range
+
+
+class OrthoViewsWidget(QWidget):
+    """Coronal and sagittal canvases (or whichever two planes the main view does not show)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = napari_viewer
+        self.side_viewers = [ViewerModel(title=f"orthogonal view {i + 1}") for i in range(2)]
+        self.qt_viewers = [QtViewer(model) for model in self.side_viewers]
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.setInterval(REFRESH_INTERVAL_MS)
+        self.link = OrthoLink(napari_viewer, self.side_viewers, on_stale=self._flush_timer.start)
+        self._flush_timer.timeout.connect(self.link.flush)
+        self.crosshairs = [Crosshair(qt.canvas, qt.viewer) for qt in self.qt_viewers]
+        main_canvas = _main_canvas(napari_viewer)
+        if main_canvas is not None:
+            self.crosshairs.append(Crosshair(main_canvas, napari_viewer))
+        self.note = QLabel(HINT)
+        self.note.setWordWrap(True)
+        self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        for qt_viewer in self.qt_viewers:
+            qt_viewer.setMinimumSize(160, 160)
+            splitter.addWidget(qt_viewer)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter, stretch=1)
+        layout.addWidget(self.note)
+        self.link.events.point.connect(self._draw_crosshairs)
+        self.link.events.planes.connect(self._on_planes)
+        for view in self.link.views:
+            for emitter in _view_change_emitters(view):
+                emitter.connect(self._draw_crosshairs)
+        napari_viewer.layers.events.inserted.connect(self._update_note)
+        napari_viewer.layers.events.removed.connect(self._update_note)
+        self._linked = True
+        self._shown = False
+        self._on_planes()
+
+    def _on_planes(self, _event: object = None) -> None:
+        for model, plane in zip(self.side_viewers, self.link.planes, strict=True):
+            overlay = model.canvas.overlays["text"]
+            overlay.text = plane.capitalize()
+            overlay.position = "top_left"
+            overlay.visible = True
+        self._draw_crosshairs()
+        self._update_note()
+
+    def _draw_crosshairs(self, _event: object = None) -> None:
+        for crosshair in self.crosshairs:
+            crosshair.show_at(self.link.view_point(crosshair.viewer))
+
+    def _update_note(self, _event: object = None) -> None:
+        problems = [tilt_problem(layer) for layer in self._viewer.layers]
+        shown = [problem for problem in problems if problem]
+        self.note.setText(shown[0] if shown else HINT)
+        self.note.setToolTip("\n".join(shown) if shown else "")
+
+    def unlink(self) -> None:
+        """Stop following the main viewer and take the crosshair off its canvas."""
+        if not self._linked:
+            return
+        self._linked = False
+        self._flush_timer.stop()
+        self.link.disconnect()
+        for crosshair in self.crosshairs:
+            crosshair.remove()
+        for view in self.link.views:
+            for emitter in _view_change_emitters(view):
+                emitter.disconnect(self._draw_crosshairs)
+        self._viewer.layers.events.inserted.disconnect(self._update_note)
+        self._viewer.layers.events.removed.disconnect(self._update_note)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        """A quarter of the screen's width, so the main canvas keeps the larger share."""
+        screen = QApplication.primaryScreen()
+        width = screen.availableGeometry().width() if screen is not None else 1366
+        return QSize(max(DOCK_MIN_WIDTH, width // 4), super().sizeHint().height())
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Once docked, fit the main canvas again: the dock has just narrowed it."""
+        super().showEvent(event)
+        if not self._shown:
+            self._shown = True
+            QTimer.singleShot(0, self._viewer.reset_view)
+
+    def event(self, event: QEvent) -> bool:
+        """Unlink when napari takes the widget out of its dock (closing the dock)."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.unlink()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Unlink from the main viewer before the canvases go."""
+        self.unlink()
+        super().closeEvent(event)

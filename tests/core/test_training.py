@@ -239,7 +239,7 @@ def test_stop_during_validation_still_leaves_a_model(tmp_path, sparse_pair):
     messages = []
     for event in job:
         messages.append(event.message)
-        if event.message == "validating" and any("validation Dice" in m for m in messages):
+        if event.message == "validating" and any("loss" in m and "Dice" in m for m in messages):
             break
     job.close()
     card, _ = load_model_package(tmp_path / "model")
@@ -261,3 +261,69 @@ def test_training_threads_leave_busy_and_kept_cores_free(monkeypatch, load, keep
     assert config.training_threads(keep_free=keep_free) == expected
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert config.training_threads(keep_free=keep_free) == max(1, min(expected, 2 - keep_free))
+
+
+def _messages_and_result(pairs, config):
+    messages: list[str] = []
+    result = run_job(train_job(pairs, config), lambda event: messages.append(event.message))
+    return messages, result
+
+
+def test_a_dice_on_the_painted_slices_is_named_a_fit_everywhere(tmp_path, sparse_pair):
+    """Two painted slices are too few to hold one back: the Dice is the fit on them."""
+    config = _config(tmp_path, max_iters=2, validation_every_s=0.0)
+    messages, result = _messages_and_result([sparse_pair], config)
+    training = result.card.training
+    assert training["val_held_out"] is False and training["val_slices"] == len(PAINTED)
+    assert training["val_measured_on"].startswith("the painted slices the model was fit on")
+    assert any("too few to hold any back (paint 5 or more to validate)" in m for m in messages)
+    scored = [m for m in messages if m.startswith("iteration") and "Dice" in m]
+    assert scored and all("fit on the painted slices" in m for m in scored)
+    assert not any("validation Dice" in m for m in messages)
+    assert result.quality.summary.startswith(f"Dice {training['val_dice']:.3f} fit on the painted")
+
+
+def test_a_dice_on_held_out_painted_slices_is_a_validation(tmp_path, phantom):
+    volume, organs = phantom
+    liver = np.flatnonzero((organs.array == LIVER).any(axis=(1, 2)))
+    painted = liver[np.linspace(0, len(liver) - 1, 5).round().astype(int)]
+    sparse = np.zeros_like(organs.array)
+    sparse[painted] = np.where(organs.array[painted] == LIVER, LIVER, 0)
+    pair = (volume, LabelMap(sparse, volume.geometry, {}, {LIVER: "liver"}))
+    config = _config(tmp_path, max_iters=2, validation_every_s=0.0)
+    messages, result = _messages_and_result([pair], config)
+    training = result.card.training
+    # floor(0.2 * 5) = 1 of the 5 painted slices is held out from training.
+    assert training["val_held_out"] is True and training["val_slices"] == 1
+    assert training["val_measured_on"] == "1 painted slice held out from training"
+    assert any("validating on 1 painted slice held out from training" in m for m in messages)
+    scored = [m for m in messages if m.startswith("iteration") and "Dice" in m]
+    assert scored and all("validation Dice" in m for m in scored)
+
+
+def test_nothing_painted_is_refused_without_torch():
+    """The dock's quick refusal: the check it runs imports no torch (a fresh process)."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys, numpy as np\n"
+        "from napari_medai.core.geometry import Geometry\n"
+        "from napari_medai.core.volume import LabelMap, Volume\n"
+        "from napari_medai.core.training.config import check_training_pairs\n"
+        "from napari_medai.core.errors import MedaiError\n"
+        "g = Geometry()\n"
+        "empty = np.zeros((4, 8, 8), np.uint8)\n"
+        "pair = (Volume(empty.astype(np.float32), g), LabelMap(empty, g))\n"
+        "try:\n"
+        "    check_training_pairs([pair])\n"
+        "except MedaiError as error:\n"
+        "    print(error, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (
+        "no annotations: paint at least one label on a slice before training False"
+    )

@@ -139,7 +139,7 @@ def finish_training(out_dir: Path, stopped: bool) -> TrainingReport:
     model = keep_model(out_dir) if is_draft else out_dir
     listed = model.parent == user_model_dir()
     where = "in the model list" if listed else f"saved in {model}"
-    message = f"{ended}: '{card.name}', validation Dice {quality.val_dice:.3f}, {where}."
+    message = f"{ended}: '{card.name}', {quality.summary}, {where}."
     return TrainingReport(model, card, quality, listed, message)
 
 

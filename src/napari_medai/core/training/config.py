@@ -2,7 +2,9 @@
 
 The Train widget and the CLI build a :class:`TrainConfig` while they start up;
 :mod:`~napari_medai.core.training.trainer`, which needs torch and MONAI, is
-imported only when training starts.
+imported only when training starts. :func:`check_training_pairs` refuses
+pairs that cannot train before then, so the dock refuses before any worker
+starts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.training.quality import TrainingQuality
 from napari_medai.core.training.strengths import AugmentStrengths
@@ -19,6 +24,7 @@ from napari_medai.core.training.strengths import AugmentStrengths
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
     from napari_medai.core.training.synthetic import SyntheticPairs
+    from napari_medai.core.volume import LabelMap, Volume
 
 DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
 #: Cores the Train widget leaves free for napari's event loop when it picks the
@@ -127,3 +133,45 @@ def training_threads(keep_free: int = 0) -> int:
         cores = min(cores, int(limit))
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, cores - max(keep_free, int(round(busy))))
+
+
+def _has_label(values: np.ndarray, unlabelled_value: int | None) -> bool:
+    """Whether any voxel holds a label (``unlabelled_value`` marks open voxels, not labels)."""
+    if unlabelled_value is None:
+        return bool(values.any())
+    return bool(np.any((values != 0) & (values != unlabelled_value)))
+
+
+def check_training_pairs(
+    pairs: list[tuple[Volume, LabelMap]], unlabelled_value: int | None = None
+) -> None:
+    """Refuse pairs that cannot train, in the words a user can act on; needs no torch.
+
+    Each pair's labels must lie on its image's grid and be whole numbers of
+    at least 0, and some label must be painted. Image values (NaN, complex)
+    are checked where training starts.
+    """
+    if not pairs:
+        raise MedaiError("no training data: give at least one image with its labels")
+    painted = False
+    for number, (image, labels) in enumerate(pairs, start=1):
+        name = image.metadata.get("name") or f"image {number}"
+        values = labels.array
+        if values.shape != image.spatial_shape or not labels.geometry.is_close(
+            image.geometry, tol=1e-3
+        ):
+            raise GeometryError(
+                f"training pair {number}: the labels (grid {values.shape}) are not on the "
+                f"image's grid {image.spatial_shape}; paint them on this image or resample "
+                "them onto it"
+            )
+        if values.dtype.kind not in "biu":
+            raise MedaiError(f'the labels of "{name}" are {values.dtype}, not whole numbers')
+        if values.size and values.dtype.kind == "i" and values.min() < 0:
+            raise MedaiError(
+                f'the labels of "{name}" hold negative values (down to {int(values.min())}); '
+                "label values must be 0 (background) or positive whole numbers"
+            )
+        painted = painted or _has_label(values, unlabelled_value)
+    if not painted:
+        raise MedaiError("no annotations: paint at least one label on a slice before training")

@@ -43,7 +43,12 @@ from napari_medai.core.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
-from napari_medai.core.training.config import DIMENSIONALITIES, TrainConfig, TrainResult
+from napari_medai.core.training.config import (
+    DIMENSIONALITIES,
+    TrainConfig,
+    TrainResult,
+    check_training_pairs,
+)
 
 # Re-exported: bench scripts and the Generate dock import it from here.
 from napari_medai.core.training.config import training_threads as training_threads
@@ -56,6 +61,7 @@ from napari_medai.core.training.dataset import (
 )
 from napari_medai.core.training.loop import Schedule, Steps, run_training
 from napari_medai.core.training.loss import MaskedDiceCELoss
+from napari_medai.core.training.quality import dice_text, measured_on
 from napari_medai.core.training.synthetic import SyntheticMixer
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -82,9 +88,8 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
     work starts. The label arrays are only read.
     """
     _check_config(config)
-    if not pairs:
-        raise MedaiError("no training data: give at least one image with its labels")
-    _check_pairs(pairs)
+    check_training_pairs(pairs, config.unlabelled_value)
+    _check_images(pairs)
     if not config.resume:
         check_can_write(Path(config.out_dir), config.overwrite)
         check_can_write(config.checkpoints, config.overwrite)
@@ -92,19 +97,11 @@ def train_job(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> Job[
     return _train(list(pairs), config, device)
 
 
-def _check_pairs(pairs: list[tuple[Volume, LabelMap]]) -> None:
-    """Refuse unusable images (complex, NaN) and labels that are not whole numbers >= 0."""
-    for number, (image, labels) in enumerate(pairs, start=1):
+def _check_images(pairs: list[tuple[Volume, LabelMap]]) -> None:
+    """Refuse unusable images (complex, NaN)."""
+    for number, (image, _labels) in enumerate(pairs, start=1):
         name = image.metadata.get("name") or f"image {number}"
         check_image_values(image.array, f'the training image "{name}"')
-        values = labels.array
-        if values.dtype.kind not in "biu":
-            raise MedaiError(f'the labels of "{name}" are {values.dtype}, not whole numbers')
-        if values.size and values.dtype.kind == "i" and values.min() < 0:
-            raise MedaiError(
-                f'the labels of "{name}" hold negative values (down to {int(values.min())}); '
-                "label values must be 0 (background) or positive whole numbers"
-            )
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -293,7 +290,9 @@ class _Session(Steps):
             name=config.name or card.name or f"{default_name} ({_kind_of(card)})",
         )
         self.kind = _kind_of(self.card)
-        self.opening = f"training a {self.kind} model ({self.reason})"
+        self.opening = f"training a {self.kind} model ({self.reason}); " + _validation_plan(
+            self.data, config.validation_fraction
+        )
         self.network = network.to(device).train()
         self.trained = ddp.wrap(self.network, self.dist)
         seed = config.seed if config.seed is not None else int(rng.integers(2**31))
@@ -340,7 +339,7 @@ class _Session(Steps):
     def message(self, entry: dict[str, Any]) -> str:
         message = f"iteration {entry['iteration']}: loss {entry['loss']:.3f}"
         if "val_dice" in entry:
-            message += f", validation Dice {entry['val_dice']:.3f}"
+            message += f", {dice_text(entry['val_dice'], entry['val_held_out'])}"
         return message
 
     def agree(self, go_on: bool) -> bool:
@@ -372,6 +371,9 @@ class _Session(Steps):
     def validate(self, fraction: float) -> Job[dict[str, Any]]:
         """Dice over the validation voxels (all slices pooled), mean over the trained classes.
 
+        The validation slices are painted slices held out from training when the
+        user painted enough (``val_held_out``), else the painted slices trained on.
+
         Keeps the weights as the best model if they validate at least as well.
         Yields after every slice, so a stop request is seen within a slice's
         inference even when validation is long (3D models).
@@ -397,7 +399,16 @@ class _Session(Steps):
         dice = compute_dice(as_one_hot(predicted_all), as_one_hot(truth_all), ignore_empty=False)
         val_dice = float(dice.mean().item())
         self.consider(val_dice)
-        return {"val_dice": val_dice, "val_held_out": self.data.held_out}
+        return {
+            "val_dice": val_dice,
+            "val_held_out": self.data.held_out,
+            "val_slices": self.validation_slices,
+        }
+
+    @property
+    def validation_slices(self) -> int:
+        """How many painted slices validation scores (held out, or fit on)."""
+        return sum(len(pair.val_slices) for pair in self.data.pairs)
 
     def card_now(self, val_dice: float | None) -> ModelCard:
         """The card with the training facts as of now (no patient identifiers)."""
@@ -409,6 +420,8 @@ class _Session(Steps):
             "training_time_s": round(self.elapsed_s, 2),
             "val_dice": None if val_dice is None else round(val_dice, 4),
             "val_held_out": self.data.held_out,
+            "val_slices": self.validation_slices,
+            "val_measured_on": measured_on(self.data.held_out, self.validation_slices),
             "batch_size": self.batch_size,
             "threads": torch.get_num_threads(),
             "learning_rate": self.config.learning_rate,
@@ -461,6 +474,16 @@ class _Session(Steps):
                 self.save_best(None)
             self.save_last()
         ddp.stop(self.dist, wait=finished)
+
+
+def _validation_plan(data: TrainingData, fraction: float) -> str:
+    """What the Dice shown while training is measured on, said once at the start."""
+    if data.held_out:
+        slices = sum(len(pair.val_slices) for pair in data.pairs)
+        return f"validating on {measured_on(True, slices)}"
+    # prepare_pairs holds out floor(fraction * n) slices when that leaves one to train on.
+    needed = f" (paint {math.ceil(1 / fraction)} or more to validate)" if fraction > 0 else ""
+    return f"the Dice shown is the fit on the painted slices: too few to hold any back{needed}"
 
 
 def _mixer(

@@ -137,7 +137,8 @@ def test_the_whole_loop_on_the_phantom(qtbot, scene, widget, models_dir):
     assert widget.plot.series("loss") == [(h["iteration"], h["loss"]) for h in history]
     dice_in_history = [(h["iteration"], h["val_dice"]) for h in history if "val_dice" in h]
     assert set(widget.plot.series("dice")) <= set(dice_in_history)
-    widget.native.show()  # the plot paints when shown
+    widget.native.show()  # the plot paints when shown, scrolled into view in the dock
+    widget.form.root_native_widget.ensureWidgetVisible(widget.plot)
     qtbot.waitUntil(lambda: widget.plot.redraws > 0, timeout=2000)
     np.testing.assert_array_equal(annotation.data, painted)
 
@@ -278,13 +279,12 @@ def test_labels_off_the_image_grid_are_refused_and_left_alone(qtbot, scene, noti
     train.pair_rows[0].labels_combo.value = other
     train.time_spin.value = 2
     click(qtbot, train.train_button)
-    wait_idle(qtbot, train)
 
-    assert train.runner.outcome is JobOutcome.FAILED
+    assert train.runner.outcome is None  # refused in the dock: no worker ever started
     errors = [n.message for n in notifications if n.severity == NotificationSeverity.ERROR]
     assert len(errors) == 1 and "not on the image's grid" in errors[0]
     assert train.last_model is None and not train.predict_button.enabled
-    assert train.status.text() == ""  # no stale "Training…" line
+    assert train.status.text() == f"Train failed: {errors[0].removeprefix('Train failed: ')}"
     np.testing.assert_array_equal(other.data, before)
 
 
@@ -368,8 +368,14 @@ def test_go_to_slice_honours_the_oblique_grid(viewer, phantom):
 # Naming, judging and keeping models (packages written by hand: no training needed) ---
 
 
-def draft_package(models_dir, name: str, val_dice: float, label_voxels: int):
-    """A trained-model folder among the drafts, as the trainer leaves it."""
+def draft_package(
+    models_dir, name: str, val_dice: float, label_voxels: int, held_out: int | None = None
+):
+    """A trained-model folder among the drafts, as the trainer leaves it.
+
+    ``held_out`` painted slices were kept out of training (0: none, the Dice is a fit;
+    None: a card from before the trainer counted them).
+    """
     card = ModelCard(
         name=name,
         architecture="UNet",
@@ -379,7 +385,8 @@ def draft_package(models_dir, name: str, val_dice: float, label_voxels: int):
         modality="CT",
         training={
             "val_dice": val_dice,
-            "val_held_out": True,
+            "val_held_out": held_out != 0,
+            **({} if held_out is None else {"val_slices": held_out}),
             "dimensionality": "2.5d",
             "iterations": 40,
             "training_time_s": 3.0,
@@ -427,8 +434,23 @@ def test_a_good_model_joins_the_list_under_its_name(widget, models_dir):
     (models_dir / "liver").mkdir()  # a model of that name exists: never replaced
     widget._training_finished(drafts_dir() / "liver", JobOutcome.DONE)
     assert widget.last_model == models_dir / "liver-2"
-    assert "validation Dice 0.910, in the model list" in widget.status.text()
+    status = widget.status.text()
+    assert "validation Dice 0.910 on painted slices held out from training, in the model" in status
     assert "liver-2" in listed_names() and widget.keep_button.native.isHidden()
+
+
+def test_a_dice_on_the_slices_trained_on_is_named_a_fit_not_a_validation(widget, models_dir):
+    draft_package(models_dir, "liver", val_dice=0.967, label_voxels=900, held_out=0)
+    widget._training_finished(drafts_dir() / "liver", JobOutcome.DONE)
+    status = widget.status.text()
+    assert "Dice 0.967 fit on the painted slices (too few painted slices to hold" in status
+    assert "validation" not in status
+
+    draft_package(models_dir, "spleen", val_dice=0.812, label_voxels=900, held_out=3)
+    widget._training_finished(drafts_dir() / "spleen", JobOutcome.DONE)
+    assert "validation Dice 0.812 on 3 painted slices held out from training" in (
+        widget.status.text()
+    )
 
 
 def test_typed_label_names_reach_the_training_pair(scene):

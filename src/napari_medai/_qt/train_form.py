@@ -1,9 +1,9 @@
 """The Train dock's form: what to train on and how, as a :class:`TrainConfig`.
 
 Rows of (scan, labels) pickers, the model's name and label names, the model
-to start from, network, budgets, CPU threads and where the model goes. The
-dock (:class:`~napari_medai._qt.train_widget.TrainWidget`) adds the Train
-button and what runs from it; the CLI fills in the same config.
+to start from, network, budgets, CPU threads and where the model goes, then
+the Train button. The dock (:class:`~napari_medai._qt.train_widget.TrainWidget`)
+adds what runs from it; the CLI fills in the same config.
 """
 
 from __future__ import annotations
@@ -39,20 +39,23 @@ DEFAULT_TIME_BUDGET_S = 60.0
 class TrainForm(Container):
     """The fields of a training run; :meth:`config` turns them into a :class:`TrainConfig`.
 
-    Starts with no pair row: the dock adds the first once it is built.
+    The fields and the Train button sit in :attr:`form`, a column that scrolls
+    inside the dock when space is short. Starts with no pair row: the dock
+    adds the first once it is built.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
+        self.form = Container(labels=True, scrollable=True)
         self._viewer = napari_viewer
         self._rows: list[PairRow] = []
         self._start_paths: dict[str, Path] = {}
         #: The last model trained (listed, or a draft waiting for Keep), once on disk.
         self.last_model: Path | None = None
 
-        self._pairs = Container(labels=False, label="Pairs")
+        self._pairs = Container(labels=False)
+        self._pairs.margins = (0, 0, 0, 0)
         self.add_pair_button = PushButton(text="Add pair", tooltip="Train on several scans")
-        self._pairs.tooltip = "Each row: a scan and the labels painted on it"
         self.name_edit = LineEdit(label="Model name", tooltip="How the model is listed")
         self.name_edit.native.setPlaceholderText("e.g. liver (default: the label names)")
         self.label_names_edit = LineEdit(label="Label names")
@@ -76,17 +79,27 @@ class TrainForm(Container):
         self.output_edit.native.setPlaceholderText("the model list (default)")
         self.output_edit.tooltip = "Folder for the model package instead (must not exist yet)"
         self.browse_button = PushButton(text="Choose folder...")
-        self.extend(
-            [self._pairs, self.add_pair_button, self.name_edit, self.label_names_edit]
+        #: The dock connects it (it ends the form, above what runs from it).
+        self.train_button = PushButton(text="Train")
+        self.form.extend(
+            [self.add_pair_button, self.name_edit, self.label_names_edit]
             + [self.start_combo, self.dimensionality_combo, self.time_spin, self.iterations_spin]
-            + [self.threads_combo, self.output_edit, self.browse_button]
+            + [self.threads_combo, self.output_edit, self.browse_button, self.train_button]
         )
+        # The pairs span the column: their own "Scan" and "Labels" rows read in full.
+        self.form.native.layout().insertWidget(0, self._pairs.native)
         self.time_spin.native.setSuffix(" s")
         for spin in (self.time_spin, self.iterations_spin):
             spin.tooltip = "0: no limit"
         self.add_pair_button.changed.connect(lambda _value=None: self.add_pair())
         self.start_combo.changed.connect(self._on_start_chosen)
         self.browse_button.changed.connect(self._browse_output)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the layers into every picker (napari calls this on layer changes)."""
+        self.form.reset_choices()
+        for row in self._rows:
+            row.reset_choices()
 
     # Pairs ------------------------------------------------------------------------
 
@@ -97,6 +110,8 @@ class TrainForm(Container):
 
     def add_pair(self, image: Image | None = None, labels: Labels | None = None) -> PairRow:
         """Add a row of pickers, set to ``image`` and ``labels`` when given."""
+        for earlier in self._rows:  # painting for the new pair leaves the others alone
+            earlier.labels_chosen = True
         row = PairRow(self._viewer)
         row.remove_button.changed.connect(lambda _value=None: self._remove_pair(row))
         row.changed.connect(self._update_buttons)
@@ -106,6 +121,7 @@ class TrainForm(Container):
             row.labels_combo.value = labels
         self._rows.append(row)
         self._pairs.append(row)
+        self._show_remove_buttons()
         self._update_buttons()
         return row
 
@@ -113,7 +129,13 @@ class TrainForm(Container):
         if len(self._rows) > 1:
             self._rows.remove(row)
             self._pairs.remove(row)
+            self._show_remove_buttons()
             self._update_buttons()
+
+    def _show_remove_buttons(self) -> None:
+        """A pair can be removed while another one is left."""
+        for row in self._rows:
+            row.remove_button.visible = len(self._rows) > 1
 
     def selected_pairs(self) -> list[tuple[Image, Labels]]:
         """The complete (image, labels) pairs picked, in row order."""

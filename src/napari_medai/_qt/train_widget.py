@@ -1,8 +1,10 @@
 """Dock widget "Train": paint a few slices, train, predict, correct, repeat.
 
 Thin by design: the :class:`TrainForm`'s fields become a :class:`TrainConfig`;
-:func:`train_job` runs in the :class:`JobRunner` (progress, Stop, errors as
-notifications), the live plot shows loss and validation Dice, and the napari
+pairs that cannot train are refused at once, before any worker starts;
+:func:`train_job` runs in the worker process through the :class:`JobRunner`
+(progress, Stop, errors as notifications), the live plot shows loss and Dice
+(named a validation only when painted slices were held out), and the napari
 side (:mod:`napari_medai._napari.training`) names the model, judges it,
 turns predictions into layers and copies accepted corrections back into the
 annotation layer.
@@ -35,18 +37,22 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
 from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.registry import drafts_dir, keep_model
-from napari_medai.core.training.config import TrainResult
+from napari_medai.core.training.config import TrainResult, check_training_pairs
+from napari_medai.core.training.quality import dice_name
 
 if TYPE_CHECKING:
     import napari
+
+#: The live plot's height: its axes and a two-row legend, bounded so it never grows the dock.
+PLOT_HEIGHT_PX = 180
 
 
 class TrainWidget(TrainForm):
     """Train a model on the labels painted so far; predict, correct and train again.
 
     Train snapshots the picked label layers (training never writes into them),
-    runs :func:`train_job` in a worker thread with every core but one, and
-    plots loss and validation Dice live. Stop ends training within a second;
+    runs :func:`train_job` in the worker process with every free core but one,
+    and plots loss and Dice live. Stop ends training within a second;
     the best model so far is kept. A model that validates well joins the
     model list under its name; one that does not is reported plainly and
     joins only if the user clicks Keep. Predict runs the last model on the
@@ -57,8 +63,6 @@ class TrainWidget(TrainForm):
         super().__init__(napari_viewer)
         #: The result of the last training run that completed its budget.
         self.last_result: TrainResult | None = None
-        self.train_button = PushButton(text="Train")
-        self.append(self.train_button)
         self.runner = JobRunner()
         self.stop_button = self.runner.cancel_button
         self.stop_button.setText("Stop")
@@ -67,14 +71,12 @@ class TrainWidget(TrainForm):
             napari_viewer,
             x_label="iteration",
             y_label="loss",
-            right_y_label="validation Dice",
+            right_y_label="Dice",
             right_y_range=(0.0, 1.0),
-            empty_text="Loss and validation Dice show here while training",
+            empty_text="Loss and Dice show here while training",
         )
-        self.plot.set_series("loss", [], [], label="loss")
-        self.plot.set_series(
-            "dice", [], [], axis="right", style="line+points", label="validation Dice"
-        )
+        self.plot.setFixedHeight(PLOT_HEIGHT_PX)
+        self._clear_plot()
         self.keep_button = PushButton(text="Keep this model anyway")
         self.keep_button.tooltip = "Add the model to the model list although it is not ready"
         self.status = QLabel("")
@@ -86,12 +88,7 @@ class TrainWidget(TrainForm):
         self.predict_button = self.reviewer.predict_button
         self.next_slice_button = self.reviewer.next_slice_button
         self.accept_button = self.reviewer.accept_button
-        layout = self.native.layout()
-        for widget in (self.runner, self.plot, self.keep_button.native, self.reviewer.native):
-            layout.addWidget(widget)
-        for widget in (self.status, self.details):
-            layout.addWidget(widget)
-        layout.addStretch(1)
+        self._layout_dock()
 
         self.train_button.changed.connect(self.train)
         self.keep_button.changed.connect(self.keep)
@@ -105,6 +102,18 @@ class TrainWidget(TrainForm):
         layers.selection.events.active.connect(self.reviewer.update_details)
         self.keep_button.visible = False
         self.add_pair()
+
+    def _layout_dock(self) -> None:
+        """The form, plot, review and Details scroll inside the dock; progress and status
+        stay in view below, so the dock fits a small screen and a result never grows it."""
+        rows = self.form.native.layout()
+        for widget in (self.plot, self.keep_button.native, self.reviewer.native, self.details):
+            rows.addWidget(widget)
+        rows.addStretch(1)
+        layout = self.native.layout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        for part in (self.form.root_native_widget, self.runner, self.status):
+            layout.addWidget(part)
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers into every picker (napari calls this on layer changes)."""
@@ -125,11 +134,12 @@ class TrainWidget(TrainForm):
         try:
             names = parse_label_names(self.label_names_edit.value)
             data = [training_pair(image, labels, names) for image, labels in pairs]
+            check_training_pairs(data)
         except (MedaiError, ValueError) as error:
             self._fail("Train", error)
             return
         config = self.config(self.output_dir())
-        self.plot.clear()
+        self._clear_plot()
         self.keep_button.visible = False
         self.status.setText("Training…")
         self.runner.start(
@@ -144,13 +154,26 @@ class TrainWidget(TrainForm):
         """Stop the running job at its next step (training keeps its best model)."""
         self.runner.cancel()
 
+    def _clear_plot(self) -> None:
+        """Empty curves; the Dice gets its name once the first one says what it measured."""
+        self.plot.set_series("loss", [], [], label="loss")
+        self.plot.set_series("dice", [], [], axis="right", style="line+points", label="")
+
     def _on_progress(self, event: Progress) -> None:
         payload = event.payload
         if isinstance(payload, dict) and "loss" in payload:
             iteration = int(payload["iteration"])
             self.plot.append("loss", iteration, float(payload["loss"]))
             if payload.get("val_dice") is not None:
-                self.plot.append("dice", iteration, float(payload["val_dice"]))
+                self._plot_dice(iteration, float(payload["val_dice"]), payload["val_held_out"])
+
+    def _plot_dice(self, iteration: int, dice: float, held_out: bool) -> None:
+        """Add a Dice point, its legend naming what it was measured on."""
+        points = self.plot.series("dice") + [(iteration, dice)]
+        xs, ys = zip(*points)
+        self.plot.set_series(
+            "dice", xs, ys, axis="right", style="line+points", label=dice_name(held_out)
+        )
 
     def _trained(self, result: TrainResult) -> None:
         self.last_result = result

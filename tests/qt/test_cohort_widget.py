@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,17 @@ def test_a_ct_model_on_an_mr_scan_is_run_and_named_in_the_warnings(
     assert [name for name, text in warned.items() if text] == ["knee_mr.nrrd"]
     said = [str(n.message) for n in notifications]
     assert any(text.startswith("Cohort run: scan knee_mr") and warning in text for text in said)
+
+
+def test_run_without_a_model_is_refused_in_the_dock_before_any_worker(widget, tmp_path):
+    _viewer, widget = widget
+    widget.cohort.value, widget.out.value = tmp_path / "study", tmp_path / "out"
+    started = time.perf_counter()
+    widget._run()
+    # A check of the form's fields: far below 100 ms on any machine, and no job started.
+    assert time.perf_counter() - started < 0.1
+    assert widget.runner.outcome is None and not widget.runner.running
+    assert "Pick a segmentation model" in widget.run_button.tooltip
 
 
 def test_a_failed_run_leaves_no_stale_status(widget, qtbot, tmp_path):

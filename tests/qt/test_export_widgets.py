@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -168,7 +169,10 @@ def test_a_bare_array_of_no_open_scan_shape_is_refused_before_any_job(
 ):
     odd = viewer.add_labels(np.ones((5, 6, 7), np.uint8), name="odd")
     widget = ExportWidget(viewer)
+    started = time.perf_counter()
     _export(qtbot, widget, odd, None, tmp_path / "odd.nii.gz")
+    # Shape comparisons only, no file read and no job: far below 100 ms on any machine.
+    assert time.perf_counter() - started < 0.1
     assert widget.runner.outcome is None  # no job started
     assert "no open scan is 5 x 6 x 7 voxels" in widget.status.value
     assert widget.status.value.startswith('Export refused: Cannot export "odd"')

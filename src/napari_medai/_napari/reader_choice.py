@@ -68,6 +68,12 @@ def activate(context: Any = None) -> None:
         claim_medical_readers()
     except Exception:  # a failed preference must never stop the plugin from loading
         logger.warning("could not set napari's reader preferences", exc_info=True)
+    try:
+        from napari_medai._napari.autosave import start
+
+        start()
+    except Exception:  # nor may a failed autosave: it says so in the log
+        logger.warning("could not start autosaving Labels layers", exc_info=True)
 
 
 def claim_medical_readers(settings: NapariSettings | None = None) -> list[str]:

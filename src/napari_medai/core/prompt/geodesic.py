@@ -236,13 +236,30 @@ class _Seeds:
         if frame is not None:
             bg = ~frame & (bg | ndi.binary_dilation(frame))
         if initial is not None:
-            fg |= ndi.binary_erosion(initial, iterations=2)
-            bg |= ~ndi.binary_dilation(initial, iterations=2)
+            fg |= ndi.binary_erosion(initial, iterations=2) & ~self.reopened(initial, negative)
+            bg |= ~ndi.binary_dilation(initial, iterations=2) & ~self.reopened(~initial, positive)
         near_positive = self.balls(positive, SEED_MM)
         near_negative = self.balls(negative, SEED_MM)
         fg = (fg & ~near_negative) | near_positive & ~near_negative
         bg = (bg & ~near_positive) | near_negative
         return fg, bg
+
+    def reopened(self, mask: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+        """Where a starting mask stops seeding: around each click inside ``mask``.
+
+        Twice as far as the click lies from the mask's edge, so a click in the middle of a
+        wrong part frees all of it, and one near the edge only what is near it.
+        """
+        out = np.zeros(self.shape, bool)
+        if not len(clicks) or not mask.any():
+            return out
+        depth = ndi.distance_transform_edt(mask, sampling=self.spacing)
+        high = np.asarray(self.shape) - 1
+        for click in np.asarray(clicks).reshape(-1, 3):
+            index = tuple(np.clip(np.rint(click).astype(int), 0, high))
+            if mask[index]:
+                out |= self.balls([click], 2.0 * max(float(depth[index]), SEED_MM))
+        return out
 
 
 def _border(shape: tuple[int, ...], open_faces: np.ndarray) -> np.ndarray:

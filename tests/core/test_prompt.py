@@ -1,0 +1,182 @@
+"""Prompt engine on phantom organs, fill between slices, and PROMPTS.json parsing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_medai.core.jobs import run_job
+from napari_medai.core.phantom import make_phantom
+from napari_medai.core.prompt.engine import engine_named, prompt_job, update_job
+from napari_medai.core.prompt.interpolate import fill_between_slices
+from napari_medai.core.prompt.prompts import (
+    Box,
+    Point,
+    PromptError,
+    Prompts,
+    Scribble,
+    prompts_from_json,
+)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+
+
+def box_around(truth: np.ndarray, margin: float = 0.1) -> Box:
+    """The simulated user's box: the object's extent plus 10% of it on every side."""
+    inside = np.argwhere(truth)
+    low, high = inside.min(axis=0), inside.max(axis=0)
+    pad = np.round((high - low + 1) * margin).astype(int)
+    top = np.asarray(truth.shape) - 1
+    return Box(
+        tuple(np.maximum(low - pad, 0).tolist()), tuple(np.minimum(high + pad, top).tolist())
+    )
+
+
+def corrective_click(truth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Point:
+    """A click deepest inside the largest error region: positive if missed, else negative."""
+    best = None
+    for region, positive in ((truth & ~mask, True), (mask & ~truth, False)):
+        labels, count = ndi.label(region)
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            if best is None or sizes.max() > best[0]:
+                best = (sizes.max(), labels == sizes.argmax() + 1, positive)
+    depth = ndi.distance_transform_edt(np.pad(best[1], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return Point(tuple(int(v) for v in np.unravel_index(depth.argmax(), depth.shape)), best[2])
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return make_phantom(seed=3)
+
+
+@pytest.mark.parametrize("organ", [1, 2, 3, 4])
+def test_box_then_four_clicks_segments_a_phantom_organ(scan, organ):
+    volume, labels = scan
+    truth = labels.array == organ
+    spacing = np.asarray(volume.geometry.spacing)
+    session = engine_named().start(volume)
+    prompts = Prompts().plus(box_around(truth))
+    mask = session.update(prompts)
+    # Each phantom organ is an ellipsoid filling about half its tight box, 15-30 HU from its
+    # neighbours under 12 HU noise: seeds 0-2 gave 0.85-0.97 for a box alone, 0.91-0.97 after
+    # four clicks. The bounds are the issue's goals, below every measured value.
+    assert dice(mask, truth) >= 0.80
+    for _ in range(4):
+        prompts = prompts.plus(corrective_click(truth, mask, spacing))
+        mask = session.update(prompts)
+    assert dice(mask, truth) >= 0.85
+
+
+def test_a_negative_click_removes_what_it_marks(scan):
+    volume, labels = scan
+    spleen = labels.array == 2
+    session = engine_named().start(volume, initial=spleen | (labels.array == 4))
+    centre = tuple(int(v) for v in np.argwhere(labels.array == 4).mean(axis=0).round())
+    mask = session.update(Prompts((Point(centre, positive=False),)))
+    # The left kidney was handed in as part of the object; one negative click in its middle
+    # must take most of it away (it is 15 HU from fat-free surroundings on every side) and
+    # leave the spleen, which the click does not touch, as it was.
+    assert np.count_nonzero(mask & (labels.array == 4)) < 0.2 * np.count_nonzero(labels.array == 4)
+    assert dice(mask & spleen, spleen) >= 0.95
+
+
+def test_no_prompts_give_the_starting_mask_and_scribbles_seed(scan):
+    volume, labels = scan
+    kidney = labels.array == 3
+    assert np.array_equal(engine_named().start(volume, kidney).update(Prompts()), kidney)
+    inside = np.argwhere(ndi.binary_erosion(kidney, iterations=2))
+    stroke = Scribble(tuple(tuple(int(v) for v in inside[i]) for i in (0, len(inside) // 2, -1)))
+    result = run_job(prompt_job(volume, Prompts((box_around(kidney), stroke))))
+    assert result.mask.geometry == volume.geometry
+    assert dice(result.mask.array == 1, kidney) >= 0.80
+    assert result.voxels == np.count_nonzero(result.mask.array)
+
+
+def test_prompts_outside_the_scan_are_refused_by_name(scan):
+    volume, _ = scan
+    session = engine_named().start(volume)
+    with pytest.raises(PromptError, match=r"point 0 at \[40, 0, 0\].*outside the scan"):
+        run_job(update_job(session, volume, Prompts((Point((40, 0, 0)),)), "geodesic"))
+
+
+def test_unknown_engine_is_refused_with_the_list():
+    with pytest.raises(PromptError, match='no prompt engine "sam".*geodesic'):
+        engine_named("sam")
+
+
+def test_prompts_json_round_trips():
+    prompts = Prompts(
+        (Point((1, 2, 3)), Box((4, 5, 6), (4, 9, 9)), Scribble(((0, 0, 0), (0, 3, 3)), False))
+    )
+    assert prompts_from_json(prompts.to_json()) == prompts
+    assert prompts.boxes[0].is_2d
+    assert prompts.without_last().scribbles == []
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ([], "expected an object"),
+        ({"point": []}, 'unknown field "point"'),
+        ({}, "no prompts"),
+        ({"points": {"zyx": [1, 2, 3]}}, '"points" must be a list'),
+        ({"points": [{"zyx": [1, 2]}]}, r"points\[0\].zyx must be \[z, y, x\]"),
+        ({"points": [{"zyx": [1, 2, 3.5]}]}, r"points\[0\].zyx must be"),
+        ({"points": [{"zyx": [1, True, 3]}]}, r"points\[0\].zyx must be"),
+        ({"points": [{"zyx": [1, 2, 3], "positive": "yes"}]}, r"points\[0\].positive must be"),
+        ({"points": [{"xyz": [1, 2, 3]}]}, r'points\[0\] has no "zyx"'),
+        ({"boxes": [{"start": [1, 2, 3]}]}, r'boxes\[0\] has no "stop"'),
+        ({"boxes": [{"start": [1, 2, 3], "stop": [1, 2, 3], "k": 1}]}, 'unknown field "k"'),
+        ({"scribbles": [{"zyx": []}]}, r"scribbles\[0\].zyx must be a non-empty list"),
+        ({"scribbles": [{"zyx": [[1, 2, 3], [1, 2]]}]}, r"scribbles\[0\].zyx\[1\] must be"),
+    ],
+)
+def test_bad_prompts_json_names_the_field(data, words):
+    with pytest.raises(PromptError, match=words):
+        prompts_from_json(data, "p.json")
+
+
+def organ_painted_every_fifth_slice() -> tuple[np.ndarray, np.ndarray]:
+    """A 3 cm ellipsoid on a 1 mm grid and its label painted on every 5th slice and the last."""
+    shape, spacing = (60, 96, 96), np.array([1.0, 0.8, 0.8])
+    z, y, x = (np.indices(shape) - (np.array(shape) / 2)[:, None, None, None]) * spacing[
+        :, None, None, None
+    ]
+    organ = (z / 15.0) ** 2 + (y / 18.0) ** 2 + (x / 12.0) ** 2 <= 1.0
+    slices = np.flatnonzero(organ.any(axis=(1, 2)))
+    painted = np.zeros(shape, np.uint8)
+    for index in [*slices[::5], slices[-1]]:
+        painted[index][organ[index]] = 2
+    return organ, painted
+
+
+def test_fill_between_slices_recovers_an_organ_painted_every_fifth_slice():
+    organ, painted = organ_painted_every_fifth_slice()
+    painted[30, :5, :5] = 7  # another label's voxels must stay exactly as they were
+    began = time.perf_counter()
+    result = fill_between_slices(painted, (1.0, 0.8, 0.8))
+    seconds = time.perf_counter() - began
+    # Shape-based interpolation of an ellipsoid between slices 5 mm apart gave 0.957; the
+    # issue's goal is 0.9. It took 0.012 s here: the 1 s goal holds on a far slower CPU.
+    assert dice(result.labels == 2, organ) >= 0.9
+    assert seconds < 1.0
+    assert result.axis == 0 and result.filled == {2: 24}
+    assert np.array_equal(result.labels[30, :5, :5], np.full((5, 5), 7))
+    assert np.array_equal(result.labels[painted != 0], painted[painted != 0])
+
+
+def test_fill_between_slices_finds_the_painted_axis_and_says_when_there_is_nothing():
+    organ, painted = organ_painted_every_fifth_slice()
+    sideways = np.moveaxis(painted, 0, 2)
+    result = fill_between_slices(sideways, (0.8, 0.8, 1.0))
+    assert result.axis == 2
+    assert dice(result.labels == 2, np.moveaxis(organ, 0, 2)) >= 0.9
+    assert "nothing to fill" in fill_between_slices(organ.astype(np.uint8), (1, 1, 1)).summary()
+    with pytest.raises(PromptError, match="3D label map"):
+        fill_between_slices(np.zeros((4, 4), np.uint8), (1, 1))

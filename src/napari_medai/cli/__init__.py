@@ -26,6 +26,7 @@ COMMANDS = (
     "evaluate_classifier",
     "gan",
     "recover",
+    "prompt",
 )
 
 

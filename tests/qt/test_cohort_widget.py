@@ -167,6 +167,8 @@ from qtpy.QtWidgets import QApplication
 
 from napari_medai._qt.cohort_widget import CohortWidget
 from napari_medai._qt.evaluate_widget import EvaluateWidget
+from napari_medai._qt.export_widget import ExportWidget
+from napari_medai._qt.stats_widget import StatisticsWidget
 
 study, model, out = (Path(arg) for arg in sys.argv[1:4])
 viewer = napari.Viewer(show=False)
@@ -193,13 +195,20 @@ evaluate = EvaluateWidget(viewer)
 evaluate.prediction.value = viewer.layers["prediction"]
 evaluate.reference.value = viewer.layers["reference"]
 click(evaluate, evaluate.evaluate_button)
+stats = StatisticsWidget(viewer)
+stats.labels_layer.value = viewer.layers["reference"]
+click(stats, stats.measure_button)
+export = ExportWidget(viewer)
+export.labels_layer.value = viewer.layers["reference"]
+export.path.value = out / "reference.nii.gz"
+click(export, export.export_button)
 found = [name for name in ("torch", "monai") if name in sys.modules]
 print(json.dumps({"outcomes": outcomes, "imported": found}))
 viewer.close()
 """
 
 
-def test_cohort_and_evaluate_never_import_torch_into_napari(tmp_path):
+def test_cohort_evaluate_statistics_and_export_never_import_torch_into_napari(tmp_path):
     """In a fresh process: this test's own process imported torch for its fixtures."""
     study = tmp_path / "study"
     write_cohort(study, phantoms=1, broken=False)
@@ -211,4 +220,4 @@ def test_cohort_and_evaluate_never_import_torch_into_napari(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"outcomes": ["DONE", "DONE"], "imported": []}
+    assert report == {"outcomes": ["DONE"] * 4, "imported": []}

@@ -71,8 +71,11 @@ def export_input(labels: Labels, image: Image | None, scans: list[Layer]) -> Exp
     ``scans`` are the open scans a layer without a grid of its own may belong
     to; with no ``image`` picked, the grid is the one File > Save would take.
     """
-    if labels.ndim != 3 or (image is not None and image.ndim not in (3, 4)):
-        raise ExportError("export needs a 3D label layer and a 3D scan")
+    for layer, wanted in ((labels, (3,)), (image, (3, 4))):
+        if layer is not None and layer.ndim not in wanted:
+            raise ExportError(
+                f"'{layer.name}' is {layer.ndim}D: export needs a 3D label layer and a 3D scan"
+            )
     grid = scan_grid(labels, image, scans)
     label_map = grid.label_map
     # A copy: painting after Export is pressed must not race the export's thread.

@@ -169,14 +169,20 @@ class TrainWidget(TrainForm):
 
     def _plot_dice(self, iteration: int, dice: float, held_out: bool) -> None:
         """Add a Dice point, its legend naming what it was measured on."""
-        points = self.plot.series("dice") + [(iteration, dice)]
-        xs, ys = zip(*points)
+        xs, ys = zip(*self.plot.series("dice"), (iteration, dice))
         self.plot.set_series(
             "dice", xs, ys, axis="right", style="line+points", label=dice_name(held_out)
         )
 
     def _trained(self, result: TrainResult) -> None:
+        """Keep the result; the plot gets the last Dice too (measured after the last step)."""
         self.last_result = result
+        points = [(h["iteration"], h["val_dice"]) for h in result.history if "val_dice" in h]
+        if points:
+            xs, ys = zip(*points)
+            self.plot.set_series(
+                "dice", xs, ys, axis="right", style="line+points", label=result.quality.dice_name
+            )
 
     def _training_finished(self, out_dir: Path, outcome: JobOutcome) -> None:
         self.status.setText("")  # a failure is told by the runner's line

@@ -111,6 +111,24 @@ def test_the_copy_follows_later_edits_and_keeps_its_id(scene):
     np.testing.assert_array_equal(recovery.read_copy(entry).array, painted)
 
 
+def test_an_undo_reaches_the_copy_and_a_new_slice_alone_does_not_resave(scene):
+    viewer, _, labels, clock, saver = scene
+    before = paint(labels, 1, z=2)
+    paint(labels, 4, z=7)
+    settle(saver, clock, QUIET_S + 0.5)
+    [saved] = recovery.list_entries()
+
+    viewer.dims.set_current_step(0, 11)  # napari redraws the layer; nothing changed
+    settle(saver, clock, QUIET_S + 1.0)
+    assert recovery.list_entries()[0].time == saved.time
+
+    labels.undo()  # Ctrl+Z: napari emits no paint event for it
+    settle(saver, clock, 2 * QUIET_S + 1.0)
+    [entry] = recovery.list_entries()
+    assert entry.time > saved.time
+    np.testing.assert_array_equal(recovery.read_copy(entry).array, before)
+
+
 def test_closing_the_layer_or_a_clean_save_clears_its_copy(scene):
     viewer, _, labels, clock, saver = scene
     paint(labels, 1, z=2)

@@ -18,10 +18,12 @@ Save would write it; writing (NIfTI, read back, and its sidecar) runs on one
 background thread (SimpleITK releases the GIL while it compresses).
 
 Removing a layer or closing the viewer discards its copy; so does a clean save
-(:func:`saved_cleanly`). Limits: napari's Ctrl+Z and code that writes into
-``layer.data`` and calls ``refresh()`` emit no edit event, so such a change is
-in the copy only with the next stroke; layers not held in a NumPy array (dask,
-zarr, multiscale) are not autosaved, and say so once.
+(:func:`saved_cleanly`). napari's Ctrl+Z and code that writes into
+``layer.data`` and calls ``refresh()`` emit no edit event, only a refresh (as
+every change of slice does): a refreshed layer is compared with its last copy
+on the writer thread once refreshes pause, and saved again if it changed.
+Layers not held in a NumPy array (dask, zarr, multiscale) are not autosaved,
+and say so once.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class _Watch:
     buffer_for: tuple | None = None
     pending: list[Future] = field(default_factory=list)
     warned: bool = False
+    #: The last copy was taken into ``buffer`` (not resampled): it can be compared.
+    saved_buffer: bool = False
+    #: When napari last refreshed the layer (an undo, or code writing into its data).
+    refreshed: float | None = None
+    #: Set by the comparison: the layer no longer equals its last copy.
+    differs: bool = False
 
     @property
     def busy(self) -> bool:
@@ -113,6 +121,7 @@ class Autosave:
         self._watches[id(layer)] = _Watch(layer, entry)
         layer.events.paint.connect(self._on_edit)
         layer.events.data.connect(self._on_edit)
+        layer.events.set_data.connect(self._on_refresh)
 
     def _on_inserted(self, event: Any) -> None:
         self.watch(event.value)
@@ -124,6 +133,7 @@ class Autosave:
             return
         layer.events.paint.disconnect(self._on_edit)
         layer.events.data.disconnect(self._on_edit)
+        layer.events.set_data.disconnect(self._on_refresh)
         self._discard(watch)
 
     def _on_edit(self, event: Any) -> None:
@@ -135,6 +145,36 @@ class Autosave:
         if watch.first_edit is None:
             watch.first_edit = now
         self._prepare_buffer(watch)
+
+    def _on_refresh(self, event: Any) -> None:
+        """napari redrew the layer: Ctrl+Z, code writing into it, or only a new slice."""
+        watch = self._watches.get(id(event.source))
+        if watch is not None and watch.saved_buffer:
+            watch.refreshed = self.clock()
+
+    def _check_unsignalled(self, watch: _Watch, now: float) -> None:
+        """Compare a refreshed layer with its last copy, off the GUI thread; resave if changed.
+
+        Ctrl+Z emits no edit event, only a refresh, as does every change of slice;
+        comparing 512 x 512 x 300 voxels takes tens of ms of the writer thread.
+        """
+        if watch.differs:
+            watch.differs = False
+            watch.first_edit = watch.last_edit = now - QUIET_S
+            return
+        if (
+            watch.refreshed is None
+            or now - watch.refreshed < QUIET_S
+            or watch.first_edit is not None
+        ):
+            return
+        watch.refreshed = None
+        buffer, data = watch.buffer, watch.layer.data
+
+        def compare() -> None:
+            watch.differs = _differs(buffer, data)
+
+        watch.pending.append(self._executor.submit(compare))
 
     def _prepare_buffer(self, watch: _Watch) -> None:
         """Allocate and touch the snapshot buffer off the GUI thread (page faults cost 0.4 s)."""
@@ -169,6 +209,8 @@ class Autosave:
         now = self.clock()
         for watch in list(self._watches.values()):
             self._report_failures(watch)
+            if not watch.busy:
+                self._check_unsignalled(watch, now)
             if watch.first_edit is None or watch.busy:
                 continue
             if now - watch.last_edit >= QUIET_S or now - watch.first_edit >= LATEST_S:
@@ -204,9 +246,11 @@ class Autosave:
         scans = open_scans(self.viewer.layers)
         grid = labels_on_scan_grid(layer, scans)
         array = grid.label_map.array
-        if np.may_share_memory(array, layer.data):  # the layer's own voxels: copy them
+        watch.saved_buffer = np.may_share_memory(array, layer.data)
+        if watch.saved_buffer:  # the layer's own voxels: copy them
             self._prepare_buffer(watch)
             if watch.buffer is None:
+                watch.saved_buffer = False
                 return None, None  # still being allocated
             np.copyto(watch.buffer, array)
             array = watch.buffer
@@ -268,6 +312,17 @@ class Autosave:
         """Delete copies the user declined."""
         for entry in entries:
             recovery.discard(entry)
+
+
+def _differs(copy: np.ndarray | None, data: np.ndarray) -> bool:
+    """Whether ``data`` differs from ``copy``, compared a few slices at a time (little memory)."""
+    if copy is None or copy.shape != data.shape:
+        return True
+    step = 16
+    return any(
+        not np.array_equal(copy[start : start + step], data[start : start + step])
+        for start in range(0, len(data), step)
+    )
 
 
 def _describe(entry: RecoveryEntry) -> str:

@@ -60,6 +60,21 @@ QUIET_S = 2.0
 LATEST_S = 5.0
 #: How often the GUI thread looks for layers to save (milliseconds).
 TICK_MS = 500
+#: The autosave's writer thread; its NIfTI rounding notes are not logged (see below).
+_THREAD = "napari-medai-autosave"
+
+
+class _QuietGridRounding(logging.Filter):
+    """Drop the writer's "NIfTI rounded the grid" note for recovery copies, every few seconds.
+
+    Harmless there: a copy's sidecar keeps the exact grid, and ``read_copy`` takes it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.threadName.startswith(_THREAD)
+
+
+logging.getLogger("napari_medai.core.io.writing").addFilter(_QuietGridRounding())
 
 
 @dataclass
@@ -98,7 +113,7 @@ class Autosave:
         self.root = root or recovery.recovery_folder()
         self.clock = clock
         self._watches: dict[int, _Watch] = {}
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="napari-medai-autosave")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=_THREAD)
         self._timer: Any = None
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)

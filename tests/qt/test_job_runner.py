@@ -175,6 +175,7 @@ def test_an_error_becomes_a_notification_and_no_result(
     assert expected in errors[0].message
     assert "Traceback" not in errors[0].message
     assert expected in runner.message
+    assert runner._bar.value() == 0  # the failed job's 10% is not left as progress
     assert state.cleaned_up
 
 

@@ -22,10 +22,9 @@ from napari.layers import Image
 from napari.utils.notifications import show_info
 
 from napari_medai._napari.modality import layer_modality
-from napari_medai._qt.export_widget import scroll_column, wrapping
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.model_picker import ModelPicker
-from napari_medai._qt.parts import narrow
+from napari_medai._qt.parts import narrow, scroll_column, wrapping
 from napari_medai.core import catalogue
 from napari_medai.core.cohort.run import EngineConfig
 from napari_medai.core.cohort.tasks import TaskSpec

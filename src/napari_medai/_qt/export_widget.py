@@ -16,13 +16,18 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QMessageBox, QScrollArea, QSizePolicy, QWidget
 
 from napari_medai._napari.export import ExportInput, export_input, is_dicom_source, source_path
 from napari_medai._napari.writer import open_scans
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai._qt.parts import (
+    ask_overwrite,
+    follow_layer_list,
+    refresh_scan_pickers,
+    scan_pickers,
+    scroll_column,
+    wrapping,
+)
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import compound_stem
 from napari_medai.core.io import exporters
@@ -32,77 +37,6 @@ from napari_medai.core.io.exporters import Exporter, exporter_named
 
 if TYPE_CHECKING:
     import napari
-
-
-def ask_overwrite(parent, paths: list[Path]) -> bool:
-    """Ask the user whether to replace the existing ``paths`` (tests replace this)."""
-    names = "\n".join(path.name for path in paths)
-    answer = QMessageBox.question(
-        parent,
-        "Replace files?",
-        f"These files already exist:\n{names}\n\nReplace them?",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No,
-    )
-    return answer == QMessageBox.StandardButton.Yes
-
-
-def wrapping(label: Label) -> Label:
-    """``label`` wrapping its text, so a long message (or path) never widens the dock."""
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-    return label
-
-
-def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
-    """Lay ``dock`` out as one column that scrolls inside the dock when space is short.
-
-    ``form`` is a ``scrollable`` magicgui Container; ``below`` (Qt parts
-    magicgui has no widget for: a job runner, a status line) go under its
-    fields at full width. napari docks ``dock.native``, so the scroll area
-    goes in there.
-    """
-    rows = form.native.layout()
-    for widget in below:
-        rows.addWidget(widget)
-    rows.addStretch(1)
-    scroll = form.root_native_widget
-    fit_width(scroll)
-    layout = dock.native.layout()
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(scroll)
-
-
-class _FitWidth(QObject):
-    """Keeps a scroll area as wide as its content plus a vertical scroll bar.
-
-    Measured again whenever the content's layout changes: napari's style sheet,
-    applied once the dock is shown, makes the fields wider than they were built.
-    """
-
-    def __init__(self, scroll: QScrollArea) -> None:
-        super().__init__(scroll)
-        self._scroll = scroll
-        scroll.widget().installEventFilter(self)
-        self.fit()
-
-    def fit(self) -> None:
-        content = self._scroll.widget().minimumSizeHint().width()
-        bar = self._scroll.verticalScrollBar().sizeHint().width()
-        self._scroll.setMinimumWidth(content + bar + 2 * self._scroll.frameWidth())
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.LayoutRequest:
-            self.fit()
-        return False
-
-
-def fit_width(scroll: QScrollArea) -> None:
-    """Keep ``scroll`` wide enough for its content and a vertical scroll bar beside it.
-
-    It never scrolls sideways, so a narrower one would cut its fields off at the right.
-    """
-    _FitWidth(scroll)
 
 
 class ExportWidget(Container):

@@ -412,11 +412,13 @@ class JobRunner(QWidget):
             run.error = _call(run.on_result, run.result)
         if run.error is not None:
             outcome = JobOutcome.FAILED
+            self._set_value(0)  # a failed job's last fraction is not progress
             self._report(run.title, run.error)
         elif completed:
             outcome = JobOutcome.DONE
         else:
             outcome = JobOutcome.CANCELLED
+            self._set_value(0)
             self._message.setText(f"{run.title}: cancelled")
         self._outcome = outcome
         if self._run is None:  # on_result may have started the next job

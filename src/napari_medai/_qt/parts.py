@@ -5,7 +5,9 @@ which keeps a combo box with long entries from widening its dock;
 :class:`OnPress`, which tells when a widget is clicked;
 :func:`layers_of` / :func:`follow_layer_list` / :func:`scan_pickers` for layer
 pickers; and
-:func:`paint_apart`, which keeps a dock's repaints cheap on software OpenGL.
+:func:`paint_apart`, which keeps a dock's repaints cheap on software OpenGL;
+:func:`scroll_column`, :func:`fit_width` and :func:`wrapping`, which keep a dock
+scrolling inside itself instead of growing the window; :func:`ask_overwrite`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from html import escape
+from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox
+from magicgui.widgets import ComboBox, Container, Label
 from napari.components import LayerList
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
-from qtpy.QtWidgets import QComboBox, QDockWidget, QLabel, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QLabel,
+    QMessageBox,
+    QScrollArea,
+    QSizePolicy,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from napari_medai._napari.details import Rows
@@ -160,3 +171,74 @@ class DetailsView(QCollapsible):
     def text(self) -> str:
         """The rows as plain text, one ``what: value`` per line (for tests and copying)."""
         return "\n".join(f"{key}: {value}" for key, value in self.rows)
+
+
+def ask_overwrite(parent, paths: list[Path]) -> bool:
+    """Ask the user whether to replace the existing ``paths`` (tests replace this)."""
+    names = "\n".join(path.name for path in paths)
+    answer = QMessageBox.question(
+        parent,
+        "Replace files?",
+        f"These files already exist:\n{names}\n\nReplace them?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def wrapping(label: Label) -> Label:
+    """``label`` wrapping its text, so a long message (or path) never widens the dock."""
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
+def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
+    """Lay ``dock`` out as one column that scrolls inside the dock when space is short.
+
+    ``form`` is a ``scrollable`` magicgui Container; ``below`` (Qt parts
+    magicgui has no widget for: a job runner, a status line) go under its
+    fields at full width. napari docks ``dock.native``, so the scroll area
+    goes in there.
+    """
+    rows = form.native.layout()
+    for widget in below:
+        rows.addWidget(widget)
+    rows.addStretch(1)
+    scroll = form.root_native_widget
+    fit_width(scroll)
+    layout = dock.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(scroll)
+
+
+class _FitWidth(QObject):
+    """Keeps a scroll area as wide as its content plus a vertical scroll bar.
+
+    Measured again whenever the content's layout changes: napari's style sheet,
+    applied once the dock is shown, makes the fields wider than they were built.
+    """
+
+    def __init__(self, scroll: QScrollArea) -> None:
+        super().__init__(scroll)
+        self._scroll = scroll
+        scroll.widget().installEventFilter(self)
+        self.fit()
+
+    def fit(self) -> None:
+        content = self._scroll.widget().minimumSizeHint().width()
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(content + bar + 2 * self._scroll.frameWidth())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.fit()
+        return False
+
+
+def fit_width(scroll: QScrollArea) -> None:
+    """Keep ``scroll`` wide enough for its content and a vertical scroll bar beside it.
+
+    It never scrolls sideways, so a narrower one would cut its fields off at the right.
+    """
+    _FitWidth(scroll)

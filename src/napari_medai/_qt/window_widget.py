@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medai._napari.modality import layer_modality
-from napari_medai._qt.export_widget import fit_width
+from napari_medai._qt.parts import fit_width
 from napari_medai.core.models.fit import describe_modality
 from napari_medai.core.windows import PRESETS, WindowPreset, percentile_limits, value_range
 

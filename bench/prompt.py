@@ -1,0 +1,148 @@
+"""Prompt bench: a simulated user on real CT organs and MR lesions, against offline baselines.
+
+The user draws a 3D box with a 10% margin, then clicks deepest inside the largest error region
+(positive in a missed region, negative in a false one), four times. The default engine is
+timed on every update; SimpleITK's seeded watershed and scikit-image's random walker (the
+grow-from-seeds-like baseline installed here; no GrowCut or max-flow package is) run on the
+whole scan with the same prompts as seeds, after the box and after the last click.
+Prints one JSON object. Needs ../shared/data. Usage: python bench/prompt.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+from skimage.segmentation import random_walker
+
+from napari_medai.core.io.reading import read_volume
+from napari_medai.core.prompt.engine import DEFAULT_ENGINE, engine_named
+from napari_medai.core.prompt.prompts import Box, Point, Prompts
+from napari_medai.core.volume import volume_to_sitk
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CT = ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz")
+CASES = {
+    "liver": (*CT, 5),
+    "spleen": (*CT, 1),
+    "kidney_2": (*CT, 2),
+    "kidney_3": (*CT, 3),
+    "brain2_lesion": ("pyradiomics/brain2_image.nrrd", "pyradiomics/brain2_label.nrrd", 1),
+    "breast1_lesion": ("pyradiomics/breast1_image.nrrd", "pyradiomics/breast1_label.nrrd", 1),
+}
+CLICKS = 4
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return round(
+        2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1), 3
+    )
+
+
+def box_around(truth: np.ndarray) -> Box:
+    inside = np.argwhere(truth)
+    low, high = inside.min(axis=0), inside.max(axis=0)
+    pad = np.round((high - low + 1) * 0.1).astype(int)
+    start, stop = np.maximum(low - pad, 0), np.minimum(high + pad, np.asarray(truth.shape) - 1)
+    return Box(tuple(start.tolist()), tuple(stop.tolist()))
+
+
+def corrective_click(truth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Point:
+    best = None
+    for region, positive in ((truth & ~mask, True), (mask & ~truth, False)):
+        labels, count = ndi.label(region)
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            if best is None or sizes.max() > best[0]:
+                best = (sizes.max(), labels == sizes.argmax() + 1, positive)
+    depth = ndi.distance_transform_edt(np.pad(best[1], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return Point(tuple(int(v) for v in np.unravel_index(depth.argmax(), depth.shape)), best[2])
+
+
+def markers(prompts: Prompts, shape: tuple[int, ...]) -> np.ndarray:
+    """Baseline seeds from the same prompts: 1 = object (box centre, positive clicks),
+    2 = background (outside the box, negative clicks)."""
+    out = np.full(shape, 2, np.uint8)
+    box = prompts.boxes[0]
+    out[tuple(slice(a, b + 1) for a, b in zip(box.low, box.high))] = 0
+    out[tuple(((box.low + box.high) // 2).tolist())] = 1
+    for point in prompts.points:
+        out[point.zyx] = 1 if point.positive else 2
+    for value in (1, 2):  # seeds as the engine's: a voxel and its neighbours, not one voxel
+        out[ndi.binary_dilation(out == value) & (out == 0)] = value
+    return out
+
+
+def watershed(volume, prompts: Prompts) -> np.ndarray:
+    image = sitk.Cast(volume_to_sitk(volume), sitk.sitkFloat32)
+    gradient = sitk.GradientMagnitudeRecursiveGaussian(image, 1.0)
+    seeds = sitk.GetImageFromArray(markers(prompts, volume.spatial_shape))
+    seeds.CopyInformation(image)
+    result = sitk.MorphologicalWatershedFromMarkers(gradient, seeds, markWatershedLine=False)
+    return sitk.GetArrayFromImage(result) == 1
+
+
+def walker(volume, prompts: Prompts) -> np.ndarray:
+    image = volume.array.astype(np.float32)
+    image = (image - image.mean()) / (image.std() + 1e-6)
+    seeds = markers(prompts, volume.spatial_shape).astype(np.int32)
+    spacing = np.asarray(volume.geometry.spacing)
+    labels = random_walker(image, seeds, beta=130, mode="cg_j", tol=1e-3, spacing=spacing)
+    return labels == 1
+
+
+def timed(function, *args):
+    began = time.perf_counter()
+    result = function(*args)
+    return result, round(time.perf_counter() - began, 3)
+
+
+def run_case(image_path: str, label_path: str, value: int) -> dict:
+    volume = read_volume(DATA / image_path)
+    truth = read_volume(DATA / label_path).array == value
+    spacing = np.asarray(volume.geometry.spacing)
+    session, start_s = timed(engine_named(DEFAULT_ENGINE).start, volume)
+    prompts = Prompts((box_around(truth),))
+    history, mask, box_prompts = [], np.zeros(truth.shape, bool), prompts
+    for step in range(CLICKS + 1):
+        if step:
+            prompts = prompts.plus(corrective_click(truth, mask, spacing))
+        mask, seconds = timed(session.update, prompts)
+        history.append({"dice": dice(mask, truth), "seconds": seconds})
+        if step == 0:
+            box_prompts = prompts
+    baselines = {}
+    for name, method in (("sitk_seeded_watershed", watershed), ("random_walker", walker)):
+        box_mask, box_s = timed(method, volume, box_prompts)
+        last_mask, last_s = timed(method, volume, prompts)
+        baselines[name] = {
+            "box": {"dice": dice(box_mask, truth), "seconds": box_s},
+            f"box+{CLICKS}": {"dice": dice(last_mask, truth), "seconds": last_s},
+        }
+    inside = np.argwhere(truth)
+    fill = np.count_nonzero(truth) / np.prod(inside.max(0) - inside.min(0) + 1)
+    return {
+        "shape_zyx": list(volume.spatial_shape),
+        "object_voxels": int(np.count_nonzero(truth)),
+        "object_fills_tight_box": round(float(fill), 3),
+        "engine": {"start_s": start_s, "per_interaction": history},
+        "baselines": baselines,
+    }
+
+
+def main() -> int:
+    if not DATA.is_dir():
+        print(json.dumps({"skipped": f"no shared data at {DATA}"}))
+        return 0
+    cases = {name: run_case(*spec) for name, spec in CASES.items()}
+    print(json.dumps({"engine": DEFAULT_ENGINE, "clicks": CLICKS, "cases": cases}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

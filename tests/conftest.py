@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from napari_medai.core.phantom import make_phantom
 # napari keeps its settings in memory only: tests never read or change the developer's
 # reader preferences (napari-medai sets some when it is first activated).
 os.environ.setdefault("NAPARI_CONFIG", "")
+# Autosave's recovery copies go to a folder of this run, never the developer's state folder.
+os.environ.setdefault("NAPARI_MEDAI_RECOVERY", tempfile.mkdtemp(prefix="medai-recovery-"))
 
 #: Real third-party test files live beside the project, never inside it.
 SHARED_DATA = Path(

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from napari.components import ViewerModel
 from napari.layers import Image, Labels
 
-from napari_medai._napari import reader, writer
+from napari_medai._napari import reader, scan_grid, writer
 from napari_medai._napari.layers import image_layer_data
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.geometry import Geometry
@@ -206,8 +206,8 @@ def test_open_segmentation_menu_opens_any_integer_file_as_labels(phantom, tmp_pa
 def notes(monkeypatch):
     """Messages the writer shows as napari notifications."""
     shown: list[str] = []
-    monkeypatch.setattr(writer, "show_info", shown.append)
-    monkeypatch.setattr(writer, "show_warning", shown.append)
+    monkeypatch.setattr(scan_grid, "show_info", shown.append)
+    monkeypatch.setattr(scan_grid, "show_warning", shown.append)
     return shown
 
 

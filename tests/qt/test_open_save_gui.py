@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from napari.layers import Image, Labels
 from napari.settings import get_settings
 
-from napari_medai._napari import reader, reader_choice, writer
+from napari_medai._napari import reader, reader_choice, scan_grid
 from napari_medai.core.volume import Volume, volume_to_sitk
 
 
@@ -90,7 +90,7 @@ def test_gui_save_of_bare_labels_uses_the_scan_grid_and_writes_the_sidecar(
     painted = viewer.add_labels(np.zeros(volume.array.shape, np.uint8), name="painted")
     painted.data[3:5, 20:30, 20:30] = 1
     notes: list[str] = []
-    monkeypatch.setattr(writer, "show_info", notes.append)
+    monkeypatch.setattr(scan_grid, "show_info", notes.append)
     out = tmp_path / "painted.nrrd"
     monkeypatch.setattr(
         "napari._qt.qt_viewer.QFileDialog.getSaveFileName",

@@ -46,7 +46,7 @@ from napari.utils.notifications import (
 )
 
 from napari_medai._napari.layers import METADATA_KEY, labels_layer_data, layer_geometry
-from napari_medai._napari.writer import labels_on_scan_grid, open_scans
+from napari_medai._napari.scan_grid import labels_on_scan_grid, open_scans
 from napari_medai.core import recovery
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.recovery import RecoveryEntry

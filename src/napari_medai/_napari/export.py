@@ -2,7 +2,7 @@
 
 A Labels layer is exported on the grid of the scan picked in the Export dock
 (resampled with nearest neighbour if it is not on it). Where that grid comes
-from follows File > Save's rule (:func:`~napari_medai._napari.writer.labels_on_scan_grid`):
+from follows File > Save's rule (:func:`~napari_medai._napari.scan_grid.labels_on_scan_grid`):
 a layer made from a bare array takes the grid of the open scan of its shape or
 is refused, never exported at origin 0 with 1 mm voxels. The scan's DICOM
 source path, which the reader keeps in ``metadata["napari_medai"]["source_path"]``
@@ -20,7 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 
 from napari_medai._napari.layers import METADATA_KEY, label_map_from_layer
-from napari_medai._napari.writer import ScanGrid, has_no_geometry, labels_on_scan_grid, on_scan
+from napari_medai._napari.scan_grid import ScanGrid, has_no_geometry, labels_on_scan_grid, on_scan
 from napari_medai.core.errors import ExportError
 from napari_medai.core.volume import LabelMap
 

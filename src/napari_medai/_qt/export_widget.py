@@ -3,7 +3,7 @@
 A magicgui form (its layer pickers follow the layer list by themselves); the
 export runs as a core job through the :class:`JobRunner`. The mask goes on
 the picked scan's grid, or with no scan picked on the grid File > Save would
-take (:func:`~napari_medai._napari.writer.labels_on_scan_grid`): never silently
+take (:func:`~napari_medai._napari.scan_grid.labels_on_scan_grid`): never silently
 at origin 0 with 1 mm voxels. It asks before replacing a file, and a failed
 export changes neither the layer nor any file.
 """
@@ -18,7 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_medai._napari.export import ExportInput, export_input, is_dicom_source, source_path
-from napari_medai._napari.writer import open_scans
+from napari_medai._napari.scan_grid import open_scans
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.parts import (
     ask_overwrite,

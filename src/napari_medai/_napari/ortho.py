@@ -183,6 +183,7 @@ class OrthoLink:
         self._seen_slice: dict[Layer, object] = {}
         self._stale: dict[Layer, Layer | None] = {}
         self._busy = False
+        self.linked = True
         self.point = np.asarray(main.dims.point, dtype=float)
         self.planes = side_planes(main)
         for layer in main.layers:
@@ -205,6 +206,7 @@ class OrthoLink:
 
     def disconnect(self) -> None:
         """Stop following the main viewer (the dock is closing)."""
+        self.linked = False
         layers = self.main.layers
         layers.events.inserted.disconnect(self._on_inserted)
         layers.events.removed.disconnect(self._on_removed)
@@ -357,7 +359,7 @@ class OrthoLink:
             for side, plane in zip(self.sides, self.planes, strict=True):
                 if side.dims.ndim >= 3:
                     side.dims.order = plane_order(side.dims.ndim, plane)
-                    side.camera.orientation2d = ("up" if head_up(side) else "down", "right")
+                    side.scene.camera.orientation2d = ("up" if head_up(side) else "down", "right")
                 side.reset_view()
         self._push_point()
         self.events.planes()
@@ -423,12 +425,16 @@ class OrthoLink:
         if view.dims.ndisplay != 2 or (active is not None and active.mode != "pan_zoom"):
             return
         press = np.asarray(event.pos, dtype=float)
+
+        def moved() -> bool:
+            return np.hypot(*(np.asarray(event.pos, dtype=float) - press)) > CLICK_SLOP_PX
+
         yield
         while event.type == "mouse_move":
-            if np.hypot(*(np.asarray(event.pos, dtype=float) - press)) > CLICK_SLOP_PX:
+            if moved():
                 return
             yield
-        if event.type == "mouse_release":
+        if event.type == "mouse_release" and not moved():
             self.click_at(view, event.position)
 
 

@@ -10,6 +10,7 @@ refreshes the other views at a bounded rate while the user paints.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from napari.components import ViewerModel
@@ -71,6 +72,14 @@ def _main_canvas(viewer: napari.viewer.Viewer) -> object | None:
     return getattr(qt_viewer, "canvas", None)
 
 
+def _release(link: OrthoLink, qt_viewers: list[QtViewer], _object: object = None) -> None:
+    """Unlink and close the side canvases (napari counts an open QtViewer as a leak)."""
+    if link.linked:
+        link.disconnect()
+    while qt_viewers:
+        qt_viewers.pop().close()
+
+
 def _view_change_emitters(viewer: ViewerModel) -> tuple:
     """Dims events after which a crosshair must be drawn again (the point has its own)."""
     events = viewer.dims.events
@@ -114,6 +123,8 @@ class OrthoViewsWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._update_note)
         self._linked = True
         self._shown = False
+        # Also when the main window deletes the dock with itself (no Python method may run then).
+        self.destroyed.connect(partial(_release, self.link, self.qt_viewers))
         self._on_planes()
 
     def _on_planes(self, _event: object = None) -> None:
@@ -141,7 +152,6 @@ class OrthoViewsWidget(QWidget):
             return
         self._linked = False
         self._flush_timer.stop()
-        self.link.disconnect()
         for crosshair in self.crosshairs:
             crosshair.remove()
         for view in self.link.views:
@@ -149,6 +159,7 @@ class OrthoViewsWidget(QWidget):
                 emitter.disconnect(self._draw_crosshairs)
         self._viewer.layers.events.inserted.disconnect(self._update_note)
         self._viewer.layers.events.removed.disconnect(self._update_note)
+        _release(self.link, self.qt_viewers)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         """A quarter of the screen's width, so the main canvas keeps the larger share."""

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, create_widget
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QLabel, QScrollArea
+from qtpy.QtWidgets import QLabel
 
 from napari_medai._napari.details import is_result_layer, label_volumes_ml, result_rows
 from napari_medai._napari.modality import layer_modality
@@ -33,7 +32,7 @@ from napari_medai._napari.segmentation import (
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.model_picker import SEGMENTATION_TASKS, ModelPicker
-from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow
+from napari_medai._qt.parts import DetailsView, fit_width, follow_layer_list, narrow
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.fit import describe_modality, modality_mismatch
@@ -45,33 +44,6 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_IMAGE = "Open a 3D scan to segment (File > Open, or a sample)."
 NO_MODEL = "Pick a model, or load one from a file or folder."
-
-
-class ColumnWidth(QObject):
-    """Keeps a scrolling column as wide as its widest row, so it scrolls up and down only.
-
-    magicgui sizes its scroll area when it inserts a widget; rows added as Qt
-    widgets, and napari's stylesheet once docked, widen the content later.
-    (A helper of ``_qt/parts.py`` by rights; kept here by the docks that use it.)
-    """
-
-    @classmethod
-    def follow(cls, scroll: QScrollArea) -> None:
-        """Size ``scroll`` to its content now and whenever the content's layout changes."""
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.widget().installEventFilter(cls(scroll))
-        cls.fit(scroll)
-
-    @staticmethod
-    def fit(scroll: QScrollArea) -> None:
-        """The content's minimum width plus the vertical scroll bar's."""
-        bar = scroll.verticalScrollBar().sizeHint().width()
-        scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + bar)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.LayoutRequest:
-            self.fit(self.parent())
-        return False
 
 
 class SegmentWidget(Container):
@@ -153,7 +125,7 @@ class SegmentWidget(Container):
         layout.setContentsMargins(0, 0, 0, 0)
         for part in (self.form.root_native_widget, self.runner, self.status):
             layout.addWidget(part)
-        ColumnWidth.follow(self.form.root_native_widget)
+        fit_width(self.form.root_native_widget)
 
     # Pickers ----------------------------------------------------------------------
 

@@ -29,10 +29,9 @@ from napari_medai._napari.training import (
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import DetailsView
+from napari_medai._qt.parts import DetailsView, fit_width
 from napari_medai._qt.plot import LivePlot
 from napari_medai._qt.review_panel import ReviewPanel
-from napari_medai._qt.segment_widget import ColumnWidth
 from napari_medai._qt.train_form import TrainForm
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
@@ -103,7 +102,7 @@ class TrainWidget(TrainForm):
         layers.selection.events.active.connect(self.reviewer.update_details)
         self.keep_button.visible = False
         self.add_pair()
-        ColumnWidth.follow(self.form.root_native_widget)
+        fit_width(self.form.root_native_widget)
 
     def _layout_dock(self) -> None:
         """The form, plot, review and Details scroll inside the dock; progress and status

@@ -168,11 +168,15 @@ class OrthoViewsWidget(QWidget):
         return QSize(max(DOCK_MIN_WIDTH, width // 4), super().sizeHint().height())
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        """Once docked, fit the main canvas again: the dock has just narrowed it."""
+        """Once docked, fit every canvas again: docking has just resized them all."""
         super().showEvent(event)
         if not self._shown:
             self._shown = True
-            QTimer.singleShot(0, self._viewer.reset_view)
+            QTimer.singleShot(0, self._fit_all)
+
+    def _fit_all(self) -> None:
+        for view in self.link.views:
+            view.reset_view()
 
     def event(self, event: QEvent) -> bool:
         """Unlink when napari takes the widget out of its dock (closing the dock)."""

@@ -180,7 +180,8 @@ def read_dicom_seg(path: Path, reference: Volume) -> LabelMap:
     """The segments of a DICOM-SEG file as one label map on ``reference``'s grid.
 
     Label values come from napari-medai's tracking IDs, else the segment
-    numbers; names from the segment labels. A FRACTIONAL SEG is read as labels
+    numbers; names from the segment labels; colours (``metadata["segments"]``)
+    from the recommended display colours. A FRACTIONAL SEG is read as labels
     where a segment's fraction is at least 0.5. Where segments overlap, the
     higher segment number wins, with a warning naming them. A file whose
     segments, frames or pixel data disagree is refused in words.
@@ -204,7 +205,28 @@ def read_dicom_seg(path: Path, reference: Volume) -> LabelMap:
     on_scan.geometry = reference.geometry
     warnings.extend(_off_scan(own, on_scan, path.name))
     on_scan.metadata = {"name": path.stem, "source": path.name, "warnings": warnings}
+    colors = _display_colors(seg, values)
+    if colors:
+        on_scan.metadata["segments"] = {value: {"color": rgb} for value, rgb in colors.items()}
     return on_scan
+
+
+def _display_colors(seg: Any, values: Mapping[int, int]) -> dict[int, list[float]]:
+    """Label value -> 0..1 RGB from each segment's recommended display colour (CIE Lab)."""
+    import highdicom as hd
+
+    colors = {}
+    for segment in seg.SegmentSequence:
+        lab = segment.get("RecommendedDisplayCIELabValue")
+        number = int(segment.SegmentNumber)
+        if lab is None or number not in values:
+            continue
+        try:
+            rgb = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in lab)).to_rgb()
+        except (TypeError, ValueError):
+            continue  # a malformed colour is no reason to refuse the segmentation
+        colors[values[number]] = [c / 255.0 for c in rgb]
+    return colors
 
 
 def _refusal(name: str, problem: str) -> UnreadableFileError:

@@ -8,6 +8,11 @@ geometry read from a NIfTI file round-trips exactly, but a DICOM-derived origin
 can move by up to about 1e-5 mm; NRRD and MetaImage keep full precision. Such a
 loss is logged. :func:`label_sidecar` builds the JSON sidecar the CLI and the
 napari writer save beside a mask.
+
+A label map's segments (``metadata["segments"]``: label value -> colour, lock,
+status, as the segment list keeps them) are written with it: as 3D Slicer's
+``Segment<i>_Color`` and ``Segment<i>_Tags`` fields in NRRD, and as a
+``segments`` table in the sidecar.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def write_label_map(label_map: LabelMap, path: str | Path, overwrite: bool = Fal
     stored = array.astype(dtype, copy=False)
     image = volume_to_sitk(label_map.with_array(stored))
     if suffix == ".nrrd":
-        _set_segment_names(image, label_map.label_names)
+        _set_segment_fields(image, label_map.label_names, segments_of(label_map))
     return write_image_verified(image, stored, path, overwrite)
 
 
@@ -111,12 +116,51 @@ def write_image_verified(
     return atomic_write(path, write, overwrite=overwrite)
 
 
-def _set_segment_names(image: sitk.Image, names: dict[int, str]) -> None:
-    """Store label names as 3D Slicer's segmentation NRRD fields, which ITK writes as key-values."""
-    foreground = sorted((value, name) for value, name in names.items() if value != 0)
-    for number, (value, name) in enumerate(foreground):
-        image.SetMetaData(f"Segment{number}_Name", name)
+#: A segment's work status, as the segment list shows it.
+SEGMENT_STATUSES = ("not started", "in progress", "done")
+#: The same statuses as 3D Slicer's ``Segmentation.Status`` segment tag spells them.
+SLICER_STATUS = {"not started": "notstarted", "in progress": "inprogress", "done": "completed"}
+#: Segment tag for a lock: Slicer saves no lock, but keeps (and writes back) tags it does not know.
+LOCKED_TAG = "NapariMedai.Locked"
+
+
+def segments_of(label_map: LabelMap) -> dict[int, dict[str, Any]]:
+    """The label map's segment fields (value -> colour, locked, status), or {}."""
+    segments = label_map.metadata.get("segments", {})
+    return {int(value): dict(fields) for value, fields in segments.items()}
+
+
+def _set_segment_fields(
+    image: sitk.Image, names: dict[int, str], segments: dict[int, dict[str, Any]]
+) -> None:
+    """Store segments as 3D Slicer's segmentation NRRD fields, which ITK writes as key-values.
+
+    Name and label value for every named or described segment; its colour as
+    ``Segment<i>_Color`` (three 0..1 numbers) and its status and lock as
+    ``Segment<i>_Tags`` when the segment list set them.
+    """
+    values = sorted(value for value in set(names) | set(segments) if value != 0)
+    for number, value in enumerate(values):
+        fields = segments.get(value, {})
+        image.SetMetaData(f"Segment{number}_Name", names.get(value, f"label {value}"))
         image.SetMetaData(f"Segment{number}_LabelValue", str(value))
+        if fields.get("color") is not None:
+            image.SetMetaData(
+                f"Segment{number}_Color", " ".join(f"{c:.6g}" for c in fields["color"][:3])
+            )
+        tags = _slicer_tags(fields)
+        if tags:
+            image.SetMetaData(f"Segment{number}_Tags", tags)
+
+
+def _slicer_tags(fields: dict[str, Any]) -> str:
+    """Slicer's ``key:value|`` tag list for a segment's status and lock."""
+    tags = ""
+    if fields.get("status") in SLICER_STATUS:
+        tags += f"Segmentation.Status:{SLICER_STATUS[fields['status']]}|"
+    if fields.get("locked"):
+        tags += f"{LOCKED_TAG}:1|"
+    return tags
 
 
 def _check_written(
@@ -241,6 +285,8 @@ def label_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 #: Reader provenance keys that could link a sidecar back to a patient's study.
 _IDENTIFYING_KEYS = ("series_uid", "other_series")
+#: Provenance keys the sidecar writes in fields of their own.
+_OWN_FIELDS = ("segments",)
 
 
 def label_sidecar(
@@ -252,12 +298,13 @@ def label_sidecar(
     model: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON sidecar saved beside a mask: inputs, model, label names and volumes.
+    """The JSON sidecar saved beside a mask: inputs, model, label names, segments and volumes.
 
     One builder for the CLI and the napari writer. DICOM UIDs are left out of
     the provenance; nothing here names the patient.
     """
-    provenance = {k: v for k, v in (provenance or {}).items() if k not in _IDENTIFYING_KEYS}
+    left_out = (*_IDENTIFYING_KEYS, *_OWN_FIELDS)
+    provenance = {k: v for k, v in (provenance or {}).items() if k not in left_out}
     return {
         "input": input_name,
         "outputs": outputs,
@@ -265,6 +312,7 @@ def label_sidecar(
         "settings": settings,
         "time": provenance.get("time"),
         "label_names": {str(k): v for k, v in sorted(label_map.label_names.items())},
+        "segments": {str(k): v for k, v in sorted(segments_of(label_map).items())},
         "volumes_ml": label_volumes_ml(label_map),
         "voxel_volume_ml": label_map.geometry.voxel_volume_ml(),
         "geometry_zyx_lps_mm": label_map.geometry.to_dict(),

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  (see below)
@@ -49,9 +48,6 @@ from napari_medai.core.training.config import (
     TrainResult,
     check_training_pairs,
 )
-
-# Re-exported: bench scripts and the Generate dock import it from here.
-from napari_medai.core.training.config import training_threads as training_threads
 from napari_medai.core.training.dataset import (
     Augmenter,
     PatchSampler,
@@ -59,7 +55,7 @@ from napari_medai.core.training.dataset import (
     choose_intensity,
     prepare_pairs,
 )
-from napari_medai.core.training.loop import Schedule, Steps, run_training
+from napari_medai.core.training.loop import Schedule, Steps, library_versions, run_training
 from napari_medai.core.training.loss import MaskedDiceCELoss
 from napari_medai.core.training.quality import dice_text, measured_on
 from napari_medai.core.training.synthetic import SyntheticMixer
@@ -433,7 +429,7 @@ class _Session(Steps):
             "init": self.init_info,
             "data": [pair.description for pair in self.data.pairs],
             "synthetic": None if self.synthetic is None else self.synthetic.describe(),
-            "versions": {"torch": torch.__version__, "monai": monai.__version__},
+            "versions": library_versions(),
         }
         return replace(self.card, training=info)
 

@@ -154,7 +154,7 @@ def test_a_painting_labels_layer_keeps_the_mouse(viewer):
     assert window_of(ct).width == pytest.approx(400 + SPAN / 4)
 
 
-def test_values_show_in_the_canvas_overlay_only_while_dragging(viewer):
+def test_values_show_in_the_status_bar_while_dragging(viewer):
     viewer.add_image(
         ct_volume(),
         contrast_limits=(-160, 240),
@@ -162,14 +162,13 @@ def test_values_show_in_the_canvas_overlay_only_while_dragging(viewer):
         metadata={"napari_medai": {"provenance": {"modality": "CT"}}},
     )
     install(viewer)
-    overlay = viewer.canvas.overlays.text
     seen = []
-    overlay.events.text.connect(seen.append)
+    viewer.events.status.connect(lambda event: seen.append(event.value))
 
     drag(viewer, (200.0, 60.0))
 
-    assert seen[-2] == "CT: level 340 HU, width 1150 HU"  # the last step of the drag
-    assert not overlay.visible and overlay.text == ""
+    assert seen[0] == "CT: level 40 HU, width 400 HU"  # on press
+    assert seen[-1] == "CT: level 340 HU, width 1150 HU"  # the last step of the drag
 
 
 def test_several_selected_images_each_move_within_their_own_range(viewer):

@@ -18,7 +18,9 @@ mode, so a Labels brush, fill or erase never also changes the window:
   (:attr:`WindowLevelDrag.enabled`), instead of panning.
 
 A drag takes the press from the camera (the view does not pan) and shows the
-values in the canvas's text overlay while it lasts.
+values in napari's status bar while it lasts (the Window presets dock shows
+them at all times). Not in the canvas's text overlay: showing it the first
+time builds vispy's font atlas, a 0.5 s stall on software OpenGL.
 """
 
 from __future__ import annotations
@@ -111,10 +113,9 @@ def unit_of(layer: Image) -> str:
     return " HU" if layer_modality(layer) == "CT" else ""
 
 
-def describe_window(layer: Image) -> str:
+def describe_window(layer: Image, unit: str) -> str:
     """One line with ``layer``'s current window, e.g. "CT: level 40 HU, width 400 HU"."""
     window = Window.from_limits(layer.contrast_limits)
-    unit = unit_of(layer)
     return f"{layer.name}: level {window.level:.0f}{unit}, width {window.width:.0f}{unit}"
 
 
@@ -125,6 +126,7 @@ class _Target:
     layer: Image
     start: Window
     data_range: tuple[float, float]
+    unit: str
 
 
 class WindowLevelDrag:
@@ -137,7 +139,7 @@ class WindowLevelDrag:
     def __init__(self, viewer: ViewerModel) -> None:
         self.viewer = viewer
         self._enabled = False
-        self._ranges: dict[int, tuple[Any, tuple[float, float]]] = {}
+        self._facts: dict[int, tuple[Any, tuple[float, float], str]] = {}
         self.events = EmitterGroup(source=self, enabled=Event, window=Event)
 
     @property
@@ -161,13 +163,17 @@ class WindowLevelDrag:
         active = self.viewer.layers.selection.active
         return active is None or active.mode == "pan_zoom"
 
-    def data_range(self, layer: Image) -> tuple[float, float]:
-        """(min, max) of ``layer``'s data, estimated once per array (see ``value_range``)."""
+    def scan_facts(self, layer: Image) -> tuple[tuple[float, float], str]:
+        """``layer``'s (min, max) and unit, found once per array: both sample the data."""
         array = layer_array(layer)
-        cached = self._ranges.get(id(layer))
+        cached = self._facts.get(id(layer))
         if cached is None or cached[0] is not array:
-            cached = self._ranges[id(layer)] = (array, value_range(array))
-        return cached[1]
+            cached = self._facts[id(layer)] = (array, value_range(array), unit_of(layer))
+        return cached[1], cached[2]
+
+    def describe(self, layer: Image) -> str:
+        """``layer``'s current window in one line, in its units (see :func:`describe_window`)."""
+        return describe_window(layer, self.scan_facts(layer)[1])
 
     def __call__(self, viewer: ViewerModel, event: Any) -> Generator[None, None, None]:
         """napari mouse-drag callback: press, then each move, then the release."""
@@ -177,24 +183,19 @@ class WindowLevelDrag:
         if not layers:
             return
         targets = [
-            _Target(layer, Window.from_limits(layer.contrast_limits), self.data_range(layer))
+            _Target(layer, Window.from_limits(layer.contrast_limits), *self.scan_facts(layer))
             for layer in layers
         ]
         press = np.asarray(event.pos, dtype=float)
         event.handled = True  # the camera must not pan while the window moves
-        overlay = viewer.canvas.overlays.text
-        before = (overlay.visible, overlay.text)
-        overlay.text = describe_window(layers[0])
-        overlay.visible = True
-        try:
+        viewer.status = describe_window(layers[0], targets[0].unit)
+        yield
+        while event.type == "mouse_move":
+            shift = np.asarray(event.pos, dtype=float) - press
+            self.move(targets, (float(shift[0]), float(shift[1])))
+            # After napari's own cursor status for this move, so it stays until the next one.
+            viewer.status = describe_window(layers[0], targets[0].unit)
             yield
-            while event.type == "mouse_move":
-                shift = np.asarray(event.pos, dtype=float) - press
-                self.move(targets, (float(shift[0]), float(shift[1])))
-                overlay.text = describe_window(layers[0])
-                yield
-        finally:
-            overlay.visible, overlay.text = before
 
     def move(self, targets: list[_Target], shift_px: tuple[float, float]) -> None:
         """Set each target's window for a drag of ``shift_px`` from where it started."""

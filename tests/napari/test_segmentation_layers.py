@@ -110,6 +110,27 @@ def test_a_second_run_updates_the_layers_and_keeps_the_display(viewer_with_image
     assert second[0].opacity == 0.25 and second[1].colormap.name == "gray"
 
 
+def test_a_second_run_into_a_corrected_mask_is_one_undo_step(viewer_with_image):
+    """Ctrl+Z after a re-run gives back the first result with the user's corrections."""
+    viewer, image = viewer_with_image
+    volume = segmentation_input(image)
+    target = SegmentationTarget.of(image, "/models/tiny")
+    [labels, *_] = show_segmentation(
+        viewer, result_layer_data(fake_result(volume, 1), target, "tiny")
+    )
+    labels.paint((2, 10, 10), 2)  # a brush stroke: one step of napari's own history
+    corrected = np.array(labels.data, copy=True)
+
+    second = fake_result(volume, 2)
+    show_segmentation(viewer, result_layer_data(second, target, "tiny"))
+    np.testing.assert_array_equal(labels.data, second.labels.array)
+
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, corrected)
+    labels.redo()
+    np.testing.assert_array_equal(labels.data, second.labels.array)
+
+
 def test_new_layer_other_model_or_other_shape_adds_layers(viewer_with_image):
     viewer, image = viewer_with_image
     volume = segmentation_input(image)

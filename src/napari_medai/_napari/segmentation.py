@@ -17,6 +17,7 @@ from napari.layers import Image, Labels, Layer
 from napari.types import LayerDataTuple
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 
+from napari_medai._napari.label_edits import Overwrite, write_result
 from napari_medai._napari.layers import (
     METADATA_KEY,
     image_layer_data,
@@ -169,13 +170,37 @@ def find_output_layer(
 
 
 def _update(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
-    """Replace a layer's data, grid and metadata; its display settings stay the user's."""
+    """Replace a layer's data, grid and metadata; its display settings stay the user's.
+
+    A Labels layer on the same grid takes the new result as one undoable step,
+    so Ctrl+Z gives back what it held, the user's corrections included. On
+    another grid (or in a type too small) the data is swapped, and the old
+    undo history, which refers to the old voxels, is dropped.
+    """
+    same_grid = np.allclose(layer.affine.affine_matrix, kwargs["affine"])
+    if isinstance(layer, Labels) and same_grid and _fits(layer, data):
+        write_result(layer, data, Overwrite.REPLACE)
+    else:
+        if not same_grid:
+            layer.affine = kwargs["affine"]
+        layer.data = data
+        if isinstance(layer, Labels):
+            layer._reset_history()  # napari has no public call; its strokes were on the old data
+    # After the write, whose paint event would otherwise mark the model's own result edited.
     layer.metadata = {**layer.metadata, **kwargs["metadata"]}
     if "features" in kwargs:
         layer.features = kwargs["features"]
-    if not np.allclose(layer.affine.affine_matrix, kwargs["affine"]):
-        layer.affine = kwargs["affine"]
-    layer.data = data
+
+
+def _fits(layer: Labels, data: np.ndarray) -> bool:
+    """Whether ``data`` can be written into ``layer``'s array as it is."""
+    held = np.asarray(layer.data)
+    return (
+        held.shape == data.shape
+        and np.issubdtype(held.dtype, np.integer)
+        and int(data.max(initial=0)) <= np.iinfo(held.dtype).max
+        and int(data.min(initial=0)) >= np.iinfo(held.dtype).min
+    )
 
 
 def _mark_edited(layer: Labels, _event: Any = None) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from napari.components import ViewerModel
 from napari.layers import Image, Labels
 
+from napari_medai._napari.label_edits import Overwrite, write_result
 from napari_medai._napari.layers import (
     METADATA_KEY,
     label_map_from_layer,
@@ -208,17 +209,8 @@ def _copy_planes(prediction: Labels, annotation: Labels, planes: list[np.ndarray
     """Make the annotation equal the prediction on ``planes`` (undoable in napari)."""
     source = np.asarray(prediction.data)
     target = np.asarray(annotation.data)
-    changed = _plane_mask(source.shape, planes) & (source != target)
-    if not changed.any():
-        return
-    indices = np.nonzero(changed)
-    values = source[indices]
-    if values.max() > np.iinfo(target.dtype).max:
-        raise MedaiError(
-            f"the annotation layer '{annotation.name}' stores {target.dtype} values and "
-            f"cannot hold label {int(values.max())} from '{prediction.name}'"
-        )
-    annotation.data_setitem(indices, values.astype(target.dtype))
+    accepted = np.where(_plane_mask(source.shape, planes), source, target)
+    write_result(annotation, accepted, Overwrite.REPLACE)
 
 
 @dataclass

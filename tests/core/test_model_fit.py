@@ -55,15 +55,18 @@ def test_a_mismatch_is_put_in_words_and_unknowns_pass():
     assert modality_mismatch(card(), "m", "CT") is None
 
 
-def quality_of(val_dice, label_voxels: int) -> TrainingQuality:
+def quality_of(val_dice, label_voxels: int, held_out: bool = True) -> TrainingQuality:
     data = [{"annotated_voxels": 4096, "label_voxels": {"1": label_voxels}}]
-    return TrainingQuality.of(card(training={"val_dice": val_dice, "data": data}))
+    training = {"val_dice": val_dice, "data": data, "val_held_out": held_out, "val_slices": 2}
+    return TrainingQuality.of(card(training=training))
 
 
 def test_the_training_verdict():
     assert quality_of(0.9, 5000).ready
     junk = quality_of(0.002, 5000)
     assert not junk.ready and junk.problem.startswith("validation Dice 0.002: paint more slices")
+    fit = quality_of(0.002, 5000, held_out=False)  # nothing held out: named for what it is
+    assert fit.problem.startswith("Dice 0.002 fit on the painted slices: paint more slices")
     assert not quality_of(MIN_VAL_DICE - 0.01, 5000).ready
     assert "only 30 voxels" in quality_of(0.99, 30).problem
     assert "never validated" in quality_of(None, 5000).problem

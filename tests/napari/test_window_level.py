@@ -154,21 +154,17 @@ def test_a_painting_labels_layer_keeps_the_mouse(viewer):
     assert window_of(ct).width == pytest.approx(400 + SPAN / 4)
 
 
-def test_values_show_in_the_status_bar_while_dragging(viewer):
-    viewer.add_image(
-        ct_volume(),
-        contrast_limits=(-160, 240),
-        name="CT",
-        metadata={"napari_medai": {"provenance": {"modality": "CT"}}},
-    )
-    install(viewer)
-    seen = []
-    viewer.events.status.connect(lambda event: seen.append(event.value))
+def test_values_are_described_in_the_scans_units(viewer):
+    metadata = {"napari_medai": {"provenance": {"modality": "CT"}}}
+    ct = viewer.add_image(ct_volume(), contrast_limits=(-160, 240), name="CT", metadata=metadata)
+    mr = viewer.add_image(np.ones((5, 40, 50), np.float32), contrast_limits=(0, 2), name="T1")
+    controller = install(viewer)
+    viewer.layers.selection = {ct}
 
     drag(viewer, (200.0, 60.0))
 
-    assert seen[0] == "CT: level 40 HU, width 400 HU"  # on press
-    assert seen[-1] == "CT: level 340 HU, width 1150 HU"  # the last step of the drag
+    assert controller.describe(ct) == "CT: level 340 HU, width 1150 HU"
+    assert controller.describe(mr) == "T1: level 1, width 2"  # MR values have no unit
 
 
 def test_several_selected_images_each_move_within_their_own_range(viewer):

@@ -17,10 +17,11 @@ mode, so a Labels brush, fill or erase never also changes the window:
 - a plain left drag while the window/level mouse mode is on
   (:attr:`WindowLevelDrag.enabled`), instead of panning.
 
-A drag takes the press from the camera (the view does not pan) and shows the
-values in napari's status bar while it lasts (the Window presets dock shows
-them at all times). Not in the canvas's text overlay: showing it the first
-time builds vispy's font atlas, a 0.5 s stall on software OpenGL.
+A drag takes the press from the camera (the view does not pan). The Window
+presets dock shows the values, live (:meth:`WindowLevelDrag.describe`). Not
+napari's status bar: napari rewrites it from the cursor after every move. Nor
+the canvas's text overlay: its first show builds vispy's font atlas, a 0.5 s
+stall on software OpenGL.
 """
 
 from __future__ import annotations
@@ -188,13 +189,10 @@ class WindowLevelDrag:
         ]
         press = np.asarray(event.pos, dtype=float)
         event.handled = True  # the camera must not pan while the window moves
-        viewer.status = describe_window(layers[0], targets[0].unit)
         yield
         while event.type == "mouse_move":
             shift = np.asarray(event.pos, dtype=float) - press
             self.move(targets, (float(shift[0]), float(shift[1])))
-            # After napari's own cursor status for this move, so it stays until the next one.
-            viewer.status = describe_window(layers[0], targets[0].unit)
             yield
 
     def move(self, targets: list[_Target], shift_px: tuple[float, float]) -> None:

@@ -8,7 +8,7 @@ from napari.layers import Labels
 
 from napari_medai._napari import segments as seg
 from napari_medai._napari.label_edits import Overwrite, write_result
-from napari_medai._napari.layers import label_map_from_layer, labels_layer_data
+from napari_medai._napari.layers import label_map_from_layer, labels_layer_data, stored_geometry
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.io.labels import read_segmentation
 from napari_medai.core.io.writing import write_label_map
@@ -175,3 +175,13 @@ def test_a_polygon_over_a_locked_label_is_corrected_after_napari_writes_it(monke
     assert np.count_nonzero(layer.data[2] == 2) > np.count_nonzero(before[2] == 2)
     layer.undo()
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_a_drawn_layer_keeps_its_segments_without_claiming_a_stored_grid():
+    """napari's "new labels" layer has no stored grid; the segment list must not invent one."""
+    layer = Labels(np.zeros((4, 8, 8), np.uint8), scale=(2, 1, 1))
+    seg.add_segment(layer)
+    seg.set_locked(layer, 1, True)
+    assert stored_geometry(layer) is None
+    assert seg.locked_labels(layer) == {1}
+    assert seg.voxel_ml(layer) == pytest.approx(0.002)

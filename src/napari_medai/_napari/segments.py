@@ -3,7 +3,8 @@
 Each label value has a name, a colour, a visibility, a lock and a status. Names
 stay where the plugin always kept them (``metadata["napari_medai"]["label_names"]``,
 and the layer's ``name`` feature); colour, lock and status go beside them in
-``metadata["napari_medai"]["segments"]`` (value -> fields, as
+``metadata["napari_medai"]["segments"]`` (``metadata["napari_medai_segments"]``
+for a layer drawn with napari's "new labels"; value -> fields, as
 :func:`~napari_medai.core.io.writing.label_sidecar` writes them), and the
 colours shown are napari's own ``DirectLabelColormap``. napari 0.9 has no
 per-label visibility, so a hidden segment is drawn fully transparent.
@@ -53,8 +54,16 @@ class Segment:
     status: str
 
 
+#: Where a layer the reader did not make (napari's "new labels") keeps its segments:
+#: an empty ``METADATA_KEY`` entry would claim a stored grid it does not have.
+DRAWN_KEY = "napari_medai_segments"
+
+
 def _info(layer: Labels) -> dict[str, Any]:
-    return layer.metadata.setdefault(METADATA_KEY, {})
+    """The layer's dict holding ``label_names`` and ``segments``."""
+    if METADATA_KEY in layer.metadata:
+        return layer.metadata[METADATA_KEY]
+    return layer.metadata.setdefault(DRAWN_KEY, {})
 
 
 def _state(layer: Labels) -> dict[str, dict[str, Any]]:

@@ -77,6 +77,7 @@ class SegmentListWidget(Container):
         self.table.itemChanged.connect(self._renamed)
         self.table.currentCellChanged.connect(lambda row, *_: self._select(row))
         follow_layer_list(napari_viewer.layers, self._refresh_layers)
+        napari_viewer.layers.selection.events.active.connect(self._refresh_layers)
         self._refresh_layers()
 
     @property

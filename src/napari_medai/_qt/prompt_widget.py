@@ -1,0 +1,368 @@
+"""Dock widget "Prompt": click, box, scribble or lasso one object and get its 3D mask.
+
+Prompts are drawn in a Points and a Shapes layer on the scan's grid; every change updates
+the object's mask in a thread through the JobRunner (the engines import no torch), shown
+in a preview layer. Prompts that arrive while an update runs are coalesced: only the
+latest set is computed next. Commit writes the object into the user's Labels layer as
+label k, one undoable step. One column that scrolls inside the dock; the status wraps.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+
+from napari_medai._napari.label_edits import Overwrite
+from napari_medai._napari.layers import volume_from_layer
+from napari_medai._napari.prompting import (
+    PREVIEW_SUFFIX,
+    PromptObject,
+    commit_object,
+    fill_label,
+    layers_prompts,
+    new_labels_layer,
+    prompt_layers,
+    prompt_update_job,
+    set_polarity,
+    show_preview,
+)
+from napari_medai._qt.job_runner import JobOutcome, JobRunner
+from napari_medai._qt.parts import (
+    follow_layer_list,
+    refresh_scan_pickers,
+    scan_pickers,
+    scroll_column,
+    wrapping,
+)
+from napari_medai.core.errors import MedaiError
+from napari_medai.core.prompt.engine import DEFAULT_ENGINE, ENGINES
+
+if TYPE_CHECKING:
+    import napari
+
+#: Tool -> (layer kind, napari mode).
+TOOLS = {
+    "Point": ("points", "add"),
+    "Box": ("shapes", "add_rectangle"),
+    "Scribble": ("shapes", "add_path"),
+    "Lasso": ("shapes", "add_polygon_lasso"),
+}
+#: Viewer shortcuts while the dock is open (chosen clear of napari's layer shortcuts).
+SHORTCUTS = {
+    "Alt+1": "Point",
+    "Alt+2": "Box",
+    "Alt+3": "Scribble",
+    "Alt+4": "Lasso",
+    "N": "flip",
+    "U": "undo",
+    "Shift+R": "reset",
+    "Shift+Enter": "commit",
+}
+SHORTCUT_HELP = (
+    "Keys: Alt+1..4 point / box / scribble / lasso, N positive/negative, "
+    "U undo prompt, Shift+R reset object, Shift+Enter commit"
+)
+READY = "Pick a scan, then click, box, scribble or lasso the object."
+
+
+class PromptWidget(Container):
+    """Prompt one object at a time into a 3D mask; commit it as a named label."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.labels_layer, self.image_layer = scan_pickers(napari_viewer.layers)
+        self.labels_layer.nullable = True
+        self.labels_layer.choices = self._user_labels
+        self.engine = ComboBox(label="Engine", choices=list(ENGINES), value=DEFAULT_ENGINE)
+        self.tool = ComboBox(label="Tool", choices=list(TOOLS), value="Point")
+        self.positive = CheckBox(text="Positive (marks the object)", value=True)
+        self.label_value = SpinBox(label="Label", min=1, max=65535, value=1)
+        self.label_name = LineEdit(label="Name", value="object")
+        self.policy = ComboBox(
+            label="Existing labels",
+            choices=[("keep them", Overwrite.KEEP), ("overwrite them", Overwrite.OVERWRITE)],
+            value=Overwrite.KEEP,
+        )
+        self.from_mask_button = PushButton(text="Start from this label")
+        self.undo_button = PushButton(text="Undo prompt")
+        self.reset_button = PushButton(text="Reset object")
+        self.commit_button = PushButton(text="Commit")
+        self.fill_button = PushButton(text="Fill between slices")
+        self.keys = wrapping(Label(value=SHORTCUT_HELP))
+        self.status = wrapping(Label(value=READY))
+        super().__init__(labels=False)
+        actions = Container(
+            widgets=[self.undo_button, self.reset_button], layout="horizontal", labels=False
+        )
+        self.form = Container(
+            widgets=[
+                self.image_layer,
+                self.engine,
+                self.tool,
+                self.positive,
+                actions,
+                self.labels_layer,
+                self.label_value,
+                self.label_name,
+                self.policy,
+                self.commit_button,
+                self.from_mask_button,
+                self.fill_button,
+                self.keys,
+            ],
+            labels=True,
+            scrollable=True,
+        )
+        self.runner = JobRunner()
+        scroll_column(self, self.form, self.runner, self.status.native)
+        self.target: PromptObject | None = None
+        self._prepare = QTimer(self.native)  # dies with the dock, so never fires after it
+        self._prepare.setSingleShot(True)
+        self._prepare.timeout.connect(self._prepare_scan)
+        self._order: list[str] = []
+        self._pending = False
+        self._watched: tuple = ()
+        self._connect()
+        follow_layer_list(napari_viewer.layers, self._refresh_layers)
+        self._refresh_layers()
+        self._bind_keys()
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.image_layer.changed.connect(self._scan_changed)
+        self.engine.changed.connect(self.reset)
+        self.tool.changed.connect(self._use_tool)
+        self.positive.changed.connect(self._polarity_changed)
+        self.undo_button.changed.connect(self.undo)
+        self.reset_button.changed.connect(self.reset)
+        self.commit_button.changed.connect(self.commit)
+        self.from_mask_button.changed.connect(self.start_from_label)
+        self.fill_button.changed.connect(self.fill)
+        self.runner.runningChanged.connect(self._update_buttons)
+
+    def _bind_keys(self) -> None:
+        actions = {
+            "flip": lambda: setattr(self.positive, "value", not self.positive.value),
+            "undo": self.undo,
+            "reset": self.reset,
+            "commit": self.commit,
+        }
+        viewer = self._viewer
+        for key, action in SHORTCUTS.items():
+            run = actions.get(action) or (lambda tool=action: setattr(self.tool, "value", tool))
+            viewer.bind_key(key, lambda _viewer, run=run: run(), overwrite=True)
+        weakref.finalize(self, _unbind_keys, viewer)
+
+    def _refresh_layers(self, _event=None) -> None:
+        refresh_scan_pickers(self.labels_layer, self.image_layer)
+        self._update_buttons()
+
+    def _scan_changed(self, _event=None) -> None:
+        self.reset()
+        # Later, not inside the layer list's event: the prompt and preview layers join the
+        # list once, when the scan is picked, so no update pays for making them.
+        self._prepare.start()
+
+    def _prepare_scan(self) -> None:
+        scan = self.image_layer.value
+        if scan is not None:
+            show_preview(self._viewer, scan, None)  # under the prompts, which stay visible
+            self._use_tool()
+
+    def _user_labels(self, _widget=None) -> list[Labels]:
+        """Labels layers to commit into: every one but a prompt preview."""
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, Labels) and not layer.name.endswith(PREVIEW_SUFFIX)
+        ]
+
+    def _layers(self):
+        """The scan's prompt layers (added the first time), watched for new prompts."""
+        scan = self.image_layer.value
+        points, shapes = prompt_layers(self._viewer, scan)
+        if self._watched != (points, shapes):
+            for layer, kind in ((points, "points"), (shapes, "shapes")):
+                layer.events.data.connect(
+                    lambda event, kind=kind: self._prompts_changed(event, kind)
+                )
+            self._watched = (points, shapes)
+            set_polarity(points, shapes, self.positive.value)
+        return points, shapes
+
+    def _use_tool(self, _event=None) -> None:
+        if self.image_layer.value is None:
+            return
+        points, shapes = self._layers()
+        kind, mode = TOOLS[self.tool.value]
+        layer = points if kind == "points" else shapes
+        self._viewer.layers.selection.active = layer
+        layer.mode = mode
+
+    def _polarity_changed(self, _event=None) -> None:
+        if self.image_layer.value is not None:
+            set_polarity(*self._layers(), self.positive.value)
+
+    def _update_buttons(self, _event=None) -> None:
+        has_scan = self.image_layer.value is not None
+        has_mask = self.target is not None and self.target.mask is not None
+        self.commit_button.enabled = has_mask and not self.runner.running
+        self.commit_button.tooltip = "" if has_mask else "Prompt an object first"
+        has_labels = self.labels_layer.value is not None
+        self.fill_button.enabled = has_labels
+        self.from_mask_button.enabled = has_labels and has_scan
+        self.fill_button.tooltip = "" if has_labels else "Pick a Labels layer with label k painted"
+
+    # -- prompting ----------------------------------------------------------------------
+
+    def _points_changed(self, event) -> None:
+        self._prompts_changed(event, "points")
+
+    def _shapes_changed(self, event) -> None:
+        self._prompts_changed(event, "shapes")
+
+    def _prompts_changed(self, event, kind: str) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("added"):
+            self._order.append(kind)
+        if action.split(".")[-1].lower() in ("added", "removed", "changed"):
+            self.update_object()
+
+    def _object(self) -> PromptObject:
+        if self.target is None:
+            volume = volume_from_layer(self.image_layer.value)
+            self.target = PromptObject(volume, self.engine.value)
+        return self.target
+
+    def update_object(self) -> None:
+        """Compute the object for the current prompts; coalesce while an update runs."""
+        if self.image_layer.value is None:
+            self.status.value = "Open or pick a scan first."
+            return
+        if self.runner.running:
+            self._pending = True
+            return
+        self._pending = False
+        try:
+            prompts = layers_prompts(*self._layers(), self._object().volume.spatial_shape)
+        except MedaiError as error:
+            self.status.value = f"Prompt refused: {error}"
+            return
+        target = self.target
+        self.runner.start(
+            lambda: prompt_update_job(target, prompts),
+            lambda result: self._show(target, result),
+            on_finished=self._finished,
+            title="Prompt",
+        )
+
+    def _show(self, target: PromptObject, result) -> None:
+        if target is not self.target:  # reset while it ran
+            return
+        target.mask = result.mask.array.astype(bool)
+        show_preview(self._viewer, self.image_layer.value, result.mask.array)
+        self.status.value = (
+            f"object: {result.ml:.1f} mL ({result.voxels} voxels), "
+            f"updated in {result.seconds:.2f} s"
+        )
+
+    def _finished(self, outcome: JobOutcome) -> None:
+        self._update_buttons()
+        if self._pending:
+            self.update_object()
+
+    def undo(self) -> None:
+        """Remove the last prompt (the object updates)."""
+        if self.image_layer.value is None:
+            return
+        points, shapes = self._layers()
+        layers = {"points": points, "shapes": shapes}
+        while self._order and not len(layers[self._order[-1]].data):
+            self._order.pop()
+        kind = self._order.pop() if self._order else ("shapes" if len(shapes.data) else "points")
+        layer = layers[kind]
+        if len(layer.data):
+            layer.selected_data = {len(layer.data) - 1}
+            layer.remove_selected()
+
+    def reset(self, _event=None) -> None:
+        """Forget the object: clear its prompts and preview, start a new session."""
+        self.target = None
+        self._order = []
+        self._pending = False
+        scan = self.image_layer.value
+        if scan is not None and self._watched:
+            for layer in self._watched:
+                with layer.events.data.blocker():
+                    layer.data = []
+            show_preview(self._viewer, scan, None)
+        self.status.value = READY
+        self._update_buttons()
+
+    def start_from_label(self, _event=None) -> None:
+        """Refine label k of the picked Labels layer: it becomes the object's starting mask."""
+        layer, value = self.labels_layer.value, int(self.label_value.value)
+        if layer is None or self.image_layer.value is None:
+            return
+        initial = np.asarray(layer.data) == value
+        if initial.shape != self.image_layer.value.data.shape or not initial.any():
+            self.status.value = f"'{layer.name}' has no label {value} on this scan's grid."
+            return
+        self.reset()
+        self._object().initial = initial
+        self.target.mask = initial
+        show_preview(self._viewer, self.image_layer.value, initial)
+        self.status.value = f"Refining label {value} of '{layer.name}': add prompts to change it."
+        self._update_buttons()
+
+    def commit(self, _event=None) -> None:
+        """Write the object into the Labels layer as label k (Ctrl+Z undoes), then reset."""
+        if self.runner.running or self._pending:
+            self.status.value = "Still updating: commit when the preview is up to date."
+            return
+        if self.target is None or self.target.mask is None:
+            self.status.value = "Nothing to commit: prompt an object first."
+            return
+        layer = self.labels_layer.value or new_labels_layer(self._viewer, self.image_layer.value)
+        self.labels_layer.value = layer
+        value, name = int(self.label_value.value), self.label_name.value.strip() or "object"
+        try:
+            edit = commit_object(layer, self.target.mask, value, name, self.policy.value)
+        except MedaiError as error:
+            self.status.value = f"Commit refused: {error}"
+            return
+        self.reset()
+        self.status.value = f"Committed '{name}' as label {value}: {edit.message}"
+        self.label_value.value = value + 1
+
+    def fill(self, _event=None) -> None:
+        """Interpolate label k of the Labels layer between its painted slices (undoable)."""
+        layer, value = self.labels_layer.value, int(self.label_value.value)
+        if layer is None:
+            return
+        try:
+            edit, summary = fill_label(layer, value)
+        except MedaiError as error:
+            self.status.value = f"Fill refused: {error}"
+            return
+        self.status.value = f"{summary}; {edit.message}" if edit.changed else summary
+
+
+def _unbind_keys(viewer) -> None:
+    """Take the dock's shortcuts off the viewer (the dock is gone)."""
+    for key in SHORTCUTS:
+        viewer.bind_key(key, None, overwrite=True)

@@ -210,3 +210,12 @@ def test_cli_samples_a_generator_and_explains_bad_input(unconditional, phantom, 
     args = ["gan", "train", str(image), "--labels", str(empty), "--conditional"]
     assert main([*args, "--out", str(tmp_path / "g"), "--max-iters", "1"]) == 2
     assert "labels are empty" in capsys.readouterr().err
+
+
+def test_a_classifier_is_refused_where_a_label_map_is_needed(tmp_path, phantom):
+    """Before: a classifier reached inference and failed with "returned shape ()"."""
+    from cohort_scans import save_tiny_classifier
+
+    classifier = load_model(save_tiny_classifier(tmp_path / "cls"))
+    with pytest.raises(ModelLoadError, match="classification model .* cannot segment"):
+        segment_job(phantom[0], classifier, SegmentConfig(device="cpu"))

@@ -39,8 +39,6 @@ _LOAD_ACTIONS = {LOAD_FILE: "\0load file", LOAD_FOLDER: "\0load folder"}
 _MODEL_FILES = "Model files ({});;All files (*)".format(
     " ".join(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)
 )
-#: The card tasks of the models the Segment dock runs (brain extraction yields a mask too).
-SEGMENTATION_TASKS = ("segmentation", deepbet_card().task)
 
 
 def source_task(source: str | Path) -> str | None:

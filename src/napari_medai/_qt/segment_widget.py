@@ -31,10 +31,11 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.model_picker import SEGMENTATION_TASKS, ModelPicker
+from napari_medai._qt.model_picker import ModelPicker
 from napari_medai._qt.parts import DetailsView, fit_width, follow_layer_list, narrow
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.models.card import SEGMENTATION_TASKS
 from napari_medai.core.models.fit import describe_modality, modality_mismatch
 from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 

@@ -37,6 +37,8 @@ GENERATION_TASK = "generation"
 #: (classification's task name is also kept in its own module;
 #: tests/core/test_card_validation.py checks it is listed here).
 TASKS = ("segmentation", "classification", GENERATION_TASK, "brain extraction")
+#: Tasks whose models output a label map (brain extraction yields a brain mask).
+SEGMENTATION_TASKS = ("segmentation", "brain extraction")
 
 
 @dataclass(frozen=True)
@@ -440,10 +442,13 @@ def package_file(folder: Path, name: str) -> Path:
     return path
 
 
-def refuse_generator(card: ModelCard, action: str) -> None:
-    """Refuse a generator package where a model that predicts labels is needed."""
-    if card.task == GENERATION_TASK:
-        raise ModelLoadError(
-            f"'{card.name}' is an image generator (card task '{GENERATION_TASK}'): it makes "
-            f"synthetic images and cannot {action}; pick a segmentation model"
-        )
+def refuse_non_segmentation(card: ModelCard, action: str) -> None:
+    """Refuse a model whose card task is not to segment, where a label map is needed."""
+    if card.task in SEGMENTATION_TASKS:
+        return
+    does = "it makes synthetic images" if card.task == GENERATION_TASK else "it gives no label map"
+    what = "an image generator" if card.task == GENERATION_TASK else f"a {card.task} model"
+    raise ModelLoadError(
+        f"'{card.name}' is {what} (card task '{card.task}'): {does} and cannot {action}; "
+        "pick a segmentation model"
+    )

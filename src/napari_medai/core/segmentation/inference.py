@@ -37,7 +37,7 @@ from napari_medai.core.devices import (
 )
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress, scaled
-from napari_medai.core.models.card import ModelCard, refuse_generator
+from napari_medai.core.models.card import ModelCard, refuse_non_segmentation
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.preprocessing import (
     CHUNK_VOXELS,
@@ -74,7 +74,7 @@ def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Jo
 
 
 def _check_input(volume: Volume, card: ModelCard) -> None:
-    refuse_generator(card, "segment")
+    refuse_non_segmentation(card, "segment")
     if card.num_classes < 2:
         raise MedaiError(f"the model '{card.name}' names no foreground label to segment")
     check_image_values(volume.array)

@@ -29,7 +29,7 @@ from napari_medai.core.distributed import ddp
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.files import check_can_write
 from napari_medai.core.jobs import Job, Progress
-from napari_medai.core.models.card import CARD_FILE, ModelCard, refuse_generator
+from napari_medai.core.models.card import CARD_FILE, ModelCard, refuse_non_segmentation
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
@@ -197,7 +197,7 @@ def _init_model(init: LoadedModel | str | Path) -> tuple[ModelCard, torch.nn.Mod
     if not isinstance(init, LoadedModel):
         init = load_model(init)
     card = init.card
-    refuse_generator(card, "be fine-tuned for segmentation")
+    refuse_non_segmentation(card, "be fine-tuned for segmentation")
     if card.spacing is not None or card.orientation is not None:
         raise MedaiError(
             f"the model '{card.name}' runs at a fixed spacing or orientation; fine-tuning "

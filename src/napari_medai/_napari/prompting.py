@@ -37,6 +37,8 @@ PREVIEW_COLOR = "#ffd21f"
 POINTS_SUFFIX = " – prompt points"
 SHAPES_SUFFIX = " – prompt shapes"
 PREVIEW_SUFFIX = " – prompt preview"
+#: Where the preview layer keeps the box its object spans.
+PREVIEW_REGION = "prompt_region"
 
 
 def polarity_color(positive: bool) -> str:
@@ -199,24 +201,37 @@ def prompt_update_job(target: PromptObject, prompts: Prompts) -> Job[PromptResul
 
 
 def show_preview(viewer: ViewerModel, scan: Image, mask: np.ndarray | None) -> Labels:
-    """Show ``mask`` (the object so far) in the scan's preview layer, added the first time."""
+    """Show ``mask`` (the object so far) in the scan's preview layer, added the first time.
+
+    Later masks are written in place, only inside the box the old and the new object
+    span: replacing the layer's data would make napari re-measure every layer's extent.
+    """
     name = scan.name + PREVIEW_SUFFIX
-    data = (
-        np.zeros(scan.data.shape, np.uint8) if mask is None else mask.astype(np.uint8, copy=False)
-    )
     layer = _find(viewer, name, Labels)
     if layer is None:
         layer = viewer.add_labels(
-            data,
+            np.zeros(scan.data.shape, np.uint8),
             name=name,
             opacity=0.45,
             colormap={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR},
             **_on_grid(scan),
         )
         layer.contour = 0
-    else:
-        layer.data = data
+    old = layer.metadata.get(PREVIEW_REGION)
+    new = _bounding_region(mask) if mask is not None and mask.any() else None
+    region = _union(old, new)
+    if region is not None:
+        layer.data[region] = 0 if new is None else mask[region]
+        layer.metadata = {**layer.metadata, PREVIEW_REGION: new}
+        layer.refresh()
     return layer
+
+
+def _union(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    """The smallest box of slices holding boxes ``a`` and ``b`` (either may be None)."""
+    if a is None or b is None:
+        return a or b
+    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))
 
 
 def new_labels_layer(viewer: ViewerModel, scan: Image) -> Labels:

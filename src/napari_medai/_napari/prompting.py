@@ -67,6 +67,8 @@ def prompt_layers(viewer: ViewerModel, scan: Image) -> tuple[Points, Shapes]:
             np.empty((0, 3)),
             name=scan.name + POINTS_SUFFIX,
             features={"positive": np.empty(0, dtype=bool)},
+            feature_defaults={"positive": True},
+            face_color=POSITIVE_COLOR,
             size=7,
             border_width=0.1,
             border_color="white",
@@ -78,6 +80,8 @@ def prompt_layers(viewer: ViewerModel, scan: Image) -> tuple[Points, Shapes]:
             name=scan.name + SHAPES_SUFFIX,
             ndim=3,
             features={"positive": np.empty(0, dtype=bool)},
+            feature_defaults={"positive": True},
+            edge_color=POSITIVE_COLOR,
             face_color="transparent",
             edge_width=1.5,
             **_on_grid(scan),
@@ -89,6 +93,9 @@ def set_polarity(points: Points, shapes: Shapes, positive: bool) -> None:
     """The next click or shape marks the object (``positive``) or what is not."""
     color = polarity_color(positive)
     for layer in (points, shapes):
+        # napari applies current colours and feature defaults to the selected items too:
+        # the last click would flip with the next one.
+        layer.selected_data = set()
         layer.feature_defaults = {"positive": positive}
     points.current_face_color = color
     shapes.current_edge_color = color

@@ -86,6 +86,7 @@ class PromptWidget(Container):
         self.labels_layer, self.image_layer = scan_pickers(napari_viewer.layers)
         self.labels_layer.nullable = True
         self.labels_layer.choices = self._user_labels
+        self.labels_layer.tooltip = "Left empty, Commit adds a Labels layer on the scan's grid"
         self.engine = ComboBox(label="Engine", choices=list(ENGINES), value=DEFAULT_ENGINE)
         self.tool = ComboBox(label="Tool", choices=list(TOOLS), value="Point")
         self.positive = CheckBox(text="Positive (marks the object)", value=True)

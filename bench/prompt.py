@@ -2,9 +2,13 @@
 
 The user draws a 3D box with a 10% margin, then clicks deepest inside the largest error region
 (positive in a missed region, negative in a false one), four times. The default engine is
-timed on every update; SimpleITK's seeded watershed and scikit-image's random walker (the
-grow-from-seeds-like baseline installed here; no GrowCut or max-flow package is) run on the
-whole scan with the same prompts as seeds, after the box and after the last click.
+timed on every update; SimpleITK's seeded watershed, scikit-image's random walker (the
+grow-from-seeds-like baseline installed here; itk-growcut is not) and a graph cut with
+histogram likelihood (MONAI Label's scribble method, on PyMaxflow when it is installed) run
+on the whole scan with the same prompts as seeds, after the box and after the last click.
+``liver_512`` is the CT resampled (linear; labels nearest) to 512x512x300 over the same extent,
+to time an organ-sized object on a full-size scan; the baselines are not run there (the issue
+measured 87 s to 280 s per run for them at that size).
 Prints one JSON object. Needs ../shared/data. Usage: python bench/prompt.py
 """
 
@@ -23,7 +27,7 @@ from skimage.segmentation import random_walker
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.prompt.engine import DEFAULT_ENGINE, engine_named
 from napari_medai.core.prompt.prompts import Box, Point, Prompts
-from napari_medai.core.volume import volume_to_sitk
+from napari_medai.core.volume import volume_from_sitk, volume_to_sitk
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CT = ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz")
@@ -34,6 +38,7 @@ CASES = {
     "kidney_3": (*CT, 3),
     "brain2_lesion": ("pyradiomics/brain2_image.nrrd", "pyradiomics/brain2_label.nrrd", 1),
     "breast1_lesion": ("pyradiomics/breast1_image.nrrd", "pyradiomics/breast1_label.nrrd", 1),
+    "liver_512": (*CT, 5, True),
 }
 CLICKS = 4
 
@@ -96,15 +101,74 @@ def walker(volume, prompts: Prompts) -> np.ndarray:
     return labels == 1
 
 
+def graph_cut(volume, prompts: Prompts) -> np.ndarray:
+    """Max-flow with a histogram likelihood learned from the seeds and a contrast term."""
+    import maxflow
+
+    image = volume.array.astype(np.float32)
+    seeds = markers(prompts, volume.spatial_shape)
+    edges = np.linspace(*np.percentile(image, [0.5, 99.5]), 65)
+    bins = np.clip(np.digitize(image, edges) - 1, 0, 63)
+    fg, bg = (np.bincount(bins[seeds == v], minlength=64) + 1.0 for v in (1, 2))
+    unary = (np.log(bg / bg.sum()) - np.log(fg / fg.sum()))[bins]
+    spacing = np.asarray(volume.geometry.spacing)
+    graph = maxflow.Graph[float]()
+    nodes = graph.add_grid_nodes(image.shape)
+    steps = [np.diff(image, axis=axis) for axis in range(3)]
+    beta = 1.0 / (2.0 * np.mean([np.mean(step**2) for step in steps]) + 1e-9)
+    for axis, step in enumerate(steps):
+        weight = np.zeros(image.shape, np.float32)
+        weight[(slice(None),) * axis + (slice(0, -1),)] = np.exp(-beta * step**2) / spacing[axis]
+        structure = np.zeros((3, 3, 3))
+        structure[tuple(2 if a == axis else 1 for a in range(3))] = 1
+        graph.add_grid_edges(nodes, weights=weight, structure=structure, symmetric=True)
+    hard = 1e6
+    graph.add_grid_tedges(
+        nodes,
+        np.maximum(-unary, 0) + hard * (seeds == 1),
+        np.maximum(unary, 0) + hard * (seeds == 2),
+    )
+    graph.maxflow()
+    return ~graph.get_grid_segments(nodes)
+
+
+def baselines_installed() -> list[tuple[str, object]]:
+    """The baselines this environment can run (graph cut needs PyMaxflow)."""
+    methods = [("sitk_seeded_watershed", watershed), ("random_walker", walker)]
+    try:
+        import maxflow  # noqa: F401
+    except ImportError:
+        return methods
+    return [*methods, ("graph_cut_maxflow", graph_cut)]
+
+
+def large(volume, truth: np.ndarray, shape_zyx=(300, 512, 512)):
+    """``volume`` and ``truth`` resampled onto ``shape_zyx`` voxels over the same extent."""
+    image = volume_to_sitk(volume)
+    size = np.asarray(image.GetSize(), float)
+    reference = sitk.Image([int(n) for n in shape_zyx[::-1]], image.GetPixelID())
+    reference.SetOrigin(image.GetOrigin())
+    reference.SetDirection(image.GetDirection())
+    spacing = np.asarray(image.GetSpacing()) * size / np.asarray(shape_zyx[::-1])
+    reference.SetSpacing(spacing.tolist())
+    labels = sitk.GetImageFromArray(truth.astype(np.uint8))
+    labels.CopyInformation(image)
+    big = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear)
+    big_truth = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+    return volume_from_sitk(big), sitk.GetArrayFromImage(big_truth) > 0
+
+
 def timed(function, *args):
     began = time.perf_counter()
     result = function(*args)
     return result, round(time.perf_counter() - began, 3)
 
 
-def run_case(image_path: str, label_path: str, value: int) -> dict:
+def run_case(image_path: str, label_path: str, value: int, enlarge: bool = False) -> dict:
     volume = read_volume(DATA / image_path)
     truth = read_volume(DATA / label_path).array == value
+    if enlarge:
+        volume, truth = large(volume, truth)
     spacing = np.asarray(volume.geometry.spacing)
     session, start_s = timed(engine_named(DEFAULT_ENGINE).start, volume)
     prompts = Prompts((box_around(truth),))
@@ -117,7 +181,7 @@ def run_case(image_path: str, label_path: str, value: int) -> dict:
         if step == 0:
             box_prompts = prompts
     baselines = {}
-    for name, method in (("sitk_seeded_watershed", watershed), ("random_walker", walker)):
+    for name, method in [] if enlarge else baselines_installed():
         box_mask, box_s = timed(method, volume, box_prompts)
         last_mask, last_s = timed(method, volume, prompts)
         baselines[name] = {

@@ -180,3 +180,20 @@ def test_fill_between_slices_finds_the_painted_axis_and_says_when_there_is_nothi
     assert "nothing to fill" in fill_between_slices(organ.astype(np.uint8), (1, 1, 1)).summary()
     with pytest.raises(PromptError, match="3D label map"):
         fill_between_slices(np.zeros((4, 4), np.uint8), (1, 1))
+
+
+def test_working_grid_round_trip_keeps_an_object_in_place():
+    """Coarsening (block means) and refining (linear) keep a box where it was: off by less
+    than one coarse cell, the resolution the engine decides at."""
+    from napari_medai.core.prompt.geodesic import _coarsen, _refine
+
+    image = np.zeros((40, 97, 101), np.float32)
+    image[10:30, 20:70, 33:90] = 1.0
+    coarse = _coarsen(image, (17, 31, 29))
+    back = _refine(coarse, image.shape) > 0.5
+    cell = np.asarray(image.shape) / np.asarray(coarse.shape)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        found = np.flatnonzero(back.any(axis=other))
+        assert abs(found[0] - (10, 20, 33)[axis]) < cell[axis]
+        assert abs(found[-1] - (29, 69, 89)[axis]) < cell[axis]

@@ -131,6 +131,24 @@ def test_a_second_run_into_a_corrected_mask_is_one_undo_step(viewer_with_image):
     np.testing.assert_array_equal(labels.data, second.labels.array)
 
 
+def test_a_second_run_leaves_locked_labels_as_they_are(viewer_with_image):
+    from napari_medai._napari.segments import set_locked
+
+    viewer, image = viewer_with_image
+    volume = segmentation_input(image)
+    target = SegmentationTarget.of(image, "/models/tiny")
+    first = fake_result(volume, 1)
+    [labels, *_] = show_segmentation(viewer, result_layer_data(first, target, "tiny"))
+    set_locked(labels, 2, True)
+    second = fake_result(volume, 2)
+    with pytest.warns(UserWarning, match="locked"):
+        show_segmentation(viewer, result_layer_data(second, target, "tiny"))
+    was_two = first.labels.array == 2
+    np.testing.assert_array_equal(labels.data[was_two], 2)  # finished work stays
+    free = ~was_two & (second.labels.array != 2)
+    np.testing.assert_array_equal(labels.data[free], second.labels.array[free])
+
+
 def test_new_layer_other_model_or_other_shape_adds_layers(viewer_with_image):
     viewer, image = viewer_with_image
     volume = segmentation_input(image)

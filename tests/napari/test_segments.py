@@ -185,3 +185,19 @@ def test_a_drawn_layer_keeps_its_segments_without_claiming_a_stored_grid():
     assert stored_geometry(layer) is None
     assert seg.locked_labels(layer) == {1}
     assert seg.voxel_ml(layer) == pytest.approx(0.002)
+
+
+def test_the_layer_as_every_writer_sees_it_carries_its_segments(tmp_path):
+    """label_map_from_layer feeds File > Save, Export and autosave: segments go with it."""
+    layer = _layer()
+    seg.set_color(layer, 1, (0.9, 0.1, 0.1))
+    seg.set_locked(layer, 2, True)
+    seg.set_status(layer, 1, "done")
+    label_map = label_map_from_layer(layer)
+    assert label_map.metadata["segments"][2]["locked"] is True
+    path = write_label_map(label_map, tmp_path / "organs.seg.nrrd")
+    back = read_segmentation(path)
+    assert back.label_names[1] == "liver"
+    assert back.metadata["segments"][2]["locked"] is True
+    assert back.metadata["segments"][1]["status"] == "done"
+    np.testing.assert_allclose(back.metadata["segments"][1]["color"], (0.9, 0.1, 0.1), atol=1e-3)

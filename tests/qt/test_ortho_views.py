@@ -53,6 +53,7 @@ def view_named(widget: OrthoViewsWidget, plane: str):
 
 def canvas_pixel(qt_viewer, world) -> tuple[float, float]:
     """Where a world point (the view's axes) is drawn on its canvas, in pixels."""
+    QApplication.processEvents()  # the dock fits its canvases once shown: let that happen first
     row, col = qt_viewer.viewer.dims.displayed
     canvas = qt_viewer.canvas
     transform = canvas.view.scene.node_transform(canvas._scene_canvas.scene)

@@ -286,3 +286,24 @@ def test_prompting_never_imports_torch_into_napari():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_a_dock_behind_another_tab_adds_no_layers_until_it_is_shown(
+    make_napari_viewer, phantom, qtbot
+):
+    """Opening a scan while Prompt sits behind a tab must leave the layer list to the user."""
+    volume, _ = phantom
+    viewer = make_napari_viewer(show=True)
+    front, _ = viewer.window.add_plugin_dock_widget("napari-medai", "Segment list")
+    prompt_dock, widget = viewer.window.add_plugin_dock_widget("napari-medai", "Prompt")
+    viewer.window._qt_window.tabifyDockWidget(front, prompt_dock)
+    front.raise_()
+    qtbot.waitUntil(lambda: not widget.native.isVisible())
+    data, kwargs, _ = image_layer_data(volume)
+    scan = viewer.add_image(data, **kwargs)
+    qtbot.wait(100)
+    assert [layer.name for layer in viewer.layers] == [scan.name]
+    assert viewer.layers.selection.active is scan
+    prompt_dock.raise_()
+    qtbot.waitUntil(lambda: bool(widget._watched))  # now the prompt layers join
+    assert len(viewer.layers) > 1

@@ -16,6 +16,8 @@ from napari_medai.core.geometry import WORLD_AXIS_LABELS, Geometry
 from napari_medai.core.volume import LabelMap, Volume
 from napari_medai.core.windows import display_defaults
 
+#: Where a drawn layer (no plugin metadata) keeps its label names and segment fields.
+DRAWN_SEGMENTS_KEY = "napari_medai_segments"
 METADATA_KEY = "napari_medai"
 
 
@@ -119,9 +121,15 @@ def volume_from_layer(layer: Image) -> Volume:
 
 
 def label_map_from_layer(layer: Labels) -> LabelMap:
-    """The LabelMap behind a Labels layer, keeping its label names."""
-    info = layer.metadata.get(METADATA_KEY, {})
+    """The LabelMap behind a Labels layer, keeping its label names and segment fields.
+
+    A layer the plugin made keeps them under :data:`METADATA_KEY`; one drawn with
+    napari's "new labels" button under :data:`DRAWN_SEGMENTS_KEY` (an entry under
+    ``METADATA_KEY`` would claim a stored grid it does not have).
+    """
+    info = layer.metadata.get(METADATA_KEY) or layer.metadata.get(DRAWN_SEGMENTS_KEY, {})
     names = {int(k): v for k, v in info.get("label_names", {}).items()}
+    segments = {int(k): dict(v) for k, v in info.get("segments", {}).items()}
     geometry = layer_geometry(layer)
     data = np.asarray(layer.data)
-    return LabelMap(data, geometry, {"name": layer.name}, names)
+    return LabelMap(data, geometry, {"name": layer.name, "segments": segments}, names)

@@ -246,7 +246,9 @@ class OrthoLink:
         self._seen_slice[layer] = layer._slice_input
 
     def _drop(self, layer: Layer) -> None:
-        copies = self._copies.pop(layer, [])
+        if layer not in self._copies:  # never mirrored (e.g. Points), or dropped already
+            return
+        copies = self._copies.pop(layer)
         self._seen_slice.pop(layer, None)
         self._stale.pop(layer, None)
         layer.events.disconnect(self._on_main_event)

@@ -21,9 +21,9 @@ from napari_medai._napari.layers import METADATA_KEY, image_layer_data, labels_l
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.io.labels import (
     as_label_map,
-    header_label_names,
     looks_like_labels,
     read_segmentation,
+    stored_segments,
 )
 from napari_medai.core.io.reading import can_read, dicom_series_key, distinct_sources
 from napari_medai.core.jobs import run_job
@@ -69,7 +69,7 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
         for warning in volume.metadata.get("warnings", []):
             show_warning(f"{volume.metadata.get('name', 'scan')}: {warning}")
         if looks_like_labels(volume):
-            label_map = as_label_map(volume, header_label_names(source))
+            label_map = as_label_map(volume, *stored_segments(source))
             layers.append(labels_layer_data(label_map))
         else:
             data, kwargs, kind = image_layer_data(volume)

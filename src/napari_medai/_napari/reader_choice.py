@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import napari
 from napari.settings import NapariSettings, get_settings
 from napari.utils.notifications import show_info
 
@@ -41,6 +42,8 @@ PLUGIN = "napari-medai"
 READER_PATTERNS = {
     "*.nii": "scan.nii",
     "*.nii.gz": "scan.nii.gz",
+    "*.hdr": "scan.hdr",
+    "*.hdr.gz": "scan.hdr.gz",
     "*.nrrd": "scan.nrrd",
     "*.nhdr": "scan.nhdr",
     "*.mha": "scan.mha",
@@ -49,6 +52,7 @@ READER_PATTERNS = {
     "*.mgh": "scan.mgh",
     "*.dcm": "slice.dcm",
     "*.DCM": "slice.DCM",
+    "*.dicom": "slice.dicom",
     "*.ima": "slice.ima",
     "*.IMA": "slice.IMA",
     "*.zip": "series.zip",
@@ -74,6 +78,14 @@ def activate(context: Any = None) -> None:
         start()
     except Exception:  # nor may a failed autosave: it says so in the log
         logger.warning("could not start autosaving Labels layers", exc_info=True)
+    try:
+        from napari_medai._napari.window_level import install
+
+        viewer = napari.current_viewer()
+        if viewer is not None:
+            install(viewer)  # Ctrl+drag sets window/level before any dock is opened
+    except Exception:  # nor may the mouse binding
+        logger.warning("could not add window/level by mouse drag", exc_info=True)
 
 
 def claim_medical_readers(settings: NapariSettings | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from napari_medai._napari.layers import (
     labels_layer_data,
     volume_from_layer,
 )
+from napari_medai._napari.segments import locked_labels
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.segmentation.config import SegmentResult
 from napari_medai.core.volume import Volume
@@ -179,7 +180,7 @@ def _update(layer: Layer, data: np.ndarray, kwargs: dict[str, Any]) -> None:
     """
     same_grid = np.allclose(layer.affine.affine_matrix, kwargs["affine"])
     if isinstance(layer, Labels) and same_grid and _fits(layer, data):
-        write_result(layer, data, Overwrite.REPLACE)
+        write_result(layer, data, Overwrite.REPLACE, locked=locked_labels(layer))
     else:
         if not same_grid:
             layer.affine = kwargs["affine"]

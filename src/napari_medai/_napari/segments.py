@@ -29,7 +29,12 @@ from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
 from napari_medai._napari.label_edits import BACKGROUND
-from napari_medai._napari.layers import METADATA_KEY, label_map_from_layer, layer_geometry
+from napari_medai._napari.layers import (
+    DRAWN_SEGMENTS_KEY,
+    METADATA_KEY,
+    label_map_from_layer,
+    layer_geometry,
+)
 from napari_medai.core.io.writing import SEGMENT_STATUSES, label_counts
 from napari_medai.core.volume import LabelMap
 
@@ -54,16 +59,11 @@ class Segment:
     status: str
 
 
-#: Where a layer the reader did not make (napari's "new labels") keeps its segments:
-#: an empty ``METADATA_KEY`` entry would claim a stored grid it does not have.
-DRAWN_KEY = "napari_medai_segments"
-
-
 def _info(layer: Labels) -> dict[str, Any]:
     """The layer's dict holding ``label_names`` and ``segments``."""
     if METADATA_KEY in layer.metadata:
         return layer.metadata[METADATA_KEY]
-    return layer.metadata.setdefault(DRAWN_KEY, {})
+    return layer.metadata.setdefault(DRAWN_SEGMENTS_KEY, {})
 
 
 def _state(layer: Labels) -> dict[str, dict[str, Any]]:

@@ -38,6 +38,7 @@ from napari_medai._napari.segmentation import (
     prediction_display,
     show_segmentation,
 )
+from napari_medai._napari.segments import locked_labels
 from napari_medai.core import catalogue
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.jobs import Job
@@ -210,7 +211,7 @@ def _copy_planes(prediction: Labels, annotation: Labels, planes: list[np.ndarray
     source = np.asarray(prediction.data)
     target = np.asarray(annotation.data)
     accepted = np.where(_plane_mask(source.shape, planes), source, target)
-    write_result(annotation, accepted, Overwrite.REPLACE)
+    write_result(annotation, accepted, Overwrite.REPLACE, locked=locked_labels(annotation))
 
 
 @dataclass

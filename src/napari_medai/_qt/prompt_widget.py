@@ -24,6 +24,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QDockWidget
 
 from napari_medai._napari.label_edits import Overwrite
 from napari_medai._napari.layers import volume_from_layer
@@ -133,6 +134,7 @@ class PromptWidget(Container):
         self._prepare = QTimer(self.native)  # dies with the dock, so never fires after it
         self._prepare.setSingleShot(True)
         self._prepare.timeout.connect(self._prepare_scan)
+        self._waiting_for_view = False
         self._order: list[str] = []
         self._pending = False
         self._watched: tuple = ()
@@ -179,10 +181,32 @@ class PromptWidget(Container):
         self._prepare.start()
 
     def _prepare_scan(self) -> None:
+        """Add the scan's prompt layers and pick the tool, once the dock is in view.
+
+        A dock behind another tab must not add layers to every scan opened, nor take
+        the active layer and its mode from the user's painting.
+        """
         scan = self.image_layer.value
-        if scan is not None:
-            show_preview(self._viewer, scan, None)  # under the prompts, which stay visible
-            self._use_tool()
+        if scan is None:
+            return
+        if self.native.visibleRegion().isEmpty():  # behind another tab, or not shown yet
+            self._prepare_when_in_view()
+            return
+        show_preview(self._viewer, scan, None)  # under the prompts, which stay visible
+        self._use_tool()
+
+    def _prepare_when_in_view(self) -> None:
+        """Prepare the scan when the dock's tab is raised (QDockWidget.visibilityChanged)."""
+        dock = self.native.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is not None and not self._waiting_for_view:
+            self._waiting_for_view = True
+            dock.visibilityChanged.connect(self._on_view_changed)
+
+    def _on_view_changed(self, visible: bool) -> None:
+        if visible:
+            self._prepare.start()
 
     def _user_labels(self, _widget=None) -> list[Labels]:
         """Labels layers to commit into: every one but a prompt preview."""

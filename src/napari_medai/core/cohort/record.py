@@ -34,6 +34,7 @@ TABLE_COLUMNS = (
     "input",
     "status",
     "error",
+    "warning",
     "input_sha256",
     "fingerprint",
     "outputs",

@@ -50,6 +50,9 @@ PLUGIN = "napari-medai"
 SAMPLE = "phantom_ct"
 #: The dock shown in front of those sharing its tab.
 FRONT_DOCK = "Train"
+#: The docks the demo opens: the annotate-train-segment loop and its neighbours. The
+#: others are one click away in Plugins > napari-medai (``--all-docks`` opens them too).
+DEMO_DOCKS = ("Segment", "Train", "Prompt", "Segment list", "Window presets", "Export")
 #: Folder name of the demo model trained on the phantom (in the user's model folder).
 DEMO_MODEL = "phantom-liver-demo"
 #: Steps of the demo model: on the phantom's liver, 150 steps reach a validation
@@ -224,9 +227,12 @@ def wait_for(worker: Any, timeout_s: float = 600.0) -> None:
         time.sleep(0.02)
 
 
-def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[Viewer, dict[str, Any]]:
+def open_viewer(
+    path: str | None = None, demo_model: bool = False, docks: tuple[str, ...] | None = DEMO_DOCKS
+) -> tuple[Viewer, dict[str, Any]]:
     """A napari viewer with every widget of the plugin docked and a scan loaded.
 
+    ``docks`` names the docks to open (None: every dock of the plugin).
     ``demo_model`` starts training the phantom's demo model in the background
     when the phantom is shown and the model is missing (its thread worker is
     ``widgets["demo training"]``). Returns the viewer and the docked widgets by
@@ -243,20 +249,19 @@ def open_viewer(path: str | None = None, demo_model: bool = False) -> tuple[View
     # exists, so its notification about the preferences shows in the window.
     plugins.activate(PLUGIN)
     manifest = plugins.get_manifest(PLUGIN)
-    widgets, docks = {}, {}
-    for widget in manifest.contributions.widgets or []:
-        dock, docked = viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
-        widgets[widget.display_name] = docked
-        docks[widget.display_name] = dock
+    names = [widget.display_name for widget in manifest.contributions.widgets or []]
+    widgets, opened = {}, {}
+    for name in names if docks is None else [name for name in names if name in docks]:
+        opened[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     # Docks other than Segment and Train share a tab with Train, leaving the
     # canvas room on a laptop screen; Train stays in front, Segment below it
-    # takes the height left (its results and details grow downwards).
-    front, segment = docks.get(FRONT_DOCK), docks.get("Segment")
+    # takes the height left; every dock scrolls inside itself.
+    front, segment = opened.get(FRONT_DOCK), opened.get("Segment")
     if front is not None:
         window = front.parentWidget()
         if segment is not None:
             window.splitDockWidget(front, segment, Qt.Orientation.Vertical)
-        for name, dock in docks.items():
+        for name, dock in opened.items():
             if name not in (FRONT_DOCK, "Segment"):
                 window.tabifyDockWidget(front, dock)
         QApplication.processEvents()
@@ -310,6 +315,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="with the phantom, train its small liver model once if missing (in the background)",
     )
     parser.add_argument(
+        "--all-docks",
+        action="store_true",
+        help=f"open every dock of the plugin, not only {', '.join(DEMO_DOCKS)}",
+    )
+    parser.add_argument(
         "--segment",
         action="store_true",
         help="run the Segment dock once (with the model it picks) before showing",
@@ -324,7 +334,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace, screenshot: Path | None) -> int:
-    viewer, widgets = open_viewer(args.path, args.demo_model)
+    viewer, widgets = open_viewer(
+        args.path, args.demo_model, None if args.all_docks else DEMO_DOCKS
+    )
     if "demo training" in widgets and (args.segment or screenshot is not None):
         wait_for(widgets["demo training"])
     if args.segment:

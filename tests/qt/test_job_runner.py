@@ -244,6 +244,20 @@ def test_user_warnings_are_shown_once_and_developer_warnings_not(qtbot, runner, 
     ]
 
 
+def test_a_warning_napari_raises_during_a_job_is_not_named_after_the_job(
+    qtbot, runner, notifications
+):
+    """superqt catches every warning while a job runs; one from the GUI thread is napari's."""
+    state = JobState()
+    runner.start(partial(endless_job, state), lambda _result: None, title="Train")
+    assert state.started.wait(5)
+    warnings.warn("a layer's contrast limits were reset", UserWarning, stacklevel=1)
+    runner.cancel()
+    wait_idle(qtbot, runner)
+    messages = [n.message for n in notifications if n.severity == NotificationSeverity.WARNING]
+    assert messages == ["a layer's contrast limits were reset"]
+
+
 def test_deleting_the_widget_stops_its_job(qtbot):
     runner = JobRunner()
     state = JobState()

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QThread, QTimer, Signal
 from qtpy.QtGui import QShowEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import GeneratorWorker
@@ -161,6 +161,8 @@ class JobRunner(QWidget):
 
     #: Emitted with True when a job starts and False when it has ended.
     runningChanged = Signal(bool)
+    #: A warning the job's own thread raised, handed to the GUI thread (see _route_warning).
+    _jobWarned = Signal(tuple)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -201,6 +203,7 @@ class JobRunner(QWidget):
         # clear a Python slot before Qt calls it, which crashes the process.
         self._workers: set[GeneratorWorker] = set()
         weakref.finalize(self, _quit_all, self._workers)
+        self._jobWarned.connect(self._on_warned)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt's name)
         """Once docked, its dock paints apart from napari's canvas (see :func:`paint_apart`)."""
@@ -266,7 +269,8 @@ class JobRunner(QWidget):
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
-        worker.warned.connect(self._on_warned)
+        # Direct: _route_warning runs in the thread that warned, so it can tell whose it is.
+        worker.warned.connect(self._route_warning, Qt.ConnectionType.DirectConnection)
         worker.finished.connect(self._on_finished)
         self._run = _Run(title, worker, on_result, on_progress, on_finished)
         self._workers.add(worker)
@@ -383,6 +387,21 @@ class JobRunner(QWidget):
             exc = exc.__cause__
         if self._run is not None:
             self._run.error = self._run.error or exc
+
+    def _route_warning(self, showwarning_args: tuple) -> None:
+        """Tell the job's warnings from napari's own.
+
+        While a job runs, superqt catches every warning of the process for it,
+        napari's included. One raised on the GUI thread is napari's: it is shown
+        as napari shows warnings, without this job's name; the job's own (from its
+        thread, relayed from the worker process) go on to :meth:`_on_warned`.
+        """
+        if QThread.currentThread() is self.thread():
+            message, category = showwarning_args[0], showwarning_args[1]
+            if not issubclass(category, _DEVELOPER_WARNINGS):
+                show_warning(str(message))
+            return
+        self._jobWarned.emit(showwarning_args)
 
     def _on_warned(self, showwarning_args: tuple) -> None:
         message, category = showwarning_args[0], showwarning_args[1]

@@ -412,7 +412,8 @@ def test_a_junk_model_is_reported_plainly_and_listed_only_when_kept(qtbot, widge
     assert "validation Dice 0.002: paint more slices" in status and "Trained: best" not in status
     assert "liver" not in listed_names()
     assert not widget.keep_button.native.isHidden() and widget.last_model == draft
-    assert "Validation Dice: 0.002 on held-out slices" in widget.details.text()
+    assert "Validation Dice: 0.002 on " in widget.details.text()
+    assert "held out from training" in widget.details.text()
 
     click(qtbot, widget.keep_button)
     assert widget.last_model == models_dir / "liver" and not draft.exists()
@@ -420,6 +421,10 @@ def test_a_junk_model_is_reported_plainly_and_listed_only_when_kept(qtbot, widge
     assert entry.title == "liver" and entry.labels == ("liver",) and entry.modality == "CT"
     assert entry.summary.startswith("liver · liver · CT · ") and entry.summary.endswith("Dice 0.00")
     assert widget.keep_button.native.isHidden()
+    fit = draft_package(models_dir, "spleen", val_dice=0.002, label_voxels=600, held_out=0)
+    widget._training_finished(fit, JobOutcome.DONE)
+    details = widget.details.text()  # nothing was held out: never called a validation
+    assert "Dice fit on the painted slices: 0.002" in details and "Validation" not in details
 
 
 def test_too_few_painted_voxels_is_reported(widget, models_dir):

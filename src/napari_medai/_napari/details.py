@@ -14,6 +14,7 @@ from napari.layers import Labels, Layer
 
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
 from napari_medai.core.models.card import ModelCard
+from napari_medai.core.training.quality import TrainingQuality
 
 #: Settings of a run worth showing (the rest are defaults few users change).
 _SETTINGS = ("device", "tta", "probabilities", "uncertainty", "overlap")
@@ -85,11 +86,10 @@ def model_rows(card: ModelCard) -> Rows:
         rows.append(("For", card.modality + (f" {card.body_region}" if card.body_region else "")))
     if "dimensionality" in info:
         rows.append(("Network", f"{card.architecture} {info['dimensionality']}"))
-    dice = info.get("val_dice")
-    held_out = "held-out slices" if info.get("val_held_out") else "the training slices"
-    rows.append(
-        ("Validation Dice", "not validated" if dice is None else f"{dice:.3f} on {held_out}")
-    )
+    quality = TrainingQuality.of(card)
+    dice = quality.val_dice
+    name = quality.dice_name[0].upper() + quality.dice_name[1:]
+    rows.append((name, "not measured" if dice is None else f"{dice:.3f} on {quality.measured_on}"))
     data = info.get("data") or []
     painted = sum(sum(pair.get("label_voxels", {}).values()) for pair in data)
     slices = sum(pair.get("painted_slices", {}).get("z", 0) for pair in data)

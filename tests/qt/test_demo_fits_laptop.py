@@ -39,3 +39,14 @@ def test_every_dock_open_fits_a_laptop_screen_and_leaves_the_canvas_room(
     window_size, canvas_size = _fits(viewer)
     assert window_size == SCREEN, f"expanded views grew the window to {window_size}"
     assert canvas_size[0] >= CANVAS[0] and canvas_size[1] >= CANVAS[1], canvas_size
+
+
+def test_long_details_scroll_inside_a_bounded_height(qtbot):
+    details = DetailsView()
+    qtbot.addWidget(details)
+    details.show_rows([(f"row {k}", "a value " * 8) for k in range(60)])
+    details.expand(animate=False)
+    details.show()
+    qtbot.waitExposed(details)
+    header = details.sizeHint().height() - DetailsView.MAX_HEIGHT
+    assert header < 80  # the rest is the bounded, scrolling view of 60 rows

@@ -145,13 +145,22 @@ def narrow(combo: QComboBox, chars: int = COMBO_CHARS) -> None:
 class DetailsView(QCollapsible):
     """Collapsed by default; shows rows as a small two-column table, selectable text."""
 
+    #: Tallest the expanded rows may be; longer ones scroll inside it, never growing the dock.
+    MAX_HEIGHT = 240
+
     def __init__(self, title: str = "Details", parent: QWidget | None = None) -> None:
         super().__init__(title, parent)
         self.label = QLabel(EMPTY)
         self.label.setWordWrap(True)
         self.label.setTextFormat(Qt.TextFormat.RichText)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.addWidget(self.label)
+        scroll = QScrollArea()
+        scroll.setWidget(self.label)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMaximumHeight(self.MAX_HEIGHT)
+        self.addWidget(scroll)
         self.rows: Rows = []
 
     def show_rows(self, rows: Rows, empty: str = EMPTY) -> None:

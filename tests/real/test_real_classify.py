@@ -99,7 +99,7 @@ def test_grad_cam_of_a_kidney_classifier_lights_up_the_kidneys(shared_data, tmp_
     """The issue's measure: on held-out kidney slices, heat inside the kidneys >= 2x outside.
 
     The "kidney present" classifier learns from 32x32 boxes on slices 0-11 and
-    runs on every slice (core/classification/windows.py: box-sized windows for
+    runs on every slice (core/classification/slice_tiles.py: box-sized windows for
     the verdicts, Grad-CAM of the whole slice at the boxes' scale). Outside is
     the rest of the body, not the air around it.
     """

@@ -9,7 +9,7 @@ described by :meth:`~napari_medai.core.classification.heldout.HeldOutSet.describ
 and tagged with the model's name. Evaluating on the split a training run held
 out gives that run's held-out figures again. A model trained on boxes is
 scored on picked slices by its per-slice verdicts over box-sized windows, as
-"every slice" classifies (:mod:`~napari_medai.core.classification.windows`).
+"every slice" classifies (:mod:`~napari_medai.core.classification.slice_tiles`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from napari_medai.core.classification.heldout import HeldOutSet
 from napari_medai.core.classification.inference import Batches, classify_job
 from napari_medai.core.classification.metrics import classification_metrics
 from napari_medai.core.classification.model import check_classifier, class_names
-from napari_medai.core.classification.windows import learnt_box
+from napari_medai.core.classification.slice_tiles import learnt_box
 from napari_medai.core.devices import (
     CPU,
     choose_device,

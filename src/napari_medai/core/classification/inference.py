@@ -8,7 +8,7 @@ batch holds one input unless an earlier job timed this model on inputs of
 this size. On a GPU out-of-memory error the devices' fallback ladder halves
 the batch, then moves to the CPU. A classifier trained on boxes reads every
 slice as box-sized windows, and its heat maps cover whole slices (see
-:mod:`~napari_medai.core.classification.windows`).
+:mod:`~napari_medai.core.classification.slice_tiles`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from napari_medai.core.classification.inputs import (
     VolumeInput,
 )
 from napari_medai.core.classification.model import check_classifier, class_names
-from napari_medai.core.classification.windows import (
+from napari_medai.core.classification.slice_tiles import (
     SliceWindows,
     WholeSlices,
     check_window_axis,

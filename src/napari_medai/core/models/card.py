@@ -291,7 +291,7 @@ def _training_data(value: Any) -> None:
 
 
 def _training_sources(value: Any) -> None:
-    """A classifier's boxes: their edges decide how it tiles slices (``classification.windows``).
+    """A classifier's boxes: their edges decide how it tiles slices (classification.slice_tiles).
 
     Sources that are not two numbers are ignored there (a slice model, an old
     card), so only a box edge that would be used is bounded.

@@ -11,7 +11,7 @@ from napari_medai.core.classification.evaluation import evaluate_job
 from napari_medai.core.classification.examples import examples_from_regions
 from napari_medai.core.classification.heldout import HeldOutSet
 from napari_medai.core.classification.inference import classify_job
-from napari_medai.core.classification.windows import SliceWindows, WholeSlices, learnt_box
+from napari_medai.core.classification.slice_tiles import SliceWindows, WholeSlices, learnt_box
 from napari_medai.core.jobs import run_job
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.loaded import LoadedModel

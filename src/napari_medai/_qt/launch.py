@@ -220,11 +220,18 @@ def train_demo_model_in_background(segment: Any) -> Any:
 
 
 def wait_for(worker: Any, timeout_s: float = 600.0) -> None:
-    """Run the event loop until ``worker`` has finished (for screenshots and --segment)."""
+    """Run the event loop until ``worker`` has finished (for screenshots and --segment).
+
+    Its ``finished`` signal, not ``is_running``: a worker just started is not
+    running yet until the thread pool picks it up.
+    """
+    finished: list[bool] = []
+    worker.finished.connect(lambda: finished.append(True))
     deadline = time.monotonic() + timeout_s
-    while worker.is_running and time.monotonic() < deadline:
+    while not finished and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
+    QApplication.processEvents()  # the returned handler: the model list picks the model
 
 
 def open_viewer(

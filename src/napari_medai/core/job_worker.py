@@ -111,6 +111,8 @@ def _run_one(conn: Connection, target: str, args: tuple, env: dict, cwd: str) ->
                     return
                 _relay_warnings(conn, caught)
                 send(conn, (PROGRESS, event))
+        except (BrokenPipeError, ConnectionResetError):
+            raise  # the parent has gone: nobody to tell (serve ends quietly)
         except Exception as exc:
             _relay_warnings(conn, caught)
             error = exc if _travels(exc) else MedaiError(f"{type(exc).__name__}: {exc}")
@@ -131,7 +133,10 @@ def serve(conn: Connection) -> None:
         if request is None:
             return
         if request != CANCEL:  # a cancel that came after its job had ended
-            _run_one(conn, *request)
+            try:
+                _run_one(conn, *request)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # napari closed mid-job; the job's own cleanup has run
 
 
 def connect() -> Connection:

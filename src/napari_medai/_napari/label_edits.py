@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from napari.layers import Labels
@@ -24,7 +24,7 @@ from napari_medai.core.errors import GeometryError, MedaiError
 BACKGROUND = 0
 
 
-class Overwrite(str, Enum):
+class Overwrite(StrEnum):
     """How a result meets the labels already in the layer."""
 
     #: Only background voxels take the result: every label the user has stays.

@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from napari.qt.threading import create_worker
@@ -55,7 +55,7 @@ _QUIET_BUSY_S = 1.0
 _DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
-class JobOutcome(str, Enum):
+class JobOutcome(StrEnum):
     """How a job ended, passed to ``on_finished``."""
 
     DONE = "done"

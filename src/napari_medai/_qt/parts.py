@@ -202,13 +202,16 @@ def wrapping(label: Label) -> Label:
     return label
 
 
-def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
+def scroll_column(
+    dock: Container, form: Container, *below: QWidget, pinned: tuple[QWidget, ...] = ()
+) -> None:
     """Lay ``dock`` out as one column that scrolls inside the dock when space is short.
 
     ``form`` is a ``scrollable`` magicgui Container; ``below`` (Qt parts
-    magicgui has no widget for: a job runner, a status line) go under its
-    fields at full width. napari docks ``dock.native``, so the scroll area
-    goes in there.
+    magicgui has no widget for: results, notes) go under its fields at full
+    width and scroll with them; ``pinned`` (progress, a status line) stay in
+    view under the scroll area. napari docks ``dock.native``, so the scroll
+    area goes in there.
     """
     rows = form.native.layout()
     for widget in below:
@@ -218,7 +221,8 @@ def scroll_column(dock: Container, form: Container, *below: QWidget) -> None:
     fit_width(scroll)
     layout = dock.native.layout()
     layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(scroll)
+    for part in (scroll, *pinned):
+        layout.addWidget(part)
 
 
 class _FitWidth(QObject):

@@ -32,7 +32,7 @@ from napari_medai._napari.segmentation import (
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.model_picker import ModelPicker
-from napari_medai._qt.parts import DetailsView, fit_width, follow_layer_list, narrow
+from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow, scroll_column
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.card import SEGMENTATION_TASKS
@@ -118,15 +118,8 @@ class SegmentWidget(Container):
     def _layout_dock(self) -> None:
         """The form, its notes and Details scroll inside the dock; progress and status stay
         in view below it, so the dock fits a small screen and a result never grows it."""
-        rows = self.form.native.layout()
-        for widget in (self.fit_warning, self.reason, self.details):
-            rows.addWidget(widget)
-        rows.addStretch(1)
-        layout = self.native.layout()
-        layout.setContentsMargins(0, 0, 0, 0)
-        for part in (self.form.root_native_widget, self.runner, self.status):
-            layout.addWidget(part)
-        fit_width(self.form.root_native_widget)
+        notes = (self.fit_warning, self.reason, self.details)
+        scroll_column(self, self.form, *notes, pinned=(self.runner, self.status))
 
     # Pickers ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from napari_medai._napari.training import (
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import DetailsView, fit_width
+from napari_medai._qt.parts import DetailsView, scroll_column
 from napari_medai._qt.plot import LivePlot
 from napari_medai._qt.review_panel import ReviewPanel
 from napari_medai._qt.train_form import TrainForm
@@ -102,19 +102,12 @@ class TrainWidget(TrainForm):
         layers.selection.events.active.connect(self.reviewer.update_details)
         self.keep_button.visible = False
         self.add_pair()
-        fit_width(self.form.root_native_widget)
 
     def _layout_dock(self) -> None:
         """The form, plot, review and Details scroll inside the dock; progress and status
         stay in view below, so the dock fits a small screen and a result never grows it."""
-        rows = self.form.native.layout()
-        for widget in (self.plot, self.keep_button.native, self.reviewer.native, self.details):
-            rows.addWidget(widget)
-        rows.addStretch(1)
-        layout = self.native.layout()
-        layout.setContentsMargins(0, 0, 0, 0)
-        for part in (self.form.root_native_widget, self.runner, self.status):
-            layout.addWidget(part)
+        results = (self.plot, self.keep_button.native, self.reviewer.native, self.details)
+        scroll_column(self, self.form, *results, pinned=(self.runner, self.status))
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers into every picker (napari calls this on layer changes)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -272,7 +272,7 @@ def _classify(
     card = model.card
     names = class_names(card)
     started = time.perf_counter()
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     home = _parameter_device(model.network)
     heat: HeatMaps | None = None
     windows: ContextWindows | None = None

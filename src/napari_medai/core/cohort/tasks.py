@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -234,7 +234,7 @@ def failed_row(item: ScanItem, spec: TaskSpec, reason: str, seconds: float = 0.0
         "error": reason,
         "outputs": [],
         "seconds": {"total": round(seconds, 3)},
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "worker": os.getpid(),
     }
 
@@ -270,7 +270,7 @@ class CohortWorker:
             "outputs": names,
             "output_sha256": output_hash,
             "seconds": seconds,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "worker": os.getpid(),
             **facts,
         }

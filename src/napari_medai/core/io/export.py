@@ -144,7 +144,7 @@ def _sidecar(
         output_sha256=content_sha256(written),
         source_sha256=content_sha256(source) if source is not None and source.exists() else None,
         plugin_version=__version__,
-        exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        exported=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         warnings=warnings,
     )
     return sidecar

@@ -100,17 +100,7 @@ class DicomSegExporter:
     def write_job(self, label_map: LabelMap, path: Path, request: ExportRequest) -> Job[Path]:
         from napari_medai.core.io.dicom_seg import write_dicom_seg_job
 
-        return (
-            yield from write_dicom_seg_job(
-                label_map,
-                request.series,
-                path,
-                request.dicom,
-                request.provenance,
-                request.colors,
-                request.overwrite,
-            )
-        )
+        return (yield from _on_series(write_dicom_seg_job, label_map, path, request))
 
 
 @dataclass(frozen=True)
@@ -127,20 +117,25 @@ class RtstructExporter:
     def write_job(self, label_map: LabelMap, path: Path, request: ExportRequest) -> Job[Path]:
         from napari_medai.core.io.rtstruct import write_rtstruct_job
 
-        return (
-            yield from write_rtstruct_job(
-                label_map,
-                request.series,
-                path,
-                request.dicom,
-                request.provenance,
-                request.colors,
-                request.overwrite,
-            )
-        )
+        return (yield from _on_series(write_rtstruct_job, label_map, path, request))
 
 
 #: Every export format, in the order the dock and the CLI offer them.
+
+
+def _on_series(writer: Any, label_map: LabelMap, path: Path, request: ExportRequest) -> Job[Path]:
+    """A DICOM writer's job: the mask on the request's source series, with its settings."""
+    return writer(
+        label_map,
+        request.series,
+        path,
+        request.dicom,
+        request.provenance,
+        request.colors,
+        request.overwrite,
+    )
+
+
 EXPORTERS: tuple[Exporter, ...] = (
     LabelFileExporter("nifti", "NIfTI (.nii.gz)", ".nii.gz", (".nii.gz", ".nii")),
     LabelFileExporter("nrrd", "NRRD (.nrrd)", ".nrrd", (".nrrd",)),

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,7 @@ def _segment(
 ) -> Job[SegmentResult]:
     card = model.card
     started = time.perf_counter()
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     home = _parameter_device(model.network)
     runner = _Runner(model, config, device)
     durations: dict[str, float] = {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
 import torch
@@ -36,8 +38,11 @@ REAL_FILES = [
 ]
 
 
-def save_tiny_model(folder: Path) -> Path:
-    """A two-class UNet running at 8 mm in LPS (so every scan is resampled and mapped back)."""
+def save_tiny_model(folder: Path, **card_fields: Any) -> Path:
+    """A two-class UNet running at 8 mm in LPS (so every scan is resampled and mapped back).
+
+    ``card_fields`` change the card (a name, the modality it is made for).
+    """
     card = ModelCard(
         name="tiny seg",
         architecture="UNet",
@@ -48,6 +53,7 @@ def save_tiny_model(folder: Path) -> Path:
         orientation="LPS",
         intensity={"kind": "window", "low": -200.0, "high": 300.0},
     )
+    card = replace(card, **card_fields)
     torch.manual_seed(0)
     network = build_network(card)
     final = [m for m in network.modules() if getattr(m, "bias", None) is not None][-1]

@@ -12,14 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from cohort_scans import save_tiny_classifier, save_tiny_model, write_cohort
 
 from napari_medai._qt.cohort_widget import CohortWidget
 from napari_medai.core.cohort.record import RECORD_FILE
-from napari_medai.core.models.card import ModelCard
-from napari_medai.core.models.networks import build_network
-from napari_medai.core.models.package import save_model_package
 
 #: A run starts the worker process, which imports torch and MONAI: slow on a busy machine.
 RUN_TIMEOUT_MS = 240_000
@@ -36,19 +32,7 @@ def widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
 
 def ct_model(folder: Path) -> Path:
     """A tiny two-class segmentation package whose card says it is made for CT."""
-    card = ModelCard(
-        name="tiny CT seg",
-        architecture="UNet",
-        architecture_args={"channels": [4, 8], "strides": [2], "num_res_units": 0},
-        label_names={0: "background", 1: "organ"},
-        patch_size=[16, 16, 16],
-        spacing=[8.0, 8.0, 8.0],
-        orientation="LPS",
-        intensity={"kind": "window", "low": -200.0, "high": 300.0},
-        modality="CT",
-    )
-    torch.manual_seed(0)
-    return save_model_package(folder, card, build_network(card))
+    return save_tiny_model(folder, name="tiny CT seg", modality="CT")
 
 
 def write_mr(path: Path) -> Path:

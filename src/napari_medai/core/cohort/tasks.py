@@ -79,19 +79,13 @@ class SegmentTask:
         return [f"{item.id}_seg.nii.gz", f"{item.id}_seg.json"]
 
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
-        from napari_medai.core.io.reading import read_volume_job
         from napari_medai.core.io.writing import label_sidecar, write_label_map, write_sidecar
         from napari_medai.core.segmentation.inference import segment_job
 
         labels_name, sidecar_name = self.outputs(item)
-        mark = time.perf_counter()
-        volume = yield from scaled(read_volume_job(item.path), 0.0, 0.2)
-        seconds = {"read": time.perf_counter() - mark}
-        # One scan at a time in the model; reading and writing of others overlap with it.
-        with model_lock:
-            mark = time.perf_counter()
-            result = yield from scaled(segment_job(volume, self.model, self.config), 0.2, 0.95)
-            seconds["model"] = time.perf_counter() - mark
+        volume, result, seconds = yield from read_then_model(
+            item, model_lock, lambda v: segment_job(v, self.model, self.config), 0.2
+        )
         mark = time.perf_counter()
         write_label_map(result.labels, out / labels_name, overwrite=True)
         sidecar = label_sidecar(
@@ -140,15 +134,10 @@ class ClassifyTask:
     def run(self, item: ScanItem, out: Path, model_lock: threading.Lock) -> Job[dict[str, Any]]:
         from napari_medai.core.classification.inference import classify_job
         from napari_medai.core.files import atomic_write
-        from napari_medai.core.io.reading import read_volume_job
 
-        mark = time.perf_counter()
-        volume = yield from scaled(read_volume_job(item.path), 0.0, 0.3)
-        seconds = {"read": time.perf_counter() - mark}
-        with model_lock:
-            mark = time.perf_counter()
-            result = yield from scaled(classify_job(volume, self.model, self.config), 0.3, 0.95)
-            seconds["model"] = time.perf_counter() - mark
+        volume, result, seconds = yield from read_then_model(
+            item, model_lock, lambda v: classify_job(v, self.model, self.config), 0.3
+        )
         mark = time.perf_counter()
         prediction = result.predictions[0]
         report = {
@@ -188,6 +177,26 @@ class ClassifyTask:
 
 #: Task name -> class.
 TASKS: dict[str, type] = {"segment": SegmentTask, "classify": ClassifyTask}
+
+
+def read_then_model(
+    item: ScanItem, model_lock: threading.Lock, model_job: Any, read_share: float
+) -> Job[tuple[Volume, Any, dict[str, float]]]:
+    """Read ``item``'s scan, then run ``model_job(volume)`` holding the model's lock.
+
+    One scan at a time in the model; reading and writing of others overlap with
+    it. Returns the volume, the model's result and the seconds of each part.
+    """
+    from napari_medai.core.io.reading import read_volume_job
+
+    mark = time.perf_counter()
+    volume = yield from scaled(read_volume_job(item.path), 0.0, read_share)
+    seconds = {"read": time.perf_counter() - mark}
+    with model_lock:
+        mark = time.perf_counter()
+        result = yield from scaled(model_job(volume), read_share, 0.95)
+        seconds["model"] = time.perf_counter() - mark
+    return volume, result, seconds
 
 
 def task_class(name: str) -> type:

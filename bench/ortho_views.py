@@ -4,7 +4,7 @@ Opens a synthetic 512x512x300 CT (0.8 x 0.8 x 1.5 mm, int16) with a label map, o
 (``--4d``: 4 frames of 300x512x512), docks Orthogonal views from the manifest, and steps the
 coronal view's slice every ``--interval`` ms for ``--seconds`` (the main view's crosshair and the
 sagittal view follow), then paints a stroke into the label map in the sagittal view. A 10 ms
-heartbeat (:class:`~napari_medai._qt.heartbeat.EventLoopMonitor`) records how late each tick
+heartbeat (``tests/helpers/heartbeat.py``) records how late each tick
 comes. The goal: no stall over 100 ms. Without a display, run it under ``xvfb-run`` (Mesa's
 software OpenGL then draws all three canvases on the CPU).
 
@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
+
+# The event-loop heartbeat is test and bench tooling (tests/helpers), the headless
+# display helpers belong to the demo launcher (scripts): neither ships in the package.
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests" / "helpers"), str(REPO / "scripts")]
 
 PLUGIN = "napari-medai"
 SHAPE = (300, 512, 512)
@@ -53,12 +60,12 @@ def synthetic_scan(frames: int):
 
 
 def measure(seconds: float, interval_ms: int, frames: int) -> dict:
+    from heartbeat import EventLoopMonitor
     from napari.layers import Layer
     from napari.viewer import Viewer
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_medai._napari.layers import image_layer_data, labels_layer_data
-    from napari_medai._qt.heartbeat import EventLoopMonitor
 
     image, label_map = synthetic_scan(frames)
     viewer = Viewer(title="napari-medai orthogonal views bench")

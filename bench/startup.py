@@ -182,7 +182,7 @@ def measure(repeats: int) -> dict:
 def display() -> Iterator[None]:
     """The current display, or a private Xvfb server kept up for the whole benchmark.
 
-    (``napari_medai._qt.launch.headless_display`` lets its server end 10 s after
+    (``scripts/launch_demo.py``'s ``headless_display`` lets its server end 10 s after
     the last client left, and a fresh napari may take longer than that to
     connect on a busy machine.)
     """

@@ -4,7 +4,7 @@ Opens a synthetic 512x512x300 CT (int16, air -1000 HU, body 40 HU, an organ and 
 or ``--file`` (any scan the plugin reads), docks Window presets from the manifest, and
 Ctrl + left drags on the canvas for ``--seconds``: a mouse move every ``--interval`` ms along
 a figure of eight across half the canvas, as Qt sends them. A 10 ms heartbeat
-(:class:`~napari_medai._qt.heartbeat.EventLoopMonitor`) records how late each tick comes.
+(``tests/helpers/heartbeat.py``) records how late each tick comes.
 The goal: no stall over 100 ms. Without a display, run it under ``xvfb-run`` (Mesa's
 software OpenGL then draws the canvas on the CPU).
 
@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
+
+# The event-loop heartbeat is test and bench tooling (tests/helpers), the headless
+# display helpers belong to the demo launcher (scripts): neither ships in the package.
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests" / "helpers"), str(REPO / "scripts")]
 
 PLUGIN = "napari-medai"
 SHAPE = (300, 512, 512)
@@ -45,12 +52,11 @@ def synthetic_ct() -> np.ndarray:
 
 
 def measure(seconds: float, interval_ms: int, path: str | None) -> dict:
+    from heartbeat import EventLoopMonitor
     from napari.viewer import Viewer
     from qtpy.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication
-
-    from napari_medai._qt.heartbeat import EventLoopMonitor
 
     viewer = Viewer(show=True)
     if path:

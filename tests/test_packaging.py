@@ -104,6 +104,13 @@ def test_wheel_install_finds_the_plugin(tmp_path):
         licence = [name for name in archive.namelist() if name.endswith("/LICENSE")]
         assert licence, "no LICENSE in the wheel"
         assert archive.read(licence[0]) == (ROOT / "LICENSE").read_bytes()
+        shipped = {name for name in archive.namelist() if name.endswith(".py")}
+    # Exactly the package's modules: the demo launcher (scripts/) and the test heartbeat
+    # (tests/helpers/) stay out, and nothing stale from an earlier build/ slips in.
+    package = ROOT / "src"
+    assert shipped == {
+        p.relative_to(package).as_posix() for p in package.rglob("napari_medai/**/*.py")
+    }
     target = tmp_path / "site"
     subprocess.run(
         [

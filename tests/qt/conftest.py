@@ -11,7 +11,7 @@ from napari_medai.core.errors import MedaiError
 
 @cache
 def _opengl_problem() -> str | None:
-    from napari_medai._qt.launch import check_opengl
+    from launch_demo import check_opengl
 
     try:
         check_opengl()

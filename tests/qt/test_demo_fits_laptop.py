@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import launch_demo as launch
 from qtpy.QtWidgets import QApplication
 
-from napari_medai._qt import launch
 from napari_medai._qt.parts import DetailsView
 
 SCREEN = (1366, 768)

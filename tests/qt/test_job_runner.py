@@ -9,11 +9,11 @@ import warnings
 from functools import partial
 
 import pytest
+from heartbeat import EventLoopMonitor
 from napari.utils.notifications import NotificationSeverity
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_medai._qt.heartbeat import EventLoopMonitor
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.jobs import Progress

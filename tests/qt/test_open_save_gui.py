@@ -131,7 +131,7 @@ def test_demo_launcher_claims_the_readers_so_the_first_file_open_asks_nothing(
 ):
     """A brand-new napari (fresh in-memory settings, plugin never used): the demo's start
     makes the very first File > Open of a scan and of a mask go to napari-medai, unasked."""
-    from napari_medai._qt import launch
+    import launch_demo as launch
 
     volume, labels = phantom
     ct = tmp_path / "ct.nii.gz"

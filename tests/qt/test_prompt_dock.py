@@ -8,13 +8,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from heartbeat import EventLoopMonitor
 from qtpy.QtWidgets import QScrollArea
 
 from napari_medai._napari.label_edits import Overwrite
 from napari_medai._napari.layers import image_layer_data, labels_layer_data
 from napari_medai._napari.prompting import layers_prompts
 from napari_medai._napari.training import training_pair
-from napari_medai._qt.heartbeat import EventLoopMonitor
 from napari_medai._qt.prompt_widget import SHORTCUTS
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.training.annotations import annotation_mask

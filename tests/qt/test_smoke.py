@@ -16,15 +16,15 @@ import sys
 from functools import reduce
 from pathlib import Path
 
+import launch_demo as launch
 import numpy as np
 import pytest
 from imageio.v3 import imread
+from launch_demo import has_display, main
 from napari.viewer import current_viewer
 from npe2 import PluginManager, PluginManifest
 from qtpy.QtGui import QGuiApplication
 
-from napari_medai._qt import launch
-from napari_medai._qt.launch import has_display, main
 from napari_medai.core.phantom import make_phantom
 
 PLUGIN = "napari-medai"
@@ -124,7 +124,7 @@ def test_launcher_without_a_display_explains_and_saves_a_screenshot(tmp_path):
     env["TMPDIR"] = str(tmp_path)
     require_sample()
     result = subprocess.run(
-        [sys.executable, "-m", "napari_medai._qt.launch"],
+        [sys.executable, str(Path(launch.__file__))],
         env=env,
         capture_output=True,
         text=True,

@@ -9,11 +9,11 @@ shared CI machine, and ``bench/gui_responsiveness.py`` reports the real figure.
 from __future__ import annotations
 
 import numpy as np
+from heartbeat import EventLoopMonitor
 from napari.layers import Layer
 from qtpy.QtCore import Qt
 
 from napari_medai._napari.layers import image_layer_data, labels_layer_data
-from napari_medai._qt.heartbeat import EventLoopMonitor
 from napari_medai._qt.job_runner import JobOutcome
 from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.volume import LabelMap

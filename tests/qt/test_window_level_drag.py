@@ -8,13 +8,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from heartbeat import EventLoopMonitor
 from qtpy.QtCore import QEvent, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QApplication
 
 from napari_medai._napari.window_level import Window
-from napari_medai._qt.heartbeat import EventLoopMonitor
 from napari_medai._qt.window_widget import WindowPresetWidget
 
 LOW, HIGH = -1000, 2000  # the scan's value range in HU

@@ -19,7 +19,7 @@ npe2 on purpose, napari/napari#9261 asks for opt-in start-up items). So in a
 napari where napari-medai has never been used, the very first File > Open of a
 file or folder napari's own reader also accepts still asks; picking
 napari-medai there activates the plugin and ends the question for good. The
-demo launcher (``_qt/launch.py``) activates the plugin at start, so it never
+demo launcher (``scripts/launch_demo.py``) activates the plugin at start, so it never
 asks; so does ``napari -w napari-medai Segment``, which docks a widget at start.
 """
 

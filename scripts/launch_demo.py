@@ -1,6 +1,6 @@
 """Open napari with every napari-medai widget docked and a scan loaded.
 
-``python -m napari_medai._qt.launch [PATH] [--screenshot PNG] [--segment]``
+``python scripts/launch_demo.py [PATH] [--screenshot PNG] [--segment]``
 
 Without PATH the synthetic phantom CT sample is loaded; with ``--demo-model``
 a small liver model for it is trained once into the user's model folder, in
@@ -311,7 +311,7 @@ def save_screenshot(viewer: Viewer, path: Path) -> Path:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m napari_medai._qt.launch",
+        prog="scripts/demo",
         description="Open napari with the napari-medai widgets and a scan "
         "(the synthetic phantom CT unless PATH is given).",
     )

@@ -106,3 +106,34 @@ def test_slices_rank_by_mean_uncertainty():
         assert order == sorted(range(len(means)), key=lambda i: -means[i])
     assert rank_slices_by_uncertainty(uncertainty)[0] == 4
     assert rank_slices_by_uncertainty(uncertainty, axis=1)[0] == 2
+
+
+def _prompted_ball(shape: tuple[int, int, int], first: int, last: int) -> np.ndarray:
+    """A 3D object spanning axial slices ``first`` to ``last``, with one empty slice inside
+    (a prompted object may be in two parts), as the Prompt dock commits it."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (first + last) / 2
+    radius = (last - first) / 2
+    ball = (z - centre) ** 2 + (y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2 <= radius**2
+    ball[round(centre)] = False
+    return ball.astype(np.uint8) * 2
+
+
+def test_declared_slices_are_annotated_whole_and_the_rest_stays_open():
+    shape, first, last = (40, 32, 32), 10, 22
+    labels = _prompted_ball(shape, first, last)
+    assert not labels[(first + last) // 2].any()  # an empty slice inside the object's span
+    span = _planes(shape, 0, list(range(first, last + 1)))
+
+    # Inferred from the array alone, the ball's cover crosses it along y and x: voxels of
+    # slices outside its span (never looked at) would be taken as background.
+    assert annotation_mask(labels)[~span].any()
+
+    declared = range(first, last + 1)
+    np.testing.assert_array_equal(annotation_mask(labels, declared=declared), span)
+    # A label painted on another slice is still inferred as a painted slice.
+    labels[30, 5:9, 5:9] = 1
+    painted = span | _planes(shape, 0, [30])
+    np.testing.assert_array_equal(annotation_mask(labels, declared=declared), painted)
+    chosen = choose_dimensionality(labels, declared=declared)
+    assert chosen.reason == "14 of 40 axial slices painted"

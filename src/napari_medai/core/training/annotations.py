@@ -10,15 +10,30 @@ would teach the model that the unpainted parts of the organ are background, so
 the painted planes are the fewest planes that hold every labelled voxel, found
 greedily (largest uncovered plane first). Hand-written: no imaging library
 infers slice annotations from a label array.
+
+Axial slices can also be declared annotated without being inferred: an object
+committed from the Prompt dock spans its slices completely, so the label map
+lists them under :data:`ANNOTATED_SLICES` in its metadata. Declared slices are
+taken first; the cover only has to explain the labels they leave.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from napari_medai.core.volume import LabelMap
+
 AXIS_NAMES = ("z", "y", "x")
+#: ``LabelMap.metadata`` key: axial slices annotated completely, whether or not painted.
+ANNOTATED_SLICES = "annotated_slices"
+
+
+def declared_slices(labels: LabelMap) -> tuple[int, ...]:
+    """The axial slices ``labels`` declares annotated (see :data:`ANNOTATED_SLICES`)."""
+    return tuple(int(z) for z in labels.metadata.get(ANNOTATED_SLICES, ()))
 
 
 def _labelled(labels: np.ndarray, unlabelled_value: int | None) -> np.ndarray:
@@ -28,17 +43,22 @@ def _labelled(labels: np.ndarray, unlabelled_value: int | None) -> np.ndarray:
     return labelled
 
 
-def painted_planes(labels: np.ndarray, unlabelled_value: int | None = None) -> list[np.ndarray]:
+def painted_planes(
+    labels: np.ndarray, unlabelled_value: int | None = None, declared: Sequence[int] = ()
+) -> list[np.ndarray]:
     """Per axis (z, y, x), a boolean vector marking the painted planes along it.
 
-    The planes are a greedy smallest cover of the labelled voxels: repeatedly take
-    the plane holding the most labelled voxels not yet covered (ties: the lower
-    axis, then the lower index). Each step costs one plane, not one volume.
+    The ``declared`` axial slices come first; the other planes are a greedy
+    smallest cover of the labelled voxels they leave: repeatedly take the plane
+    holding the most labelled voxels not yet covered (ties: the lower axis, then
+    the lower index). Each step costs one plane, not one volume.
     """
     if labels.ndim != 3:
         raise ValueError(f"labels must be (z, y, x), got shape {labels.shape}")
     uncovered = _labelled(labels, unlabelled_value)
     chosen = [np.zeros(n, dtype=bool) for n in labels.shape]
+    chosen[0][list(declared)] = True
+    uncovered[chosen[0]] = False
     counts = [uncovered.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
     while True:
         axis = max(range(3), key=lambda a: (int(counts[a].max(initial=0)), -a))
@@ -55,19 +75,23 @@ def painted_planes(labels: np.ndarray, unlabelled_value: int | None = None) -> l
 
 
 def annotation_mask(
-    labels: np.ndarray, unlabelled_value: int | None = None, dense: bool = False
+    labels: np.ndarray,
+    unlabelled_value: int | None = None,
+    dense: bool = False,
+    declared: Sequence[int] = (),
 ) -> np.ndarray:
     """Boolean (z, y, x) mask of the voxels the user annotated.
 
-    A painted slice along any axis (see :func:`painted_planes`) is annotated,
-    zeros included; voxels holding ``unlabelled_value`` never are. ``dense``
-    declares every voxel annotated (a complete label map, including slices
-    without any label). ``labels`` is only read.
+    A painted slice along any axis and a ``declared`` axial slice (see
+    :func:`painted_planes`) are annotated, zeros included; voxels holding
+    ``unlabelled_value`` never are. ``dense`` declares every voxel annotated (a
+    complete label map, including slices without any label). ``labels`` is only
+    read.
     """
     if dense:
         mask = np.ones(labels.shape, dtype=bool)
     else:
-        planes = painted_planes(labels, unlabelled_value)
+        planes = painted_planes(labels, unlabelled_value, declared)
         mask = planes[0][:, None, None] | planes[1][None, :, None] | planes[2][None, None, :]
         mask = np.broadcast_to(mask, labels.shape).copy()
     if unlabelled_value is not None:
@@ -84,7 +108,10 @@ class Dimensionality:
 
 
 def choose_dimensionality(
-    labels: np.ndarray, unlabelled_value: int | None = None, dense: bool = False
+    labels: np.ndarray,
+    unlabelled_value: int | None = None,
+    dense: bool = False,
+    declared: Sequence[int] = (),
 ) -> Dimensionality:
     """Pick the network from the annotation pattern of one (z, y, x) label array.
 
@@ -95,7 +122,7 @@ def choose_dimensionality(
     """
     if dense:
         return Dimensionality("3d", "dense labels")
-    planes = painted_planes(labels, unlabelled_value)
+    planes = painted_planes(labels, unlabelled_value, declared)
     counts = [int(p.sum()) for p in planes]
     if sum(counts) == 0:
         return Dimensionality("2.5d", "no annotations yet")

@@ -33,6 +33,7 @@ from napari_medai._napari.layers import (
     layer_geometry,
     volume_from_layer,
 )
+from napari_medai._napari.prompting import PREVIEW_SUFFIX
 from napari_medai._napari.segmentation import (
     OUTPUT_TAG,
     prediction_display,
@@ -45,13 +46,37 @@ from napari_medai.core.jobs import Job
 from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.registry import drafts_dir, keep_model, user_model_dir
 from napari_medai.core.segmentation.config import SegmentResult
-from napari_medai.core.training.annotations import AXIS_NAMES, painted_planes
+from napari_medai.core.training.annotations import ANNOTATED_SLICES, AXIS_NAMES, painted_planes
 from napari_medai.core.training.config import TrainConfig, TrainResult
 from napari_medai.core.training.quality import TrainingQuality
 from napari_medai.core.volume import LabelMap, Volume
 
 #: The prediction layer of image "CT" is called "CT – prediction".
 PREDICTION_SUFFIX = " – prediction"
+
+
+def is_annotation_layer(layer: object) -> bool:
+    """Whether ``layer`` can hold annotations to train on: a 3D Labels layer that is not
+    the Prompt dock's preview (an object proposed, not yet committed by the user)."""
+    return isinstance(layer, Labels) and layer.ndim == 3 and not layer.name.endswith(PREVIEW_SUFFIX)
+
+
+def prompted_slices(labels: Labels, array: np.ndarray) -> list[int]:
+    """The axial slices spanned by objects committed from the Prompt dock into ``labels``.
+
+    Each committed object records its first and last slice; every slice between
+    them was looked at whole (the preview showed the object there, or showed it
+    absent), so it is annotated completely, as a painted slice is. An object
+    whose label is no longer in ``array`` (the commit was undone, or the label
+    erased) declares nothing.
+    """
+    prompted = labels.metadata.get(METADATA_KEY, {}).get("prompted", {})
+    slices: set[int] = set()
+    for value, record in prompted.items():
+        if np.any(array == int(value)):
+            first, last = (int(z) for z in record["slices"])
+            slices.update(range(max(first, 0), min(last, array.shape[0] - 1) + 1))
+    return sorted(slices)
 
 
 def training_pair(
@@ -61,12 +86,16 @@ def training_pair(
 
     The label array is copied, so the user may keep painting while training
     runs and training can never write into the layer. ``names`` (label value
-    to name) override the names the layer carries.
+    to name) override the names the layer carries. The slices of objects
+    committed from the Prompt dock are declared annotated (see
+    :func:`prompted_slices`).
     """
     label_map = label_map_from_layer(labels)
     label_names = {**label_map.label_names, **(names or {})}
     array = np.array(label_map.array, copy=True)
-    return volume_from_layer(image), replace(label_map, array=array, label_names=label_names)
+    metadata = {**label_map.metadata, ANNOTATED_SLICES: prompted_slices(labels, array)}
+    pair = replace(label_map, array=array, label_names=label_names, metadata=metadata)
+    return volume_from_layer(image), pair
 
 
 def parse_label_names(text: str) -> dict[int, str]:

@@ -195,6 +195,35 @@ def test_shortcuts_switch_tool_flip_undo_reset_and_commit(dock, phantom, qtbot):
     assert widget.target is None
 
 
+def bound_keys(viewer) -> set[str]:
+    """The dock's shortcuts the viewer has bound now."""
+    return {str(key) for key in viewer.keymap} & set(SHORTCUTS)
+
+
+def test_shortcuts_leave_the_viewer_when_the_dock_is_removed(dock, qtbot):
+    viewer, dock_widget, widget = dock
+    assert bound_keys(viewer) == set(SHORTCUTS)
+    dock_widget.destroyOnClose()  # the dock's close button
+    qtbot.waitUntil(lambda: not bound_keys(viewer))
+    assert widget.tool.value == "Point"  # still alive here, yet the keys no longer reach it
+
+
+def test_shortcuts_follow_the_dock_being_hidden_and_shown_again(dock, qtbot):
+    viewer, dock_widget, _ = dock
+    dock_widget.close()  # the dock's hide button, or its entry unticked in the Window menu
+    qtbot.waitUntil(lambda: not bound_keys(viewer))
+    dock_widget.show()
+    qtbot.waitUntil(lambda: bound_keys(viewer) == set(SHORTCUTS))
+
+    def mine(_viewer):
+        """A binding the user made on "U" since the dock bound it."""
+
+    viewer.bind_key("U", mine, overwrite=True)
+    dock_widget.close()
+    qtbot.waitUntil(lambda: bound_keys(viewer) == {"U"})
+    assert {str(key): f for key, f in viewer.keymap.items()}["U"] is mine  # stays the user's
+
+
 def test_train_takes_a_prompted_layer_with_every_slice_of_the_object(dock, phantom, qtbot):
     viewer, _, widget = dock
     _, labels = phantom

@@ -9,7 +9,6 @@ label k, one undoable step. One column that scrolls inside the dock; the status 
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +22,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Labels
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QDockWidget
 
 from napari_medai._napari.label_edits import Overwrite
@@ -61,7 +60,7 @@ TOOLS = {
     "Scribble": ("shapes", "add_path"),
     "Lasso": ("shapes", "add_polygon_lasso"),
 }
-#: Viewer shortcuts while the dock is open (chosen clear of napari's layer shortcuts).
+#: Viewer shortcuts while the dock is shown (chosen clear of napari's layer shortcuts).
 SHORTCUTS = {
     "Alt+1": "Point",
     "Alt+2": "Box",
@@ -158,17 +157,21 @@ class PromptWidget(Container):
         self.runner.runningChanged.connect(self._update_buttons)
 
     def _bind_keys(self) -> None:
+        """Bind :data:`SHORTCUTS` while the dock is shown; hidden, closed or removed, unbind.
+
+        Keys of a dock the user cannot see would flip, undo or commit out of sight.
+        """
         actions = {
             "flip": lambda: setattr(self.positive, "value", not self.positive.value),
             "undo": self.undo,
             "reset": self.reset,
             "commit": self.commit,
         }
-        viewer = self._viewer
+        bindings = {}
         for key, action in SHORTCUTS.items():
             run = actions.get(action) or (lambda tool=action: setattr(self.tool, "value", tool))
-            viewer.bind_key(key, lambda _viewer, run=run: run(), overwrite=True)
-        weakref.finalize(self, _unbind_keys, viewer)
+            bindings[key] = lambda _viewer, run=run: run()
+        self._keys = _KeysWhileShown(self.native, self._viewer, bindings)
 
     def _refresh_layers(self, _event=None) -> None:
         refresh_scan_pickers(self.labels_layer, self.image_layer)
@@ -387,7 +390,37 @@ class PromptWidget(Container):
         self.status.value = f"{summary}; {edit.message}" if edit.changed else summary
 
 
-def _unbind_keys(viewer) -> None:
-    """Take the dock's shortcuts off the viewer (the dock is gone)."""
-    for key in SHORTCUTS:
-        viewer.bind_key(key, None, overwrite=True)
+class _KeysWhileShown(QObject):
+    """Binds ``bindings`` on the viewer while ``widget`` is shown, and takes them off after.
+
+    napari removes a closed dock by unparenting its widget, which hides it; the hide
+    button and the Window menu hide the dock. Spontaneous events (the window minimised)
+    change nothing.
+    """
+
+    def __init__(self, widget, viewer: napari.viewer.Viewer, bindings: dict) -> None:
+        super().__init__(widget)
+        self._viewer = viewer
+        self._bindings = bindings
+        widget.installEventFilter(self)
+        if widget.isVisible():
+            self._bind()
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if not event.spontaneous():
+            if event.type() == QEvent.Type.Show:
+                self._bind()
+            elif event.type() == QEvent.Type.Hide:
+                self._unbind()
+        return False
+
+    def _bind(self) -> None:
+        for key, function in self._bindings.items():
+            self._viewer.bind_key(key, function, overwrite=True)
+
+    def _unbind(self) -> None:
+        """Take off the keys still bound to this dock (another may have rebound one since)."""
+        for key, function in self._bindings.items():
+            unbound = self._viewer.bind_key(key, None, overwrite=True)
+            if unbound is not None and unbound is not function:
+                self._viewer.bind_key(key, unbound, overwrite=True)

@@ -146,6 +146,26 @@ def test_scrolling_a_side_view_moves_the_crosshair_in_the_others(ortho):
     assert np.isclose(widget.link.point[0], viewer.dims.point[0])
 
 
+def test_a_side_scroll_moves_the_crosshair_without_redrawing_the_main_scene(ortho, qtbot):
+    # Redrawing a full-screen canvas is the largest cost of a slice step under software
+    # OpenGL (bench/ortho_views.py): a crosshair move repaints two lines over the canvas.
+    viewer, widget = ortho
+    coronal, _ = view_named(widget, "coronal")
+    main_canvas = viewer.window._qt_viewer.canvas
+    crosshair = next(c for c in widget.crosshairs if c.viewer is viewer)
+    qtbot.wait(100)  # let the first draws after docking happen
+    draws = []
+    main_canvas._scene_canvas.events.draw.connect(draws.append)
+    coronal.dims.set_current_step(1, 5)
+    qtbot.wait(300)  # a canvas update would have been drawn by now
+    assert not draws
+    # The horizontal line is drawn at the new coronal slice, on the pixel napari maps it to.
+    point = widget.link.view_point(viewer)
+    pixels = crosshair.pixel_segments()
+    assert np.allclose(pixels[:2, 1], canvas_pixel(viewer.window._qt_viewer, point)[1], atol=1)
+    assert crosshair.geometry() == main_canvas.native.rect()
+
+
 def test_painting_in_the_sagittal_view_paints_the_users_layer(ortho):
     viewer, widget = ortho
     labels = viewer.layers[1]

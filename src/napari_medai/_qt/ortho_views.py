@@ -10,14 +10,16 @@ refreshes the other views at a bounded rate while the user paints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+import numpy as np
 from napari.components import ViewerModel
 from napari.qt import QtViewer
-from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from qtpy.QtCore import QEvent, QPointF, QSize, Qt, QTimer
+from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QApplication, QLabel, QSizePolicy, QSplitter, QVBoxLayout, QWidget
-from vispy.scene.visuals import Line
 
 from napari_medai._napari.ortho import OrthoLink, crosshair_segments, tilt_problem
 
@@ -30,40 +32,77 @@ REFRESH_INTERVAL_MS = 50
 DOCK_MIN_WIDTH = 320
 #: Crosshair colour (RGBA): the yellow 3D Slicer uses, slightly see-through.
 CROSSHAIR_COLOUR = (1.0, 0.85, 0.1, 0.75)
-#: Drawn above every layer.
-CROSSHAIR_ORDER = 1_000_000
 HINT = (
     "Click (pan/zoom mode) in any view to move the crosshair; paint in any view. "
     "Ctrl+scroll or the slider changes a view's slice."
 )
 
 
-class Crosshair:
-    """Two lines through the linked point on one napari canvas."""
+class Crosshair(QWidget):
+    """Two lines through the linked point, painted over one napari canvas.
+
+    A transparent Qt widget on top of the canvas rather than a vispy visual in
+    its scene: moving the crosshair then repaints two lines, not the canvas's
+    whole scene (with software OpenGL, redrawing a full-screen canvas is the
+    largest cost of a slice step; see bench/ortho_views.py).
+    """
 
     def __init__(self, canvas: object, viewer: ViewerModel) -> None:
+        super().__init__(canvas.native)
+        self.canvas = canvas
         self.viewer = viewer
-        self.line = Line(
-            color=CROSSHAIR_COLOUR,
-            width=1,
-            connect="segments",
-            method="gl",
-            parent=canvas.view.scene,
-        )
-        self.line.order = CROSSHAIR_ORDER
-        self.line.set_gl_state("translucent", depth_test=False)
-        self.line.visible = False
+        self.segments: np.ndarray | None = None
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.setAttribute(Qt.WidgetAttribute.WA_TranslucentBackground)
+        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
+        self.setGeometry(canvas.native.rect())
+        canvas.native.installEventFilter(self)
+        camera = viewer.scene.camera.events
+        for emitter in (camera.center, camera.zoom, camera.orientation):
+            emitter.connect(self._on_camera)
+        self.show()
 
-    def show_at(self, point) -> None:
+    def show_at(self, point: Sequence[float]) -> None:
         """Put the lines through ``point`` (the viewer's world axes), or hide them."""
-        segments = crosshair_segments(self.viewer, point)
-        self.line.visible = segments is not None
-        if segments is not None:
-            self.line.set_data(pos=segments)
+        self.segments = crosshair_segments(self.viewer, point)
+        self.update()
+
+    def pixel_segments(self) -> np.ndarray | None:
+        """The lines' end points in this widget's pixels, (4, 2), or None when hidden."""
+        if self.segments is None:
+            return None
+        canvas = self.canvas
+        to_canvas = canvas.view.scene.node_transform(canvas._scene_canvas.scene)
+        return np.asarray(to_canvas.map(self.segments))[:, :2]
+
+    def paintEvent(self, _event: object) -> None:  # noqa: N802 (Qt's name)
+        """Draw the two lines."""
+        pixels = self.pixel_segments()
+        if pixels is None:
+            return
+        painter = QPainter(self)
+        painter.setPen(QPen(QColor.fromRgbF(*CROSSHAIR_COLOUR), 1))
+        for start, end in pixels.reshape(2, 2, 2):
+            painter.drawLine(QPointF(*start), QPointF(*end))
+        painter.end()
+
+    def eventFilter(self, watched: object, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        """Cover the canvas when it is resized."""
+        if event.type() == QEvent.Type.Resize:
+            self.setGeometry(self.canvas.native.rect())
+        return False
+
+    def _on_camera(self, _event: object = None) -> None:
+        self.update()
 
     def remove(self) -> None:
         """Take the lines off their canvas."""
-        self.line.parent = None
+        camera = self.viewer.scene.camera.events
+        for emitter in (camera.center, camera.zoom, camera.orientation):
+            emitter.disconnect(self._on_camera)
+        self.canvas.native.removeEventFilter(self)
+        self.hide()
+        self.deleteLater()
 
 
 def _main_canvas(viewer: napari.viewer.Viewer) -> object | None:

@@ -18,6 +18,7 @@ import gzip
 import math
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,17 +573,17 @@ def _nifti_data_file(path: Path) -> Path | None:
 def read_nibabel_voxels(path: Path, facts: NiftiFacts) -> np.ndarray:
     """The stored voxels of a checked file, (x, y, z, ...) in Fortran order, unscaled.
 
-    Read by nibabel's ``array_from_file`` into memory (never a memory map, which
-    dies with the process if the file shrinks). Compressed data is then inflated
-    to its end, so that the checksum in its trailer is checked: bit rot inside
-    the stream otherwise opens as garbage voxels.
+    Read through nibabel's opener into memory (never a memory map, which dies
+    with the process if the file shrinks). Compressed data is then inflated to
+    its end, so that the checksum in its trailer is checked: bit rot inside the
+    stream otherwise opens as garbage voxels.
     """
     from nibabel.openers import ImageOpener  # knows .mgz is gzip
-    from nibabel.volumeutils import array_from_file
 
     try:
         with ImageOpener(str(facts.data_file)) as stream:
-            voxels = array_from_file(facts.shape, facts.dtype, stream, facts.offset, mmap=False)
+            stream.seek(facts.offset)
+            voxels = _read_array(stream, facts.shape, facts.dtype)
             if facts.compressed:
                 _read_to_end(path, stream)
     except (gzip.BadGzipFile, zlib.error) as error:
@@ -592,6 +593,24 @@ def read_nibabel_voxels(path: Path, facts: NiftiFacts) -> np.ndarray:
     return voxels
 
 
+def _read_array(stream, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The next ``shape`` voxels of ``stream`` as a Fortran-ordered array, read in place.
+
+    Instead of nibabel's ``array_from_file``: its single ``readinto`` is, on a
+    gzip stream, a read of the whole image into a temporary followed by a copy,
+    twice the image's memory at the peak. Reading in pieces keeps it at one.
+    """
+    buffer = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        count = stream.readinto(view[filled : filled + _CHUNK])
+        if not count:
+            raise EOFError("the image data ends early")
+        filled += count
+    return np.ndarray(shape, dtype, buffer=buffer, order="F")
+
+
 def _read_to_end(path: Path, stream) -> None:
     """Read what follows the voxels up to the stream's end, refusing more than a bounded run."""
     total = 0
@@ -599,6 +618,34 @@ def _read_to_end(path: Path, stream) -> None:
         total += len(chunk)
         if total > MAX_TRAILING_BYTES:
             raise _runs_on(path)
+
+
+def gzip_ends_after(path: Path, voxels: np.ndarray, offset: int) -> bool:
+    """Whether the gzip file ``path`` holds exactly ``offset`` header bytes and then ``voxels``.
+
+    For voxels another reader inflated (SimpleITK stops at the size the header
+    promises): the gzip trailer's length must be the header's plus the voxels',
+    and its CRC-32 that of the header bytes (inflated again, ``offset`` bytes)
+    and the voxels' bytes. A checksum over the voxels, not a second inflation:
+    bit rot, a truncated file, data running on past the image or a stream of
+    several members all fail it (then the careful reader decides what it is).
+    """
+    if not voxels.flags.c_contiguous or path.stat().st_size < 18:  # the smallest gzip file
+        return False
+    with path.open("rb") as raw:
+        raw.seek(-8, os.SEEK_END)
+        stored_crc, stored_length = struct.unpack("<II", raw.read(8))
+    if stored_length != (offset + voxels.nbytes) & 0xFFFFFFFF:
+        return False
+    crc = 0
+    try:
+        with gzip.open(path) as stream:
+            while offset > 0 and (chunk := stream.read(min(offset, _CHUNK))):
+                crc = zlib.crc32(chunk, crc)
+                offset -= len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return offset == 0 and zlib.crc32(voxels, crc) == stored_crc
 
 
 # --- NRRD and MetaImage ------------------------------------------------------------------

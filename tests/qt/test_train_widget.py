@@ -28,6 +28,7 @@ from napari_medai._napari.training import (
     training_pair,
 )
 from napari_medai._qt.job_runner import JobOutcome
+from napari_medai._qt.segment_widget import SegmentWidget
 from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.geometry import Geometry
@@ -478,3 +479,72 @@ def test_pickers_take_layers_opened_after_the_dock(qtbot, phantom):
     image = add_volume(viewer, volume)
     labels = add_labels(viewer, truth.array.copy(), volume.geometry, "organs")
     assert train.selected_pairs() == [(image, labels)] and train.train_button.enabled
+
+
+# Start from: listed models by their titles, and the modality warning --------------------
+
+
+def listed_package(models_dir, name: str, modality: str | None, task: str = "segmentation"):
+    """A listed model package (its card is all a picker reads)."""
+    card = ModelCard(
+        name=name,
+        architecture="UNet",
+        architecture_args={},
+        label_names={0: "background", 1: "liver"},
+        patch_size=[1, 64, 64],
+        task=task,
+        modality=modality,
+    )
+    folder = models_dir / name.lower().replace(" ", "-")
+    folder.mkdir(parents=True)
+    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    return folder
+
+
+def start_texts(widget: TrainWidget) -> list[str]:
+    combo = widget.start_combo.native
+    return [combo.itemText(index) for index in range(combo.count())]
+
+
+def test_start_from_lists_segmentation_models_as_every_picker_does(qtbot, widget, models_dir):
+    liver = listed_package(models_dir, "Liver MR", "MR")
+    listed_package(models_dir, "Organ classifier", "CT", task="classification")
+    widget.reset_choices()  # as napari does when a layer changes
+    [entry] = [e for e in list_models() if e.location == liver]
+    segment = SegmentWidget(widget._viewer)
+    qtbot.addWidget(segment.native)
+    picker = segment.models.combo.native
+    assert entry.summary in [picker.itemText(index) for index in range(picker.count())]
+    assert start_texts(widget) == ["New model", entry.summary, "Model folder..."]
+
+    widget.start_combo.native.setCurrentText(entry.summary)
+    assert widget.config(widget.output_dir()).init == liver
+    draft_package(models_dir, "draft", val_dice=0.002, label_voxels=600)
+    widget._training_finished(drafts_dir() / "draft", JobOutcome.DONE)  # not ready: a draft
+    assert start_texts(widget)[1] == "Last trained model"
+    assert widget.start_model() == liver  # the pick stays
+
+
+@pytest.mark.parametrize("viewer", ["window"], indirect=True)
+def test_fine_tuning_a_model_made_for_another_modality_is_warned_about(
+    qtbot, widget, models_dir, notifications, monkeypatch
+):
+    listed_package(models_dir, "Liver MR", "MR")
+    ct_model = listed_package(models_dir, "Liver CT", "CT")
+    widget.reset_choices()
+    assert widget.fit_warning.isHidden()
+    [mr_text] = [text for text in start_texts(widget) if text.startswith("Liver MR")]
+    widget.start_combo.native.setCurrentText(mr_text)
+    expected = "'Liver MR' is made for MRI scans, but this image is CT"
+    assert not widget.fit_warning.isHidden() and expected in widget.fit_warning.text()
+
+    started = []
+    monkeypatch.setattr(widget.runner, "start", lambda *args, **kwargs: started.append(args))
+    click(qtbot, widget.train_button)
+    warnings = [n.message for n in notifications if n.severity == NotificationSeverity.WARNING]
+    assert started and any(m.startswith(f"Train: {expected}") for m in warnings)
+
+    widget.set_start_model(ct_model)
+    assert widget.fit_warning.isHidden()
+    widget.set_start_model(None)
+    assert widget.fit_warning.isHidden()

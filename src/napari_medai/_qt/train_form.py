@@ -1,9 +1,10 @@
 """The Train dock's form: what to train on and how, as a :class:`TrainConfig`.
 
 Rows of (scan, labels) pickers, the model's name and label names, the model
-to start from, network, budgets, CPU threads and where the model goes, then
-the Train button. The dock (:class:`~napari_medai._qt.train_widget.TrainWidget`)
-adds what runs from it; the CLI fills in the same config.
+to start from (listed by the texts every model picker shows), network,
+budgets, CPU threads and where the model goes, then the Train button. The
+dock (:class:`~napari_medai._qt.train_widget.TrainWidget`) adds what runs
+from it; the CLI fills in the same config.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_medai._napari.generation import augmentation_for
 from napari_medai._napari.training import default_output_dir
+from napari_medai._qt.model_picker import source_task
 from napari_medai._qt.pair_row import PairRow
-from napari_medai.core.models.registry import user_model_dir
+from napari_medai.core.models.card import SEGMENTATION_TASKS
+from napari_medai.core.models.registry import list_models, picker_items, user_model_dir
 from napari_medai.core.training.config import (
     DIMENSIONALITIES,
     GUI_KEEP_FREE,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 NEW_MODEL = "New model"
 LAST_MODEL = "Last trained model"
 MODEL_FOLDER = "Model folder..."
+#: "Start from" values that are no model's path: the last model trained here, a folder dialog.
+_LAST, _BROWSE = "\0last", "\0browse"
 DEFAULT_TIME_BUDGET_S = 60.0
 
 
@@ -49,7 +54,7 @@ class TrainForm(Container):
         self.form = Container(labels=True, scrollable=True)
         self._viewer = napari_viewer
         self._rows: list[PairRow] = []
-        self._start_paths: dict[str, Path] = {}
+        self._start_folders: list[str] = []
         #: The last model trained (listed, or a draft waiting for Keep), once on disk.
         self.last_model: Path | None = None
 
@@ -61,7 +66,9 @@ class TrainForm(Container):
         self.label_names_edit = LineEdit(label="Label names")
         self.label_names_edit.native.setPlaceholderText("e.g. liver  or  1: liver, 2: spleen")
         self.start_combo = ComboBox(label="Start from", choices=self._start_choices)
-        self.start_combo.tooltip = "Start from scratch, or fine-tune a model package"
+        self.start_combo.tooltip = (
+            "Start from scratch, or fine-tune a segmentation model (a model package)"
+        )
         self.dimensionality_combo = ComboBox(label="Network", choices=DIMENSIONALITIES)
         self.dimensionality_combo.tooltip = (
             "auto: 2.5D for a few painted axial slices, 3D for dense labels or other axes"
@@ -98,6 +105,7 @@ class TrainForm(Container):
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers into every picker (napari calls this on layer changes)."""
         self.form.reset_choices()
+        self.reset_start_choices()
         for row in self._rows:
             row.reset_choices()
 
@@ -143,34 +151,54 @@ class TrainForm(Container):
 
     # Settings ---------------------------------------------------------------------
 
-    def _start_choices(self, _widget: Any = None) -> list[str]:
-        return [NEW_MODEL, LAST_MODEL, *self._start_paths, MODEL_FOLDER]
+    def _start_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        """A new model, the last one trained here, the listed segmentation packages by the
+        texts every model picker shows them with, folders chosen here, then the dialog."""
+        listed = [
+            entry
+            for entry in list_models()
+            if entry.kind == "package" and source_task(entry.location) in SEGMENTATION_TASKS
+        ]
+        locations = {str(entry.location) for entry in listed}
+        folders = [folder for folder in self._start_folders if folder not in locations]
+        last = [(LAST_MODEL, _LAST)] if self.last_model is not None else []
+        return [(NEW_MODEL, ""), *last, *picker_items(listed, folders), (MODEL_FOLDER, _BROWSE)]
+
+    def reset_start_choices(self) -> None:
+        """Re-read the models to start from, in order, keeping the pick while it is offered.
+
+        Emptied first: magicgui would append a new model after "Model folder...".
+        """
+        picked = self.start_combo.value
+        with self.start_combo.changed.blocked():
+            self.start_combo.native.clear()
+            self.start_combo.reset_choices()
+            if picked in self.start_combo.choices:
+                self.start_combo.value = picked
 
     def set_start_model(self, path: str | Path | None) -> None:
         """Fine-tune the model package at ``path`` next; None starts a new model."""
-        if path is None:
-            self.start_combo.value = NEW_MODEL
-            return
-        self._start_paths[f"Folder: {Path(path).name}"] = Path(path)
-        self.start_combo.reset_choices()
+        source = "" if path is None else str(path)
+        if source and source not in self._start_folders:
+            self._start_folders.append(source)
+        self.reset_start_choices()
         with self.start_combo.changed.blocked():
-            self.start_combo.value = f"Folder: {Path(path).name}"
+            self.start_combo.value = source
+        self._update_buttons()
 
     def start_model(self) -> Path | None:
         """The model package training starts from, or None for a new model."""
-        if self.start_combo.value == LAST_MODEL:
+        value = self.start_combo.value
+        if value == _LAST:
             return self.last_model
-        return self._start_paths.get(self.start_combo.value)
+        return Path(value) if value and value != _BROWSE else None
 
     def _on_start_chosen(self, value: str) -> None:
-        if value != MODEL_FOLDER:
+        if value != _BROWSE:
             self._update_buttons()
             return
         path = QFileDialog.getExistingDirectory(self.native, "Model package to start from")
-        with self.start_combo.changed.blocked():
-            self.start_combo.value = NEW_MODEL
-        if path:
-            self.set_start_model(path)
+        self.set_start_model(path or None)
 
     def _browse_output(self, _value: Any = None) -> None:
         path, _filter = QFileDialog.getSaveFileName(

@@ -4,7 +4,9 @@ Thin by design: the :class:`TrainForm`'s fields become a :class:`TrainConfig`;
 pairs that cannot train are refused at once, before any worker starts;
 :func:`train_job` runs in the worker process through the :class:`JobRunner`
 (progress, Stop, errors as notifications), the live plot shows loss and Dice
-(named a validation only when painted slices were held out), and the napari
+(named a validation only when painted slices were held out), a model to
+fine-tune that is made for another modality than the scans is warned about
+as the Segment dock warns, and the napari
 side (:mod:`napari_medai._napari.training`) names the model, judges it,
 turns predictions into layers and copies accepted corrections back into the
 annotation layer.
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import PushButton
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QLabel
 
 from napari_medai._napari.details import model_rows
+from napari_medai._napari.modality import layer_modality
 from napari_medai._napari.training import (
     Review,
     finish_training,
@@ -35,6 +38,8 @@ from napari_medai._qt.review_panel import ReviewPanel
 from napari_medai._qt.train_form import TrainForm
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Progress
+from napari_medai.core.models.card import CARD_FILE, ModelCard, package_file
+from napari_medai.core.models.fit import modality_mismatch
 from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.registry import drafts_dir, keep_model
 from napari_medai.core.training.config import TrainResult, check_training_pairs
@@ -79,6 +84,10 @@ class TrainWidget(TrainForm):
         self._clear_plot()
         self.keep_button = PushButton(text="Keep this model anyway")
         self.keep_button.tooltip = "Add the model to the model list although it is not ready"
+        self.fit_warning = QLabel("")
+        self.fit_warning.setStyleSheet("color: #f0a030")  # as the Segment dock's
+        self.fit_warning.setWordWrap(True)
+        self.fit_warning.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.details = DetailsView()
@@ -107,7 +116,9 @@ class TrainWidget(TrainForm):
         """The form, plot, review and Details scroll inside the dock; progress and status
         stay in view below, so the dock fits a small screen and a result never grows it."""
         results = (self.plot, self.keep_button.native, self.reviewer.native, self.details)
-        scroll_column(self, self.form, *results, pinned=(self.runner, self.status))
+        scroll_column(
+            self, self.form, self.fit_warning, *results, pinned=(self.runner, self.status)
+        )
 
     def reset_choices(self, *_: Any) -> None:
         """Re-read the layers into every picker (napari calls this on layer changes)."""
@@ -132,6 +143,9 @@ class TrainWidget(TrainForm):
         except (MedaiError, ValueError) as error:
             self._fail("Train", error)
             return
+        problem = self.fit_problem()
+        if problem is not None:
+            show_warning(f"Train: {problem}")
         config = self.config(self.output_dir())
         self._clear_plot()
         self.keep_button.visible = False
@@ -183,6 +197,7 @@ class TrainWidget(TrainForm):
         if outcome is not JobOutcome.FAILED and is_model_package(out_dir):
             report = finish_training(out_dir, stopped=outcome is JobOutcome.CANCELLED)
             self.last_model = report.model
+            self.reset_start_choices()  # offers it, and lists it once it is kept
             self.status.setText(report.message)
             self.keep_button.visible = not report.listed and out_dir.parent == drafts_dir()
             self.details.show_rows(model_rows(report.card))
@@ -193,6 +208,7 @@ class TrainWidget(TrainForm):
         if self.last_model is None:
             return None
         self.last_model = keep_model(self.last_model)
+        self.reset_start_choices()
         self.keep_button.visible = False
         self.status.setText(f"Kept: the model is in the model list as '{self.last_model.name}'")
         return self.last_model
@@ -221,6 +237,30 @@ class TrainWidget(TrainForm):
 
     # Helpers ----------------------------------------------------------------------
 
+    def fit_problem(self) -> str | None:
+        """Why the model to fine-tune may not suit a picked scan (another modality), or None.
+
+        The card is read without loading the model; one that cannot be read is
+        left to the training job, which refuses it in words.
+        """
+        start = self.start_model()
+        if start is None:
+            return None
+        try:
+            card = ModelCard.read(package_file(start, CARD_FILE))
+        except (MedaiError, OSError):
+            return None
+        problems = (
+            modality_mismatch(card, card.name or start.name, layer_modality(image))
+            for image, _labels in self.selected_pairs()
+        )
+        return next((problem for problem in problems if problem), None)
+
+    def _update_fit_warning(self) -> None:
+        problem = self.fit_problem()
+        self.fit_warning.setText(f"Warning: {problem}" if problem else "")
+        self.fit_warning.setVisible(bool(problem))
+
     def _fail(self, title: str, error: Exception) -> None:
         self.status.setText(f"{title} failed: {error}")
         show_error(f"{title} failed: {error}")
@@ -238,3 +278,4 @@ class TrainWidget(TrainForm):
         )
         self.reviewer.update_buttons(idle, self.last_model is not None and pairs[0] is not None)
         self.keep_button.enabled = idle
+        self._update_fit_warning()

@@ -59,6 +59,9 @@ def measure(seconds: float, interval_ms: int, path: str | None) -> dict:
     from qtpy.QtWidgets import QApplication
 
     viewer = Viewer(show=True)
+    # A fixed size: napari restores the last session's window size, and the canvas's pixel
+    # count is most of a frame's cost under software OpenGL.
+    viewer.window._qt_window.resize(1920, 1080)
     if path:
         viewer.open(path, plugin=PLUGIN)
     else:

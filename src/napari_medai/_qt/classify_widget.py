@@ -189,10 +189,14 @@ class ClassifyWidget(Container):
         self.curve.clicked.connect(self.go_to_slice)
         self.models.refresh()
 
-    def reset_choices(self, *args) -> None:
-        """Refresh the layer pickers (napari calls this when layers change)."""
-        super().reset_choices(*args)
-        self.form.reset_choices(*args)
+    def reset_choices(self, *_args) -> None:
+        """Refresh the layer pickers (napari calls this when layers change).
+
+        Only they: the model list is read from disk (every card), so it is re-read
+        when the user opens it or picks another image, never on each layer change.
+        """
+        for picker in (self.image, self.boxes, self.points, self.labels):
+            picker.reset_choices()
         self._update_run_button()
 
     def _modality(self) -> str:

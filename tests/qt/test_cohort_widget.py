@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -139,69 +136,3 @@ def test_a_failed_run_leaves_no_stale_status(widget, qtbot, tmp_path):
     assert widget.summary.value == ""  # not "Running..." beside the failure
     assert widget.runner.message.startswith("Cohort run failed: ")
     assert "is a file, not a folder" in widget.runner.message
-
-
-SCRIPT = """
-import json, sys, time
-from pathlib import Path
-
-import napari
-import numpy as np
-from qtpy.QtWidgets import QApplication
-
-from napari_medai._qt.cohort_widget import CohortWidget
-from napari_medai._qt.evaluate_widget import EvaluateWidget
-from napari_medai._qt.export_widget import ExportWidget
-from napari_medai._qt.stats_widget import StatisticsWidget
-
-study, model, out = (Path(arg) for arg in sys.argv[1:4])
-viewer = napari.Viewer(show=False)
-outcomes = []
-
-
-def click(dock, button):
-    button.native.click()
-    while dock.runner.running:
-        QApplication.processEvents()
-        time.sleep(0.02)
-    outcomes.append(dock.runner.outcome.name)
-
-
-cohort = CohortWidget(viewer)
-cohort.cohort.value, cohort.out.value = study, out
-cohort.models.add_source(model)
-click(cohort, cohort.run_button)
-masks = np.zeros((8, 16, 16), np.uint8)
-masks[2:6, 4:12, 4:12] = 1
-viewer.add_labels(masks, name="reference", scale=(2.0, 1.0, 1.0))
-viewer.add_labels(np.roll(masks, 1, axis=2), name="prediction", scale=(2.0, 1.0, 1.0))
-evaluate = EvaluateWidget(viewer)
-evaluate.prediction.value = viewer.layers["prediction"]
-evaluate.reference.value = viewer.layers["reference"]
-click(evaluate, evaluate.evaluate_button)
-stats = StatisticsWidget(viewer)
-stats.labels_layer.value = viewer.layers["reference"]
-click(stats, stats.measure_button)
-export = ExportWidget(viewer)
-export.labels_layer.value = viewer.layers["reference"]
-export.path.value = out / "reference.nii.gz"
-click(export, export.export_button)
-found = [name for name in ("torch", "monai") if name in sys.modules]
-print(json.dumps({"outcomes": outcomes, "imported": found}))
-viewer.close()
-"""
-
-
-def test_cohort_evaluate_statistics_and_export_never_import_torch_into_napari(tmp_path):
-    """In a fresh process: this test's own process imported torch for its fixtures."""
-    study = tmp_path / "study"
-    write_cohort(study, phantoms=1, broken=False)
-    model = save_tiny_model(tmp_path / "tiny")
-    env = {**os.environ, "NAPARI_MEDAI_MODELS": str(tmp_path / "models")}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(study), str(model), str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"outcomes": ["DONE"] * 4, "imported": []}

@@ -1,16 +1,12 @@
 """The Generate widget: a few GAN steps on the phantom, sampling, Stop, augmentation preview.
 
 Synthetic layers stand beside the scan on its own slices (the slice slider keeps its range
-and step), quick refusals come before any worker starts, and napari's process never
-imports torch or MONAI for this dock.
+and step), and quick refusals come before any worker starts (that torch and MONAI stay out
+of napari's process: tests/qt/test_jobs_out_of_napari.py).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 import time
 from dataclasses import replace
 
@@ -197,82 +193,3 @@ def test_image_smaller_than_the_patch_is_refused(qtbot, scene, widget, notificat
 def test_conditional_without_labels_is_refused(qtbot, scene, widget, notifications):
     widget.kind.value = "conditional"
     refused_at_once(widget, notifications, "a label-conditioned GAN needs labels")
-
-
-TORCH_CHECK = """
-import json, sys, time
-from dataclasses import replace
-from pathlib import Path
-from qtpy.QtWidgets import QApplication
-from napari.components import ViewerModel
-from napari.layers import Layer
-from napari_medai._napari.layers import image_layer_data, labels_layer_data
-from napari_medai._napari.training import displayed_slice
-from napari_medai._qt.generate_widget import GenerateWidget
-from napari_medai.core.phantom import make_phantom
-
-app = QApplication([])
-volume, labels = make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)
-viewer = ViewerModel()
-image = viewer.add_layer(Layer.create(*image_layer_data(volume)))
-widget = GenerateWidget(viewer)
-widget.image.value = image
-widget.patch.value = 32
-tiny = widget.config
-widget.config = lambda: replace(
-    tiny(), max_iters=2, max_time_s=None, batch_size=4, quality_samples=8, quality_steps=2
-)
-
-def click(button):
-    button.changed.emit(True)
-    while widget.runner.running:
-        app.processEvents()
-        time.sleep(0.02)
-    return widget.runner.outcome.name, "torch" in sys.modules or "monai" in sys.modules
-
-seen = {}
-widget.package.value = Path(sys.argv[1])
-seen["sample"] = click(widget.sample_button)
-seen["augment"] = click(widget.augment_button)
-seen["train"] = click(widget.train_button)
-print(json.dumps(seen))
-"""
-
-
-@pytest.fixture(scope="module")
-def torch_in_napari(tmp_path_factory):
-    """Which of the dock's jobs imported torch or MONAI into napari's process (a fresh one)."""
-    from napari_medai.core.generative.config import GanConfig
-    from napari_medai.core.generative.train import train_gan_job
-    from napari_medai.core.jobs import run_job
-    from napari_medai.core.phantom import make_phantom
-
-    volume, _ = make_phantom(shape=(24, 64, 64), spacing=(6.0, 5.0, 5.0), seed=0)
-    package = tmp_path_factory.mktemp("gan") / "generator"
-    config = GanConfig(
-        package,
-        patch_size=32,
-        max_iters=2,
-        max_time_s=None,
-        batch_size=4,
-        quality_samples=8,
-        quality_steps=2,
-    )
-    run_job(train_gan_job(volume, None, config))
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TORCH_CHECK), str(package)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {job: tuple(value) for job, value in json.loads(done.stdout.splitlines()[-1]).items()}
-
-
-@pytest.mark.parametrize("job", ["sample", "augment"])
-def test_sampling_and_preview_keep_torch_out_of_napari(torch_in_napari, job):
-    assert torch_in_napari[job] == ("DONE", False)
-
-
-def test_training_keeps_torch_out_of_napari(torch_in_napari):
-    assert torch_in_napari["train"] == ("DONE", False)

@@ -8,9 +8,13 @@ functional groups), go through pydicom. Each file's pixel data is read once.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -23,6 +27,8 @@ from napari_medai.core.volume import volume_from_sitk
 
 #: Target duration of one decoding step (cancelling waits at most about this long).
 CHUNK_SECONDS = 0.5
+#: Runs of files decoded at once (GDCM decodes without the GIL); two cores are common.
+DECODE_THREADS = min(2, os.cpu_count() or 1)
 
 
 def needs_float(slices: Sequence[SliceRef]) -> bool:
@@ -134,38 +140,88 @@ def _run_length(slices: Sequence[SliceRef], start: int, limit: int) -> int:
 def decode_job(slices: Sequence[SliceRef], series_reads: bool = True) -> Job[np.ndarray]:
     """Decode ``slices`` in order into one (channels, n, rows, columns) array.
 
-    With ``series_reads``, runs of single-frame files are read together, in
-    runs sized to take about ``CHUNK_SECONDS`` so cancelling stays quick. Pass
-    False for stacks whose slice steps vary: ITK's series reader would print a
-    spacing warning on them.
+    Runs of single-frame files are decoded :data:`DECODE_THREADS` at a time
+    (SimpleITK lets go of the GIL while GDCM decodes). With ``series_reads``,
+    each run is one series read, sized to take about ``CHUNK_SECONDS`` so
+    cancelling stays quick. Pass False for stacks whose slice steps vary: ITK's
+    series reader would print a spacing warning on them.
     """
     as_float = needs_float(slices)
     frames: dict[Path, np.ndarray] = {}
     output: np.ndarray | None = None
+    pending: deque[tuple[int, Future[tuple[np.ndarray, float]]]] = deque()
     index, run_limit = 0, 8 if series_reads else 1
-    while index < len(slices):
-        ref = slices[index]
-        started = time.perf_counter()
-        if ref.frame is None:
-            run = slices[index : index + _run_length(slices, index, run_limit)]
-            block = _classic_run(run, as_float)
-        else:
-            stored = _frames(ref, frames)[ref.frame]
-            block = _channels_first(_rescaled(stored, ref, as_float), ref.samples)[:, np.newaxis]
-        count = block.shape[1]
-        if block.shape[-2:] != (ref.rows, ref.columns):
-            raise UnreadableFileError(
-                f"{ref.path.name} holds {block.shape[-2:]} pixels but its header says "
-                f"{(ref.rows, ref.columns)}"
-            )
-        if output is None:
-            output = np.empty((block.shape[0], len(slices), *block.shape[2:]), block.dtype)
-        elif not np.can_cast(block.dtype, output.dtype, "safe"):
-            output = output.astype(np.result_type(output.dtype, block.dtype))
-        output[:, index : index + count] = block
-        index += count
-        if series_reads:
-            per_slice = max(time.perf_counter() - started, 1e-4) / count
-            run_limit = int(np.clip(CHUNK_SECONDS / per_slice, 1, 256))
-        yield Progress(index / len(slices), "decoding DICOM pixels")
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="dicom-decode") as pool:
+        try:
+            while index < len(slices) or pending:
+                while index < len(slices) and len(pending) < DECODE_THREADS:
+                    future, count = _start(pool, slices, index, run_limit, as_float, frames)
+                    pending.append((index, future))
+                    index += count
+                start, future = pending.popleft()
+                block, seconds = future.result()
+                output = _placed(block, output, slices, start)
+                if series_reads:
+                    per_slice = max(seconds, 1e-4) / block.shape[1]
+                    run_limit = int(np.clip(CHUNK_SECONDS / per_slice, 1, 256))
+                yield Progress((start + block.shape[1]) / len(slices), "decoding DICOM pixels")
+        finally:
+            for _, future in pending:
+                future.cancel()
     return output
+
+
+def _start(
+    pool: ThreadPoolExecutor,
+    slices: Sequence[SliceRef],
+    index: int,
+    run_limit: int,
+    as_float: bool,
+    frames: dict[Path, np.ndarray],
+) -> tuple[Future[tuple[np.ndarray, float]], int]:
+    """Start decoding from ``index``: a run of single-frame files in ``pool``, or one frame here.
+
+    Returns the decoding and how many slices it covers. Frames are decoded in
+    this thread, with pydicom: their cache holds one file and is not shared.
+    """
+    ref = slices[index]
+    if ref.frame is not None:
+        return _done(_timed(_frame_block, ref, frames, as_float)), 1
+    count = _run_length(slices, index, run_limit)
+    return pool.submit(_timed, _classic_run, slices[index : index + count], as_float), count
+
+
+def _placed(
+    block: np.ndarray, output: np.ndarray | None, slices: Sequence[SliceRef], start: int
+) -> np.ndarray:
+    """``output`` (made, or widened to hold ``block``'s type) with ``block`` at ``start``."""
+    ref = slices[start]
+    if block.shape[-2:] != (ref.rows, ref.columns):
+        raise UnreadableFileError(
+            f"{ref.path.name} holds {block.shape[-2:]} pixels but its header says "
+            f"{(ref.rows, ref.columns)}"
+        )
+    if output is None:
+        output = np.empty((block.shape[0], len(slices), *block.shape[2:]), block.dtype)
+    elif not np.can_cast(block.dtype, output.dtype, "safe"):
+        output = output.astype(np.result_type(output.dtype, block.dtype))
+    output[:, start : start + block.shape[1]] = block
+    return output
+
+
+def _frame_block(ref: SliceRef, cache: dict[Path, np.ndarray], as_float: bool) -> np.ndarray:
+    """One frame of a multi-frame file as (channels, 1, rows, columns), rescaled."""
+    stored = _frames(ref, cache)[ref.frame]
+    return _channels_first(_rescaled(stored, ref, as_float), ref.samples)[:, np.newaxis]
+
+
+def _timed(decode: Callable[..., np.ndarray], *args: Any) -> tuple[np.ndarray, float]:
+    """``decode(*args)`` and the seconds it took."""
+    started = time.perf_counter()
+    return decode(*args), time.perf_counter() - started
+
+
+def _done(result: tuple[np.ndarray, float]) -> Future[tuple[np.ndarray, float]]:
+    future: Future[tuple[np.ndarray, float]] = Future()
+    future.set_result(result)
+    return future

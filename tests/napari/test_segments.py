@@ -48,6 +48,21 @@ def test_volume_in_ml_comes_from_the_scans_spacing():
     assert seg.label_voxels(layer) == {1: 144, 2: 144}
 
 
+@pytest.mark.parametrize(
+    ("ml", "shown"),
+    [
+        (0.00096, "0.00096"),  # one 0.8 x 0.8 x 1.5 mm voxel: a lesion must never read 0
+        (0.0304, "0.0304"),
+        (12.345, "12.3"),
+        (580.66, "581"),
+        (1534.26, "1534"),  # every whole mL of a big organ stays
+        (0.0, "0"),
+    ],
+)
+def test_volumes_show_three_significant_figures_and_never_zero_when_painted(ml, shown):
+    assert seg.format_ml(ml) == shown
+
+
 def test_colour_and_visibility_are_napari_colours():
     layer = _layer()
     seg.adopt(layer, {1, 2})

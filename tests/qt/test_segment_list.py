@@ -56,8 +56,9 @@ def test_rows_list_names_and_volumes_in_ml(docked):
     assert table.rowCount() == 2
     assert table.item(0, NAME_COLUMN).text() == "liver"
     assert table.item(1, NAME_COLUMN).text() == "label 2"
-    # 30 voxels of 2 x 1 x 0.5 mm = 30 mm3 = 0.03 mL, shown to one decimal.
-    assert table.item(0, 5).text() == "0.0"
+    # 30 voxels of 2 x 1 x 0.5 mm = 30 mm3 = 0.03 mL: a small segment never reads 0.
+    assert table.item(0, 5).text() == "0.03"
+    assert table.item(0, 5).toolTip() == "30 voxels, 30 mm3"
 
 
 def test_volumes_follow_painting(docked, qtbot):
@@ -66,7 +67,33 @@ def test_volumes_follow_painting(docked, qtbot):
     with layer.block_history():
         layer.paint((2, 30, 30), 2)
     mm3 = np.count_nonzero(layer.data == 2) * np.prod(SPACING)
-    _wait(qtbot, lambda: widget.table.item(1, 5).text() == f"{mm3 / 1000:.1f}")
+    _wait(qtbot, lambda: widget.table.item(1, 5).text() == seg.format_ml(mm3 / 1000))
+
+
+def test_a_recount_updates_volumes_in_place(make_napari_viewer, qtbot):
+    # Each stroke recounts: the rows, the selection, the scroll and a name being edited stay.
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, _ = labels_layer_data(_organs(12))  # more rows than the table shows
+    layer = viewer.add_labels(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medai", "Segment list")
+    table = widget.table
+    table.setCurrentCell(widget.row_of_value(11), NAME_COLUMN)
+    table.scrollToBottom()
+    scrolled = table.verticalScrollBar().value()
+    assert scrolled > 0
+    swatches = [table.cellWidget(row, 0) for row in range(table.rowCount())]
+    table.editItem(table.item(widget.row_of_value(12), NAME_COLUMN))
+    assert table.state() == table.State.EditingState
+    volume = table.item(widget.row_of_value(12), 5)
+    before = volume.text()
+    layer.brush_size = 20  # 30 -> over 300 voxels: a new volume at any precision
+    with layer.block_history():
+        layer.paint((2, 30, 30), 12)
+    _wait(qtbot, lambda: table.item(widget.row_of_value(12), 5).text() != before)
+    assert [table.cellWidget(row, 0) for row in range(table.rowCount())] == swatches
+    assert table.currentRow() == widget.row_of_value(11)
+    assert table.verticalScrollBar().value() == scrolled
+    assert table.state() == table.State.EditingState
 
 
 def test_clicking_a_row_selects_its_label_for_painting(docked):

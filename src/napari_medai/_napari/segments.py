@@ -116,6 +116,18 @@ def voxel_ml(layer: Labels) -> float:
     return layer_geometry(layer).voxel_volume_ml() if layer.ndim >= 3 else 0.0
 
 
+def format_ml(ml: float) -> str:
+    """A volume in mL to three significant figures, every whole mL kept: "1534", "12.3", "0.03".
+
+    Never "0" for a segment that has voxels (a one-voxel lesion reads "0.001"),
+    and never an exponent: numpy's shortest positional form does both.
+    """
+    whole_digits = len(str(int(ml)))
+    return np.format_float_positional(
+        ml, precision=max(3, whole_digits), fractional=False, trim="-"
+    )
+
+
 def segments(layer: Labels, present: set[int] = frozenset()) -> list[Segment]:
     """The segment list: every label named, described or ``present``, background left out."""
     names = label_names(layer)

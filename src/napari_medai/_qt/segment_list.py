@@ -40,6 +40,7 @@ TABLE_HEIGHT_PX = 260
 RECOUNT_MS = 400
 COLUMNS = ("", "Show", "Lock", "Name", "Status", "mL")
 NAME_COLUMN = COLUMNS.index("Name")
+VOLUME_COLUMN = COLUMNS.index("mL")
 #: Column widths; the name column takes what is left (and at least its own width here).
 COLUMN_WIDTHS_PX = (28, 40, 40, 96, 122, 60)
 ROW_HEIGHT_PX = 26
@@ -127,28 +128,34 @@ class SegmentListWidget(Container):
         worker.start()
 
     def _counted(self, layer: Labels, voxels: dict[int, int]) -> None:
-        if layer is self._layer:
-            self._voxels = voxels
+        """Show new volumes in place (selection, scroll and an open name editor stay)."""
+        if layer is not self._layer:
+            return
+        self._voxels = voxels
+        listed = [self.value_of_row(row) for row in range(self.table.rowCount())]
+        if listed == [segment.value for segment in seg.segments(layer, set(voxels))]:
+            for row, value in enumerate(listed):
+                self._show_volume(row, value)
+        else:
             self._fill()
 
     def _fill(self) -> None:
         """One row per segment of the layer."""
         layer = self._layer
         rows = seg.segments(layer, set(self._voxels)) if layer is not None else []
-        voxel_ml = seg.voxel_ml(layer) if layer is not None else 0.0
         self._filling = True
         self.table.setRowCount(len(rows))
         for row, segment in enumerate(rows):
-            self._fill_row(row, segment, self._voxels.get(segment.value, 0) * voxel_ml)
+            self._fill_row(row, segment)
         self._filling = False
         if layer is not None:
             self._mark_selected(layer.selected_label)
 
-    def _fill_row(self, row: int, segment: seg.Segment, ml: float) -> None:
+    def _fill_row(self, row: int, segment: seg.Segment) -> None:
         value = segment.value
         swatch = QPushButton()
         swatch.setToolTip(f"Colour of label {value}: click to change")
-        swatch.setStyleSheet(f"background-color: {QColor.fromRgbF(*segment.color).name()};")
+        swatch.setStyleSheet(_swatch_style(segment.color))
         swatch.clicked.connect(lambda: self._pick_color(value))
         self.table.setCellWidget(row, 0, swatch)
         for column, checked, setter, tip in (
@@ -168,11 +175,22 @@ class SegmentListWidget(Container):
         status.addItems(SEGMENT_STATUSES)
         status.setCurrentText(segment.status)
         status.currentTextChanged.connect(lambda text: seg.set_status(self._layer, value, text))
-        self.table.setCellWidget(row, 4, status)
-        volume = QTableWidgetItem(f"{ml:.1f}")
+        self.table.setCellWidget(row, COLUMNS.index("Status"), status)
+        volume = QTableWidgetItem()
         volume.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
         volume.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        self.table.setItem(row, 5, volume)
+        self.table.setItem(row, VOLUME_COLUMN, volume)
+        self._show_volume(row, value)
+
+    def _show_volume(self, row: int, value: int) -> None:
+        """Write label ``value``'s volume into its row's mL cell (voxels and mm3 in its tip)."""
+        voxels = self._voxels.get(value, 0)
+        ml = voxels * seg.voxel_ml(self._layer)
+        item = self.table.item(row, VOLUME_COLUMN)
+        filling, self._filling = self._filling, True
+        item.setText(seg.format_ml(ml))
+        item.setToolTip(f"{voxels} voxels, {ml * 1000:g} mm3")
+        self._filling = filling
 
     def value_of_row(self, row: int) -> int | None:
         """The label value listed in ``row``."""
@@ -224,8 +242,9 @@ class SegmentListWidget(Container):
 
     def set_color(self, value: int, color: QColor) -> None:
         """Colour segment ``value`` (the colour button's dialog calls this)."""
-        seg.set_color(self._layer, value, (color.redF(), color.greenF(), color.blueF()))
-        self._fill()
+        rgb = (color.redF(), color.greenF(), color.blueF())
+        seg.set_color(self._layer, value, rgb)
+        self.table.cellWidget(self.row_of_value(value), 0).setStyleSheet(_swatch_style(rgb))
 
     def add(self, _event: Any = None) -> None:
         """Add a segment with the next free label value and select it for painting."""
@@ -251,6 +270,11 @@ class SegmentListWidget(Container):
         self._voxels.pop(value, None)
         self._fill()
         self.status.value = f"Deleted label {value}: {erased} voxels erased (Ctrl+Z restores them)"
+
+
+def _swatch_style(rgb: tuple[float, ...]) -> str:
+    """The colour button's style sheet: filled with the segment's colour."""
+    return f"background-color: {QColor.fromRgbF(*rgb).name()};"
 
 
 def _table() -> QTableWidget:

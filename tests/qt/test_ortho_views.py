@@ -166,6 +166,25 @@ def test_a_side_scroll_moves_the_crosshair_without_redrawing_the_main_scene(orth
     assert crosshair.geometry() == main_canvas.native.rect()
 
 
+def test_a_resized_side_view_is_fitted_again_unless_the_user_zoomed(ortho, qtbot):
+    # Another dock added below, or a wider dock, resizes the side canvases after their fit:
+    # the scan must not be cut off, but a view the user zoomed keeps its zoom.
+    viewer, widget = ortho
+    coronal, qt_coronal = view_named(widget, "coronal")
+    sagittal, qt_sagittal = view_named(widget, "sagittal")
+    qtbot.wait(100)
+    sagittal.scene.camera.zoom *= 2
+    zoomed = sagittal.scene.camera.zoom
+    dock = widget.parentWidget()
+    dock.setFixedWidth(dock.width() + 150)
+    qtbot.waitUntil(lambda: qt_coronal.canvas.native.width() > 200, timeout=2000)
+    qtbot.wait(200)
+    shown = coronal.scene.camera.zoom
+    coronal.reset_view()  # what a fit at this size gives
+    assert shown == pytest.approx(coronal.scene.camera.zoom)
+    assert sagittal.scene.camera.zoom == zoomed
+
+
 def test_painting_in_the_sagittal_view_paints_the_users_layer(ortho):
     viewer, widget = ortho
     labels = viewer.layers[1]

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtCore import QPoint
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QApplication, QCheckBox, QComboBox, QScrollArea
 
@@ -157,6 +158,23 @@ def test_the_dock_fits_and_its_table_scrolls(make_napari_viewer):
     QApplication.processEvents()
     assert dock.minimumSizeHint().height() == before.height()
     assert dock.minimumSizeHint().width() <= before.width()
+
+
+def test_under_the_orthogonal_views_the_first_rows_stay_in_view(make_napari_viewer, qtbot):
+    # Stacked under a tall dock, the list keeps its minimum: the form and the first rows show.
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    data, kwargs, _ = labels_layer_data(_organs())
+    viewer.add_labels(data, **kwargs)
+    viewer.window.add_plugin_dock_widget("napari-medai", "Orthogonal views")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medai", "Segment list")
+    qtbot.wait(300)
+    table = widget.table
+    first = table.item(0, NAME_COLUMN)
+    shown = widget.native.visibleRegion().boundingRect()
+    offset = table.viewport().mapTo(widget.native, QPoint())
+    row_in_dock = table.visualItemRect(first).translated(offset)
+    assert shown.contains(row_in_dock)
 
 
 def test_segments_saved_as_nrrd_come_back_in_the_list(make_napari_viewer, tmp_path):

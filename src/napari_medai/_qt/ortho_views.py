@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL_MS = 50
 #: The dock's narrowest useful width (px): two readable canvases on a 1366x768 screen.
 DOCK_MIN_WIDTH = 320
+#: The share of the screen's height the dock asks for; docks stacked below it get the rest.
+HEIGHT_SHARE = 0.6
 #: Crosshair colour (RGBA): the yellow 3D Slicer uses, slightly see-through.
 CROSSHAIR_COLOUR = (1.0, 0.85, 0.1, 0.75)
 HINT = (
@@ -125,6 +127,12 @@ def _view_change_emitters(viewer: ViewerModel) -> tuple:
     return events.order, events.ndisplay, events.range
 
 
+def _camera_state(view: ViewerModel) -> tuple:
+    """What a pan or zoom changes: the camera's centre and zoom."""
+    camera = view.scene.camera
+    return tuple(camera.center), camera.zoom
+
+
 class OrthoViewsWidget(QWidget):
     """Coronal and sagittal canvases (or whichever two planes the main view does not show)."""
 
@@ -162,11 +170,19 @@ class OrthoViewsWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._update_note)
         self._linked = True
         self._shown = False
+        # Each side view's camera (centre, zoom) as last fitted: one the user has not moved
+        # since is fitted again when its canvas is resized (a dock added below, a new width).
+        self._fitted: dict[int, tuple] = {}
+        self._refit_timer = QTimer(self, singleShot=True, interval=0)
+        self._refit_timer.timeout.connect(self._refit_unmoved)
+        for qt_viewer in self.qt_viewers:
+            qt_viewer.canvas.native.installEventFilter(self)
         # Also when the main window deletes the dock with itself (no Python method may run then).
         self.destroyed.connect(partial(_release, self.link, self.qt_viewers))
         self._on_planes()
 
     def _on_planes(self, _event: object = None) -> None:
+        self._remember_fits()
         for model, plane in zip(self.side_viewers, self.link.planes, strict=True):
             overlay = model.canvas.overlays["text"]
             overlay.text = plane.capitalize()
@@ -191,6 +207,7 @@ class OrthoViewsWidget(QWidget):
             return
         self._linked = False
         self._flush_timer.stop()
+        self._refit_timer.stop()
         for crosshair in self.crosshairs:
             crosshair.remove()
         for view in self.link.views:
@@ -201,10 +218,12 @@ class OrthoViewsWidget(QWidget):
         _release(self.link, self.qt_viewers)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
-        """A quarter of the screen's width, so the main canvas keeps the larger share."""
+        """A quarter of the screen's width, so the main canvas keeps the larger share, and
+        :data:`HEIGHT_SHARE` of its height, so a dock stacked below (Segment list) shows."""
         screen = QApplication.primaryScreen()
-        width = screen.availableGeometry().width() if screen is not None else 1366
-        return QSize(max(DOCK_MIN_WIDTH, width // 4), super().sizeHint().height())
+        size = screen.availableGeometry().size() if screen is not None else QSize(1366, 768)
+        width = max(DOCK_MIN_WIDTH, size.width() // 4)
+        return QSize(width, max(self.minimumSizeHint().height(), int(size.height() * HEIGHT_SHARE)))
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """Once docked, fit every canvas again: docking has just resized them all."""
@@ -216,6 +235,23 @@ class OrthoViewsWidget(QWidget):
     def _fit_all(self) -> None:
         for view in self.link.views:
             view.reset_view()
+        self._remember_fits()
+
+    def _remember_fits(self) -> None:
+        self._fitted = {id(view): _camera_state(view) for view in self.side_viewers}
+
+    def _refit_unmoved(self) -> None:
+        """Fit again the side views whose camera the user has not panned or zoomed."""
+        for view in self.side_viewers:
+            if self._fitted.get(id(view)) == _camera_state(view):
+                view.reset_view()
+                self._fitted[id(view)] = _camera_state(view)
+
+    def eventFilter(self, watched: object, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        """A side canvas resized: fit its view again after the layout settles."""
+        if event.type() == QEvent.Type.Resize and self._linked:
+            self._refit_timer.start()
+        return False
 
     def event(self, event: QEvent) -> bool:
         """Unlink when napari takes the widget out of its dock (closing the dock)."""

@@ -44,6 +44,9 @@ VOLUME_COLUMN = COLUMNS.index("mL")
 #: Column widths; the name column takes what is left (and at least its own width here).
 COLUMN_WIDTHS_PX = (28, 40, 40, 96, 122, 60)
 ROW_HEIGHT_PX = 26
+#: The dock's least height: its form and a few rows stay in view under a taller dock
+#: (Orthogonal views) without passing the 220 px every small dock keeps to.
+MIN_HEIGHT_PX = 190
 EMPTY_MESSAGE = "Pick or add a Labels layer to list its segments"
 
 
@@ -66,6 +69,7 @@ class SegmentListWidget(Container):
             scrollable=True,
         )
         scroll_column(self, self.form, self.table, self.status.native)
+        self.native.setMinimumHeight(MIN_HEIGHT_PX)
         seg.defer = lambda task: QTimer.singleShot(0, task)
         self._voxels: dict[int, int] = {}
         self._layer: Labels | None = None

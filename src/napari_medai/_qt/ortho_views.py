@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL_MS = 50
 #: The dock's narrowest useful width (px): two readable canvases on a 1366x768 screen.
 DOCK_MIN_WIDTH = 320
-#: The share of the screen's height the dock asks for; docks stacked below it get the rest.
-HEIGHT_SHARE = 0.6
 #: Crosshair colour (RGBA): the yellow 3D Slicer uses, slightly see-through.
 CROSSHAIR_COLOUR = (1.0, 0.85, 0.1, 0.75)
 HINT = (
@@ -218,12 +216,10 @@ class OrthoViewsWidget(QWidget):
         _release(self.link, self.qt_viewers)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
-        """A quarter of the screen's width, so the main canvas keeps the larger share, and
-        :data:`HEIGHT_SHARE` of its height, so a dock stacked below (Segment list) shows."""
+        """A quarter of the screen's width, so the main canvas keeps the larger share."""
         screen = QApplication.primaryScreen()
-        size = screen.availableGeometry().size() if screen is not None else QSize(1366, 768)
-        width = max(DOCK_MIN_WIDTH, size.width() // 4)
-        return QSize(width, max(self.minimumSizeHint().height(), int(size.height() * HEIGHT_SHARE)))
+        width = screen.availableGeometry().width() if screen is not None else 1366
+        return QSize(max(DOCK_MIN_WIDTH, width // 4), super().sizeHint().height())
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """Once docked, fit every canvas again: docking has just resized them all."""

@@ -8,7 +8,10 @@ heartbeat (``tests/helpers/heartbeat.py``) records how late each tick
 comes. The goal: no stall over 100 ms. Without a display, run it under ``xvfb-run`` (Mesa's
 software OpenGL then draws all three canvases on the CPU).
 
-Prints one JSON object. Usage: ``python bench/ortho_views.py [--seconds 10] [--4d]``.
+``--no-dock`` measures the floor: napari alone, scrolling and painting the same planes in its
+one canvas, so what the dock adds can be told from what napari and software OpenGL cost.
+
+Prints one JSON object. Usage: ``python bench/ortho_views.py [--seconds 10] [--4d] [--no-dock]``.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def synthetic_scan(frames: int):
     return image, LabelMap(labels, geometry, {"name": "organ"}, {1: "organ"})
 
 
-def measure(seconds: float, interval_ms: int, frames: int) -> dict:
+def measure(seconds: float, interval_ms: int, frames: int, dock: bool = True) -> dict:
     from heartbeat import EventLoopMonitor
     from napari.layers import Layer
     from napari.viewer import Viewer
@@ -78,7 +81,17 @@ def measure(seconds: float, interval_ms: int, frames: int) -> dict:
         kwargs.update({key: spatial[key] for key in ("affine", "units", "axis_labels")})
         kwargs.pop("metadata")
     labels = viewer.add_labels(data, **{k: v for k, v in kwargs.items() if k != "features"})
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Orthogonal views")
+    if dock:
+        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Orthogonal views")
+        coronal = widget.side_viewers[widget.link.planes.index("coronal")]
+        sagittal = widget.side_viewers[widget.link.planes.index("sagittal")]
+        copy = widget.link.copies(labels)[widget.link.planes.index("sagittal")]
+    else:  # the floor: napari alone, its one canvas showing each plane in turn
+        from napari_medai._napari.ortho import plane_order
+
+        viewer.dims.order = plane_order(viewer.dims.ndim, "coronal")
+        coronal = sagittal = viewer
+        copy = labels
 
     def run(ms: float) -> None:
         loop = QEventLoop()
@@ -86,8 +99,6 @@ def measure(seconds: float, interval_ms: int, frames: int) -> dict:
         loop.exec()
 
     run(2000)  # shown and laid out, as a user would see it before scrolling
-    coronal = widget.side_viewers[widget.link.planes.index("coronal")]
-    sagittal = widget.side_viewers[widget.link.planes.index("sagittal")]
     axis = coronal.dims.order[-3]
     steps = coronal.dims.nsteps[axis]
     position = [steps // 4]
@@ -107,8 +118,10 @@ def measure(seconds: float, interval_ms: int, frames: int) -> dict:
     monitor.stop()
     scrolling = {**stall_summary(monitor), "slices_shown": round(seconds * 1000 / interval_ms)}
 
+    if not dock:
+        viewer.dims.order = plane_order(viewer.dims.ndim, "sagittal")
+        run(1000)
     # A stroke in the sagittal view: one voxel row painted per 20 ms, as a mouse drag paints.
-    copy = widget.link.copies(labels)[widget.link.planes.index("sagittal")]
     copy.mode = "paint"
     copy.selected_label = 2
     rows = iter(range(100, 400, 3))
@@ -138,7 +151,10 @@ def measure(seconds: float, interval_ms: int, frames: int) -> dict:
     painter.stop()
     monitor.stop()
     painting = stall_summary(monitor)
+    main_canvas = viewer.window._qt_viewer.canvas.native
     result = {
+        "orthogonal_views_dock": dock,
+        "main_canvas_px": [main_canvas.width(), main_canvas.height()],
         "shape": list(data.shape),
         "spacing_mm": list(SPACING),
         "scrolling_coronal": scrolling,
@@ -155,8 +171,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--interval", type=int, default=50, help="ms between slice steps")
     parser.add_argument("--4d", dest="frames", action="store_const", const=4, default=1)
+    parser.add_argument(
+        "--no-dock",
+        dest="dock",
+        action="store_false",
+        help="the floor: napari alone scrolls and paints the same planes in its one canvas",
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.seconds, args.interval, args.frames)))
+    print(json.dumps(measure(args.seconds, args.interval, args.frames, args.dock)))
 
 
 if __name__ == "__main__":

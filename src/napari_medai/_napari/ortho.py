@@ -165,8 +165,9 @@ class OrthoLink:
 
     ``on_stale`` is called when a view needs a refresh because another view
     edited shared data; it must (now or later) call :meth:`flush`. The Qt dock
-    passes a short timer, so a brush stroke refreshes the other views at a
-    bounded rate. ``events.point`` fires when the crosshair moves.
+    passes a short single-shot timer that each dab restarts, so the other views
+    redraw a brush stroke once it pauses. ``events.point`` fires when the
+    crosshair moves.
     """
 
     def __init__(

@@ -4,8 +4,8 @@ With the main canvas on the axial plane, the dock shows coronal (top) and
 sagittal (bottom) views of the same Image and Labels layers, as ITK-SNAP and
 3D Slicer lay a scan out. The linking itself (shared data, one undo history,
 one crosshair) lives in :mod:`napari_medai._napari.ortho`; this module gives
-each side viewer a canvas, draws the crosshair on all three canvases and
-refreshes the other views at a bounded rate while the user paints.
+each side viewer a canvas, draws the crosshair over all three canvases and
+refreshes the other views once a brush stroke pauses.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from napari_medai._napari.ortho import OrthoLink, crosshair_segments, tilt_probl
 if TYPE_CHECKING:
     import napari
 
-#: Redraw other views at most this often while a brush stroke goes on (ms).
+#: Other views redraw an edit once the stroke pauses this long (ms): each dab of a stroke
+#: redraws only the canvas painted on (with software OpenGL a canvas costs a frame's worth).
 REFRESH_INTERVAL_MS = 50
 #: The dock's narrowest useful width (px): two readable canvases on a 1366x768 screen.
 DOCK_MIN_WIDTH = 320

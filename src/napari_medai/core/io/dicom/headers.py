@@ -101,6 +101,8 @@ class SliceRef:
     instance: int
     sop_instance: str
     orientation_problem: str = ""
+    #: Pixel data in a compressed transfer syntax (decoding costs CPU, not only copying).
+    compressed: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +235,7 @@ def _orientation(value: Any) -> tuple[np.ndarray | None, str]:
     return orientation, ""
 
 
-def _slices(dataset: Header, path: Path) -> tuple[tuple[SliceRef, ...], str]:
+def _slices(dataset: Header, path: Path, compressed: bool) -> tuple[tuple[SliceRef, ...], str]:
     """The slices of a file (one per frame) and a problem ("" when usable)."""
     frames = int(_number(_get(dataset, "NumberOfFrames"), 1) or 1)
     image_type = _get(dataset, "ImageType") or []
@@ -303,6 +305,7 @@ def _slices(dataset: Header, path: Path) -> tuple[tuple[SliceRef, ...], str]:
                 instance=int(_number(_get(dataset, "InstanceNumber"), 0) or 0),
                 sop_instance=_text(dataset, "SOPInstanceUID"),
                 orientation_problem=orientation_problem,
+                compressed=compressed,
             )
         )
     return tuple(slices), ""
@@ -425,7 +428,7 @@ def read_header(path: Path) -> DicomFile | None:
     elif problem := _pixel_problem(header, present):
         slices = ()
     else:
-        slices, problem = _slices(header, Path(path))
+        slices, problem = _slices(header, Path(path), syntax not in NATIVE_SYNTAXES)
     center = _number(_get(header, "WindowCenter"), None)
     width = _number(_get(header, "WindowWidth"), None)
     return DicomFile(

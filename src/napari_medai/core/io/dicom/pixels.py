@@ -9,10 +9,11 @@ functional groups), go through pydicom. Each file's pixel data is read once.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from napari_medai.core.volume import volume_from_sitk
 CHUNK_SECONDS = 0.5
 #: Runs of files decoded at once (GDCM decodes without the GIL); two cores are common.
 DECODE_THREADS = min(2, os.cpu_count() or 1)
+#: How often a whole-series read reports its progress.
+PROGRESS_SECONDS = 0.1
 
 
 def needs_float(slices: Sequence[SliceRef]) -> bool:
@@ -140,13 +143,20 @@ def _run_length(slices: Sequence[SliceRef], start: int, limit: int) -> int:
 def decode_job(slices: Sequence[SliceRef], series_reads: bool = True) -> Job[np.ndarray]:
     """Decode ``slices`` in order into one (channels, n, rows, columns) array.
 
-    Runs of single-frame files are decoded :data:`DECODE_THREADS` at a time
+    An uncompressed series with one rescale is one series read into the
+    volume's memory (:func:`_series_read_job`). Otherwise runs of single-frame
+    files are decoded :data:`DECODE_THREADS` at a time
     (SimpleITK lets go of the GIL while GDCM decodes). With ``series_reads``,
     each run is one series read, sized to take about ``CHUNK_SECONDS`` so
     cancelling stays quick. Pass False for stacks whose slice steps vary: ITK's
     series reader would print a spacing warning on them.
     """
     as_float = needs_float(slices)
+    if series_reads and _one_native_run(slices):
+        try:
+            return (yield from _series_read_job(slices, as_float))
+        except RuntimeError:
+            pass  # a file GDCM cannot decode: run by run, with pydicom as fallback
     frames: dict[Path, np.ndarray] = {}
     output: np.ndarray | None = None
     pending: deque[tuple[int, Future[tuple[np.ndarray, float]]]] = deque()
@@ -169,6 +179,48 @@ def decode_job(slices: Sequence[SliceRef], series_reads: bool = True) -> Job[np.
             for _, future in pending:
                 future.cancel()
     return output
+
+
+def _one_native_run(slices: Sequence[SliceRef]) -> bool:
+    """Whether ``slices`` are uncompressed single-frame files sharing one rescale.
+
+    Such a series costs copying more than decoding: one series read, straight
+    into the volume's memory, beats runs decoded side by side and copied.
+    """
+    return not any(ref.compressed for ref in slices) and _run_length(slices, 0, len(slices)) == len(
+        slices
+    )
+
+
+def _series_read_job(slices: Sequence[SliceRef], as_float: bool) -> Job[np.ndarray]:
+    """Every file in one SimpleITK series read, as a bare read does: one buffer, kept.
+
+    It runs in a thread; progress is ITK's (per file), and a consumer that stops
+    aborts the read at the next file. Raises RuntimeError when a file fails.
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(ref.path) for ref in slices])
+    if as_float:
+        reader.SetOutputPixelType(_pixel_type(slices[0].samples))
+    done = {"fraction": 0.0}
+    stop = threading.Event()
+
+    def on_progress() -> None:  # in the reading thread, between files
+        done["fraction"] = reader.GetProgress()
+        if stop.is_set():
+            reader.Abort()
+
+    reader.AddCommand(sitk.sitkProgressEvent, on_progress)
+    with ThreadPoolExecutor(1, thread_name_prefix="dicom-decode") as pool:
+        reading = pool.submit(reader.Execute)
+        try:
+            while not wait([reading], timeout=PROGRESS_SECONDS).done:
+                yield Progress(done["fraction"], "decoding DICOM pixels")
+        finally:
+            stop.set()
+    block = _checked(_as_block(reading.result()), slices[0])
+    yield Progress(1.0, "decoding DICOM pixels")
+    return block
 
 
 def _start(
@@ -195,18 +247,23 @@ def _placed(
     block: np.ndarray, output: np.ndarray | None, slices: Sequence[SliceRef], start: int
 ) -> np.ndarray:
     """``output`` (made, or widened to hold ``block``'s type) with ``block`` at ``start``."""
-    ref = slices[start]
-    if block.shape[-2:] != (ref.rows, ref.columns):
-        raise UnreadableFileError(
-            f"{ref.path.name} holds {block.shape[-2:]} pixels but its header says "
-            f"{(ref.rows, ref.columns)}"
-        )
+    _checked(block, slices[start])
     if output is None:
         output = np.empty((block.shape[0], len(slices), *block.shape[2:]), block.dtype)
     elif not np.can_cast(block.dtype, output.dtype, "safe"):
         output = output.astype(np.result_type(output.dtype, block.dtype))
     output[:, start : start + block.shape[1]] = block
     return output
+
+
+def _checked(block: np.ndarray, ref: SliceRef) -> np.ndarray:
+    """``block``, refused unless its slices have the size ``ref``'s header states."""
+    if block.shape[-2:] != (ref.rows, ref.columns):
+        raise UnreadableFileError(
+            f"{ref.path.name} holds {block.shape[-2:]} pixels but its header says "
+            f"{(ref.rows, ref.columns)}"
+        )
+    return block
 
 
 def _frame_block(ref: SliceRef, cache: dict[Path, np.ndarray], as_float: bool) -> np.ndarray:

@@ -509,7 +509,9 @@ def start_texts(widget: TrainWidget) -> list[str]:
 def test_start_from_lists_segmentation_models_as_every_picker_does(qtbot, widget, models_dir):
     liver = listed_package(models_dir, "Liver MR", "MR")
     listed_package(models_dir, "Organ classifier", "CT", task="classification")
-    widget.reset_choices()  # as napari does when a layer changes
+    combo = widget.start_combo.native
+    qtbot.mouseClick(combo, Qt.MouseButton.LeftButton)  # opening the list re-reads it
+    combo.hidePopup()
     [entry] = [e for e in list_models() if e.location == liver]
     segment = SegmentWidget(widget._viewer)
     qtbot.addWidget(segment.native)
@@ -531,7 +533,7 @@ def test_fine_tuning_a_model_made_for_another_modality_is_warned_about(
 ):
     listed_package(models_dir, "Liver MR", "MR")
     ct_model = listed_package(models_dir, "Liver CT", "CT")
-    widget.reset_choices()
+    widget.reset_start_choices()
     assert widget.fit_warning.isHidden()
     [mr_text] = [text for text in start_texts(widget) if text.startswith("Liver MR")]
     widget.start_combo.native.setCurrentText(mr_text)

@@ -125,8 +125,13 @@ class ModelPicker:
         return items + [(text, action) for text, action in _LOAD_ACTIONS.items()]
 
     def refresh(self) -> None:
-        """Re-read the model list; keep the pick, or pick the best fit until the user picks."""
+        """Re-read the model list; keep the pick, or pick the best fit until the user picks.
+
+        The list is emptied first: magicgui would append a model new since the last
+        refresh (one just trained) after the load entries.
+        """
         with self.combo.changed.blocked():
+            self.combo.native.clear()
             self.combo.reset_choices()
             for index in range(self.combo.native.count()):
                 entry = self._entries.get(self.combo.native.itemData(index))

@@ -21,6 +21,7 @@ from napari_medai._napari.generation import augmentation_for
 from napari_medai._napari.training import default_output_dir
 from napari_medai._qt.model_picker import source_task
 from napari_medai._qt.pair_row import PairRow
+from napari_medai._qt.parts import OnPress
 from napari_medai.core.models.card import SEGMENTATION_TASKS
 from napari_medai.core.models.registry import list_models, picker_items, user_model_dir
 from napari_medai.core.training.config import (
@@ -100,12 +101,15 @@ class TrainForm(Container):
             spin.tooltip = "0: no limit"
         self.add_pair_button.changed.connect(lambda _value=None: self.add_pair())
         self.start_combo.changed.connect(self._on_start_chosen)
+        self.start_combo.native.installEventFilter(OnPress(self.reset_start_choices, self.native))
         self.browse_button.changed.connect(self._browse_output)
 
     def reset_choices(self, *_: Any) -> None:
-        """Re-read the layers into every picker (napari calls this on layer changes)."""
-        self.form.reset_choices()
-        self.reset_start_choices()
+        """Re-read the layers into the pair pickers and the free cores into "auto" (napari
+        calls this on layer changes). The models to start from are re-read when their list
+        is opened or a model is trained, not here: reading every model card on each layer
+        change would stall napari."""
+        self.threads_combo.reset_choices()
         for row in self._rows:
             row.reset_choices()
 

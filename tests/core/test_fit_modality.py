@@ -54,8 +54,8 @@ def test_values_tell_ct_from_not_ct_and_leave_the_rest_unknown(ct, mr):
 def test_a_scan_that_is_not_ct_is_warned_about_with_a_ct_model_only(mr):
     warning = modality_mismatch(model("CT"), "liver CT", modality_from_intensities(mr))
     assert warning == (
-        "'liver CT' is made for CT abdomen scans, but this image has no value below -100 HU "
-        "(where a CT shows fat and air), so it is not a CT in Hounsfield units: "
+        "'liver CT' is made for CT abdomen scans, but this image is not a CT in Hounsfield "
+        "units (no value below -100 HU, where a CT shows fat and air): "
         "the result will likely be wrong"
     )
     assert modality_mismatch(model("MR"), "liver MR", NOT_CT) is None

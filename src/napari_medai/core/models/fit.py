@@ -71,8 +71,8 @@ def describe_modality(modality: str | None) -> str:
 def _what_the_image_is(modality: str) -> str:
     if modality == NOT_CT:
         return (
-            f"this image has no value below {CT_FAT_HU:.0f} HU (where a CT shows fat and air), "
-            "so it is not a CT in Hounsfield units"
+            "this image is not a CT in Hounsfield units (no value below "
+            f"{CT_FAT_HU:.0f} HU, where a CT shows fat and air)"
         )
     return f"this image is {describe_modality(modality)}"
 

@@ -10,6 +10,8 @@ starts.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
     from napari_medai.core.volume import LabelMap, Volume
 
 DIMENSIONALITIES = ("auto", "2d", "2.5d", "3d")
+#: What a time budget counts: "wall" elapsed seconds, "cpu" this process's CPU
+#: seconds on every thread (the same work however busy the machine is).
+BUDGET_CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    "cpu": time.process_time,
+}
 #: Cores the Train widget leaves free for napari's event loop when it picks the
 #: threads itself (see bench/gui_responsiveness.py --threads).
 GUI_KEEP_FREE = 1
@@ -50,7 +58,10 @@ class TrainConfig:
     beside it), from where ``resume`` continues. Budgets count this session:
     ``max_time_s`` seconds of training (time the consumer holds the job between
     progress events is not counted) and ``max_iters`` optimizer steps; with
-    neither, training runs until stopped. ``init`` fine-tunes a loaded model
+    neither, training runs until stopped. ``budget_clock`` says what the
+    seconds are (:data:`BUDGET_CLOCKS`): "wall" time, or "cpu" time of this
+    process (summed over its threads), which buys the same training on a busy
+    machine as on a quiet one. ``init`` fine-tunes a loaded model
     (or a model source path) instead of starting from scratch. ``patch_size``
     and ``batch_size`` of ``None`` are chosen from the data and the network.
     ``unlabelled_value`` marks voxels the user leaves open inside a painted
@@ -66,6 +77,7 @@ class TrainConfig:
     dimensionality: str = "auto"
     max_time_s: float | None = 60.0
     max_iters: int | None = None
+    budget_clock: str = "wall"
     seed: int | None = None
     init: LoadedModel | str | Path | None = None
     learning_rate: float = 2e-3

@@ -72,8 +72,8 @@ class Crosshair(QWidget):
         """The lines' end points in this widget's pixels, (4, 2), or None when hidden."""
         if self.segments is None:
             return None
-        canvas = self.canvas
-        to_canvas = canvas.view.scene.node_transform(canvas._scene_canvas.scene)
+        view = self.canvas.view
+        to_canvas = view.transform * view.scene.transform  # as napari maps clicks, inverted
         return np.asarray(to_canvas.map(self.segments))[:, :2]
 
     def paintEvent(self, _event: object) -> None:  # noqa: N802 (Qt's name)

@@ -39,7 +39,7 @@ from napari.qt import get_qapp, run
 from napari.utils.io import imsave
 from napari.viewer import Viewer
 from npe2 import PluginManager
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
 from qtpy.QtWidgets import QApplication, QWidget
 
@@ -349,6 +349,8 @@ def _run(args: argparse.Namespace, screenshot: Path | None) -> int:
     if args.segment:
         run_segment(widgets["Segment"])
     if screenshot is None:
+        # Once the window is up at its final size, fit the scan into the canvas the docks leave.
+        QTimer.singleShot(0, viewer.reset_view)
         run()
         return 0
     saved = save_screenshot(viewer, screenshot)

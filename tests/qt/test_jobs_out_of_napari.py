@@ -139,6 +139,23 @@ def test_a_layer_change_does_not_reread_the_classifier_list(make_napari_viewer, 
     assert reads == []
 
 
+@pytest.mark.parametrize("dock", ["Classify", "Generate"])
+def test_a_long_layer_name_leaves_the_dock_within_a_third_of_a_laptop_screen(
+    make_napari_viewer, dock
+):
+    """Found on this test's window: a segmentation named by its labels widened both docks."""
+    import numpy as np
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 8, 8)), name="scan")
+    viewer.add_labels(
+        np.zeros((4, 8, 8), np.uint8),
+        name="scan – liver + spleen + kidney_right + kidney_left + vertebra (3d)",
+    )
+    dock_widget, _widget = viewer.window.add_plugin_dock_widget("napari-medai", dock)
+    assert dock_widget.sizeHint().width() <= WINDOW[0] // 3
+
+
 def test_the_worker_starts_below_normal_priority_where_windows_has_it(monkeypatch):
     """Windows' branch: the worker is started with BELOW_NORMAL_PRIORITY_CLASS.
 

@@ -59,6 +59,7 @@ from napari_medai._qt.classify_results import (
 )
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.model_picker import _LOAD_ACTIONS, ModelPicker
+from napari_medai._qt.parts import narrow
 from napari_medai.core import catalogue
 from napari_medai.core.classification.config import (
     TASK,
@@ -87,7 +88,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SOURCES = ("boxes (Shapes/Points with a class feature)", "slices labelled by a Labels layer")
 OPTIONAL = {"nullable": True}
 PREDICTED = "predicted class"
-SHRINKABLE = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
 VALUES_TIP = (
     "a slice is class k when it holds label k ('5', '1, 2'; '2=kidney' names the class); blank: all"
 )
@@ -148,18 +148,18 @@ class ClassifyWidget(Container):
         self.train_time = SpinBox(value=60, min=1, max=3600, label="Training time (s)")
         self.train_button = PushButton(text="Train a classifier")
         self.evaluation = Evaluation(self)
-        self.form.extend(
-            [
-                self.image, self.model, self.models.delete_button, self.trust, self.scope,
-                self.axis, self.boxes, self.points, self.box_size, self.cam, self.cam_class,
-                self.device, self.run_button, self.source, self.labels, self.values,
-                self.train_time, self.train_button, *self.evaluation.widgets,
-            ]
-        )  # fmt: skip
-        for row in self.form:  # long choices (layer names, model titles) must not widen it
+        rows = [
+            self.image, self.model, self.models.delete_button, self.trust, self.scope,
+            self.axis, self.boxes, self.points, self.box_size, self.cam, self.cam_class,
+            self.device, self.run_button, self.source, self.labels, self.values,
+            self.train_time, self.train_button, *self.evaluation.widgets,
+        ]  # fmt: skip
+        # Long choices (layer names, model titles) must not widen the form; narrowed
+        # before they join it, since magicgui fixes the scroll area's width as they do.
+        for row in rows:
             if isinstance(row.native, QComboBox):
-                row.native.setSizeAdjustPolicy(SHRINKABLE)
-                row.native.setMinimumContentsLength(12)
+                narrow(row.native, 12)
+        self.form.extend(rows)
         self.status = Label(value="")
         #: The last reason or warning the status line showed (cleared once it is past).
         self._note: str | None = None

@@ -49,6 +49,7 @@ from napari_medai._napari.generation import (
 from napari_medai._napari.layers import label_map_from_layer, volume_from_layer
 from napari_medai._napari.training import displayed_slice
 from napari_medai._qt.job_runner import JobRunner
+from napari_medai._qt.parts import narrow
 from napari_medai._qt.plot import LivePlot
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
@@ -99,6 +100,8 @@ class GenerateWidget(QWidget):
         self.image = ComboBox(label="Image", choices=self._layers_of(Image))
         self.labels = ComboBox(label="Labels", choices=self._layers_of(Labels), nullable=True)
         self.labels.value = None
+        for picker in (self.image, self.labels):  # a long layer name must not widen the dock
+            narrow(picker.native)
         self.kind = ComboBox(label="Kind", choices=KINDS, value=KINDS[0])
         self.patch = SpinBox(label="Patch (px)", min=32, max=256, step=16, value=64)
         self.budget = FloatSpinBox(label="Time budget (s)", min=1, max=24 * 3600, value=60)

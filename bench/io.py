@@ -109,8 +109,6 @@ def timed(reader: str, path: Path) -> float:
 
 def once(reader: str, path: Path) -> dict[str, float]:
     """This process's first read: seconds, import seconds, resident MB after imports and at peak."""
-    import resource
-
     import psutil
 
     import_s = import_modules(reader)
@@ -118,7 +116,7 @@ def once(reader: str, path: Path) -> dict[str, float]:
     start = time.perf_counter()
     result = open_with(reader, path)
     read_s = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+    peak_mb = peak_resident_mb()
     del result
     return {"read_s": read_s, "import_s": import_s, "base_mb": base_mb, "peak_mb": peak_mb}
 
@@ -131,6 +129,17 @@ def drop_caches() -> bool:
     except OSError:
         return False
     return True
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries it over from the parent through fork and
+    exec, so a child of a parent holding a big array would report the parent's.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1e3  # kB
 
 
 def in_fresh_process(reader: str, path: Path) -> dict[str, float]:

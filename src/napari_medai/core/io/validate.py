@@ -599,8 +599,10 @@ def _read_array(stream, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Instead of nibabel's ``array_from_file``: its single ``readinto`` is, on a
     gzip stream, a read of the whole image into a temporary followed by a copy,
     twice the image's memory at the peak. Reading in pieces keeps it at one.
+    The memory is a bytearray, as nibabel's: numpy asks the kernel for huge
+    pages for big arrays, whose compaction stalled this read for seconds.
     """
-    buffer = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
+    buffer = bytearray(math.prod(shape) * dtype.itemsize)
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):

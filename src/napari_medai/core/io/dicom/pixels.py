@@ -187,9 +187,9 @@ def _one_native_run(slices: Sequence[SliceRef]) -> bool:
     Such a series costs copying more than decoding: one series read, straight
     into the volume's memory, beats runs decoded side by side and copied.
     """
-    return not any(ref.compressed for ref in slices) and _run_length(slices, 0, len(slices)) == len(
-        slices
-    )
+    if any(ref.compressed for ref in slices):
+        return False
+    return _run_length(slices, 0, len(slices)) == len(slices)
 
 
 def _series_read_job(slices: Sequence[SliceRef], as_float: bool) -> Job[np.ndarray]:

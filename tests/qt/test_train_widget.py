@@ -18,6 +18,7 @@ from napari_medai._napari.layers import (
     layer_geometry,
     volume_from_layer,
 )
+from napari_medai._napari.prompting import show_preview
 from napari_medai._napari.training import (
     PREDICTION_SUFFIX,
     Review,
@@ -550,3 +551,27 @@ def test_fine_tuning_a_model_made_for_another_modality_is_warned_about(
     assert widget.fit_warning.isHidden()
     widget.set_start_model(None)
     assert widget.fit_warning.isHidden()
+
+
+def test_a_refusal_after_a_run_leaves_no_stale_done(qtbot, scene, widget):
+    _viewer, _image, annotation = scene
+
+    def quick_job():
+        yield from ()
+        return None
+
+    widget.runner.start(quick_job, lambda _result: None, title="Train")
+    wait_idle(qtbot, widget)
+    assert widget.runner.message == "Train: done" and widget.runner.fraction == 1.0
+    annotation.data[:] = 0  # nothing painted: refused in the dock
+    click(qtbot, widget.train_button)
+    assert widget.runner.message == "" and widget.runner.fraction == 0.0
+    assert widget.status.text().startswith("Train failed: no annotations")
+
+
+def test_the_prompt_preview_is_never_offered_as_labels(qtbot, scene, widget):
+    viewer, image, annotation = scene
+    preview = show_preview(viewer, image, annotation.data > 0)  # added last, and selected
+    row = widget.add_pair()
+    assert preview not in row.labels_combo.choices and annotation in row.labels_combo.choices
+    assert row.labels_combo.value is annotation

@@ -285,6 +285,13 @@ class JobRunner(QWidget):
         self.runningChanged.emit(True)
         worker.start()
 
+    def clear(self) -> None:
+        """Empty the bar and the line while no job runs: the dock refused before starting
+        one and says why itself, so the last job's "done" must not stay in view."""
+        if self._run is None:
+            self._set_value(0)
+            self._message.setText("")
+
     def cancel(self) -> None:
         """Ask the job to stop at its next yield; no result will be delivered."""
         run = self._run

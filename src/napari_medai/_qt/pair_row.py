@@ -4,7 +4,8 @@ Each picker has a row of its own, as wide as the dock, so layer names read in
 full. The labels picker starts on the labels the user works on: the selected
 Labels layer, else the one painted last, else the newest visible one (not the
 first in the list, which is often a reference); until the user picks, it
-follows painting into another Labels layer.
+follows painting into another Labels layer. The Prompt dock's preview is never
+offered: it is a proposal, not yet the user's annotation.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from magicgui.widgets import Container, PushButton, create_widget
 from napari.layers import Image, Labels
 
 from napari_medai._napari.segmentation import is_segmentable
+from napari_medai._napari.training import is_annotation_layer
 
 if TYPE_CHECKING:
     import napari
-
-
-def _is_annotation(layer: Any) -> bool:
-    return isinstance(layer, Labels) and layer.ndim == 3
 
 
 class PairRow(Container):
@@ -39,7 +37,7 @@ class PairRow(Container):
             annotation=Labels,
             name="labels",
             label="Labels",
-            options={"nullable": True, "choices": lambda _w: self._layers(_is_annotation)},
+            options={"nullable": True, "choices": lambda _w: self._layers(is_annotation_layer)},
         )
         self.image_combo.tooltip = "The scan to train on"
         self.labels_combo.tooltip = (
@@ -74,7 +72,7 @@ class PairRow(Container):
     def _watch_painting(self) -> None:
         """Note which Labels layer the user paints in (each layer connected once)."""
         for layer in self._viewer.layers:
-            if _is_annotation(layer) and layer not in self._watched:
+            if is_annotation_layer(layer) and layer not in self._watched:
                 self._watched.add(layer)
                 layer.events.paint.connect(lambda event, layer=layer: self._on_painted(layer))
 

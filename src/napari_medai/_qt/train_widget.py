@@ -262,6 +262,9 @@ class TrainWidget(TrainForm):
         self.fit_warning.setVisible(bool(problem))
 
     def _fail(self, title: str, error: Exception) -> None:
+        """A refusal in the dock (before any job starts): said in the status line, with
+        the progress line emptied so no earlier "done" stays in view."""
+        self.runner.clear()
         self.status.setText(f"{title} failed: {error}")
         show_error(f"{title} failed: {error}")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from napari_medai.core.cohort.tasks import modality_note
 from napari_medai.core.io.reading import read_volume
+from napari_medai.core.models.card import ModelCard
 from napari_medai.core.models.fit import (
     NOT_CT,
     best_fit,
@@ -14,8 +18,10 @@ from napari_medai.core.models.fit import (
     modality_mismatch,
     volume_modality,
 )
+from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.registry import ModelEntry
 from napari_medai.core.phantom import make_phantom
+from napari_medai.core.volume import Volume
 
 SHAPE = (16, 64, 64)
 
@@ -83,3 +89,12 @@ def test_real_nifti_files_without_a_modality(shared_data):
     assert volume_modality(ct) == "CT"
     stats = read_volume(shared_data / "nifti_nimh" / "zstat1.nii.gz")  # a z-map: not CT either
     assert volume_modality(stats) == NOT_CT
+
+
+
+def test_a_cohort_run_warns_about_a_ct_model_on_a_scan_that_is_not_ct(ct, mr):
+    card = ModelCard("liver CT", "UNet", {}, {0: "background", 1: "liver"}, [1, 64, 64])
+    model = LoadedModel(replace(card, modality="CT"), None, "liver-ct", "0" * 64)
+    nifti_mr = Volume(mr)  # a file that states no modality
+    assert "not a CT in Hounsfield units" in modality_note(model, nifti_mr)["warning"]
+    assert modality_note(model, Volume(ct)) == {}

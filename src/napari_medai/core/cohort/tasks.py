@@ -24,7 +24,7 @@ from napari_medai.core.cohort.manifest import ScanItem
 from napari_medai.core.errors import MedaiError, ModelLoadError
 from napari_medai.core.hashing import content_sha256
 from napari_medai.core.jobs import Job, Progress, run_job, scaled
-from napari_medai.core.models.fit import modality_mismatch
+from napari_medai.core.models.fit import modality_mismatch, volume_modality
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
@@ -219,9 +219,10 @@ def require_card_task(model: LoadedModel, wanted: str, task: str) -> None:
 def modality_note(model: LoadedModel, volume: Volume) -> dict[str, str]:
     """``{"warning": ...}`` when ``model`` is made for another modality than ``volume``, else {}.
 
-    The same words the Segment dock shows before a run (:func:`modality_mismatch`).
+    The same words the Segment dock shows before a run (:func:`modality_mismatch`); a
+    file that states no modality is judged by its values (:func:`volume_modality`).
     """
-    warning = modality_mismatch(model.card, model.card.name, volume.modality)
+    warning = modality_mismatch(model.card, model.card.name, volume_modality(volume))
     return {"warning": warning} if warning else {}
 
 

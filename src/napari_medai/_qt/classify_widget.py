@@ -59,7 +59,7 @@ from napari_medai._qt.classify_results import (
 )
 from napari_medai._qt.job_runner import JobRunner
 from napari_medai._qt.model_picker import _LOAD_ACTIONS, ModelPicker
-from napari_medai._qt.parts import narrow
+from napari_medai._qt.parts import fit_width, narrow
 from napari_medai.core import catalogue
 from napari_medai.core.classification.config import (
     TASK,
@@ -154,12 +154,14 @@ class ClassifyWidget(Container):
             self.device, self.run_button, self.source, self.labels, self.values,
             self.train_time, self.train_button, *self.evaluation.widgets,
         ]  # fmt: skip
-        # Long choices (layer names, model titles) must not widen the form; narrowed
-        # before they join it, since magicgui fixes the scroll area's width as they do.
+        # Long choices (layer names, model titles) must not widen the form: narrowed before
+        # they join it (magicgui fixes the scroll area's width as they do), then the width
+        # follows the fields as napari's style sheet sizes them.
         for row in rows:
             if isinstance(row.native, QComboBox):
                 narrow(row.native, 12)
         self.form.extend(rows)
+        fit_width(self.form.root_native_widget)
         self.status = Label(value="")
         #: The last reason or warning the status line showed (cleared once it is past).
         self._note: str | None = None

@@ -91,7 +91,6 @@ def test_real_nifti_files_without_a_modality(shared_data):
     assert volume_modality(stats) == NOT_CT
 
 
-
 def test_a_cohort_run_warns_about_a_ct_model_on_a_scan_that_is_not_ct(ct, mr):
     card = ModelCard("liver CT", "UNet", {}, {0: "background", 1: "liver"}, [1, 64, 64])
     model = LoadedModel(replace(card, modality="CT"), None, "liver-ct", "0" * 64)

@@ -6,11 +6,11 @@ import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDockWidget, QLabel, QWidget
 
-from napari_medai._qt import parts
+from napari_medai._qt import software_gl
 
 
 def test_the_renderer_is_read_from_a_real_context(qapp):
-    assert parts.opengl_renderer()  # Xvfb's Mesa here; a GPU's name elsewhere
+    assert software_gl.opengl_renderer()  # Xvfb's Mesa here; a GPU's name elsewhere
 
 
 @pytest.mark.parametrize(
@@ -23,11 +23,11 @@ def test_the_renderer_is_read_from_a_real_context(qapp):
     ],
 )
 def test_paint_apart_only_with_software_opengl(qtbot, monkeypatch, renderer, native):
-    monkeypatch.setattr(parts, "opengl_renderer", lambda: renderer)
+    monkeypatch.setattr(software_gl, "opengl_renderer", lambda: renderer)
     dock = QDockWidget()
     holder = QWidget()
     label = QLabel("status", holder)
     dock.setWidget(holder)
     qtbot.addWidget(dock)
-    parts.paint_apart(label)
+    software_gl.paint_apart(label)
     assert holder.testAttribute(Qt.WidgetAttribute.WA_NativeWindow) is native

@@ -19,13 +19,8 @@ from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import evaluation_input
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import (
-    ask_overwrite,
-    follow_layer_list,
-    layers_of,
-    scroll_column,
-    wrapping,
-)
+from napari_medai._qt.layer_pickers import follow_layer_list, layers_of
+from napari_medai._qt.parts import ask_overwrite, scroll_column, wrapping
 from napari_medai._qt.stats_widget import TABLE_HEIGHT_PX
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError

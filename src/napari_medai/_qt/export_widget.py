@@ -20,14 +20,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_medai._napari.export import ExportInput, export_input, is_dicom_source, source_path
 from napari_medai._napari.scan_grid import open_scans
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import (
-    ask_overwrite,
-    follow_layer_list,
-    refresh_scan_pickers,
-    scan_pickers,
-    scroll_column,
-    wrapping,
-)
+from napari_medai._qt.layer_pickers import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai._qt.parts import ask_overwrite, scroll_column, wrapping
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.files import compound_stem
 from napari_medai.core.io import exporters

@@ -35,7 +35,7 @@ from qtpy.QtGui import QShowEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt.utils import GeneratorWorker
 
-from napari_medai._qt.parts import paint_apart
+from napari_medai._qt.software_gl import paint_apart
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.jobs import Job, Progress
 

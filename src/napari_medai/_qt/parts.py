@@ -1,31 +1,23 @@
-"""Small Qt parts the docks share, for what magicgui has no widget.
+"""Dock layout parts the docks share, for what magicgui has no widget.
 
 :class:`DetailsView`, a collapsible view of (what, value) rows; :func:`narrow`,
 which keeps a combo box with long entries from widening its dock;
 :class:`OnPress`, which tells when a widget is clicked;
-:func:`layers_of` / :func:`follow_layer_list` / :func:`scan_pickers` for layer
-pickers; and
-:func:`paint_apart`, which keeps a dock's repaints cheap on software OpenGL;
 :func:`scroll_column`, :func:`fit_width` and :func:`wrapping`, which keep a dock
 scrolling inside itself instead of growing the window; :func:`ask_overwrite`.
+Layer pickers are in ``layer_pickers.py``, software OpenGL in ``software_gl.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from html import escape
 from pathlib import Path
-from typing import Any
 
-from magicgui.widgets import ComboBox, Container, Label
-from napari.components import LayerList
-from napari.layers import Image, Labels, Layer
+from magicgui.widgets import Container, Label
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
 from qtpy.QtWidgets import (
     QComboBox,
-    QDockWidget,
     QLabel,
     QMessageBox,
     QScrollArea,
@@ -35,86 +27,6 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_medai._napari.details import Rows
-
-
-def layers_of(layers: LayerList, kind: type[Layer]) -> Callable[[Any], list[Layer]]:
-    """A magicgui ``choices`` callable: the layers of ``kind`` in the list."""
-    return lambda _widget=None: [layer for layer in layers if isinstance(layer, kind)]
-
-
-def follow_layer_list(layers: LayerList, callback: Callable[..., Any]) -> None:
-    """Call ``callback`` whenever a layer is added, removed or moved.
-
-    magicgui's pickers refresh by themselves only in docks napari built; the
-    docks here also update defaults and the reason a button is disabled.
-    """
-    for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-        event.connect(callback)
-
-
-def scan_pickers(layers: LayerList) -> tuple[ComboBox, ComboBox]:
-    """A "Labels" picker and an optional "Scan" picker (the image they were drawn on)."""
-    labels = ComboBox(label="Labels", annotation=Labels, choices=layers_of(layers, Labels))
-    scan = ComboBox(label="Scan", annotation=Image, choices=layers_of(layers, Image), nullable=True)
-    return labels, scan
-
-
-def refresh_scan_pickers(labels_combo: Any, image_combo: Any) -> None:
-    """Re-list a Labels and a scan picker; pick the first scan when none is picked."""
-    labels_combo.reset_choices()
-    image_combo.reset_choices()
-    scans = [choice for choice in image_combo.choices if choice is not None]
-    if image_combo.value is None and scans:
-        image_combo.value = scans[0]
-
-
-#: Words in GL_RENDERER that mark OpenGL drawn by the CPU (Mesa's llvmpipe on Xvfb
-#: and remote desktops, Google's SwiftShader, Microsoft's GDI renderer).
-SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software", "swiftshader", "gdi generic")
-
-
-@cache
-def opengl_renderer() -> str:
-    """GL_RENDERER of a context like napari's ("" when none can be made)."""
-    from vispy.gloo import gl
-
-    surface = QOffscreenSurface()
-    surface.create()
-    context = QOpenGLContext()
-    if not (context.create() and context.makeCurrent(surface)):
-        return ""
-    try:
-        return str(gl.glGetParameter(gl.GL_RENDERER))
-    finally:
-        context.doneCurrent()
-
-
-def software_opengl() -> bool:
-    """Whether OpenGL is drawn by the CPU, where composing napari's window is slow."""
-    renderer = opengl_renderer().lower()
-    return any(word in renderer for word in SOFTWARE_RENDERERS)
-
-
-def paint_apart(widget: QWidget) -> None:
-    """With software OpenGL, give the dock that holds ``widget`` a native window of its own.
-
-    Qt 5 repaints a window holding a QOpenGLWidget (napari's canvas) by
-    composing all of it through OpenGL, so a progress line or plot update in
-    a dock costs a whole-window composition: ~36 ms per repaint at
-    1600x1000 on software OpenGL (Xvfb, remote desktops), against ~2 ms
-    once the dock paints into a native window of its own (measured with
-    ``processEvents`` after ``setText``). On a GPU the composition is cheap,
-    and native child windows are fragile (macOS, Wayland, floating docks), so
-    there, and outside a dock, this does nothing.
-    """
-    if not software_opengl():
-        return
-    child = widget
-    while child.parentWidget() is not None and not isinstance(child.parentWidget(), QDockWidget):
-        child = child.parentWidget()
-    if child.parentWidget() is not None:
-        child.setAttribute(Qt.WidgetAttribute.WA_NativeWindow)
-
 
 EMPTY = "Pick a result layer to see how it was made."
 

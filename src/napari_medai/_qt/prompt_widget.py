@@ -40,13 +40,8 @@ from napari_medai._napari.prompting import (
     show_preview,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import (
-    follow_layer_list,
-    refresh_scan_pickers,
-    scan_pickers,
-    scroll_column,
-    wrapping,
-)
+from napari_medai._qt.layer_pickers import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai._qt.parts import scroll_column, wrapping
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.prompt.engine import DEFAULT_ENGINE, ENGINES
 

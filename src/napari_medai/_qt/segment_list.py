@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medai._napari import segments as seg
-from napari_medai._qt.parts import follow_layer_list, layers_of, scroll_column, wrapping
+from napari_medai._qt.layer_pickers import follow_layer_list, layers_of
+from napari_medai._qt.parts import scroll_column, wrapping
 from napari_medai.core.io.writing import SEGMENT_STATUSES
 
 if TYPE_CHECKING:

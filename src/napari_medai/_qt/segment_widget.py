@@ -31,8 +31,9 @@ from napari_medai._napari.segmentation import (
     show_segmentation,
 )
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
+from napari_medai._qt.layer_pickers import follow_layer_list
 from napari_medai._qt.model_picker import ModelPicker
-from napari_medai._qt.parts import DetailsView, follow_layer_list, narrow, scroll_column
+from napari_medai._qt.parts import DetailsView, narrow, scroll_column
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.card import SEGMENTATION_TASKS

@@ -15,14 +15,8 @@ from qtpy.QtWidgets import QStyledItemDelegate
 
 from napari_medai._napari.evaluation import statistics_input
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
-from napari_medai._qt.parts import (
-    ask_overwrite,
-    follow_layer_list,
-    refresh_scan_pickers,
-    scan_pickers,
-    scroll_column,
-    wrapping,
-)
+from napari_medai._qt.layer_pickers import follow_layer_list, refresh_scan_pickers, scan_pickers
+from napari_medai._qt.parts import ask_overwrite, scroll_column, wrapping
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.evaluation.statistics import (
     CSV_COLUMNS,

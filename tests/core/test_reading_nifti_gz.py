@@ -83,6 +83,16 @@ def test_files_the_trailer_cannot_vouch_for_are_read_by_python(tmp_path, monkeyp
     np.testing.assert_array_equal(volume.array, np.asarray(nib.load(path).dataobj).T)
 
 
+def test_big_nii_gz_is_read_by_python_holding_one_copy(tmp_path, monkeypatch):
+    """Above SITK_INFLATE_MAX_BYTES SimpleITK (two copies at its peak) is not asked."""
+    data = _ct()
+    path = _save(tmp_path / "ct.nii.gz", data)
+    monkeypatch.setattr(reading, "SITK_INFLATE_MAX_BYTES", data.nbytes - 1)
+    python_reads = _spy_python_reads(monkeypatch)
+    np.testing.assert_array_equal(read_volume(path).array, data.T)
+    assert python_reads == [path]
+
+
 def test_gzip_ends_after_checks_length_and_checksum(tmp_path):
     data = _ct()
     path = _save(tmp_path / "ct.nii.gz", data)

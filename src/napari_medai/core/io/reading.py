@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import stat
 from pathlib import Path
@@ -61,6 +62,11 @@ _METAIMAGE_MODALITIES = {
     "MET_MOD_NM": "NM",
     "MET_MOD_US": "US",
 }
+#: SimpleITK's NIfTI reader holds two copies of the voxels at its peak (it reads,
+#: then copies into the image); above this size (a 512x512x512 int16 CT) a .nii.gz
+#: is inflated in Python instead, about 3x slower but with one copy: big scans
+#: open in bounded memory.
+SITK_INFLATE_MAX_BYTES = 256 << 20
 #: Grids closer than this (mm) are one grid: above NIfTI's float32 rounding of a
 #: DICOM-derived origin (about 1e-5 mm), far below any voxel size.
 SAME_GRID_TOLERANCE = 1e-4
@@ -360,10 +366,12 @@ def _inflated_by_sitk(path: Path, facts: NiftiFacts) -> np.ndarray | None:
     is nibabel's); they count only if the gzip trailer's length and CRC-32 match
     the header bytes and these voxels (:func:`gzip_ends_after`). Scaled,
     byte-swapped, vector and 4D files, and any file SimpleITK refuses or reads
-    otherwise, are read by nibabel.
+    otherwise, are read by nibabel; so are images above
+    :data:`SITK_INFLATE_MAX_BYTES`, to hold one copy of their voxels, not two.
     """
     if not (
         facts.compressed
+        and math.prod(facts.shape) * facts.dtype.itemsize <= SITK_INFLATE_MAX_BYTES
         and facts.data_file == path
         and len(facts.shape) == 3
         and facts.scaling is None

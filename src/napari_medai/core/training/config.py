@@ -80,7 +80,10 @@ class TrainConfig:
     budget_clock: str = "wall"
     seed: int | None = None
     init: LoadedModel | str | Path | None = None
-    learning_rate: float = 2e-3
+    #: AdamW's rate. The liver from 3 painted slices (bench/train_sparse.py, 5 CPU-s,
+    #: seeds 0-2, batch 2) scored a mean Dice of 0.922 (CT) / 0.938 (MR) at 2e-3,
+    #: 0.932 / 0.946 at 4e-3, and 0.926 (CT, min 0.912) at 8e-3.
+    learning_rate: float = 4e-3
     weight_decay: float = 1e-4
     batch_size: int | None = None
     patch_size: tuple[int, int, int] | None = None

@@ -79,3 +79,12 @@ def test_sitk_orientation_agrees_for_a_flipped_file(tmp_path):
     layer = _layer(image_layer_data(volume_from_sitk(image, {"name": "flipped"})))
     expected = image.TransformIndexToPhysicalPoint((0, 2, 1))[::-1]
     np.testing.assert_allclose(layer.data_to_world((1, 2, 0)), expected)
+
+
+def test_a_layer_with_plugin_metadata_but_no_geometry_has_no_stored_geometry():
+    """GAN samples carry napari-medai metadata without a scan's grid: Export and Save
+    must ask for one, not fail with KeyError('geometry')."""
+    from napari_medai._napari.layers import METADATA_KEY, stored_geometry
+
+    samples = Image(np.zeros((4, 8, 8)), metadata={METADATA_KEY: {"synthetic": True}})
+    assert stored_geometry(samples) is None

@@ -152,11 +152,17 @@ def test_a_layer_change_does_not_reread_the_classifier_list(make_napari_viewer, 
     assert reads == []
 
 
-@pytest.mark.parametrize("dock", ["Classify", "Generate"])
+@pytest.mark.parametrize(
+    "dock",
+    [
+        "Classify", "Generate", "Prompt", "Evaluate", "Label statistics", "Export",
+        "Segment list", "Segment", "Train", "Cohort",
+    ],
+)  # fmt: skip
 def test_a_long_layer_name_leaves_the_dock_within_a_third_of_a_laptop_screen(
     make_napari_viewer, dock
 ):
-    """Found on this test's window: a segmentation named by its labels widened both docks."""
+    """Found on this test's window: a segmentation named by its labels widened the docks."""
     import numpy as np
 
     viewer = make_napari_viewer()

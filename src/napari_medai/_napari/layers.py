@@ -82,7 +82,8 @@ def labels_layer_data(label_map: LabelMap, name: str | None = None) -> LayerData
 def stored_geometry(layer: Layer) -> Geometry | None:
     """The geometry the reader stored on ``layer``, if it has one."""
     info = layer.metadata.get(METADATA_KEY)
-    return Geometry.from_dict(info["geometry"]) if info else None
+    geometry = info.get("geometry") if info else None
+    return Geometry.from_dict(geometry) if geometry else None
 
 
 def world_geometry(layer: Layer) -> Geometry:

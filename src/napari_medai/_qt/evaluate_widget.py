@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QStyledItemDelegate
 from napari_medai._napari.evaluation import evaluation_input
 from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.layer_pickers import follow_layer_list, layers_of
-from napari_medai._qt.parts import ask_overwrite, scroll_column, wrapping
+from napari_medai._qt.parts import ask_overwrite, narrow, scroll_column, wrapping
 from napari_medai._qt.stats_widget import TABLE_HEIGHT_PX
 from napari_medai.core import catalogue
 from napari_medai.core.errors import MedaiError
@@ -49,6 +49,8 @@ class EvaluateWidget(Container):
         self._layers = layers_of(napari_viewer.layers, Labels)
         self.prediction = ComboBox(label="Prediction", annotation=Labels, choices=self._layers)
         self.reference = ComboBox(label="Reference", annotation=Labels, choices=self._layers)
+        for picker in (self.prediction, self.reference):  # long layer names: never wider
+            narrow(picker.native)
         self.tolerance = FloatSpinBox(
             label="Tolerance (mm)", value=2.0, min=0.1, max=50.0, step=0.5
         )

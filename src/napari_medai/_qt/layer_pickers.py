@@ -13,6 +13,8 @@ from magicgui.widgets import ComboBox
 from napari.components import LayerList
 from napari.layers import Image, Labels, Layer
 
+from napari_medai._qt.parts import narrow
+
 
 def layers_of(layers: LayerList, kind: type[Layer]) -> Callable[[Any], list[Layer]]:
     """A magicgui ``choices`` callable: the layers of ``kind`` in the list."""
@@ -33,6 +35,8 @@ def scan_pickers(layers: LayerList) -> tuple[ComboBox, ComboBox]:
     """A "Labels" picker and an optional "Scan" picker (the image they were drawn on)."""
     labels = ComboBox(label="Labels", annotation=Labels, choices=layers_of(layers, Labels))
     scan = ComboBox(label="Scan", annotation=Image, choices=layers_of(layers, Image), nullable=True)
+    for picker in (labels, scan):  # a long layer name must not widen the dock
+        narrow(picker.native)
     return labels, scan
 
 

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from napari_medai._napari import segments as seg
 from napari_medai._qt.layer_pickers import follow_layer_list, layers_of
-from napari_medai._qt.parts import scroll_column, wrapping
+from napari_medai._qt.parts import narrow, scroll_column, wrapping
 from napari_medai.core.io.writing import SEGMENT_STATUSES
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class SegmentListWidget(Container):
         self.labels_layer = ComboBox(
             label="Labels", annotation=Labels, choices=layers_of(napari_viewer.layers, Labels)
         )
+        narrow(self.labels_layer.native)  # a long layer name must not widen the dock
         self.add_button = PushButton(text="Add segment")
         self.delete_button = PushButton(text="Delete segment")
         self.status = wrapping(Label(value=EMPTY_MESSAGE))

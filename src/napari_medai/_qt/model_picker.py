@@ -144,6 +144,16 @@ class ModelPicker:
             self.combo.value = self.source
         self._on_change()
 
+    def follow_scan(self) -> None:
+        """Until the user picks, pick the best fit for the scan now picked among the models
+        last read (a layer change must not re-read every card on disk: that stalled napari)."""
+        if not self.automatic:
+            return
+        with self.combo.changed.blocked():
+            self.source = self._best_model()
+            self.combo.value = self.source
+        self._on_change()
+
     def _best_model(self) -> str | None:
         entries = list(self._entries.items())
         index = best_fit([entry for _, entry in entries], self._modality())

@@ -140,13 +140,13 @@ class SegmentWidget(Container):
         return layer_modality(image) if image is not None else ""
 
     def reset_choices(self, *_: Any) -> None:
-        """Re-read the layers and the model list (napari calls this on layer changes)."""
+        """Re-read the layers (napari calls this on layer changes); the model list is
+        re-read when opened, so a layer change reads no card."""
         picked = self.image_combo.value
         with self.image_combo.changed.blocked():
             self.image_combo.reset_choices()
             if picked is not None and picked in self.image_combo.choices:
                 self.image_combo.value = picked  # a renamed layer stays picked
-        self.refresh_models()
         self._on_image_chosen()
 
     def refresh_models(self) -> None:
@@ -158,8 +158,7 @@ class SegmentWidget(Container):
         self.models.add_source(path)
 
     def _on_image_chosen(self, _value: Any = None) -> None:
-        if self.models.automatic:
-            self.refresh_models()
+        self.models.follow_scan()
         self._update_state()
 
     # State ------------------------------------------------------------------------

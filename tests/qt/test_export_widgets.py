@@ -236,3 +236,15 @@ def test_statistics_refuses_a_scan_that_is_not_3d_greyscale_in_words(qtbot, view
     widget.measure_button.native.click()  # raised out of the click before
     assert widget.runner.outcome is None
     assert "'photo' is not a 3D greyscale scan" in widget.status.value
+
+
+def test_a_typed_suffix_picks_its_format_and_a_shared_one_keeps_the_choice(viewer, tmp_path):
+    widget = ExportWidget(viewer)
+    widget.format.value = "nifti"
+    widget.path.value = tmp_path / "organs.nrrd"
+    assert widget.format.value == "nrrd" and widget.output_path().name == "organs.nrrd"
+    widget.path.value = tmp_path / "liver"  # no suffix: the chosen format's is added
+    assert widget.format.value == "nrrd" and widget.output_path().name == "liver.nrrd"
+    widget.format.value = "rtstruct"
+    widget.path.value = tmp_path / "organs.dcm"  # SEG's suffix too: RTSTRUCT stays
+    assert widget.format.value == "rtstruct"

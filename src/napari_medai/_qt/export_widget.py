@@ -23,7 +23,7 @@ from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.layer_pickers import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai._qt.parts import ask_overwrite, scroll_column, wrapping
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.files import compound_stem
+from napari_medai.core.files import compound_stem, compound_suffix
 from napari_medai.core.io import exporters
 from napari_medai.core.io.dicom_export import ALGORITHM_TYPES, DicomExportConfig
 from napari_medai.core.io.export import ExportConfig, ExportResult, export_job, sidecar_path
@@ -92,6 +92,7 @@ class ExportWidget(Container):
         self._reason = ""
 
         self.export_button.changed.connect(self.export)
+        self.path.changed.connect(self._format_from_name)
         for widget in (self.labels_layer, self.image_layer, self.format, self.path):
             widget.changed.connect(self._update)
         self.runner.runningChanged.connect(self._update)
@@ -102,6 +103,18 @@ class ExportWidget(Container):
     def _refresh_layers(self, _event=None) -> None:
         refresh_scan_pickers(self.labels_layer, self.image_layer)
         self._update()
+
+    def _format_from_name(self, _event=None) -> None:
+        """A name typed with another format's suffix picks that format (organs.nrrd: NRRD);
+        a name with no known suffix, or the chosen format's own, keeps the choice."""
+        path = Path(self.path.value)
+        suffix = compound_suffix(path)
+        if not suffix or suffix in (self.exporter.suffix, *self.exporter.guessed_from):
+            return
+        try:
+            self.format.value = exporters.exporter_for(path).name
+        except MedaiError:
+            return  # not a format's suffix: the chosen format's is added on export
 
     @property
     def exporter(self) -> Exporter:

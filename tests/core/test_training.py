@@ -18,7 +18,7 @@ from napari_medai.core.models.preprocessing import Normaliser
 from napari_medai.core.phantom import make_phantom
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
 from napari_medai.core.training import config
-from napari_medai.core.training.annotations import annotation_mask
+from napari_medai.core.training.annotations import ANNOTATED_SLICES, annotation_mask
 from napari_medai.core.training.checkpoints import OPTIMIZER_FILE
 from napari_medai.core.training.dataset import choose_intensity, prepare_pairs
 from napari_medai.core.training.loss import MaskedDiceCELoss
@@ -211,6 +211,23 @@ def test_held_out_slices_are_kept_out_of_training(phantom):
     np.testing.assert_array_equal(pair.train_mask | pair.val_mask, annotation_mask(sparse))
     few = prepare_pairs([(volume, labels)], {"kind": "none"}, 0.1, np.random.default_rng(0))
     assert not few.held_out and few.pairs[0].val_slices == painted
+
+
+def test_declared_slices_are_trained_on_whole(phantom):
+    """A prompted object's slice span, declared in the label map, is annotated whole: no
+    plane across the other slices, which nobody looked at (the kidney, tall and narrow, is
+    covered by sagittal planes when its slices are inferred from the array)."""
+    volume, organs = phantom
+    kidney = np.where(organs.array == 3, 3, 0).astype(organs.array.dtype)  # kidney_right
+    present = np.flatnonzero(kidney.any(axis=(1, 2)))
+    declared = list(range(present[0], present[-1] + 1))
+    metadata = {ANNOTATED_SLICES: declared}
+    labels = LabelMap(kidney, volume.geometry, metadata, dict(organs.label_names))
+    data = prepare_pairs([(volume, labels)], {"kind": "none"}, 0.0, np.random.default_rng(0))
+    (pair,) = data.pairs
+    assert list(np.flatnonzero(pair.train_mask.any(axis=(1, 2)))) == declared
+    assert pair.train_mask[declared].all()
+    assert pair.description["painted_slices"] == {"z": len(declared), "y": 0, "x": 0}
 
 
 def test_training_normalises_like_inference(phantom, sparse_pair):

@@ -23,7 +23,12 @@ from monai.utils import convert_to_tensor
 
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.models.preprocessing import Normaliser
-from napari_medai.core.training.annotations import AXIS_NAMES, annotation_mask, painted_planes
+from napari_medai.core.training.annotations import (
+    AXIS_NAMES,
+    annotation_mask,
+    declared_slices,
+    painted_planes,
+)
 from napari_medai.core.training.strengths import AugmentStrengths
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -165,11 +170,12 @@ def prepare_pairs(
     slices = []
     for index, (image, labels) in enumerate(pairs):
         _check_pair(index, image, labels)
-        mask = annotation_mask(labels.array, unlabelled_value, dense)
+        declared = declared_slices(labels)
+        mask = annotation_mask(labels.array, unlabelled_value, dense, declared)
         target = np.where(mask, labels.array, 0).astype(np.int64)
         classes.update(int(v) for v in np.unique(target[mask]) if v)
         names.update({int(k): str(v) for k, v in labels.label_names.items()})
-        planes = painted_planes(labels.array, unlabelled_value)
+        planes = painted_planes(labels.array, unlabelled_value, declared)
         normalised = normalise(image, intensity)
         prepared.append(
             PreparedPair(

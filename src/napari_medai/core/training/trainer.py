@@ -35,7 +35,7 @@ from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import load_model_package, save_model_package
 from napari_medai.core.models.preprocessing import check_image_values
 from napari_medai.core.models.sources import load_model
-from napari_medai.core.training.annotations import choose_dimensionality
+from napari_medai.core.training.annotations import choose_dimensionality, declared_slices
 from napari_medai.core.training.checkpoints import (
     LAST,
     load_optimizer_state,
@@ -163,7 +163,9 @@ def _choose_kind(pairs: list[tuple[Volume, LabelMap]], config: TrainConfig) -> t
     if config.dimensionality != "auto":
         return config.dimensionality, "chosen by the user"
     choices = [
-        choose_dimensionality(labels.array, config.unlabelled_value, config.dense)
+        choose_dimensionality(
+            labels.array, config.unlabelled_value, config.dense, declared_slices(labels)
+        )
         for _, labels in pairs
     ]
     chosen = next((c for c in choices if c.kind == "3d"), choices[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -166,6 +167,19 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path, sparse_pair):
     tuned = run_job(train_job([sparse_pair], _config(tmp_path, max_iters=1, init=start.best_path)))
     assert tuned.card.training["init"]["source"] == str(start.best_path)
     assert tuned.card.intensity == start.card.intensity
+
+
+def test_a_model_fine_tuned_on_ct_says_ct_whatever_it_started_as(tmp_path, sparse_pair):
+    volume, labels = sparse_pair
+    mr = (replace(volume, metadata={**volume.metadata, "modality": "MR"}), labels)
+    start = run_job(train_job([mr], _config(tmp_path / "start", max_iters=1)))
+    assert start.card.modality == "MR"
+    tuned = run_job(train_job([sparse_pair], _config(tmp_path, max_iters=1, init=start.best_path)))
+    assert tuned.card.modality == "CT"
+    mixed = run_job(
+        train_job([sparse_pair, mr], _config(tmp_path / "mixed", max_iters=1, init=start.best_path))
+    )
+    assert mixed.card.modality == "MR"  # mixed scans: the start model's stays
 
 
 def test_bad_requests_fail_before_any_work(tmp_path, sparse_pair):

@@ -208,6 +208,13 @@ def _new_card(
     )
 
 
+def _shared_modality(pairs: list[tuple[Volume, LabelMap]]) -> str | None:
+    """The modality every training scan shares, or None (unknown or mixed): a model
+    fine-tuned on CT is a CT model, whatever its start model was made for."""
+    found = {image.modality or None for image, _ in pairs}
+    return found.pop() if len(found) == 1 else None
+
+
 def _init_model(init: LoadedModel | str | Path) -> tuple[ModelCard, torch.nn.Module, dict]:
     """A trainable copy of the start model (the caller's model is left as it was)."""
     if not isinstance(init, LoadedModel):
@@ -300,6 +307,7 @@ class _Session(Steps):
             card,
             label_names=names,
             name=config.name or card.name or f"{default_name} ({_kind_of(card)})",
+            modality=_shared_modality(pairs) or card.modality,
         )
         self.kind = _kind_of(self.card)
         self.opening = f"training a {self.kind} model ({self.reason}); " + _validation_plan(

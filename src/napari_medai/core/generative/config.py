@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.models.card import ModelCard
+from napari_medai.core.training.config import BUDGET_CLOCKS
 from napari_medai.core.volume import LabelMap, Volume
 
 #: noise -> image patch, or label map -> image patch (SPADE, pix2pix-style).
@@ -83,7 +84,7 @@ class GanConfig:
             raise GenerativeError(f"the iteration budget must be at least 1, not {self.max_iters}")
         if self.batch_size < 2:
             raise GenerativeError(f"the batch size must be at least 2, not {self.batch_size}")
-        if self.budget_clock not in ("wall", "cpu"):
+        if self.budget_clock not in BUDGET_CLOCKS:
             raise GenerativeError(f"the budget clock is 'wall' or 'cpu', not {self.budget_clock!r}")
         if self.holdout_every < 2:
             raise GenerativeError("holdout_every must be 2 or more (one slice in n is held out)")

@@ -11,7 +11,6 @@ and the stop are ``core.training.loop``'s.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models import generators as networks
 from napari_medai.core.models.card import GENERATION_TASK, ModelCard
 from napari_medai.core.models.package import save_model_package
+from napari_medai.core.training.config import BUDGET_CLOCKS
 from napari_medai.core.training.loop import Schedule, Steps, library_versions, run_training
 from napari_medai.core.volume import LabelMap, Volume
 
@@ -60,7 +60,7 @@ def _train(
         config.max_iters,
         config.max_time_s,
         threads=config.num_threads,
-        now=time.process_time if config.budget_clock == "cpu" else time.perf_counter,
+        now=BUDGET_CLOCKS[config.budget_clock],
         share=0.9,
     )
     gan = yield from run_training(

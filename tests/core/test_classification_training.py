@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from napari_medai.cli import main
 from napari_medai.core.classification.boxes import read_boxes
@@ -36,7 +35,6 @@ from napari_medai.core.classification.metrics import (
 from napari_medai.core.classification.training import (
     ClassifierTrainResult,
     augment_strengths,
-    moving_average,
     train_classifier_job,
 )
 from napari_medai.core.errors import OutputExistsError
@@ -270,10 +268,10 @@ def _tiny_slices(ct, organs, slices) -> Examples:
     return examples_from_label_slices(ct, organs, [3], slices=slices, patch_size=[1, 16, 16])
 
 
-def _run(examples, out, iterations=3, **settings) -> tuple[ClassifierTrainResult, list[str]]:
+def _run(examples, out, iterations=3) -> tuple[ClassifierTrainResult, list[str]]:
     """Train for ``iterations`` steps, validating after each; the result and the messages."""
     config = ClassifierTrainConfig(
-        out, max_time_s=None, max_iters=iterations, seed=0, device="cpu", **_tiny(), **settings
+        out, max_time_s=None, max_iters=iterations, seed=0, device="cpu", **_tiny()
     )
     config.validation_every_s = 0.0
     job = train_classifier_job(examples, config)
@@ -304,9 +302,7 @@ def test_the_automatic_split_holds_the_kidney_and_keeps_the_best_auc(phantom, tm
 def test_a_held_out_block_without_a_class_keeps_the_last_weights_and_says_why(phantom, tmp_path):
     ct, organs = phantom
     # Only slice 13 of 13-23 holds the kidney: no block can hold it and leave it to train on.
-    # Without the moving average, the last weights are the last checkpoint's.
-    examples = _tiny_slices(ct, organs, range(13, 24))
-    result, messages = _run(examples, tmp_path / "m", average_decay=None)
+    result, messages = _run(_tiny_slices(ct, organs, range(13, 24)), tmp_path / "m")
     lacks = "hold no 'kidney_right' example"
     assert not any("held-out accuracy" in m for m in messages)
     assert sum(lacks in m for m in messages) >= 3  # the opening and every validated step
@@ -355,71 +351,25 @@ def test_the_train_settings_are_built_and_pickled_without_torch():
     assert done.stdout.strip() == "[]"
 
 
-def test_the_moving_average_warms_up_then_decays_at_its_rate():
-    network = torch.nn.Linear(1, 1, bias=False)
-    average = AveragedModel(network, avg_fn=moving_average(0.9), use_buffers=True)
-    for value in (1.0, 12.0):
-        network.weight.data.fill_(value)
-        average.update_parameters(network)
-    # The first update copies; the second weighs it (1 + 1) / (10 + 1): 2/11 * 1 + 9/11 * 12.
-    assert average.module.weight.item() == pytest.approx(10.0)
-    average.n_averaged.fill_(1000)  # long after the warm-up: the decay itself
-    network.weight.data.fill_(20.0)
-    average.update_parameters(network)
-    assert average.module.weight.item() == pytest.approx(0.9 * 10 + 0.1 * 20)
-
-
-def test_a_step_budget_keeps_the_moving_average_after_its_last_step(phantom, tmp_path):
-    ct, organs = phantom
-    examples = _boxes(ct, organs)
-
-    def train(out, decay):
-        config = ClassifierTrainConfig(
-            out,
-            max_time_s=None,
-            max_iters=5,
-            validation_every_s=math.inf,
-            seed=0,
-            device="cpu",
-            average_decay=decay,
-            **_tiny(),
-        )
-        return run_job(train_classifier_job(examples, config))
-
-    averaged, plain = train(tmp_path / "averaged", 0.99), train(tmp_path / "plain", None)
-    # Exactly the budget's steps, validated once, after the last: nothing here reads a clock.
-    assert [e["iteration"] for e in averaged.history] == [1, 2, 3, 4, 5]
-    assert [e["iteration"] for e in averaged.history if "val_auc" in e] == [5]
-    assert averaged.kept.startswith("the weights of iteration 5,")
-    training = averaged.card.training
-    assert training["weight_average"] == "exponential moving average, decay 0.99"
-    assert plain.card.training["weight_average"] == "none"
-    weights = {
-        name: load_model_package(path)[1].state_dict()
-        for name, path in [
-            ("averaged kept", averaged.best_path),
-            ("averaged last", averaged.last_path),
-            ("plain kept", plain.best_path),
-            ("plain last", plain.last_path),
-        ]
-    }
-    for name, last in weights["plain last"].items():
-        # Averaging only watches: training takes the same steps with and without it.
-        assert torch.equal(weights["averaged last"][name], last), name
-        assert torch.equal(weights["plain kept"][name], last), name
-    kept = weights["averaged kept"]
-    assert not torch.equal(
-        kept["class_layers.out.weight"], weights["plain last"]["class_layers.out.weight"]
-    )
-
-
-def test_holding_nothing_out_trains_on_every_example_and_keeps_the_last(phantom, tmp_path):
+def test_holding_nothing_out_trains_every_step_of_the_budget_and_keeps_the_last(phantom, tmp_path):
+    """bench/classify.py's organ run: a step budget, nothing held out, so nothing reads a clock."""
     ct, organs = phantom
     examples = _boxes(ct, organs)
     config = ClassifierTrainConfig(
-        tmp_path / "m", max_time_s=None, max_iters=2, test_fraction=0.0, seed=0, **_tiny()
+        tmp_path / "m", max_time_s=None, max_iters=5, test_fraction=0.0, seed=0, **_tiny()
     )
     trained = run_job(train_classifier_job(examples, config))
+    assert [entry["iteration"] for entry in trained.history] == [1, 2, 3, 4, 5]
+    assert not any("val_auc" in entry for entry in trained.history)
     assert trained.card.training["examples"] == examples.counts()
     assert trained.card.training["held_out"] == "none" and trained.metrics is None
     assert trained.kept == "the last weights (nothing was held out to choose by)"
+    _card, kept = load_model_package(trained.best_path)
+    _card, last = load_model_package(trained.last_path)
+    for name, weight in last.state_dict().items():
+        assert torch.equal(kept.state_dict()[name], weight), name
+    for wrong in (-0.1, 1.0):
+        with pytest.raises(ClassificationError, match="held-out fraction must be at least 0"):
+            train_classifier_job(
+                examples, ClassifierTrainConfig(tmp_path / "x", test_fraction=wrong)
+            )

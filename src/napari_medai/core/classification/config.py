@@ -95,8 +95,6 @@ class ClassifierTrainConfig:
     of neighbouring slices, see ``spatial_split``) is held out; 0 holds
     nothing out and keeps the last weights. ``name``
     defaults to the class names (see :func:`default_model_name`).
-    ``average_decay`` is the decay of the exponential moving average of the
-    weights that is validated and kept (``None``: the raw weights).
     """
 
     out_dir: Path
@@ -105,7 +103,6 @@ class ClassifierTrainConfig:
     seed: int | None = None
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    average_decay: float | None = 0.99
     batch_size: int = 32
     test_fraction: float = 0.3
     validation_every_s: float = 2.0
@@ -134,9 +131,9 @@ class ClassifierTrainConfig:
             )
         if self.batch_size < 1:
             raise ClassificationError(f"the batch size must be at least 1, not {self.batch_size}")
-        if self.average_decay is not None and not 0.0 < self.average_decay < 1.0:
+        if not 0.0 <= self.test_fraction < 1.0:
             raise ClassificationError(
-                f"the weight-average decay must be between 0 and 1, not {self.average_decay}"
+                f"the held-out fraction must be at least 0 and below 1, not {self.test_fraction}"
             )
 
 

@@ -4,11 +4,8 @@ The steps of ``core.training.loop``'s one training loop, as segmentation's: the
 job yields after every optimizer step with the loss (and, every few seconds,
 the held-out figures) in its payload; stopping runs ``finally``, which keeps
 the model as a model package and writes the last one with the optimizer
-state, from which ``resume`` continues. What is validated and kept is an
-exponential moving average of the weights (``average_decay``; the checkpoint
-keeps the raw weights the optimizer continues from, and a resumed run starts
-its average again there). The kept model is the one with the best held-out
-macro ROC AUC; when the held-out examples lack a class, no
+state, from which ``resume`` continues. The kept model is the one with the
+best held-out macro ROC AUC; when the held-out examples lack a class, no
 held-out figure can judge the model and the last weights are kept. The card
 and the result say which (``kept``). Batches are drawn class-balanced and
 augmented (``core.training.dataset.Augmenter``). The settings are
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.utils import set_determinism
-from torch.optim.swa_utils import AveragedModel
 
 from napari_medai.core.classification.config import (
     DEFAULT_ARCHITECTURE,
@@ -70,25 +65,6 @@ def augment_strengths(intensity: dict[str, Any]) -> AugmentStrengths:
     if intensity.get("kind") == "window":
         return AugmentStrengths(intensity=CALIBRATED_INTENSITY_STRENGTH)
     return AugmentStrengths()
-
-
-Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def moving_average(decay: float) -> Update:
-    """An exponential moving average update for ``AveragedModel``, warmed up over the first steps.
-
-    The decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as
-    TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so a run
-    of a few dozen steps averages its own weights rather than keeping the
-    first ones; torch's ``get_ema_avg_fn`` has a fixed decay.
-    """
-
-    def update(average: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        rate = min(decay, (1.0 + float(count)) / (10.0 + float(count)))
-        return rate * average + (1.0 - rate) * current
-
-    return update
 
 
 @dataclass
@@ -230,13 +206,6 @@ class _Session(Steps):
             self.card = _new_card(examples, config)
             network = build_network(self.card)
         self.network = network.to(device).train()
-        self.average = (
-            None
-            if config.average_decay is None
-            else AveragedModel(
-                self.network, avg_fn=moving_average(config.average_decay), use_buffers=True
-            )
-        )
         counts = np.bincount(examples.labels, minlength=max(examples.class_names) + 1)
         weights = 1.0 / np.maximum(counts[examples.labels], 1)
         self.weights = weights / weights.sum()
@@ -278,15 +247,8 @@ class _Session(Steps):
         loss = self.loss(logits.float(), target)
         loss.backward()
         self.optimizer.step()
-        if self.average is not None:
-            self.average.update_parameters(self.network)
         self.iteration += 1
         return {"loss": float(loss.detach()), "learning_rate": self.optimizer.param_groups[0]["lr"]}
-
-    @property
-    def judged(self) -> torch.nn.Module:
-        """The weights validated and kept: the moving average when there is one."""
-        return self.network if self.average is None else self.average.module
 
     def message(self, entry: dict[str, Any]) -> str:
         """The loss, and the held-out figures where they can judge the model."""
@@ -319,18 +281,17 @@ class _Session(Steps):
         """Held-out figures of the current weights (None without held-out examples)."""
         if self.validation is None or len(self.validation) == 0:
             return None
-        network = self.judged
-        network.eval()
+        self.network.eval()
         try:
             with torch.no_grad(), autocast(self.device):
                 logits = torch.cat(
                     [
-                        network(chunk.to(self.device)).float().cpu()
+                        self.network(chunk.to(self.device)).float().cpu()
                         for chunk in self.validation.images.split(64)
                     ]
                 )
         finally:
-            network.train()
+            self.network.train()
         probabilities = torch.softmax(logits, 1).numpy()
         return classification_metrics(
             self.validation.labels, probabilities, self.card.label_names, self.held_out
@@ -356,9 +317,6 @@ class _Session(Steps):
             "sampling": "class-balanced",
             "loss": "cross-entropy",
             "optimizer": "AdamW",
-            "weight_average": "none"
-            if self.average is None
-            else f"exponential moving average, decay {self.config.average_decay}",
             "augmentation": "affine (in-plane rotation, scale, shift), intensity scale/shift/noise",
             "augmentation_strengths": self.strengths.to_dict(),
             "versions": library_versions(),
@@ -397,7 +355,7 @@ class _Session(Steps):
         )
 
     def save_best(self, metrics: dict[str, Any] | None) -> None:
-        save_model_package(Path(self.config.out_dir), self.card_now(metrics), self.judged, True)
+        save_model_package(Path(self.config.out_dir), self.card_now(metrics), self.network, True)
         self.best_saved = True
 
     def save_last(self) -> Path:

@@ -10,13 +10,15 @@ one thread: the same run and the same figures however busy the machine is),
 then run with ``classify_job`` on the boxes of slices 15-29, which it never
 saw. Nothing is held out of slices 0-14 (``test_fraction=0``): the kept model
 is the weights after the last step (a choice among checkpoints validated
-every few seconds would depend on the machine's speed again). Holding out the usual block (slices 10-14, the nearest to the test)
-only to score it once would train on a third fewer slices: at seeds 0-4 the
-macro ROC AUC was 0.908, 0.942, 0.872, 0.885, 0.909 with it (last weights;
-0.910, 0.935, 0.899, 0.924, 0.935 keeping the best validated, which depends
-on the machine's speed) and 0.902, 0.947, 0.923, 0.923, 0.950 without. An
-exponential moving average of the weights changed none of them by more than
-0.006 (the cosine schedule already ends on settled weights), so it was not kept.
+every few seconds would depend on the machine's speed again). Holding out
+the usual block (slices 10-14, the nearest to the test) only to score it
+once would train on a third fewer slices: at seeds 0-4 the macro ROC AUC
+was 0.908, 0.942, 0.872, 0.885, 0.909 with it (last weights; 0.910, 0.935,
+0.899, 0.924, 0.935 keeping the best validated, which depends on the
+machine's speed) and 0.902, 0.947, 0.923, 0.923, 0.950 without. An
+exponential moving average of the weights changed none of them by more
+than 0.006 (the cosine schedule already ends on settled weights), so it was
+not kept.
 
 Grad-CAM: a "kidney present" box classifier (32x32 boxes around the kidneys,
 positive when the box holds 40 kidney voxels or more, negative when none),

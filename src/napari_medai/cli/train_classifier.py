@@ -51,7 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-iters", type=int, metavar="N", help="optimizer step budget")
     parser.add_argument("--seed", type=int, help="fix the random seeds (repeatable training)")
-    parser.add_argument("--test-fraction", type=float, default=0.3, help="slices held out")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="share of slices held out to choose the weights; 0 holds nothing out and keeps "
+        "the last weights (0 up to below 1)",
+    )
     add_device(parser)
     parser.add_argument("--resume", action="store_true", help="continue the last checkpoint")
     parser.add_argument("--name", help="model name for the card (default: the class names)")

@@ -58,3 +58,35 @@ def test_files_must_come_in_pairs(tmp_path, files, capsys):
     argv = ["train", str(image_path), str(labels_path), str(image_path), "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "pairs" in capsys.readouterr().err
+
+
+# A budget in CPU seconds (--budget-clock cpu) and the thread count, from the CLI.
+
+
+@pytest.fixture
+def train_argv(tmp_path, files) -> list[str]:
+    image_path, labels_path, _ = files
+    return ["train", str(image_path), str(labels_path), "--out", str(tmp_path / "model")]
+
+
+def test_cpu_budget_and_threads_reach_the_trainer(tmp_path, train_argv, capsys):
+    options = ["--max-time", "0.5", "--budget-clock", "cpu", "--threads", "1", "--seed", "0"]
+
+    assert main([*train_argv, *options, "--device", "cpu"]) == 0
+
+    assert "CPU-s" in capsys.readouterr().out
+    card, _ = load_model_package(tmp_path / "model.checkpoints" / "last")
+    assert card.training["budget_clock"] == "cpu"
+    assert card.training["threads"] == 1
+    # The loop stops at its first check after the CPU clock passed the budget.
+    assert card.training["training_time_s"] >= 0.5
+
+
+def test_no_threads_is_refused_in_words(train_argv, capsys):
+    assert main([*train_argv, "--threads", "0", "--device", "cpu"]) == 2
+    assert "at least 1 thread" in capsys.readouterr().err
+
+
+def test_an_unknown_budget_clock_is_refused(train_argv):
+    with pytest.raises(SystemExit):
+        main([*train_argv, "--budget-clock", "gpu"])

@@ -79,6 +79,22 @@ def save_tiny_classifier(folder: Path) -> Path:
     return save_model_package(folder, card, build_network(card))
 
 
+def save_slice_classifier(folder: Path) -> Path:
+    """A tiny two-class 2D DenseNet package: Run and Evaluate take a second with it."""
+    card = ModelCard(
+        name="tiny slice classifier",
+        architecture="DenseNet",
+        architecture_args={"init_features": 4, "growth_rate": 4, "block_config": [1, 1]},
+        label_names={0: "other", 1: "spleen"},
+        patch_size=[1, 16, 16],
+        task="classification",
+        spatial_dims=2,
+        intensity={"kind": "window", "low": -160, "high": 240},
+    )
+    torch.manual_seed(0)
+    return save_model_package(folder, card, build_network(card))
+
+
 def write_cohort(
     folder: Path, phantoms: int, real_data: Path | None = None, broken: bool = True
 ) -> list[Path]:

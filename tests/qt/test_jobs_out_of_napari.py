@@ -50,33 +50,11 @@ TORCH_MODULES = ("torch", "monai")
 DOCKS = ("Classify", "Cohort", "Evaluate", "Label statistics", "Export", "Generate")
 
 
-def save_slice_classifier(folder: Path) -> Path:
-    """A tiny two-class 2D DenseNet package: Run and Evaluate take a second with it."""
-    import torch
-
-    from napari_medai.core.models.card import ModelCard
-    from napari_medai.core.models.networks import build_network
-    from napari_medai.core.models.package import save_model_package
-
-    card = ModelCard(
-        name="tiny slice classifier",
-        architecture="DenseNet",
-        architecture_args={"init_features": 4, "growth_rate": 4, "block_config": [1, 1]},
-        label_names={0: "other", 1: "spleen"},
-        patch_size=[1, 16, 16],
-        task="classification",
-        spatial_dims=2,
-        intensity={"kind": "window", "low": -160, "high": 240},
-    )
-    torch.manual_seed(0)
-    return save_model_package(folder, card, build_network(card))
-
-
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory) -> dict[str, Any]:
     """The fresh napari process's report (its models and scans are made here, with torch)."""
     import cohort_scans
-    from cohort_scans import save_tiny_model, write_cohort
+    from cohort_scans import save_slice_classifier, save_tiny_model, write_cohort
 
     root = tmp_path_factory.mktemp("out_of_napari")
     study = root / "study"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from model_cards import card_only_package
 from napari.components import ViewerModel
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import Qt
@@ -23,7 +24,7 @@ from napari_medai._qt.model_picker import LOAD_FILE, LOAD_FOLDER
 from napari_medai._qt.segment_widget import NO_IMAGE, SegmentWidget
 from napari_medai.cli import main
 from napari_medai.core import job_process
-from napari_medai.core.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from napari_medai.core.models.card import WEIGHTS_FILE, ModelCard
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.networks import build_network
 from napari_medai.core.models.package import save_model_package
@@ -509,17 +510,10 @@ def test_a_listed_model_is_deleted_after_confirmation(
 
 def card_package(folder: Path, task: str, name: str) -> Path:
     """A model package folder holding only its card (the picker reads no weights)."""
-    card = ModelCard(
-        name=name,
-        architecture="UNet",
-        architecture_args={},
-        label_names={0: "background", 1: "organ"},
-        patch_size=[1, 32, 32],
+    return card_only_package(
+        folder, name=name, label_names={0: "background", 1: "organ"}, patch_size=[1, 32, 32],
         task=task,
-    )
-    folder.mkdir()
-    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
-    return folder
+    )  # fmt: skip
 
 
 def test_the_model_list_holds_segmentation_models_only(qtbot, empty_model_folder):

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from model_cards import card_only_package
 from napari.components import ViewerModel
 from napari.layers import Labels, Layer
 from napari.utils.notifications import NotificationSeverity
@@ -34,7 +35,6 @@ from napari_medai._qt.train_widget import TrainWidget
 from napari_medai.core.errors import MedaiError
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import run_job
-from napari_medai.core.models.card import CARD_FILE, ModelCard
 from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.registry import drafts_dir, list_models
 from napari_medai.core.models.sources import load_model
@@ -378,28 +378,17 @@ def draft_package(
     ``held_out`` painted slices were kept out of training (0: none, the Dice is a fit;
     None: a card from before the trainer counted them).
     """
-    card = ModelCard(
-        name=name,
-        architecture="UNet",
-        architecture_args={},
-        label_names={0: "background", 1: "liver"},
-        patch_size=[1, 64, 64],
-        modality="CT",
-        training={
-            "val_dice": val_dice,
-            "val_held_out": held_out != 0,
-            **({} if held_out is None else {"val_slices": held_out}),
-            "dimensionality": "2.5d",
-            "iterations": 40,
-            "training_time_s": 3.0,
-            "data": [{"annotated_voxels": 8192, "label_voxels": {"1": label_voxels},
-                      "painted_slices": {"z": 2, "y": 0, "x": 0}}],
-        },
-    )  # fmt: skip
-    folder = drafts_dir() / name
-    folder.mkdir(parents=True)
-    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
-    return folder
+    training = {
+        "val_dice": val_dice,
+        "val_held_out": held_out != 0,
+        **({} if held_out is None else {"val_slices": held_out}),
+        "dimensionality": "2.5d",
+        "iterations": 40,
+        "training_time_s": 3.0,
+        "data": [{"annotated_voxels": 8192, "label_voxels": {"1": label_voxels},
+                  "painted_slices": {"z": 2, "y": 0, "x": 0}}],
+    }  # fmt: skip
+    return card_only_package(drafts_dir() / name, name=name, modality="CT", training=training)
 
 
 def listed_names() -> list[str]:
@@ -487,19 +476,8 @@ def test_pickers_take_layers_opened_after_the_dock(qtbot, phantom):
 
 def listed_package(models_dir, name: str, modality: str | None, task: str = "segmentation"):
     """A listed model package (its card is all a picker reads)."""
-    card = ModelCard(
-        name=name,
-        architecture="UNet",
-        architecture_args={},
-        label_names={0: "background", 1: "liver"},
-        patch_size=[1, 64, 64],
-        task=task,
-        modality=modality,
-    )
     folder = models_dir / name.lower().replace(" ", "-")
-    folder.mkdir(parents=True)
-    (folder / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
-    return folder
+    return card_only_package(folder, name=name, task=task, modality=modality)
 
 
 def start_texts(widget: TrainWidget) -> list[str]:

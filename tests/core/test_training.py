@@ -282,16 +282,14 @@ def test_stop_during_validation_still_leaves_a_model(tmp_path, sparse_pair):
     assert last.training["iterations"] > 1
 
 
-@pytest.mark.parametrize(
-    ("load", "keep_free", "expected"), [(0.0, 0, 4), (0.0, 1, 3), (2.2, 1, 2), (9.0, 1, 1)]
-)
-def test_training_threads_leave_busy_and_kept_cores_free(monkeypatch, load, keep_free, expected):
+@pytest.mark.parametrize(("load", "expected"), [(0.0, 4), (0.4, 4), (2.2, 2), (9.0, 1)])
+def test_training_threads_leave_busy_cores_free(monkeypatch, load, expected):
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(4)))
     monkeypatch.setattr(config.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert config.training_threads(keep_free=keep_free) == expected
+    assert config.training_threads() == expected
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert config.training_threads(keep_free=keep_free) == max(1, min(expected, 2 - keep_free))
+    assert config.training_threads() == max(1, 2 - round(load))
 
 
 def _messages_and_result(pairs, config):

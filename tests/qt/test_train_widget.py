@@ -39,7 +39,7 @@ from napari_medai.core.models.formats import is_model_package
 from napari_medai.core.models.registry import drafts_dir, list_models
 from napari_medai.core.models.sources import load_model
 from napari_medai.core.segmentation.inference import SegmentConfig, segment_job
-from napari_medai.core.training.config import GUI_KEEP_FREE, training_threads
+from napari_medai.core.training.config import training_threads
 from napari_medai.core.volume import LabelMap
 
 LIVER = 1
@@ -213,7 +213,7 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, m
     assert config.max_time_s is None and config.max_iters == 25
     assert config.init is None
     assert widget.threads_combo.value == 0  # auto
-    assert config.num_threads == training_threads(keep_free=GUI_KEEP_FREE) >= 1
+    assert config.num_threads == training_threads() >= 1
     assert config.out_dir.parent == models_dir / "drafts" and not config.out_dir.exists()
     assert config.name is None
     widget.threads_combo.value = 1
@@ -234,7 +234,7 @@ def test_settings_become_the_train_config(qtbot, widget, models_dir, tmp_path, m
 def test_cpu_threads_say_what_auto_means(qtbot, widget, monkeypatch):
     combo = widget.threads_combo.native
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    idle = training_threads(keep_free=GUI_KEEP_FREE)
+    idle = training_threads()
     widget.reset_choices()  # as napari does when a layer changes
     assert widget.threads_combo.value == 0 and combo.currentText() == f"auto ({idle})"
     assert combo.itemText(combo.count() - 1) == str(os.cpu_count())

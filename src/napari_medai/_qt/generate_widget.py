@@ -56,7 +56,7 @@ from napari_medai.core.errors import MedaiError
 from napari_medai.core.generative.config import KINDS, GanConfig, check_training_input
 from napari_medai.core.jobs import Progress
 from napari_medai.core.models.card import CARD_FILE, GENERATION_TASK, ModelCard
-from napari_medai.core.training.config import GUI_KEEP_FREE, training_threads
+from napari_medai.core.training.config import training_threads
 from napari_medai.core.training.strengths import AUGMENTATIONS, AugmentStrengths
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class GenerateWidget(QWidget):
         if image is None or self.runner.running:
             return
         config = self.config()
-        config.num_threads = training_threads(keep_free=GUI_KEEP_FREE)
+        config.num_threads = training_threads()
         try:
             volume = volume_from_layer(image)
             label_map = None if labels is None else label_map_from_layer(labels)

@@ -26,7 +26,6 @@ from napari_medai.core.models.card import SEGMENTATION_TASKS
 from napari_medai.core.models.registry import list_models, picker_items, user_model_dir
 from napari_medai.core.training.config import (
     DIMENSIONALITIES,
-    GUI_KEEP_FREE,
     TrainConfig,
     training_threads,
 )
@@ -80,8 +79,8 @@ class TrainForm(Container):
         self._auto_threads = 1
         self.threads_combo = ComboBox(label="CPU threads", choices=self._thread_choices)
         self.threads_combo.tooltip = (
-            "CPU threads for training; auto (N): the N cores other programs leave free now"
-            + (f", keeping {GUI_KEEP_FREE} for napari" if GUI_KEEP_FREE else "")
+            "CPU threads for training; auto (N): the N cores other programs leave free now "
+            "(training runs below napari's priority, so napari stays responsive)"
         )
         self.output_edit = LineEdit(label="Save to")
         self.output_edit.native.setPlaceholderText("the model list (default)")
@@ -109,7 +108,7 @@ class TrainForm(Container):
         calls this on layer changes). The models to start from are re-read when their list
         is opened or a model is trained, not here: reading every model card on each layer
         change would stall napari."""
-        self.threads_combo.reset_choices()
+        self._refresh_threads()
         for row in self._rows:
             row.reset_choices()
 
@@ -231,14 +230,23 @@ class TrainForm(Container):
 
     def _thread_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
         """ "auto (N)" (value 0: the N cores free now, re-read on each call), then 1, 2, ..."""
-        self._auto_threads = training_threads(keep_free=GUI_KEEP_FREE)
+        self._auto_threads = training_threads()
         cores = range(1, (os.cpu_count() or 1) + 1)
         return [(f"auto ({self._auto_threads})", 0)] + [(str(n), n) for n in cores]
 
     def auto_threads(self, _value: Any = None) -> int:
         """The threads "auto" means now (free cores vary with load); its entry says so."""
-        self.threads_combo.reset_choices()
+        self._refresh_threads()
         return self._auto_threads
+
+    def _refresh_threads(self) -> None:
+        """Re-read "auto (N)", keeping the pick. The list is emptied first: magicgui
+        would move an "auto" entry whose text changed after the numbers."""
+        picked = self.threads_combo.value
+        with self.threads_combo.changed.blocked():
+            self.threads_combo.native.clear()
+            self.threads_combo.reset_choices()
+            self.threads_combo.value = picked
 
     def _update_buttons(self, _value: Any = None) -> None:
         """Called when the pairs or the start model change; the dock re-checks its buttons."""

@@ -34,17 +34,6 @@ SHAPE = (300, 512, 512)
 SPACING = (1.5, 0.8, 0.8)
 
 
-def stall_summary(monitor) -> dict:
-    """p99 and worst tick lateness (ticks on time count as 0 ms)."""
-    stalls = np.array([stall.ms for stall in monitor.stalls])
-    late = np.concatenate([stalls, np.zeros(max(0, monitor.ticks - len(stalls)))])
-    return {
-        "p99_stall_ms": round(float(np.percentile(late, 99)), 1) if late.size else None,
-        "worst_stall_ms": round(monitor.worst_stall_ms, 1),
-        "ticks": monitor.ticks,
-    }
-
-
 def synthetic_scan(frames: int):
     """A CT-like volume (a body ellipse with an organ) and its label map, on a flipped grid."""
     from napari_medai.core.geometry import Geometry
@@ -116,7 +105,7 @@ def measure(seconds: float, interval_ms: int, frames: int, dock: bool = True) ->
     run(seconds * 1000)
     timer.stop()
     monitor.stop()
-    scrolling = {**stall_summary(monitor), "slices_shown": round(seconds * 1000 / interval_ms)}
+    scrolling = {**monitor.summary(), "slices_shown": round(seconds * 1000 / interval_ms)}
 
     if not dock:
         viewer.dims.order = plane_order(viewer.dims.ndim, "sagittal")
@@ -150,7 +139,7 @@ def measure(seconds: float, interval_ms: int, frames: int, dock: bool = True) ->
     run(2000)
     painter.stop()
     monitor.stop()
-    painting = stall_summary(monitor)
+    painting = monitor.summary()
     main_canvas = viewer.window._qt_viewer.canvas.native
     result = {
         "orthogonal_views_dock": dock,

@@ -26,8 +26,12 @@ from skimage.segmentation import random_walker
 
 from napari_medai.core.io.reading import read_volume
 from napari_medai.core.prompt.engine import DEFAULT_ENGINE, engine_named
-from napari_medai.core.prompt.prompts import Box, Point, Prompts
+from napari_medai.core.prompt.prompts import Box, Prompts
 from napari_medai.core.volume import volume_from_sitk, volume_to_sitk
+
+# The simulated user's clicks are shared with the prompt tests (tests/helpers).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
+from simulated_user import corrective_click  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CT = ("totalsegmentator/example_ct_sm.nii.gz", "totalsegmentator/example_seg.nii.gz")
@@ -55,18 +59,6 @@ def box_around(truth: np.ndarray) -> Box:
     pad = np.round((high - low + 1) * 0.1).astype(int)
     start, stop = np.maximum(low - pad, 0), np.minimum(high + pad, np.asarray(truth.shape) - 1)
     return Box(tuple(start.tolist()), tuple(stop.tolist()))
-
-
-def corrective_click(truth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Point:
-    best = None
-    for region, positive in ((truth & ~mask, True), (mask & ~truth, False)):
-        labels, count = ndi.label(region)
-        if count:
-            sizes = np.bincount(labels.ravel())[1:]
-            if best is None or sizes.max() > best[0]:
-                best = (sizes.max(), labels == sizes.argmax() + 1, positive)
-    depth = ndi.distance_transform_edt(np.pad(best[1], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    return Point(tuple(int(v) for v in np.unravel_index(depth.argmax(), depth.shape)), best[2])
 
 
 def markers(prompts: Prompts, shape: tuple[int, ...]) -> np.ndarray:

@@ -30,17 +30,6 @@ PLUGIN = "napari-medai"
 SHAPE = (300, 512, 512)
 
 
-def stall_summary(monitor) -> dict:
-    """p99 and worst tick lateness (ticks on time count as 0 ms)."""
-    stalls = np.array([stall.ms for stall in monitor.stalls])
-    late = np.concatenate([stalls, np.zeros(max(0, monitor.ticks - len(stalls)))])
-    return {
-        "p99_stall_ms": round(float(np.percentile(late, 99)), 1) if late.size else None,
-        "worst_stall_ms": round(monitor.worst_stall_ms, 1),
-        "ticks": monitor.ticks,
-    }
-
-
 def synthetic_ct() -> np.ndarray:
     """A CT-like volume: air, a body ellipse, an organ and a bone."""
     z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
@@ -103,9 +92,9 @@ def measure(seconds: float, interval_ms: int, path: str | None) -> dict:
         "scan": path or f"synthetic CT {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} int16",
         "canvas_px": [canvas.width(), canvas.height()],
         "moves": moves,
-        "interval_ms": interval_ms,
+        "move_interval_ms": interval_ms,
         "window_after": widget.values.text(),
-        **stall_summary(monitor),
+        **monitor.summary(),
         "stalls_over_100ms": [
             [round(s.at_s, 2), round(s.ms)] for s in monitor.stalls if s.ms > 100
         ],

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from simulated_user import corrective_click
 
 from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import run_job
@@ -37,19 +38,6 @@ def box_around(truth: np.ndarray, margin: float = 0.1) -> Box:
     return Box(
         tuple(np.maximum(low - pad, 0).tolist()), tuple(np.minimum(high + pad, top).tolist())
     )
-
-
-def corrective_click(truth: np.ndarray, mask: np.ndarray, spacing: np.ndarray) -> Point:
-    """A click deepest inside the largest error region: positive if missed, else negative."""
-    best = None
-    for region, positive in ((truth & ~mask, True), (mask & ~truth, False)):
-        labels, count = ndi.label(region)
-        if count:
-            sizes = np.bincount(labels.ravel())[1:]
-            if best is None or sizes.max() > best[0]:
-                best = (sizes.max(), labels == sizes.argmax() + 1, positive)
-    depth = ndi.distance_transform_edt(np.pad(best[1], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    return Point(tuple(int(v) for v in np.unravel_index(depth.argmax(), depth.shape)), best[2])
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer
 
 
@@ -110,8 +111,15 @@ class EventLoopMonitor(QObject):
             "duration_s": round(self.duration_s, 3),
             "ticks": self.ticks,
             "worst_stall_ms": round(self.worst_stall_ms, 1),
+            "p99_stall_ms": self.p99_stall_ms(),
             "stalls_over_threshold": len(self._stalls),
         }
+
+    def p99_stall_ms(self) -> float | None:
+        """The 99th percentile of every tick's lateness (ticks on time count as 0 ms)."""
+        late = [stall.ms for stall in self._stalls]
+        late += [0.0] * max(0, self.ticks - len(late))
+        return round(float(np.percentile(late, 99)), 1) if late else None
 
     def __enter__(self) -> EventLoopMonitor:
         self.start()

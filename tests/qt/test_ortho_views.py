@@ -307,3 +307,28 @@ def test_closing_the_dock_unlinks_it(ortho):
     viewer.dims.set_current_step(0, 3)
     assert [len(side.layers) for side in widget.side_viewers] == counts
     assert widget.link._click not in viewer.mouse_drag_callbacks
+
+
+def test_docked_from_the_manifest_it_crosses_the_main_canvas_and_names_its_axes(
+    make_napari_viewer, qtbot, recwarn
+):
+    # napari hands a plugin's dock a public-only proxy of the viewer: the main canvas must
+    # still be found (its crosshair drawn) without napari's private-attribute warning, and
+    # each side slider must show its whole axis label ("P (y)"), not napari's elided "P …".
+    from qtpy.QtWidgets import QLineEdit
+
+    viewer = make_napari_viewer(show=True)
+    image, labels = scan()
+    viewer.add_layer(Layer.create(*image_layer_data(image)))
+    viewer.add_layer(Layer.create(*labels_layer_data(labels, "annotation")))
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-medai", "Orthogonal views")
+    qtbot.waitUntil(lambda: all(qt.isVisible() for qt in widget.qt_viewers))
+    qtbot.wait(200)  # the dock's layout settles
+    main_canvas = viewer.window._qt_viewer.canvas
+    assert any(crosshair.canvas is main_canvas for crosshair in widget.crosshairs)
+    assert not [w for w in recwarn if "Private attribute access" in str(w.message)]
+    for qt_viewer in widget.qt_viewers:
+        shown = [slider for slider in qt_viewer.dims.slider_widgets if slider.isVisible()]
+        assert shown
+        for slider in shown:
+            assert QLineEdit.text(slider.axis_label) == slider.axis_label.text() != ""

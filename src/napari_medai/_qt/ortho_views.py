@@ -107,9 +107,18 @@ class Crosshair(QWidget):
 
 
 def _main_canvas(viewer: napari.viewer.Viewer) -> object | None:
-    """The main window's vispy canvas (napari has no public handle to it)."""
-    qt_viewer = getattr(viewer.window, "_qt_viewer", None)
-    return getattr(qt_viewer, "canvas", None)
+    """The main window's vispy canvas: its QtViewer's, found among the application's widgets.
+
+    napari has no public handle to it, and ``Window._qt_viewer`` warns of its removal in a
+    plugin's widget; ``QtViewer`` and its ``canvas`` are public. A dock gets the viewer
+    wrapped in napari's public-only proxy, so the comparison is with what it wraps.
+    """
+    target = getattr(viewer, "__wrapped__", viewer)
+    for window in QApplication.topLevelWidgets():
+        for qt_viewer in window.findChildren(QtViewer):
+            if qt_viewer.viewer is target:
+                return qt_viewer.canvas
+    return None
 
 
 def _release(link: OrthoLink, qt_viewers: list[QtViewer], _object: object = None) -> None:
@@ -176,6 +185,7 @@ class OrthoViewsWidget(QWidget):
         self._refit_timer.timeout.connect(self._refit_unmoved)
         for qt_viewer in self.qt_viewers:
             qt_viewer.canvas.native.installEventFilter(self)
+            qt_viewer.dims.installEventFilter(self)
         # Also when the main window deletes the dock with itself (no Python method may run then).
         self.destroyed.connect(partial(_release, self.link, self.qt_viewers))
         self._on_planes()
@@ -189,6 +199,7 @@ class OrthoViewsWidget(QWidget):
             overlay.visible = True
         self._draw_crosshairs()
         self._update_note()
+        self._size_hidden_sliders()
 
     def _draw_crosshairs(self, _event: object = None) -> None:
         for crosshair in self.crosshairs:
@@ -244,9 +255,25 @@ class OrthoViewsWidget(QWidget):
                 view.reset_view()
                 self._fitted[id(view)] = _camera_state(view)
 
+    def _size_hidden_sliders(self) -> None:
+        """Give each side view's hidden sliders the width of its slider bar.
+
+        napari caps every axis label ("P (y)") at a fifth of the first slider's width; in a
+        side view that slider is hidden, so never laid out, and the label would read "P …".
+        """
+        for qt_viewer in self.qt_viewers:
+            dims = qt_viewer.dims
+            for slider in dims.slider_widgets:
+                if slider.isHidden():
+                    slider.resize(dims.width(), slider.height())
+
     def eventFilter(self, watched: object, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
-        """A side canvas resized: fit its view again after the layout settles."""
-        if event.type() == QEvent.Type.Resize and self._linked:
+        """A side canvas resized: fit its view again; a side slider bar: size its hidden sliders."""
+        if event.type() != QEvent.Type.Resize or not self._linked:
+            return False
+        if any(watched is qt_viewer.dims for qt_viewer in self.qt_viewers):
+            self._size_hidden_sliders()
+        else:
             self._refit_timer.start()
         return False
 

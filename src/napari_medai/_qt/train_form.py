@@ -2,7 +2,7 @@
 
 Rows of (scan, labels) pickers, the model's name and label names, the model
 to start from (listed by the texts every model picker shows), network,
-budgets, CPU threads and where the model goes, then the Train button. The
+budgets, seed, CPU threads and where the model goes, then the Train button. The
 dock (:class:`~napari_medai._qt.train_widget.TrainWidget`) adds what runs
 from it; the CLI fills in the same config.
 """
@@ -39,6 +39,8 @@ MODEL_FOLDER = "Model folder..."
 #: "Start from" values that are no model's path: the last model trained here, a folder dialog.
 _LAST, _BROWSE = "\0last", "\0browse"
 DEFAULT_TIME_BUDGET_S = 60.0
+#: The seed field's lowest value, shown as "random": no fixed seed.
+RANDOM_SEED = -1
 
 
 class TrainForm(Container):
@@ -76,6 +78,12 @@ class TrainForm(Container):
         self.time_spin = FloatSpinBox(label="Time budget", max=24 * 3600.0, step=10.0)
         self.time_spin.value = DEFAULT_TIME_BUDGET_S
         self.iterations_spin = SpinBox(label="Iterations", max=10_000_000)
+        self.seed_spin = SpinBox(label="Seed", min=RANDOM_SEED, max=2**31 - 1)
+        self.seed_spin.value = RANDOM_SEED
+        self.seed_spin.native.setSpecialValueText("random")
+        self.seed_spin.tooltip = (
+            "Fix it to train the same model again from the same labels (the CLI's --seed)"
+        )
         self._auto_threads = 1
         self.threads_combo = ComboBox(label="CPU threads", choices=self._thread_choices)
         self.threads_combo.tooltip = (
@@ -91,7 +99,8 @@ class TrainForm(Container):
         self.form.extend(
             [self.add_pair_button, self.name_edit, self.label_names_edit]
             + [self.start_combo, self.dimensionality_combo, self.time_spin, self.iterations_spin]
-            + [self.threads_combo, self.output_edit, self.browse_button, self.train_button]
+            + [self.seed_spin, self.threads_combo, self.output_edit, self.browse_button]
+            + [self.train_button]
         )
         # The pairs span the column: their own "Scan" and "Labels" rows read in full.
         self.form.native.layout().insertWidget(0, self._pairs.native)
@@ -222,6 +231,7 @@ class TrainForm(Container):
             dimensionality=self.dimensionality_combo.value,
             max_time_s=self.time_spin.value or None,
             max_iters=self.iterations_spin.value or None,
+            seed=None if self.seed_spin.value == RANDOM_SEED else self.seed_spin.value,
             init=self.start_model(),
             num_threads=self.threads_combo.value or self.auto_threads(),
             name=self.name_edit.value.strip() or None,

@@ -21,12 +21,16 @@ def _series(folder, slices=16, one_rescale=True):
 
 
 def test_uncompressed_series_is_one_series_read_into_the_volume(tmp_path, monkeypatch):
-    """No runs, no copy: the volume's array is the memory SimpleITK read the series into."""
+    """One the reader cannot read directly (say MONOCHROME1): no runs, no copy.
+
+    The volume's array is the memory SimpleITK read the series into.
+    """
 
     def no_runs(run, as_float):
         raise AssertionError("decoded run by run")
 
     monkeypatch.setattr(pixels, "_classic_run", no_runs)
+    monkeypatch.setattr(pixels, "_directly_readable", lambda slices: False)
     paths = _series(tmp_path)
     volume = run_job(read_dicom_job(tmp_path))
     np.testing.assert_array_equal(volume.array, np.stack([modality_values(p) for p in paths]))
@@ -55,7 +59,7 @@ def test_runs_are_decoded_side_by_side_and_placed_in_order(tmp_path, monkeypatch
     np.testing.assert_array_equal(volume.array, expected)
 
 
-@pytest.mark.parametrize("one_rescale", [True, False], ids=["series read", "runs"])
+@pytest.mark.parametrize("one_rescale", [True, False], ids=["direct read", "runs"])
 def test_stopping_midway_leaves_no_decoding_behind(tmp_path, monkeypatch, one_rescale):
     """A consumer that stops (Cancel) ends the job: the read aborts, runs are dropped."""
     monkeypatch.setattr(pixels, "PROGRESS_SECONDS", 0.0)  # report before the first file

@@ -52,6 +52,10 @@ HEADER_TAGS = [
     "Columns",
     "SamplesPerPixel",
     "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
     "ImageType",
     "NumberOfFrames",
     "SharedFunctionalGroupsSequence",
@@ -76,6 +80,18 @@ MAX_RESCALE_INTERCEPT = 1e7
 ORIENTATION_TOLERANCE = 0.01
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+@dataclass(frozen=True)
+class StoredPixels:
+    """Where an uncompressed grey-level image keeps its stored values, to read them directly.
+
+    ``dtype`` carries the byte order; ``bits`` is BitsStored (values must fit in it).
+    """
+
+    offset: int
+    dtype: np.dtype
+    bits: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +119,8 @@ class SliceRef:
     orientation_problem: str = ""
     #: Pixel data in a compressed transfer syntax (decoding costs CPU, not only copying).
     compressed: bool = False
+    #: Where the stored values lie when they can be read without a decoder, else None.
+    stored: StoredPixels | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,8 +253,13 @@ def _orientation(value: Any) -> tuple[np.ndarray | None, str]:
     return orientation, ""
 
 
-def _slices(dataset: Header, path: Path, compressed: bool) -> tuple[tuple[SliceRef, ...], str]:
-    """The slices of a file (one per frame) and a problem ("" when usable)."""
+def _slices(
+    dataset: Header, path: Path, compressed: bool, stored: StoredPixels | None = None
+) -> tuple[tuple[SliceRef, ...], str]:
+    """The slices of a file (one per frame) and a problem ("" when usable).
+
+    ``stored`` says where a single-frame file's values lie (see :class:`StoredPixels`).
+    """
     frames = int(_number(_get(dataset, "NumberOfFrames"), 1) or 1)
     image_type = _get(dataset, "ImageType") or []
     image_type = [image_type] if isinstance(image_type, str) else list(image_type)
@@ -306,6 +329,7 @@ def _slices(dataset: Header, path: Path, compressed: bool) -> tuple[tuple[SliceR
                 sop_instance=_text(dataset, "SOPInstanceUID"),
                 orientation_problem=orientation_problem,
                 compressed=compressed,
+                stored=None if per_frame else stored,
             )
         )
     return tuple(slices), ""
@@ -328,13 +352,14 @@ def looks_like_dicom(path: Path) -> bool:
     return starts_like_dicom(head) and read_header(Path(path)) is not None
 
 
-def _native_pixel_bytes(
+def _native_pixel_data(
     handle: Any, start: int, size: int, explicit: bool, big: bool
-) -> int | None:
-    """Bytes of uncompressed PixelData present in the file, or None when not checkable.
+) -> tuple[int, int] | None:
+    """Where uncompressed PixelData starts and how many of its bytes the file holds, or None.
 
     ``start`` is where pydicom stopped: the PixelData element's tag. Read by hand
     because pydicom's ``stop_before_pixels`` leaves exactly this element unread.
+    None when not checkable (another element, or encapsulated frames).
     """
     order = ">" if big else "<"
     handle.seek(start)
@@ -343,7 +368,7 @@ def _native_pixel_bytes(
         return None
     if explicit and head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OV"):
         if len(head) < 12:
-            return 0
+            return start + len(head), 0
         length, header = struct.unpack(order + "I", head[8:12])[0], 12
     elif explicit:
         length, header = struct.unpack(order + "H", head[6:8])[0], 8
@@ -351,7 +376,31 @@ def _native_pixel_bytes(
         length, header = struct.unpack(order + "I", head[4:8])[0], 8
     if length == 0xFFFFFFFF:
         return None  # encapsulated (compressed) frames: the decoder checks them
-    return max(min(length, size - start - header), 0)
+    return start + header, max(min(length, size - start - header), 0)
+
+
+def _stored_pixels(header: dict[str, Any], offset: int, big: bool) -> StoredPixels | None:
+    """How to read a single-frame grey-level image's stored values directly, or None.
+
+    Only the plain case: one sample, MONOCHROME2, 8 or 16 bits allocated with
+    the high bit where BitsStored puts it. Anything else goes to a decoder.
+    """
+    allocated = int(_number(_get(header, "BitsAllocated"), 0) or 0)
+    bits = int(_number(_get(header, "BitsStored"), allocated) or 0)
+    high = int(_number(_get(header, "HighBit"), bits - 1) or 0)
+    signed = _number(_get(header, "PixelRepresentation"), 0)
+    if (
+        allocated not in (8, 16)
+        or not 1 <= bits <= allocated
+        or high != bits - 1
+        or signed not in (0, 1)
+        or int(_number(_get(header, "SamplesPerPixel"), 1) or 1) != 1
+        or int(_number(_get(header, "NumberOfFrames"), 1) or 1) != 1
+        or _text(header, "PhotometricInterpretation") != "MONOCHROME2"
+    ):
+        return None
+    dtype = np.dtype(f"{'>' if big else '<'}{'i' if signed else 'u'}{allocated // 8}")
+    return StoredPixels(offset, dtype, bits)
 
 
 def _pixel_problem(header: dict[str, Any], present: int | None) -> str:
@@ -398,7 +447,7 @@ def read_header(path: Path) -> DicomFile | None:
             )
             syntax = str(getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
             size = os.fstat(handle.fileno()).st_size
-            present = None
+            present, offset = None, None
             if syntax == DEFLATED:
                 # The whole data set is deflated: pydicom inflates it to find the pixels.
                 pixel_data = pydicom.dcmread(path).get("PixelData")
@@ -410,7 +459,9 @@ def read_header(path: Path) -> DicomFile | None:
                 if has_pixels and syntax in NATIVE_SYNTAXES:
                     explicit = NATIVE_SYNTAXES[syntax]
                     big = syntax == "1.2.840.10008.1.2.2"
-                    present = _native_pixel_bytes(handle, handle.tell(), size, explicit, big)
+                    found = _native_pixel_data(handle, handle.tell(), size, explicit, big)
+                    if found is not None:
+                        offset, present = found
         header = _values(dataset)
     except Exception as error:  # any parse failure: a damaged or foreign file, not DICOM
         log.debug("%s is not a readable DICOM file: %s", Path(path).name, error)
@@ -428,7 +479,10 @@ def read_header(path: Path) -> DicomFile | None:
     elif problem := _pixel_problem(header, present):
         slices = ()
     else:
-        slices, problem = _slices(header, Path(path), syntax not in NATIVE_SYNTAXES)
+        stored = None
+        if offset is not None:
+            stored = _stored_pixels(header, offset, syntax == "1.2.840.10008.1.2.2")
+        slices, problem = _slices(header, Path(path), syntax not in NATIVE_SYNTAXES, stored)
     center = _number(_get(header, "WindowCenter"), None)
     width = _number(_get(header, "WindowWidth"), None)
     return DicomFile(

@@ -1,0 +1,105 @@
+"""What keeps the reader at bare SimpleITK's speed, with every check kept (issue 22).
+
+Uncompressed DICOM files are read where the header scan found their values, with
+no decoder; whatever that read cannot vouch for goes to a decoder. Truth comes
+from pydicom (the factory's helpers) or from SimpleITK on the same files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from dicom_factory import modality_values, write_series
+
+from napari_medai.core.errors import UnreadableFileError
+from napari_medai.core.io import dicom
+from napari_medai.core.io.dicom import pixels, read_dicom_job
+from napari_medai.core.jobs import run_job
+
+
+def _no_decoder(monkeypatch) -> None:
+    """Make any SimpleITK or pydicom pixel decoding in the DICOM reader fail the test."""
+
+    class Refused:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a decoder was used")
+
+    monkeypatch.setattr(pixels.sitk, "ImageSeriesReader", Refused)
+    monkeypatch.setattr(pixels.sitk, "ImageFileReader", Refused)
+    monkeypatch.setattr(pixels, "_with_pydicom", Refused)
+
+
+def _ct_series(folder, slices=6, names=None):
+    """Uncompressed CT files: uint16 stored values, intercept -1024 (HU -1024 to 975)."""
+    stored = np.random.default_rng(2).integers(0, 2000, (slices, 12, 10)).astype(np.uint16)
+    return write_series(folder, stored, intercept=-1024.0, names=names)
+
+
+def test_uncompressed_series_is_read_without_a_decoder_in_the_narrowest_type(tmp_path, monkeypatch):
+    """Stored values come straight from the files; HU that fit int16 are int16, as stored."""
+    _no_decoder(monkeypatch)
+    # Names in reverse of the slice order: the read follows the positions, not the names.
+    paths = _ct_series(tmp_path, names=[f"IM{k:04d}.dcm" for k in range(6)][::-1])
+    volume = run_job(read_dicom_job(tmp_path))
+    truth = np.stack([modality_values(path) for path in paths])
+    np.testing.assert_array_equal(volume.array, truth)
+    assert volume.array.dtype == np.int16
+    assert volume.array.flags.writeable
+
+
+def test_big_endian_files_are_read_directly(tmp_path, monkeypatch):
+    """Explicit VR big endian: the stored bytes are swapped, the values are pydicom's."""
+    paths = _ct_series(tmp_path, slices=4)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        values = ds.pixel_array
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+        ds.PixelData = values.astype(">u2").tobytes()
+        pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+    _no_decoder(monkeypatch)
+    volume = run_job(read_dicom_job(tmp_path))
+    expected = np.stack([pydicom.dcmread(p).pixel_array.astype(int) - 1024 for p in paths])
+    np.testing.assert_array_equal(volume.array, expected)
+
+
+def test_values_beyond_bits_stored_go_to_the_decoder(tmp_path, monkeypatch):
+    """12 bits stored but higher bits set (overlay bits): GDCM decides, as a bare read does."""
+    paths = _ct_series(tmp_path, slices=4)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        values = ds.pixel_array.copy()
+        values[0, 0] = 0xF123  # bits above BitsStored
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = values.astype("<u2").tobytes()
+        ds.save_as(path)
+    direct = []
+    original = pixels._direct_read_job
+
+    def spy(slices):
+        block = yield from original(slices)
+        direct.append(block)
+        return block
+
+    monkeypatch.setattr(pixels, "_direct_read_job", spy)
+    volume = run_job(read_dicom_job(tmp_path))
+    assert direct == [None]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(path) for path in paths])
+    np.testing.assert_array_equal(volume.array, sitk.GetArrayFromImage(reader.Execute()))
+
+
+def test_file_cut_short_after_the_header_scan_is_refused_by_name(tmp_path, monkeypatch):
+    """The scan checked the length; a file truncated since then is refused, not zero-filled."""
+    paths = _ct_series(tmp_path)
+    original = dicom.build_stack
+
+    def truncate_then_stack(slices, name):
+        data = paths[3].read_bytes()
+        paths[3].write_bytes(data[:-100])
+        return original(slices, name)
+
+    monkeypatch.setattr(dicom, "build_stack", truncate_then_stack)
+    with pytest.raises(UnreadableFileError, match=f"{paths[3].name} ends before the pixel data"):
+        run_job(read_dicom_job(tmp_path))

@@ -49,6 +49,24 @@ def test_uncompressed_series_is_read_without_a_decoder_in_the_narrowest_type(tmp
     assert volume.array.flags.writeable
 
 
+@pytest.mark.parametrize(
+    ("slope", "intercept", "dtype"),
+    [(1.0, 0.0, np.uint16), (100.0, -1024.0, np.int32), (-1.0, 0.0, np.int16)],
+    ids=["as stored", "wider than stored", "negative slope"],
+)
+def test_direct_read_rescales_into_a_type_that_holds_every_value(
+    tmp_path, monkeypatch, slope, intercept, dtype
+):
+    """Values that outgrow the stored type get a wider one; none wraps around."""
+    _no_decoder(monkeypatch)
+    stored = np.random.default_rng(4).integers(0, 2000, (3, 12, 10)).astype(np.uint16)
+    stored[0, 0, 0] = 1999
+    paths = write_series(tmp_path, stored, slope=slope, intercept=intercept)
+    volume = run_job(read_dicom_job(tmp_path))
+    np.testing.assert_array_equal(volume.array, np.stack([modality_values(p) for p in paths]))
+    assert volume.array.dtype == dtype
+
+
 def test_big_endian_files_are_read_directly(tmp_path, monkeypatch):
     """Explicit VR big endian: the stored bytes are swapped, the values are pydicom's."""
     paths = _ct_series(tmp_path, slices=4)

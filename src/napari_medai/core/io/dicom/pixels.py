@@ -292,15 +292,16 @@ def _rescaled_in_place(stored: np.ndarray, ref: SliceRef, low: int, high: int) -
     slope, intercept = int(ref.slope), int(ref.intercept)
     if (slope, intercept) == (1, 0):
         return stored
-    dtype = _narrowest(
-        *sorted((low * slope + intercept, high * slope + intercept)), stored.itemsize
-    )
+    scaled = (low * slope, high * slope)
+    ends = sorted(value + intercept for value in scaled)
+    dtype = _narrowest(*ends, stored.itemsize)
     if dtype.itemsize == stored.itemsize:
         output = stored.view(dtype)
     else:
         output = np.frombuffer(_fresh_memory(stored.size * dtype.itemsize), dtype)
         output = output.reshape(stored.shape)
-    values = np.empty(stored.shape[1:], np.result_type(stored.dtype, dtype, np.int32))
+    work = _narrowest(min(*scaled, *ends), max(*scaled, *ends), 4)  # holds every step
+    values = np.empty(stored.shape[1:], work)
     for index in range(len(stored)):
         np.copyto(values, stored[index])
         values *= slope

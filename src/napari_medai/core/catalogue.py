@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_medai.core.jobs import Job
+
+if TYPE_CHECKING:
+    from napari_medai.core.job_process import KeptWorker
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class WorkerJob:
         from napari_medai.core.job_process import run_in_process
 
         return run_in_process(self.target, *args)
+
+    def on(self, worker: KeptWorker, *args: Any) -> Job[Any]:
+        """The job ``target(*args)``, run in ``worker``: a process kept for its caller's state."""
+        return worker.run(self.target, *args)
 
     def resolve(self) -> Callable[..., Job[Any]]:
         """The job function itself, imported here (what the worker does)."""
@@ -66,3 +73,7 @@ WORKER_JOBS += (SAMPLE_GAN, PREVIEW_AUGMENTATIONS)
 EVALUATE_SEGMENTATION = WorkerJob("napari_medai.core.evaluation.metrics:evaluate_job")
 RUN_COHORT = WorkerJob("napari_medai.core.cohort.run:cohort_from_manifest_job")
 WORKER_JOBS += (EVALUATE_SEGMENTATION, RUN_COHORT)
+#: nnInteractive's prompt session lives in a kept worker between these jobs.
+START_NNINTERACTIVE = WorkerJob("napari_medai.core.prompt.nninteractive_model:start_object_job")
+UPDATE_NNINTERACTIVE = WorkerJob("napari_medai.core.prompt.nninteractive_model:update_object_job")
+WORKER_JOBS += (START_NNINTERACTIVE, UPDATE_NNINTERACTIVE)

@@ -15,7 +15,9 @@ workers the way multiprocessing does, which reruns the parent's ``__main__``:
 a napari script without a ``__main__`` guard would open a second viewer.
 
 A finished worker process stays idle for the next job, so torch is imported
-once per session, not once per job. Arrays travel out of band (pickle
+once per session, not once per job; a caller whose jobs share state in the
+worker (a prompt session's image and prompts) keeps a process of its own,
+a :class:`KeptWorker`. Arrays travel out of band (pickle
 protocol 5), so sending a scan copies it once, in the kernel, without
 holding the GIL for the copy. The connection is multiprocessing's local one
 (a Unix socket, a named pipe on Windows) authenticated by a random key that
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import threading
 import warnings
+import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Client
 from typing import Any
 
@@ -48,6 +52,8 @@ MAX_IDLE = 1
 #: Whether jobs run in a worker process: tests whose jobs use in-process fakes
 #: turn it off, and the same job then runs in the caller's thread.
 SEPARATE_PROCESS = True
+#: What a job says while its worker process starts.
+STARTING = "starting a worker process (its first job loads the libraries)"
 
 
 class JobProcessError(MedaiError):
@@ -154,8 +160,19 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
         return (yield from job_worker.resolve(target)(*args))
     worker = _idle_worker()
     if worker is None:
-        yield Progress(None, "starting a worker process (its first job loads the libraries)")
+        yield Progress(None, STARTING)
         worker = _Worker()
+    return (yield from _relay(worker, target, args, _give_back))
+
+
+def _relay(
+    worker: _Worker, target: str, args: tuple, release: Callable[[_Worker], None]
+) -> Job[Any]:
+    """Send the job to ``worker``, yield its events, return its result; ``release`` it after.
+
+    A worker that died is stopped, not released; a job closed here is closed in the
+    worker first (its cleanup runs), and a worker that hangs in it is killed.
+    """
     ended = False
     try:
         job_worker.send(worker.conn, (target, args, dict(os.environ), os.getcwd()))
@@ -179,13 +196,47 @@ def run_in_process(target: str, *args: Any) -> Job[Any]:
         raise
     finally:
         if not ended:
-            _close_remote(worker)
+            if _close_remote(worker):
+                release(worker)
         elif worker.alive():
-            _give_back(worker)
+            release(worker)
 
 
-def _close_remote(worker: _Worker) -> None:
-    """Close the worker's job and wait for its cleanup; a worker that hangs is killed."""
+class KeptWorker:
+    """A worker process kept for one caller, so what a job leaves there serves the next.
+
+    Jobs run one after another in the same process: a model a job loaded, or a
+    session it holds in a module of the worker, is there for the caller's next
+    job (a prompt session keeps its image and prompts between updates). The
+    process is started by the first job, restarted by the first job after it
+    died (the state is gone then: jobs must tell, e.g. by returning None), and
+    stopped by :meth:`close` or when this object is collected.
+    """
+
+    def __init__(self) -> None:
+        self._worker: _Worker | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def run(self, target: str, *args: Any) -> Job[Any]:
+        """The job ``target(*args)``, run in this caller's worker process (started if need be)."""
+        if not SEPARATE_PROCESS:
+            return (yield from job_worker.resolve(target)(*args))
+        if self._worker is None or not self._worker.alive():
+            self.close()
+            yield Progress(None, STARTING)
+            self._worker = _Worker()
+            self._finalizer = weakref.finalize(self, self._worker.stop)
+        return (yield from _relay(self._worker, target, args, lambda _worker: None))
+
+    def close(self) -> None:
+        """Stop the worker process (an idle one ends when its socket closes)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._worker = self._finalizer = None
+
+
+def _close_remote(worker: _Worker) -> bool:
+    """Close the worker's job and wait for its cleanup; False if the worker hung and was killed."""
     try:
         job_worker.send(worker.conn, job_worker.CANCEL)
         while worker.next_message(timeout=CLEANUP_TIMEOUT_S)[0] in (
@@ -195,5 +246,5 @@ def _close_remote(worker: _Worker) -> None:
             pass
     except (JobProcessError, OSError):
         worker.stop()
-        return
-    _give_back(worker)
+        return False
+    return True

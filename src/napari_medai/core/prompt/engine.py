@@ -3,7 +3,9 @@
 An engine starts a :class:`PromptSession` on one scan (optionally from an existing mask);
 each ``update`` takes the whole current prompt set and returns the object's mask on the
 scan's grid, reusing what the session computed before. A learned engine (nnInteractive)
-plugs in by adding a factory to :data:`ENGINES`: the dock and the CLI do not change.
+plugs in by adding a factory to :data:`ENGINES`: the dock and the CLI do not change. Its
+session runs in a worker process, so it also gives its update as a job
+(:class:`JobSession`): progress and Cancel cross over, and nothing waits in a thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +31,15 @@ class PromptSession(Protocol):
         ...
 
 
+@runtime_checkable
+class JobSession(Protocol):
+    """A session whose update is a job (it runs in a worker process: nnInteractive's)."""
+
+    def update_job(self, prompts: Prompts) -> Job[np.ndarray]:
+        """The object's mask for the current prompts, as a job."""
+        ...
+
+
 class PromptEngine(Protocol):
     """Something that starts sessions: the default geodesic engine, or a learned one."""
 
@@ -38,22 +50,49 @@ class PromptEngine(Protocol):
         ...
 
 
-def _geodesic() -> PromptEngine:
+def _geodesic(model_folder: Path | None) -> PromptEngine:
+    if model_folder is not None:
+        raise PromptError("the geodesic engine needs no model folder; it is for nninteractive")
     from napari_medai.core.prompt.geodesic import GeodesicEngine
 
     return GeodesicEngine()
 
 
-#: Engines by name; the first is the default. Factories import their engine when asked.
-ENGINES: dict[str, Callable[[], PromptEngine]] = {"geodesic": _geodesic}
+def _nninteractive(model_folder: Path | None) -> PromptEngine:
+    if model_folder is None:
+        raise PromptError(
+            "the nninteractive engine needs the folder of nnInteractive's weights "
+            "(--model-folder; they are not shipped with napari-medai)"
+        )
+    from napari_medai.core.prompt.nninteractive_engine import NnInteractiveEngine
+
+    return NnInteractiveEngine(model_folder)
+
+
+#: Engines by name; the first is the default. Factories import their engine when asked and
+#: take the model folder of a learned engine (None for one that needs no weights).
+ENGINES: dict[str, Callable[[Path | None], PromptEngine]] = {
+    "geodesic": _geodesic,
+    "nninteractive": _nninteractive,
+}
 DEFAULT_ENGINE = "geodesic"
+#: The engines that run a network from the user's model folder.
+LEARNED_ENGINES = ("nninteractive",)
 
 
-def engine_named(name: str = DEFAULT_ENGINE) -> PromptEngine:
-    """The engine called ``name``, or a refusal listing those there are."""
+def engine_named(name: str = DEFAULT_ENGINE, model_folder: Path | None = None) -> PromptEngine:
+    """The engine called ``name`` (a learned one on ``model_folder``), or a refusal saying why."""
     if name not in ENGINES:
         raise PromptError(f'no prompt engine "{name}"; the engines are: {", ".join(ENGINES)}')
-    return ENGINES[name]()
+    return ENGINES[name](model_folder)
+
+
+def available_engines(model_folder: Path | None) -> list[str]:
+    """The engines to offer: nnInteractive only when its package is installed and a folder given."""
+    from napari_medai.core.prompt.nninteractive_engine import installed
+
+    learned = ["nninteractive"] if model_folder is not None and installed() else []
+    return [DEFAULT_ENGINE, *learned]
 
 
 @dataclass(frozen=True)
@@ -103,7 +142,10 @@ def update_job(
     prompts.check_inside(volume.spatial_shape)
     yield Progress(None, f"segmenting with {len(prompts.items)} prompts")
     began = time.perf_counter()
-    mask = session.update(prompts)
+    if isinstance(session, JobSession):
+        mask = yield from session.update_job(prompts)
+    else:
+        mask = session.update(prompts)
     seconds = time.perf_counter() - began
     label_map = LabelMap(mask.astype(np.uint8), volume.geometry, {}, {1: "object"})
     return PromptResult(label_map, seconds, engine)
@@ -114,10 +156,11 @@ def prompt_job(
     prompts: Prompts,
     engine: str = DEFAULT_ENGINE,
     initial: np.ndarray | None = None,
+    model_folder: Path | None = None,
 ) -> Job[PromptResult]:
     """Segment one object from ``prompts`` in one go (the CLI's job); seconds include start."""
     prompts.check_inside(volume.spatial_shape)
     began = time.perf_counter()
-    session = engine_named(engine).start(volume, check_mask(volume, initial))
+    session = engine_named(engine, model_folder).start(volume, check_mask(volume, initial))
     result = yield from update_job(session, volume, prompts, engine)
     return PromptResult(result.mask, time.perf_counter() - began, engine)

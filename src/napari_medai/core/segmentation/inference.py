@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,11 +37,11 @@ from napari_medai.core.devices import (
     release_memory,
 )
 from napari_medai.core.errors import MedaiError
+from napari_medai.core.geometry import Geometry
 from napari_medai.core.jobs import Job, Progress, scaled
 from napari_medai.core.models.card import ModelCard, refuse_non_segmentation
 from napari_medai.core.models.loaded import LoadedModel
 from napari_medai.core.models.preprocessing import (
-    CHUNK_VOXELS,
     ModelSpace,
     Normaliser,
     SourceGrid,
@@ -56,6 +57,12 @@ logger = logging.getLogger(__name__)
 
 #: A 3D model needs at least this many voxels along each axis.
 MIN_VOLUME_SIZE = 2
+#: Source voxels per slab when mapping between the scan's grid and the model's (64
+#: slices of 512x512): a slab's float32 temporaries are 64 MB, a small part of a big scan.
+SLAB_VOXELS = 1 << 24
+#: Source slices read beyond each side of a slab, so each model voxel the slab owns has
+#: its interpolation neighbours inside what was read, whatever ITK's rounding.
+HALO = 2
 
 
 def segment_job(volume: Volume, model: LoadedModel, config: SegmentConfig) -> Job[SegmentResult]:
@@ -112,7 +119,7 @@ def _segment(
     try:
         yield Progress(0.0, "mapping the scan into the model's space")
         space = model_space(volume, card)
-        data = to_model_space(volume, card, space)
+        data = _to_model_space(volume, card, space)
         normaliser = Normaliser.from_card(card.intensity, data)
         durations["to_model_space"] = time.perf_counter() - started
         yield Progress(0.05, f"running {card.name} on {runner.placement.compute}")
@@ -427,67 +434,152 @@ class _GaussianMerger(Merger):
         return self.values
 
 
-def _to_source(
-    merged: torch.Tensor, space: ModelSpace, volume: Volume, runner: _Runner
-) -> Job[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
-    """Labels, probability and uncertainty arrays on the source grid."""
-    channels = merged.numpy()
-    if not space.identity:
-        grid = SourceGrid(space, volume.geometry, volume.spatial_shape)
-        source = np.empty((channels.shape[0], *volume.spatial_shape), dtype=np.float32)
-        for index, channel in enumerate(channels):
-            yield Progress(index / len(channels), "mapping the result back onto the scan's grid")
-            source[index] = grid.resample(channel)
-        channels = source
-    yield Progress(0.9, "labelling")
-    return _decide(
-        channels,
-        runner.card.num_classes,
-        runner.config.probabilities,
-        runner.config.uncertainty,
-        runner.disagreement,
-    )
+def _slabs(shape: Sequence[int]) -> list[slice]:
+    """Consecutive z ranges of about :data:`SLAB_VOXELS` voxels covering ``shape``."""
+    step = max(1, SLAB_VOXELS // max(1, int(shape[1]) * int(shape[2])))
+    return [slice(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
 
 
-def _decide(
-    channels: np.ndarray, classes: int, probability: bool, uncertainty: bool, disagreement: bool
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Argmax labels (and the optional maps) from stitched classes 1..K-1, in z chunks."""
-    rest = classes - 1
-    shape = channels.shape[1:]
-    labels = np.empty(shape, dtype=np.uint8 if classes <= 256 else np.uint16)
-    foreground = None
-    if probability:
-        # Two classes: the stitched channel is the foreground itself (no copy).
-        foreground = channels[0] if rest == 1 else np.empty(shape, dtype=np.float32)
-    spread = np.empty(shape, dtype=np.float32) if uncertainty else None
-    step = max(1, CHUNK_VOXELS // max(1, int(np.prod(shape[1:]))))
-    for start in range(0, shape[0], step):
-        chunk = slice(start, start + step)
-        others = channels[:rest, chunk]
+def _shifted(geometry: Geometry, start: Sequence[float]) -> Geometry:
+    """The grid of a box of ``geometry`` whose first voxel is ``geometry``'s voxel ``start``."""
+    return Geometry(geometry.spacing, geometry.index_to_world(start)[0], geometry.direction)
+
+
+def _source_z(space: ModelSpace, source: Geometry) -> tuple[np.ndarray, float]:
+    """Coefficients (per model axis) and offset of the source z index of a model voxel."""
+    to_index = np.linalg.inv(source.direction @ np.diag(source.spacing))
+    matrix = to_index @ space.geometry.direction @ np.diag(space.geometry.spacing)
+    offset = to_index @ (space.geometry.origin - source.origin)
+    return matrix[0], float(offset[0])
+
+
+def _model_box(
+    coefficients: np.ndarray, offset: float, shape: Sequence[int], low: float, high: float
+) -> tuple[slice, ...] | None:
+    """Bounding box of the model voxels whose source z index lies in [low, high), or None."""
+    extremes = [sorted((0.0, a * (n - 1))) for a, n in zip(coefficients, shape)]
+    box = []
+    for axis, (a, n) in enumerate(zip(coefficients, shape)):
+        others_low = sum(lo for other, (lo, _) in enumerate(extremes) if other != axis)
+        others_high = sum(hi for other, (_, hi) in enumerate(extremes) if other != axis)
+        first, last = 0, n - 1
+        if abs(a) > 1e-12:
+            ends = np.array([low - offset - others_high, high - offset - others_low]) / a
+            ends = np.clip(np.sort(ends), -1.0, float(n))
+            first, last = max(first, math.floor(ends[0])), min(last, math.ceil(ends[1]))
+        if first > last:
+            return None
+        box.append(slice(first, last + 1))
+    return tuple(box)
+
+
+def _to_model_space(volume: Volume, card: ModelCard, space: ModelSpace) -> np.ndarray:
+    """:func:`to_model_space`, resampled slab by slab of the scan when the card has a spacing.
+
+    The whole-scan call converts the scan to SimpleITK in one piece (two full-size
+    copies besides the result). Here each z slab of the scan, with :data:`HALO`
+    slices either side, is resampled onto the box of model voxels whose source z
+    index it owns, so those voxels get the values the whole-scan call gives them.
+    """
+    if space.identity or card.spacing is None:
+        return to_model_space(volume, card, space)
+    channels = volume.array if volume.array.ndim == 4 else volume.array[np.newaxis]
+    depth = volume.spatial_shape[0]
+    out = np.zeros((channels.shape[0], *space.shape), dtype=np.float32)
+    coefficients, offset = _source_z(space, volume.geometry)
+    for slab in _slabs(volume.spatial_shape):
+        low = -math.inf if slab.start == 0 else slab.start
+        high = math.inf if slab.stop == depth else slab.stop
+        box = _model_box(coefficients, offset, space.shape, low, high)
+        if box is None:
+            continue
+        read = slice(max(slab.start - HALO, 0), min(slab.stop + HALO, depth))
+        part = Volume(channels[:, read], _shifted(volume.geometry, (read.start, 0, 0)))
+        box_space = ModelSpace(
+            _shifted(space.geometry, [s.start for s in box]),
+            tuple(s.stop - s.start for s in box),
+            identity=False,
+        )
+        values = to_model_space(part, card, box_space)
+        axes = np.ix_(*[np.arange(s.start, s.stop) for s in box])
+        z_index = sum(a * index for a, index in zip(coefficients, axes)) + offset
+        np.copyto(out[(slice(None), *box)], values, where=(z_index >= low) & (z_index < high))
+        values = z_index = None
+    return out
+
+
+@dataclass
+class _Outputs:
+    """The label map and the asked-for maps on the source grid, filled slab by slab."""
+
+    labels: np.ndarray
+    foreground: np.ndarray | None
+    spread: np.ndarray | None
+
+    @classmethod
+    def allocate(
+        cls, shape: tuple[int, ...], classes: int, runner: _Runner, merged: np.ndarray | None
+    ) -> _Outputs:
+        """Empty outputs; with ``merged`` (stitched on the source grid) and two classes the
+        probability map is written over its one channel, which is that map already."""
+        labels = np.empty(shape, dtype=np.uint8 if classes <= 256 else np.uint16)
+        foreground = None
+        if runner.config.probabilities:
+            reuse = merged is not None and classes == 2
+            foreground = merged[0] if reuse else np.empty(shape, dtype=np.float32)
+        spread = np.empty(shape, dtype=np.float32) if runner.config.uncertainty else None
+        return cls(labels, foreground, spread)
+
+    def decide(self, channels: np.ndarray, where: slice, classes: int, disagreement: bool) -> None:
+        """Argmax labels (and the optional maps) at z ``where`` from stitched classes 1..K-1."""
+        rest = classes - 1
+        others = channels[:rest]
         background = 1.0 - others.sum(axis=0)
         if rest == 1:
-            labels[chunk] = others[0] > background
+            self.labels[where] = others[0] > background
         else:
-            labels[chunk] = np.argmax(np.concatenate([background[None], others]), axis=0)
-        if spread is not None and disagreement:
-            np.clip(channels[rest, chunk], 0.0, 1.0, out=spread[chunk])
-        elif spread is not None:
+            self.labels[where] = np.argmax(np.concatenate([background[None], others]), axis=0)
+        if self.spread is not None and disagreement:
+            np.clip(channels[rest], 0.0, 1.0, out=self.spread[where])
+        elif self.spread is not None:
             every = np.clip(np.concatenate([background[None], others]), 1e-12, 1.0)
             entropy = -(every * np.log(every)).sum(axis=0) / np.log(classes)
-            np.clip(entropy, 0.0, 1.0, out=spread[chunk])
-        if foreground is not None:
-            np.clip(others.sum(axis=0), 0.0, 1.0, out=foreground[chunk])
-    return labels, foreground, spread
+            np.clip(entropy, 0.0, 1.0, out=self.spread[where])
+        if self.foreground is not None:
+            np.clip(others.sum(axis=0), 0.0, 1.0, out=self.foreground[where])
+
+
+def _to_source(
+    merged: torch.Tensor, space: ModelSpace, volume: Volume, runner: _Runner
+) -> Job[_Outputs]:
+    """Labels, probability and uncertainty arrays on the source grid, slab by slab.
+
+    Each z slab of the source grid is resampled from the model-space channels and
+    labelled at once, so besides the outputs only one slab's probabilities are
+    held, never the class probabilities of the whole scan.
+    """
+    channels = merged.numpy()
+    shape = volume.spatial_shape
+    classes = runner.card.num_classes
+    outputs = _Outputs.allocate(shape, classes, runner, channels if space.identity else None)
+    slabs = _slabs(shape)
+    for done, slab in enumerate(slabs):
+        yield Progress(done / len(slabs), "mapping the result back onto the scan's grid")
+        if space.identity:
+            part = channels[:, slab]
+        else:
+            slab_shape = (slab.stop - slab.start, *shape[1:])
+            grid = SourceGrid(space, _shifted(volume.geometry, (slab.start, 0, 0)), slab_shape)
+            part = np.stack([grid.resample(channel) for channel in channels])
+        outputs.decide(part, slab, classes, runner.disagreement)
+        part = None
+    return outputs
 
 
 def _wrap(
-    outputs: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
-    volume: Volume,
-    card: ModelCard,
-    provenance: dict[str, Any],
+    outputs: _Outputs, volume: Volume, card: ModelCard, provenance: dict[str, Any]
 ) -> SegmentResult:
-    labels, foreground, spread = outputs
+    labels, foreground, spread = outputs.labels, outputs.foreground, outputs.spread
     name = f"{volume.metadata.get('name', 'image')} ({card.name})"
     return SegmentResult(
         labels=LabelMap(

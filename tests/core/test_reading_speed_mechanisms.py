@@ -50,18 +50,24 @@ def test_uncompressed_series_is_read_without_a_decoder_in_the_narrowest_type(tmp
 
 
 @pytest.mark.parametrize(
-    ("slope", "intercept", "dtype"),
-    [(1.0, 0.0, np.uint16), (100.0, -1024.0, np.int32), (-1.0, 0.0, np.int16)],
-    ids=["as stored", "wider than stored", "negative slope"],
+    ("stored_type", "slope", "intercept", "dtype"),
+    [
+        (np.uint16, 1.0, 0.0, np.uint16),
+        (np.uint16, 100.0, -1024.0, np.int32),
+        (np.uint16, -1.0, 0.0, np.int16),
+        (np.int16, 2.0, -100.0, np.int16),
+    ],
+    ids=["as stored", "wider than stored", "negative slope", "signed stored"],
 )
 def test_direct_read_rescales_into_a_type_that_holds_every_value(
-    tmp_path, monkeypatch, slope, intercept, dtype
+    tmp_path, monkeypatch, stored_type, slope, intercept, dtype
 ):
     """Values that outgrow the stored type get a wider one; none wraps around."""
     _no_decoder(monkeypatch)
-    stored = np.random.default_rng(4).integers(0, 2000, (3, 12, 10)).astype(np.uint16)
+    rng = np.random.default_rng(4)
+    stored = rng.integers(-1000 if stored_type == np.int16 else 0, 2000, (3, 12, 10))
     stored[0, 0, 0] = 1999
-    paths = write_series(tmp_path, stored, slope=slope, intercept=intercept)
+    paths = write_series(tmp_path, stored.astype(stored_type), slope=slope, intercept=intercept)
     volume = run_job(read_dicom_job(tmp_path))
     np.testing.assert_array_equal(volume.array, np.stack([modality_values(p) for p in paths]))
     assert volume.array.dtype == dtype

@@ -254,13 +254,18 @@ def _direct_read_job(slices: Sequence[SliceRef]) -> Job[np.ndarray | None]:
 
 
 def _fresh_memory(nbytes: int) -> mmap.mmap:
-    """``nbytes`` of writable memory whose pages are mapped as they are first written.
+    """``nbytes`` of writable memory, its pages mapped up front where the system can.
 
     Not ``np.empty``: numpy asks the kernel for huge pages for big arrays, and
     their compaction stalled reads for seconds here; not ``bytearray``, which
-    writes zeros over all of it first.
+    writes zeros over all of it first. On Linux the kernel maps every page in
+    one call (MAP_POPULATE), which took 0.2 s for 262 MB here where a fault
+    per page on first write took 0.4 s.
     """
-    return mmap.mmap(-1, nbytes)
+    if not hasattr(mmap, "MAP_POPULATE"):
+        return mmap.mmap(-1, nbytes)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+    return mmap.mmap(-1, nbytes, flags=flags)
 
 
 def _read_stored(ref: SliceRef, target: memoryview) -> None:
@@ -285,9 +290,8 @@ def _rescaled_in_place(stored: np.ndarray, ref: SliceRef, low: int, high: int) -
     """Stored values (``low`` to ``high``) to modality values with ``ref``'s integer rescale.
 
     The values go to the narrowest type of at least the stored width that holds
-    them (int16 for CT stored as uint16 with intercept -1024), written over the
-    stored values when that type is as wide, slice by slice through a small
-    wider buffer, so that no second volume-sized array is made.
+    them (int16 for CT stored as uint16 with intercept -1024): over the stored
+    values when it is as wide, else into new memory.
     """
     slope, intercept = int(ref.slope), int(ref.intercept)
     if (slope, intercept) == (1, 0):
@@ -296,18 +300,32 @@ def _rescaled_in_place(stored: np.ndarray, ref: SliceRef, low: int, high: int) -
     ends = sorted(value + intercept for value in scaled)
     dtype = _narrowest(*ends, stored.itemsize)
     if dtype.itemsize == stored.itemsize:
-        output = stored.view(dtype)
-    else:
-        output = np.frombuffer(_fresh_memory(stored.size * dtype.itemsize), dtype)
-        output = output.reshape(stored.shape)
-    work = _narrowest(min(*scaled, *ends), max(*scaled, *ends), 4)  # holds every step
-    values = np.empty(stored.shape[1:], work)
-    for index in range(len(stored)):
+        return _rescaled_modulo(stored, slope, intercept).view(dtype)
+    output = np.frombuffer(_fresh_memory(stored.size * dtype.itemsize), dtype)
+    output = output.reshape(stored.shape)
+    values = np.empty(stored.shape[1:], _narrowest(min(*scaled, *ends), max(*scaled, *ends), 4))
+    for index in range(len(stored)):  # through one slice's wider buffer, not a second volume
         np.copyto(values, stored[index])
         values *= slope
         values += intercept
         np.copyto(output[index], values, casting="unsafe")  # every value fits (ends above)
     return output
+
+
+def _rescaled_modulo(stored: np.ndarray, slope: int, intercept: int) -> np.ndarray:
+    """``stored * slope + intercept`` in place, in unsigned arithmetic of the stored width.
+
+    Arithmetic modulo 2**bits gives every result that fits a type of that width
+    exactly, as that type's bit pattern (wrap-arounds cancel): one pass over
+    the volume, no wider copy. The caller has checked that every result fits.
+    """
+    unsigned = stored.view(f"u{stored.itemsize}")
+    modulus = 1 << (8 * stored.itemsize)
+    if slope != 1:
+        np.multiply(unsigned, unsigned.dtype.type(slope % modulus), out=unsigned)
+    if intercept:
+        np.add(unsigned, unsigned.dtype.type(intercept % modulus), out=unsigned)
+    return unsigned
 
 
 def _narrowest(low: int, high: int, itemsize: int) -> np.dtype:

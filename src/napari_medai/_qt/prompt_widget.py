@@ -1,14 +1,17 @@
 """Dock widget "Prompt": click, box, scribble or lasso one object and get its 3D mask.
 
 Prompts are drawn in a Points and a Shapes layer on the scan's grid; every change updates
-the object's mask in a thread through the JobRunner (the engines import no torch), shown
-in a preview layer. Prompts that arrive while an update runs are coalesced: only the
+the object's mask in a thread through the JobRunner, shown in a preview layer. The default
+engine imports no torch; nnInteractive, offered once the user picks the folder of its
+weights (and its package is installed), runs in a worker process of its own, which the
+update's job talks to. Prompts that arrive while an update runs are coalesced: only the
 latest set is computed next. Commit writes the object into the user's Labels layer as
 label k, one undoable step. One column that scrolls inside the dock; the status wraps.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +19,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     Label,
     LineEdit,
     PushButton,
@@ -43,7 +47,8 @@ from napari_medai._qt.job_runner import JobOutcome, JobRunner
 from napari_medai._qt.layer_pickers import follow_layer_list, refresh_scan_pickers, scan_pickers
 from napari_medai._qt.parts import scroll_column, wrapping
 from napari_medai.core.errors import MedaiError
-from napari_medai.core.prompt.engine import DEFAULT_ENGINE, ENGINES
+from napari_medai.core.prompt.engine import DEFAULT_ENGINE, available_engines, engine_named
+from napari_medai.core.prompt.nninteractive_engine import NnInteractiveEngine, installed
 
 if TYPE_CHECKING:
     import napari
@@ -71,6 +76,10 @@ SHORTCUT_HELP = (
     "U undo prompt, Shift+R reset object, Shift+Enter commit"
 )
 READY = "Pick a scan, then click, box, scribble or lasso the object."
+WEIGHTS_TIP = (
+    "nnInteractive's model folder (it holds plans.json and fold_0), downloaded by you: "
+    "its weights are not shipped with napari-medai"
+)
 
 
 class PromptWidget(Container):
@@ -82,7 +91,15 @@ class PromptWidget(Container):
         self.labels_layer.nullable = True
         self.labels_layer.choices = self._user_labels
         self.labels_layer.tooltip = "Left empty, Commit adds a Labels layer on the scan's grid"
-        self.engine = ComboBox(label="Engine", choices=list(ENGINES), value=DEFAULT_ENGINE)
+        self.engine = ComboBox(
+            label="Engine", choices=available_engines(None), value=DEFAULT_ENGINE
+        )
+        self.weights = FileEdit(label="Weights", mode="d", tooltip=WEIGHTS_TIP)
+        self.weights.line_edit.native.setPlaceholderText("optional: nnInteractive's folder")
+        self.weights.visible = installed()
+        self.engine_note = wrapping(Label(value=""))
+        self.engine_note.visible = False
+        self._learned: NnInteractiveEngine | None = None
         self.tool = ComboBox(label="Tool", choices=list(TOOLS), value="Point")
         self.positive = CheckBox(text="Positive (marks the object)", value=True)
         self.label_value = SpinBox(label="Label", min=1, max=65535, value=1)
@@ -107,6 +124,8 @@ class PromptWidget(Container):
             widgets=[
                 self.image_layer,
                 self.engine,
+                self.weights,
+                self.engine_note,
                 self.tool,
                 self.positive,
                 actions,
@@ -141,7 +160,8 @@ class PromptWidget(Container):
 
     def _connect(self) -> None:
         self.image_layer.changed.connect(self._scan_changed)
-        self.engine.changed.connect(self.reset)
+        self.engine.changed.connect(self._engine_changed)
+        self.weights.changed.connect(self._weights_chosen)
         self.tool.changed.connect(self._use_tool)
         self.positive.changed.connect(self._polarity_changed)
         self.undo_button.changed.connect(self.undo)
@@ -171,6 +191,34 @@ class PromptWidget(Container):
     def _refresh_layers(self, _event=None) -> None:
         refresh_scan_pickers(self.labels_layer, self.image_layer)
         self._update_buttons()
+
+    def _weights_chosen(self, _event=None) -> None:
+        """Offer nnInteractive on the chosen folder, or say why not (nothing loads yet)."""
+        if self._learned is not None:
+            self._learned.close()
+        self._learned, folder, refusal = None, self.weights.line_edit.value.strip(), None
+        if folder:
+            try:
+                self._learned = engine_named("nninteractive", Path(folder))
+            except MedaiError as error:
+                refusal = f"Weights refused: {error}"
+        self.engine.choices = available_engines(Path(folder) if self._learned else None)
+        if self._learned is not None:
+            self.engine.value = self._learned.name
+        self._engine_changed()
+        self.status.value = refusal or self.status.value
+
+    def _engine_changed(self, _event=None) -> None:
+        """Start a new object; say the learned engine's licence and where it runs."""
+        self.reset()
+        learned = self._learned is not None and self.engine.value == self._learned.name
+        self.engine_note.visible = learned
+        if learned:
+            self.engine_note.value = (
+                f"Weights' licence: {self._learned.folder.license} (nnInteractive's "
+                "released weights are non-commercial). Runs on a GPU if there is one, "
+                "else on the CPU (slow)."
+            )
 
     def _scan_changed(self, _event=None) -> None:
         self.reset()
@@ -286,6 +334,10 @@ class PromptWidget(Container):
             self.status.value = f"Prompt refused: {error}"
             return
         target = self.target
+        learned = self._learned
+        if target.session is None and learned is not None and target.engine == learned.name:
+            # Its start does no work: the scan goes to its worker in the first update.
+            target.session = learned.start(target.volume, target.initial)
         self.runner.start(
             lambda: prompt_update_job(target, prompts),
             lambda result: self._show(target, result),
@@ -298,9 +350,10 @@ class PromptWidget(Container):
             return
         target.mask = result.mask.array.astype(bool)
         show_preview(self._viewer, self.image_layer.value, result.mask.array)
+        device = getattr(target.session, "device", None)  # a learned engine's
         self.status.value = (
             f"object: {result.ml:.1f} mL ({result.voxels} voxels), "
-            f"updated in {result.seconds:.2f} s"
+            f"updated in {result.seconds:.2f} s" + (f" on the {device.upper()}" if device else "")
         )
 
     def _finished(self, outcome: JobOutcome) -> None:

@@ -214,3 +214,16 @@ def test_the_cli_runs_nninteractive_from_its_folder(folder, phantom_scan, tmp_pa
     assert np.asarray(nib.load(out).dataobj).shape == volume.spatial_shape[::-1]
     assert main([*args, "--engine", "nninteractive", "--overwrite"]) == 2
     assert "needs the folder of nnInteractive's weights" in capsys.readouterr().err
+
+
+def test_a_session_outlives_its_worker_dying(engine, phantom_scan):
+    """The worker's state goes with it: the next update gives the scan to a new one."""
+    volume, _labels = phantom_scan
+    session = engine.start(volume)
+    prompts = Prompts((Point((12, 20, 20)),))
+    run_job(update_job(session, volume, prompts, "nninteractive"))
+    engine.worker._worker.process.kill()
+    engine.worker._worker.process.wait()
+    said, result = messages(update_job(session, volume, prompts, "nninteractive"))
+    assert any("giving the scan" in text for text in said)
+    assert result.mask.array.shape == volume.spatial_shape

@@ -76,8 +76,6 @@ ENGINES: dict[str, Callable[[Path | None], PromptEngine]] = {
     "nninteractive": _nninteractive,
 }
 DEFAULT_ENGINE = "geodesic"
-#: The engines that run a network from the user's model folder.
-LEARNED_ENGINES = ("nninteractive",)
 
 
 def engine_named(name: str = DEFAULT_ENGINE, model_folder: Path | None = None) -> PromptEngine:

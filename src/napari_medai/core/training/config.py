@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import numpy as np
 from napari_medai.core.errors import GeometryError, MedaiError
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.training.quality import TrainingQuality
-from napari_medai.core.training.strengths import AugmentStrengths
+from napari_medai.core.training.strengths import SEGMENTATION_AUGMENTATION, AugmentStrengths
 
 if TYPE_CHECKING:
     from napari_medai.core.models.loaded import LoadedModel
@@ -100,7 +100,7 @@ class TrainConfig:
     #: Opt-in generated (image, mask) pairs, ``synthetic_ratio`` of each batch (see .synthetic).
     synthetic: SyntheticPairs | None = None
     synthetic_ratio: float = 0.0
-    augmentation: AugmentStrengths = field(default_factory=AugmentStrengths)
+    augmentation: AugmentStrengths = SEGMENTATION_AUGMENTATION
 
     @property
     def checkpoints(self) -> Path:

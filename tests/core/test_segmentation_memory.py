@@ -8,6 +8,7 @@ memory a run allocates is bounded by what it must hold.
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,3 +130,23 @@ def test_segmenting_allocates_its_labels_and_a_slab_not_full_size_floats(monkeyp
     must_hold = voxels + 2 * 4 * model_voxels + 8 * 4 * slab
     assert peak <= must_hold, f"peak {peak / 2**20:.1f} MiB > {must_hold / 2**20:.1f} MiB"
     assert result.labels.array.dtype == np.uint8 and result.labels.array.any()
+
+
+def test_windows_are_stitched_in_a_buffer_one_window_deep(monkeypatch):
+    held = []
+
+    class Recording(inference._GaussianMerger):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            held.append(tuple(self.values.shape))
+
+    monkeypatch.setattr(inference, "_GaussianMerger", Recording)
+    same_grid = replace(card([1.0, 1.0, 1.0]), spacing=None, orientation=None)
+    volume = scan((40, 32, 28), GRIDS["oblique about z"])
+    model = LoadedModel(same_grid, threshold_network(), "test", "0" * 64)
+    config = SegmentConfig(device="cpu", probabilities=True, window_batch=3)
+    result = run_job(inference.segment_job(volume, model, config))
+    # The scan is 40 slices deep, the window 8: only the window's depth of planes is held.
+    assert held == [(1, 8, 32, 28)]
+    decided = volume.array != 40  # 40 HU is the network's tie
+    np.testing.assert_array_equal(result.labels.array[decided], (volume.array > 40)[decided])

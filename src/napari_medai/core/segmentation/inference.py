@@ -6,8 +6,12 @@ the network over sliding windows (3D models) or slice by slice along z (2D and
 flips for test-time augmentation, stitch with Gaussian weights, map the class
 probabilities back onto the source grid and take the argmax there.
 
-Only the non-background class probabilities are stitched (background is one
-minus their sum), so a two-class model needs one full-size float32 array.
+Memory stays near what the result needs, so a 1000-slice scan fits: only the
+non-background class probabilities are stitched (background is one minus their
+sum), in a buffer one window deep whose finished planes are labelled at once
+when the model runs on the scan's own grid; a model that resamples gets its
+model-space array, and the scan goes into it and the result back out of it one
+z slab at a time, so no full-size float copy of the scan's grid is ever made.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -53,6 +58,9 @@ from napari_medai.core.segmentation.config import SegmentConfig, SegmentResult
 from napari_medai.core.volume import LabelMap, Volume
 
 logger = logging.getLogger(__name__)
+
+#: Receives stitched planes: where they lie along z and their (channels, z, y, x) values.
+Sink = Callable[[slice, np.ndarray], None]
 
 
 #: A 3D model needs at least this many voxels along each axis.
@@ -127,16 +135,25 @@ def _segment(
 
         mark = time.perf_counter()
         model.network.eval().to(runner.placement.compute)
+        outputs = None
         if model.predict_volume is not None:
-            predicted = runner.whole_volume(data, normaliser)
+            predicted = yield from scaled(runner.whole_volume(data, normaliser), 0.05, 0.9)
+            merged = predicted.numpy()
+        elif space.identity:
+            # Finished planes are labelled as the windows pass: no full-size probabilities.
+            outputs = _Outputs.allocate(volume.spatial_shape, card.num_classes, config)
+            classes, disagreement = card.num_classes, runner.disagreement
+            decide = partial(outputs.decide, classes=classes, disagreement=disagreement)
+            yield from scaled(runner.sliding_windows(data, normaliser, decide), 0.05, 0.9)
         else:
-            predicted = runner.sliding_windows(data, normaliser)
-        merged = yield from scaled(predicted, 0.05, 0.9)
+            merged = np.empty((runner.channels, *space.shape), dtype=np.float32)
+            yield from scaled(runner.sliding_windows(data, normaliser, _writer(merged)), 0.05, 0.9)
         data = None
         durations["inference"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        outputs = yield from scaled(_to_source(merged, space, volume, runner), 0.9, 1.0)
+        if outputs is None:
+            outputs = yield from scaled(_to_source(merged, space, volume, runner), 0.9, 1.0)
         merged = None
         durations["to_source"] = time.perf_counter() - mark
         durations["total"] = time.perf_counter() - started
@@ -275,15 +292,18 @@ class _Runner:
             batch = None
             yield Progress(0.0, self._fall_back(None))
 
-    def sliding_windows(self, data: np.ndarray, normaliser: Normaliser) -> Job[torch.Tensor]:
-        """Windows of the card's patch size (slices for 2D models), one batch per step."""
+    def sliding_windows(self, data: np.ndarray, normaliser: Normaliser, sink: Sink) -> Job[None]:
+        """Windows of the card's patch size (slices for 2D models), one batch per step.
+
+        Stitched planes go to ``sink`` as soon as no later window reaches them.
+        """
         layout = _WindowLayout(self.card, data.shape[1:], self.config.overlap)
         windows = layout.windows()
         merger = None
         try:
             while merger is None:
                 try:
-                    merger = _GaussianMerger(self.channels, layout, self.placement.merge)
+                    merger = _GaussianMerger(self.channels, layout, self.placement.merge, sink)
                 except RuntimeError as error:
                     if not is_out_of_memory(error):
                         raise
@@ -314,7 +334,7 @@ class _Runner:
                 yield Progress(
                     done / len(windows), f"window {done}/{len(windows)} on {placement.compute}"
                 )
-            return merger.finalize().to(CPU)
+            merger.finalize()
         finally:
             merger = None
 
@@ -388,17 +408,25 @@ class _WindowLayout:
 
 
 class _GaussianMerger(Merger):
-    """Gaussian-weighted average of overlapping windows, stitched in place.
+    """Gaussian-weighted average of overlapping windows, stitched in a window-deep buffer.
 
     Hand-written because MONAI's AvgMerger weighs all voxels of a window alike
-    and keeps a full-size count map. Here each window's weight is the product
-    of MONAI's 1D Gaussian importance maps along z, y and x; as the windows are
-    every combination of per-axis starts, the sum of weights at a voxel is the
-    product of three 1D sums, so normalising needs no full-size array.
+    and keeps full-size value and count maps. Here each window's weight is the
+    product of MONAI's 1D Gaussian importance maps along z, y and x; as the
+    windows are every combination of per-axis starts, the sum of weights at a
+    voxel is the product of three 1D sums, so normalising needs no full-size
+    array. Windows arrive in z order, so the planes below a window's first
+    plane are final when it arrives: they are normalised, handed to ``sink``
+    and dropped, and the buffer holds one window's depth of planes.
     """
 
-    def __init__(self, channels: int, layout: _WindowLayout, device: torch.device) -> None:
+    def __init__(
+        self, channels: int, layout: _WindowLayout, device: torch.device, sink: Sink
+    ) -> None:
         super().__init__(merged_shape=(channels, *layout.shape), device=device)
+        self.sink = sink
+        #: The scan's plane held in the buffer's first plane.
+        self.origin = 0
         profiles = [
             compute_importance_map((patch,), mode="gaussian")[:block]
             for patch, block in zip(layout.patch, layout.block)
@@ -410,7 +438,8 @@ class _GaussianMerger(Merger):
             for start in starts:
                 total[start : start + profile.shape[0]] += profile
             self.sums.append(total)
-        self.values = torch.zeros(self.merged_shape, dtype=torch.float32, device=device)
+        depth = (layout.block[0], *layout.shape[1:])
+        self.values = torch.zeros((channels, *depth), dtype=torch.float32, device=device)
 
     def to(self, device: torch.device) -> None:
         """Move the running sums to ``device`` (the OOM ladder's first step)."""
@@ -422,17 +451,43 @@ class _GaussianMerger(Merger):
         return values.mul_(self.weight.to(values.device))
 
     def aggregate(self, values: torch.Tensor, location: Sequence[int]) -> None:
-        """Add one weighted (1, C, z, y, x) window whose first voxel is at ``location``."""
-        region = tuple(slice(s, s + n) for s, n in zip(location, values.shape[2:]))
+        """Add one weighted (1, C, z, y, x) window whose first voxel is at ``location``.
+
+        Windows must come in z order (:meth:`_WindowLayout.windows`).
+        """
+        self._release(location[0])
+        first = location[0] - self.origin
+        region = tuple(slice(s, s + n) for s, n in zip((first, *location[1:]), values.shape[2:]))
         self.values[(slice(None), *region)] += values[0].to(self.values.device)
 
-    def finalize(self) -> torch.Tensor:
-        """Divide by the summed weights, one axis at a time, in place."""
+    def _release(self, end: int) -> None:
+        """Normalise the planes before ``end``, hand them to the sink, and move the buffer on."""
+        count = min(end, self.merged_shape[1]) - self.origin
+        if count <= 0:
+            return
+        where = slice(self.origin, self.origin + count)
+        depth, rows, cols = (total.to(self.values.device) for total in self.sums)
+        planes = self.values[:, :count].div(depth[where, None, None]).div_(rows[:, None])
+        self.sink(where, planes.div_(cols).to(CPU).numpy())
+        kept = self.values.shape[1] - count
+        self.values[:, :kept] = self.values[:, count:].clone()
+        self.values[:, kept:] = 0.0
+        self.origin += count
+
+    def finalize(self) -> None:
+        """Hand the planes still held to the sink."""
         if not self.is_finalized:
-            depth, rows, cols = (total.to(self.values.device) for total in self.sums)
-            self.values.div_(depth[:, None, None]).div_(rows[:, None]).div_(cols)
+            self._release(self.merged_shape[1])
             self.is_finalized = True
-        return self.values
+
+
+def _writer(merged: np.ndarray) -> Sink:
+    """A sink that writes stitched planes into ``merged`` (model space, mapped back later)."""
+
+    def write(where: slice, planes: np.ndarray) -> None:
+        merged[:, where] = planes
+
+    return write
 
 
 def _slabs(shape: Sequence[int]) -> list[slice]:
@@ -518,20 +573,14 @@ class _Outputs:
     spread: np.ndarray | None
 
     @classmethod
-    def allocate(
-        cls, shape: tuple[int, ...], classes: int, runner: _Runner, merged: np.ndarray | None
-    ) -> _Outputs:
-        """Empty outputs; with ``merged`` (stitched on the source grid) and two classes the
-        probability map is written over its one channel, which is that map already."""
+    def allocate(cls, shape: tuple[int, ...], classes: int, config: SegmentConfig) -> _Outputs:
+        """Empty outputs: labels, and the maps ``config`` asks for."""
         labels = np.empty(shape, dtype=np.uint8 if classes <= 256 else np.uint16)
-        foreground = None
-        if runner.config.probabilities:
-            reuse = merged is not None and classes == 2
-            foreground = merged[0] if reuse else np.empty(shape, dtype=np.float32)
-        spread = np.empty(shape, dtype=np.float32) if runner.config.uncertainty else None
+        foreground = np.empty(shape, dtype=np.float32) if config.probabilities else None
+        spread = np.empty(shape, dtype=np.float32) if config.uncertainty else None
         return cls(labels, foreground, spread)
 
-    def decide(self, channels: np.ndarray, where: slice, classes: int, disagreement: bool) -> None:
+    def decide(self, where: slice, channels: np.ndarray, classes: int, disagreement: bool) -> None:
         """Argmax labels (and the optional maps) at z ``where`` from stitched classes 1..K-1."""
         rest = classes - 1
         others = channels[:rest]
@@ -551,7 +600,7 @@ class _Outputs:
 
 
 def _to_source(
-    merged: torch.Tensor, space: ModelSpace, volume: Volume, runner: _Runner
+    channels: np.ndarray, space: ModelSpace, volume: Volume, runner: _Runner
 ) -> Job[_Outputs]:
     """Labels, probability and uncertainty arrays on the source grid, slab by slab.
 
@@ -559,10 +608,9 @@ def _to_source(
     labelled at once, so besides the outputs only one slab's probabilities are
     held, never the class probabilities of the whole scan.
     """
-    channels = merged.numpy()
     shape = volume.spatial_shape
     classes = runner.card.num_classes
-    outputs = _Outputs.allocate(shape, classes, runner, channels if space.identity else None)
+    outputs = _Outputs.allocate(shape, classes, runner.config)
     slabs = _slabs(shape)
     for done, slab in enumerate(slabs):
         yield Progress(done / len(slabs), "mapping the result back onto the scan's grid")
@@ -572,7 +620,7 @@ def _to_source(
             slab_shape = (slab.stop - slab.start, *shape[1:])
             grid = SourceGrid(space, _shifted(volume.geometry, (slab.start, 0, 0)), slab_shape)
             part = np.stack([grid.resample(channel) for channel in channels])
-        outputs.decide(part, slab, classes, runner.disagreement)
+        outputs.decide(slab, part, classes, runner.disagreement)
         part = None
     return outputs
 

@@ -7,30 +7,33 @@ CT (``ct``) or MR (``mr``), the liver painted on three axial slices, Dice on
 the slices nobody painted, measured by running the saved model through core's
 ``segment_job`` outside napari.
 
-One napari window (run it under ``xvfb-run -a -s "-screen 0 1366x768x24"``;
-without a display a private Xvfb is started) holds the scan and the 3-slice
-label map as layers and docks Train from the plugin manifest. For every budget
-and seed, in the same run and interleaved (the order alternates, so both see
-the same load), the bench:
+One napari window, sized to the screen (run it under ``xvfb-run -a -s "-screen
+0 1366x768x24"``; without a display a private Xvfb is started), holds the scan
+and the 3-slice label map as layers and docks Train from the plugin manifest.
+For every budget, clock and seed, in the same run and interleaved (the order
+alternates, so both see the same load), the bench:
 
-- GUI: sets the dock's time budget, seed, CPU threads and output folder, clicks
-  Train, steps the slice slider every ``SLIDER_STEP_MS`` while a 10 ms
-  heartbeat (``tests/helpers/heartbeat.py``) records every late tick, and waits
-  until the dock is idle again. Wall time is click to idle, as a user sees it.
+- GUI: sets the dock's time budget, what it counts, seed, CPU threads and
+  output folder, clicks Train, steps the slice slider every ``--scroll-ms``
+  while a 10 ms heartbeat (``tests/helpers/heartbeat.py``) records every late
+  tick, and waits until the dock is idle again. Wall time is click to idle, as
+  a user sees it; the first run also starts the dock's worker process (torch
+  is imported there once per session).
 - CLI: runs ``napari-medai train SCAN LABELS --out M --max-time B
-  --budget-clock wall --threads T --seed S`` as a subprocess, on the same scan
-  file and the same painted slices written to NIfTI. Wall time is start to exit
-  (it includes starting Python and importing torch; the dock's first run pays
-  for that too, when it starts its worker process, later runs reuse it).
+  --budget-clock C --threads T --seed S`` as a subprocess, on the same scan file
+  and the same painted slices written to NIfTI. Wall time is start to exit (it
+  includes starting Python and importing torch every time).
 
-Both count the budget on the wall clock (what the dock offers) on the same
-number of torch threads: before each pair the dock's "auto (N)" is read and
-both runs get that N. Steps are the optimizer steps each run took (its last
-checkpoint's state). The dock's worker process runs below napari's CPU
-priority (``core/job_worker.py``); the CLI runs at the shell's.
+Both get the same number of torch threads: before each pair the dock's
+"auto (N)" is read and both runs get that N. Steps are the optimizer steps each
+run took (its last checkpoint's state); CPU seconds are napari's process and
+its worker's for the GUI, the subprocess's for the CLI. The dock's worker runs
+below napari's CPU priority (``core/job_worker.py``), the CLI at the shell's.
+The same scrolling with nothing training is measured before and after the
+runs (``scrolling_without_training``): napari's own stalls on this display.
 
 Prints one JSON object. Usage: ``python bench/train_gui.py [--case ct]
-[--budgets 5 10] [--seeds 0 1 2]``.
+[--budgets 5 10] [--clocks wall cpu] [--seeds 0 1 2] [--scroll-ms 50]``.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,34 +84,68 @@ def card_training(out: Path) -> dict:
     return ModelCard.read(out / CARD_FILE).training
 
 
-def run_cli(files: tuple[Path, Path], out: Path, budget: float, seed: int, threads: int) -> dict:
-    """Train through ``napari-medai train``; wall time from start to exit."""
+class Setting(NamedTuple):
+    """One training asked of both: a budget in seconds of ``clock``, and a seed."""
+
+    budget: float
+    clock: str
+    seed: int
+
+
+def worker_cpu_s() -> float:
+    """CPU seconds the dock's worker process has used so far (0 before it starts)."""
+    import psutil
+
+    workers = [
+        child
+        for child in psutil.Process().children()
+        if "napari_medai.core.job_worker" in " ".join(child.cmdline())
+    ]
+    return sum(sum(worker.cpu_times()[:2]) for worker in workers)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the CLI runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(files: tuple[Path, Path], out: Path, setting: Setting, threads: int) -> dict:
+    """Train through ``napari-medai train``; wall time from start to exit, and its CPU time."""
     command = [str(CLI), "train", *map(str, files), "--out", str(out)]
-    command += ["--max-time", f"{budget:g}", "--budget-clock", "wall"]
-    command += ["--threads", str(threads), "--seed", str(seed), "--device", "cpu"]
+    command += ["--max-time", f"{setting.budget:g}", "--budget-clock", setting.clock]
+    command += ["--threads", str(threads), "--seed", str(setting.seed), "--device", "cpu"]
     load = os.getloadavg()[0]
+    cpu = children_cpu_s()
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
-    return {"wall_s": round(time.perf_counter() - started, 2), "load_avg_1min_before": load}
+    return {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "cli_cpu_s": round(children_cpu_s() - cpu, 2),
+        "load_avg_1min_before": round(load, 2),
+    }
 
 
 class Dock:
     """napari with the scan, the painted slices and the Train dock, driven as a user would."""
 
-    def __init__(self, scan, sparse) -> None:
+    def __init__(self, scan, sparse, scroll_ms: int) -> None:
         from napari.layers import Layer
         from napari.viewer import Viewer
 
         from napari_medai._napari.layers import image_layer_data, labels_layer_data
 
         self.viewer = Viewer(title="napari-medai: Train dock against the CLI")
-        self.viewer.window._qt_window.showMaximized()
+        window = self.viewer.window._qt_window
+        window.setGeometry(window.screen().availableGeometry())  # Xvfb has no window manager
         image = self.viewer.add_layer(Layer.create(*image_layer_data(scan)))
         labels = self.viewer.add_layer(Layer.create(*labels_layer_data(sparse, "liver painted")))
         _dock, self.widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
         self.widget.pair_rows[0].image_combo.value = image
         self.widget.pair_rows[0].labels_combo.value = labels
         self.slices = scan.spatial_shape[0]
+        self.scroll_ms = scroll_ms
+        self._direction = 1
         self.wait(1500)  # as a user would: the window is drawn before anything is clicked
 
     @staticmethod
@@ -130,15 +169,56 @@ class Dock:
             z = dims.current_step[0] + self._direction
         dims.set_current_step(0, z)
 
-    def train(self, out: Path, budget: float, seed: int, threads: int, scroll_ms: int) -> dict:
-        """Click Train with these settings, scroll while it trains, return time and stalls."""
+    def _measured(self, action, until) -> dict:
+        """Scroll and run the heartbeat from ``action()`` until ``until`` (an event loop) ends."""
         from heartbeat import EventLoopMonitor
+        from qtpy.QtCore import QTimer
+
+        self._direction = 1
+        slider = QTimer()
+        slider.setInterval(self.scroll_ms)
+        slider.timeout.connect(self._step_slider)
+        monitor = EventLoopMonitor(interval_ms=10, threshold_ms=50.0)
+        load = os.getloadavg()[0]
+        worker_cpu, napari_cpu = worker_cpu_s(), time.process_time()
+        monitor.start()
+        if self.scroll_ms:
+            slider.start()
+        started = time.perf_counter()
+        action()
+        until.exec()
+        wall = time.perf_counter() - started
+        napari_cpu = time.process_time() - napari_cpu
+        slider.stop()
+        monitor.stop()
+        return {
+            "wall_s": round(wall, 2),
+            "worker_cpu_s": round(worker_cpu_s() - worker_cpu, 2),
+            "napari_cpu_s": round(napari_cpu, 2),
+            "worst_stall_ms": round(monitor.worst_stall_ms, 1),
+            "p99_stall_ms": monitor.p99_stall_ms(),
+            "stalls_over_100ms": [
+                [round(s.at_s, 2), round(s.ms)] for s in monitor.stalls if s.ms > STALL_GOAL_MS
+            ],
+            "load_avg_1min_before": round(load, 2),
+        }
+
+    def scroll_alone(self, seconds: float) -> dict:
+        """The same scrolling with nothing training: napari's own share of the stalls."""
         from qtpy.QtCore import QEventLoop, QTimer
 
+        until = QEventLoop()
+        return self._measured(lambda: QTimer.singleShot(round(seconds * 1000), until.quit), until)
+
+    def train(self, out: Path, setting: Setting, threads: int) -> dict:
+        """Click Train with these settings, scroll while it trains, return time and stalls."""
+        from qtpy.QtCore import QEventLoop
+
         widget = self.widget
-        widget.time_spin.value = budget
+        widget.time_spin.value = setting.budget
+        widget.clock_combo.value = setting.clock
         widget.iterations_spin.value = 0
-        widget.seed_spin.value = seed
+        widget.seed_edit.value = str(setting.seed)
         widget.threads_combo.value = threads
         widget.output_edit.value = str(out)
         done = QEventLoop()
@@ -148,33 +228,10 @@ class Dock:
                 done.quit()
 
         widget.runner.runningChanged.connect(quit_when_idle)
-        self._direction = 1
-        slider = QTimer()
-        slider.setInterval(scroll_ms)
-        slider.timeout.connect(self._step_slider)
-        monitor = EventLoopMonitor(interval_ms=10, threshold_ms=50.0)
-        load = os.getloadavg()[0]
-        monitor.start()
-        if scroll_ms:
-            slider.start()
-        started = time.perf_counter()
-        widget.train_button.native.click()
-        done.exec()
-        wall = time.perf_counter() - started
-        slider.stop()
-        monitor.stop()
+        measured = self._measured(widget.train_button.native.click, done)
         widget.runner.runningChanged.disconnect(quit_when_idle)
         self.wait(300)
-        return {
-            "wall_s": round(wall, 2),
-            "outcome": str(widget.runner.outcome.value),
-            "worst_stall_ms": round(monitor.worst_stall_ms, 1),
-            "p99_stall_ms": monitor.p99_stall_ms(),
-            "stalls_over_100ms": [
-                [round(s.at_s, 2), round(s.ms)] for s in monitor.stalls if s.ms > STALL_GOAL_MS
-            ],
-            "load_avg_1min_before": load,
-        }
+        return {"outcome": str(widget.runner.outcome.value), **measured}
 
 
 def inputs_for_cli(case: str, sparse, folder: Path) -> tuple[Path, Path]:
@@ -185,18 +242,17 @@ def inputs_for_cli(case: str, sparse, folder: Path) -> tuple[Path, Path]:
     return scan_file, write_label_map(sparse, folder / f"{case}_painted.nii.gz")
 
 
-def pair_runs(
-    dock: Dock, files, scratch: Path, budget: float, seed: int, gui_first: bool, scroll_ms: int
-):
-    """One GUI and one CLI run of this budget and seed on the same threads, in the given order."""
+def pair_runs(dock: Dock, files, scratch: Path, setting: Setting, gui_first: bool):
+    """One GUI and one CLI run of this setting on the same threads, in the given order."""
     threads = dock.auto_threads()
-    outs = {way: scratch / f"{way}_{budget:g}s_seed{seed}" for way in ("gui", "cli")}
+    name = f"{setting.budget:g}{setting.clock}_seed{setting.seed}"
+    outs = {way: scratch / f"{way}_{name}" for way in ("gui", "cli")}
     runs = {}
     for way in ("gui", "cli") if gui_first else ("cli", "gui"):
         if way == "gui":
-            runs[way] = dock.train(outs[way], budget, seed, threads, scroll_ms)
+            runs[way] = dock.train(outs[way], setting, threads)
         else:
-            runs[way] = run_cli(files, outs[way], budget, seed, threads)
+            runs[way] = run_cli(files, outs[way], setting, threads)
     for way, out in outs.items():
         info = card_training(out)
         runs[way] |= {
@@ -209,7 +265,7 @@ def pair_runs(
             "batch_size": info["batch_size"],
             "learning_rate": info["learning_rate"],
         }
-    return {"budget_s": budget, "seed": seed, "order": list(runs), **runs}, outs
+    return {**setting._asdict(), "order": list(runs), **runs}, outs
 
 
 def score(pairs: list[tuple[dict, dict]], case_data) -> None:
@@ -228,8 +284,8 @@ def score(pairs: list[tuple[dict, dict]], case_data) -> None:
 def summary(runs: list[dict]) -> dict:
     """Per budget: mean Dice, steps and wall time of each way, the worst stall of the GUI."""
     out = {}
-    for budget in sorted({r["budget_s"] for r in runs}):
-        these = [r for r in runs if r["budget_s"] == budget]
+    for budget, clock in sorted({(r["budget"], r["clock"]) for r in runs}):
+        these = [r for r in runs if (r["budget"], r["clock"]) == (budget, clock)]
         row = {}
         for way in ("gui", "cli"):
             for key in ("dice_unpainted", "steps", "wall_s"):
@@ -240,7 +296,7 @@ def summary(runs: list[dict]) -> dict:
         row["goal_met"] = (
             abs(float(np.mean(gaps))) <= DICE_TOLERANCE and row["worst_stall_ms"] < STALL_GOAL_MS
         )
-        out[f"{budget:g}"] = row
+        out[f"{budget:g} {clock} s"] = row
     return out
 
 
@@ -250,10 +306,14 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
     case_data = train_sparse.three_slice_liver(train_sparse.DATA, args.case)
     scan, _liver, painted, sparse = case_data
     files = inputs_for_cli(args.case, sparse, scratch)
-    dock = Dock(scan, sparse)
-    pairs = []
-    for number, (budget, seed) in enumerate((b, s) for b in args.budgets for s in args.seeds):
-        pairs.append(pair_runs(dock, files, scratch, budget, seed, number % 2 == 0, args.scroll_ms))
+    dock = Dock(scan, sparse, args.scroll_ms)
+    baseline = [dock.scroll_alone(args.baseline_s)]
+    settings = [Setting(b, c, s) for b in args.budgets for c in args.clocks for s in args.seeds]
+    pairs = [
+        pair_runs(dock, files, scratch, setting, number % 2 == 0)
+        for number, setting in enumerate(settings)
+    ]
+    baseline.append(dock.scroll_alone(args.baseline_s))
     screen = QApplication.primaryScreen().size()
     dock.viewer.close()
     score(pairs, case_data)
@@ -264,6 +324,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
         "painted_slices": painted,
         "screen": [screen.width(), screen.height()],
         "qt_platform": QApplication.platformName(),
+        "scrolling_without_training": baseline,
         "by_budget": summary(runs),
         "runs": runs,
     }
@@ -273,7 +334,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(train_sparse.CASES), default="ct")
     parser.add_argument("--budgets", type=float, nargs="+", default=[5.0, 10.0])
+    parser.add_argument("--clocks", nargs="+", choices=("wall", "cpu"), default=["wall"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--baseline-s",
+        type=float,
+        default=8.0,
+        help="seconds of scrolling with nothing training, before and after the runs",
+    )
     parser.add_argument(
         "--scroll-ms",
         type=int,
@@ -294,7 +362,6 @@ def main() -> int:
     report = {
         "benchmark": "train_gui",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "budget_clock": "wall",
         "slider_step_ms": args.scroll_ms,
         "heartbeat_interval_ms": 10,
         "goal": f"GUI Dice within {DICE_TOLERANCE} of the CLI's, worst stall < {STALL_GOAL_MS} ms",

@@ -2,9 +2,10 @@
 
 Rows of (scan, labels) pickers, the model's name and label names, the model
 to start from (listed by the texts every model picker shows), network,
-budgets, seed, CPU threads and where the model goes, then the Train button. The
-dock (:class:`~napari_medai._qt.train_widget.TrainWidget`) adds what runs
-from it; the CLI fills in the same config.
+budgets and the clock the time budget counts, seed, CPU threads and where
+the model goes, then the Train button. The dock
+(:class:`~napari_medai._qt.train_widget.TrainWidget`) adds what runs from it;
+the CLI fills in the same config (``tests/qt/test_train_matches_cli.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
+from qtpy.QtGui import QIntValidator
 from qtpy.QtWidgets import QFileDialog
 
 from napari_medai._napari.generation import augmentation_for
@@ -39,8 +41,8 @@ MODEL_FOLDER = "Model folder..."
 #: "Start from" values that are no model's path: the last model trained here, a folder dialog.
 _LAST, _BROWSE = "\0last", "\0browse"
 DEFAULT_TIME_BUDGET_S = 60.0
-#: The seed field's lowest value, shown as "random": no fixed seed.
-RANDOM_SEED = -1
+#: What the time budget counts, as the CLI's ``--budget-clock`` (see ``BUDGET_CLOCKS``).
+BUDGET_CLOCK_CHOICES = [("wall time", "wall"), ("CPU time", "cpu")]
 
 
 class TrainForm(Container):
@@ -77,12 +79,18 @@ class TrainForm(Container):
         )
         self.time_spin = FloatSpinBox(label="Time budget", max=24 * 3600.0, step=10.0)
         self.time_spin.value = DEFAULT_TIME_BUDGET_S
+        self.clock_combo = ComboBox(label="Budget counts", choices=BUDGET_CLOCK_CHOICES)
+        self.clock_combo.tooltip = (
+            "wall time: seconds on the clock. CPU time: seconds the training computes, which "
+            "buys the same training however busy the computer is (the CLI's --budget-clock)"
+        )
         self.iterations_spin = SpinBox(label="Iterations", max=10_000_000)
-        self.seed_spin = SpinBox(label="Seed", min=RANDOM_SEED, max=2**31 - 1)
-        self.seed_spin.value = RANDOM_SEED
-        self.seed_spin.native.setSpecialValueText("random")
-        self.seed_spin.tooltip = (
-            "Fix it to train the same model again from the same labels (the CLI's --seed)"
+        self.seed_edit = LineEdit(label="Seed")
+        self.seed_edit.native.setPlaceholderText("random")
+        self.seed_edit.native.setValidator(QIntValidator(0, 2**31 - 1))
+        self.seed_edit.tooltip = (
+            "A number trains the same model again from the same labels (the CLI's --seed); "
+            "empty: a new random start each time"
         )
         self._auto_threads = 1
         self.threads_combo = ComboBox(label="CPU threads", choices=self._thread_choices)
@@ -97,9 +105,9 @@ class TrainForm(Container):
         #: The dock connects it (it ends the form, above what runs from it).
         self.train_button = PushButton(text="Train")
         self.form.extend(
-            [self.add_pair_button, self.name_edit, self.label_names_edit]
-            + [self.start_combo, self.dimensionality_combo, self.time_spin, self.iterations_spin]
-            + [self.seed_spin, self.threads_combo, self.output_edit, self.browse_button]
+            [self.add_pair_button, self.name_edit, self.label_names_edit, self.start_combo]
+            + [self.dimensionality_combo, self.time_spin, self.clock_combo, self.iterations_spin]
+            + [self.seed_edit, self.threads_combo, self.output_edit, self.browse_button]
             + [self.train_button]
         )
         # The pairs span the column: their own "Scan" and "Labels" rows read in full.
@@ -230,13 +238,19 @@ class TrainForm(Container):
             out_dir=out_dir,
             dimensionality=self.dimensionality_combo.value,
             max_time_s=self.time_spin.value or None,
+            budget_clock=self.clock_combo.value,
             max_iters=self.iterations_spin.value or None,
-            seed=None if self.seed_spin.value == RANDOM_SEED else self.seed_spin.value,
+            seed=self.seed(),
             init=self.start_model(),
             num_threads=self.threads_combo.value or self.auto_threads(),
             name=self.name_edit.value.strip() or None,
             augmentation=augmentation_for(self._viewer),
         )
+
+    def seed(self) -> int | None:
+        """The seed typed (the field takes whole numbers only), or None for a random start."""
+        text = self.seed_edit.value.strip()
+        return int(text) if text else None
 
     def _thread_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
         """ "auto (N)" (value 0: the N cores free now, re-read on each call), then 1, 2, ..."""

@@ -112,8 +112,10 @@ def test_python_reading_holds_one_copy_of_the_voxels(tmp_path):
     """The careful reader fills its array in pieces: the peak is one image, not two.
 
     nibabel's array_from_file reads a gzip stream into a temporary bytes object as
-    big as the image and copies it: 2x. The bound 1.5x leaves room for a few 4 MB
-    pieces (of 4 MB) and is far below 2x, whatever the machine.
+    big as the image and copies it: 2x. The array itself is mapped memory, which
+    tracemalloc does not see, so Python's own allocations must stay at a few 4 MB
+    pieces: the bound, half the image (32 MB), is far below any whole-image
+    temporary, whatever the machine.
     """
     data = np.zeros((256, 256, 512), np.int16)  # 64 MB
     path = _save(tmp_path / "zeros.nii.gz", data)
@@ -125,4 +127,4 @@ def test_python_reading_holds_one_copy_of_the_voxels(tmp_path):
     finally:
         tracemalloc.stop()
     assert voxels.shape == data.shape
-    assert peak < 1.5 * data.nbytes
+    assert peak < 0.5 * data.nbytes

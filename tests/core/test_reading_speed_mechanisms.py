@@ -1,12 +1,17 @@
 """What keeps the reader at bare SimpleITK's speed, with every check kept (issue 22).
 
 Uncompressed DICOM files are read where the header scan found their values, with
-no decoder; whatever that read cannot vouch for goes to a decoder. Truth comes
-from pydicom (the factory's helpers) or from SimpleITK on the same files.
+no decoder; whatever that read cannot vouch for goes to a decoder. A .nii.gz that
+barely compresses is inflated once, by Python, which checks its CRC-32 on the way.
+Truth comes from pydicom (the factory's helpers), nibabel or SimpleITK on the same
+files.
 """
 
 from __future__ import annotations
 
+import gzip
+
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -14,8 +19,9 @@ import SimpleITK as sitk
 from dicom_factory import modality_values, write_series
 
 from napari_medai.core.errors import UnreadableFileError
-from napari_medai.core.io import dicom
+from napari_medai.core.io import dicom, reading, validate
 from napari_medai.core.io.dicom import pixels, read_dicom_job
+from napari_medai.core.io.reading import read_volume
 from napari_medai.core.jobs import run_job
 
 
@@ -127,3 +133,67 @@ def test_file_cut_short_after_the_header_scan_is_refused_by_name(tmp_path, monke
     monkeypatch.setattr(dicom, "build_stack", truncate_then_stack)
     with pytest.raises(UnreadableFileError, match=f"{paths[3].name} ends before the pixel data"):
         run_job(read_dicom_job(tmp_path))
+
+
+def _noise_nii_gz(path, shape=(64, 48, 20)):
+    """A .nii.gz of uniform int16 noise: deflate cannot shrink it."""
+    data = np.random.default_rng(8).integers(-32768, 32768, shape, dtype=np.int16)
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.8, 2.5, 1.0])), path)
+    return data
+
+
+def test_incompressible_nii_gz_is_inflated_once_by_python(tmp_path, monkeypatch):
+    """No SimpleITK read and no second pass: one Python read, whose gzip checks the CRC."""
+    path = tmp_path / "noise.nii.gz"
+    data = _noise_nii_gz(path)
+    assert path.stat().st_size >= reading.INCOMPRESSIBLE_FRACTION * (352 + data.nbytes)
+
+    class Refused:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("SimpleITK was asked to read the voxels")
+
+    reads = []
+    original = validate.read_nibabel_voxels
+
+    def counted(path, facts):
+        reads.append(path)
+        return original(path, facts)
+
+    monkeypatch.setattr(reading.sitk, "ImageFileReader", Refused)
+    monkeypatch.setattr(reading, "read_nibabel_voxels", counted)
+    monkeypatch.setattr(reading, "gzip_ends_after", Refused)
+    np.testing.assert_array_equal(read_volume(path).array, data.T)
+    assert reads == [path]
+
+
+def _flip_a_voxel_byte(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10  # inside the stored voxels: inflates, but to other values
+    path.write_bytes(bytes(raw))
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _run_on(path):
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + bytes(4096), 0))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_flip_a_voxel_byte, "fails the gzip integrity check"),
+        (_cut, "the file is truncated"),
+        (_run_on, "runs on more than"),
+    ],
+    ids=["bit flip", "truncated", "runs on past the image"],
+)
+def test_damaged_incompressible_nii_gz_gets_its_clear_error(tmp_path, monkeypatch, damage, message):
+    """Inflating once in Python keeps every check: checksum, length, and a bounded run-on."""
+    monkeypatch.setattr(validate, "MAX_TRAILING_BYTES", 1024)  # the run-on case: 4 KB past
+    path = tmp_path / "noise.nii.gz"
+    _noise_nii_gz(path)
+    damage(path)
+    with pytest.raises(UnreadableFileError, match=message):
+        read_volume(path)

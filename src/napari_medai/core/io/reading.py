@@ -67,6 +67,11 @@ _METAIMAGE_MODALITIES = {
 #: is inflated in Python instead, about 3x slower but with one copy: big scans
 #: open in bounded memory.
 SITK_INFLATE_MAX_BYTES = 256 << 20
+#: A .nii.gz at least this large next to its uncompressed size barely compresses
+#: (noise, or data deflate stored raw): inflating it is copying, as quick in
+#: Python as in SimpleITK, and Python's gzip checks the CRC-32 on each piece as
+#: it goes, where SimpleITK's voxels need a second pass over the image to check it.
+INCOMPRESSIBLE_FRACTION = 0.9
 #: Grids closer than this (mm) are one grid: above NIfTI's float32 rounding of a
 #: DICOM-derived origin (about 1e-5 mm), far below any voxel size.
 SAME_GRID_TOLERANCE = 1e-4
@@ -367,11 +372,14 @@ def _inflated_by_sitk(path: Path, facts: NiftiFacts) -> np.ndarray | None:
     the header bytes and these voxels (:func:`gzip_ends_after`). Scaled,
     byte-swapped, vector and 4D files, and any file SimpleITK refuses or reads
     otherwise, are read by nibabel; so are images above
-    :data:`SITK_INFLATE_MAX_BYTES`, to hold one copy of their voxels, not two.
+    :data:`SITK_INFLATE_MAX_BYTES`, to hold one copy of their voxels, not two,
+    and streams that barely compress (:data:`INCOMPRESSIBLE_FRACTION`).
     """
+    nbytes = math.prod(facts.shape) * facts.dtype.itemsize
     if not (
         facts.compressed
-        and math.prod(facts.shape) * facts.dtype.itemsize <= SITK_INFLATE_MAX_BYTES
+        and nbytes <= SITK_INFLATE_MAX_BYTES
+        and path.stat().st_size < INCOMPRESSIBLE_FRACTION * (facts.offset + nbytes)
         and facts.data_file == path
         and len(facts.shape) == 3
         and facts.scaling is None

@@ -11,7 +11,6 @@ pixel data is read once.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 import time
@@ -27,6 +26,7 @@ import SimpleITK as sitk
 
 from napari_medai.core.errors import UnreadableFileError
 from napari_medai.core.io.dicom.headers import SliceRef
+from napari_medai.core.io.validate import fresh_memory
 from napari_medai.core.jobs import Job, Progress
 from napari_medai.core.volume import volume_from_sitk
 
@@ -231,7 +231,7 @@ def _direct_read_job(slices: Sequence[SliceRef]) -> Job[np.ndarray | None]:
     first = slices[0]
     dtype, bits = first.stored.dtype, first.stored.bits
     plane = first.rows * first.columns * dtype.itemsize
-    memory = _fresh_memory(plane * len(slices))
+    memory = fresh_memory(plane * len(slices))
     target = memoryview(memory)
     reported = time.perf_counter()
     for index, ref in enumerate(slices):
@@ -251,21 +251,6 @@ def _direct_read_job(slices: Sequence[SliceRef]) -> Job[np.ndarray | None]:
         return None
     yield Progress(1.0, "decoding DICOM pixels")
     return _rescaled_in_place(stored, first, low, high)[np.newaxis]
-
-
-def _fresh_memory(nbytes: int) -> mmap.mmap:
-    """``nbytes`` of writable memory, its pages mapped up front where the system can.
-
-    Not ``np.empty``: numpy asks the kernel for huge pages for big arrays, and
-    their compaction stalled reads for seconds here; not ``bytearray``, which
-    writes zeros over all of it first. On Linux the kernel maps every page in
-    one call (MAP_POPULATE), which took 0.2 s for 262 MB here where a fault
-    per page on first write took 0.4 s.
-    """
-    if not hasattr(mmap, "MAP_POPULATE"):
-        return mmap.mmap(-1, nbytes)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
-    return mmap.mmap(-1, nbytes, flags=flags)
 
 
 def _read_stored(ref: SliceRef, target: memoryview) -> None:
@@ -301,7 +286,7 @@ def _rescaled_in_place(stored: np.ndarray, ref: SliceRef, low: int, high: int) -
     dtype = _narrowest(*ends, stored.itemsize)
     if dtype.itemsize == stored.itemsize:
         return _rescaled_modulo(stored, slope, intercept).view(dtype)
-    output = np.frombuffer(_fresh_memory(stored.size * dtype.itemsize), dtype)
+    output = np.frombuffer(fresh_memory(stored.size * dtype.itemsize), dtype)
     output = output.reshape(stored.shape)
     values = np.empty(stored.shape[1:], _narrowest(min(*scaled, *ends), max(*scaled, *ends), 4))
     for index in range(len(stored)):  # through one slice's wider buffer, not a second volume

@@ -178,6 +178,15 @@ def test_the_licence_is_the_license_files_first_line(folder, tmp_path):
     assert "no LICENSE file" in nninteractive_engine.check_model_folder(bare).license
 
 
+def test_auto_takes_the_gpu_when_there_is_one(folder, monkeypatch):
+    """The same path on this CPU machine, told it has a GPU: the weights are sent to CUDA."""
+    from napari_medai.core import devices
+
+    monkeypatch.setattr(devices, "_cuda_available", lambda index: True)
+    with pytest.raises(ModelLoadError, match="deserialize object on a CUDA device"):
+        nninteractive_model.load_session(str(folder), "auto")
+
+
 def test_asking_for_a_gpu_this_machine_lacks_is_refused(folder):
     import torch
 

@@ -107,6 +107,56 @@ def test_a_box_alone_finds_the_real_brain_lesion_on_its_three_slices(shared_data
     assert all(mask[k].any() for k in np.flatnonzero(truth.any(axis=(1, 2))))
 
 
+def organ_curved_round_other_tissue() -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A C-shaped organ (120) curved round a blob of other tissue (70) that holds its box's
+    centre, as the liver's box centre lies in the gut beside it."""
+    shape = (24, 72, 72)
+    z, y, x = np.indices(shape)
+    radius = np.hypot(y - 36, x - 36)
+    organ = (z >= 4) & (z <= 19) & (radius >= 18) & (radius <= 28) & (x < 50)
+    blob = (z >= 6) & (z <= 17) & (radius <= 9)
+    image = np.where(organ, 120.0, np.where(blob, 70.0, 20.0))
+    image += np.random.default_rng(0).normal(0, 8, shape)
+    return Volume(image.astype(np.int16), Geometry(spacing=(2.0, 1.0, 1.0)), {}), organ, blob
+
+
+def test_a_positive_click_frees_the_object_from_its_box_centre():
+    volume, organ, blob = organ_curved_round_other_tissue()
+    box = box_around(organ)
+    assert blob[tuple((box.low + box.high) // 2)]
+    click = Point((12, 36, 13))
+    assert organ[click.zyx]
+    mask = engine_named().start(volume).update(Prompts((box, click)))
+    # The box centre kept seeding the blob after the click: 92% of it stayed in the mask
+    # (Dice 0.84 with it); once a click says where the organ is, none of it (Dice 0.82, the
+    # organ's ends are fainter at its tips). The blob is 50 HU from the organ under 8 HU
+    # noise, so a tenth of it is far above what noise could let through.
+    assert np.count_nonzero(mask & blob) < 0.1 * np.count_nonzero(blob)
+    assert dice(mask, organ) >= 0.75
+
+
+@pytest.mark.real
+def test_box_then_four_clicks_on_the_real_liver(shared_data):
+    """TotalSegmentator's example CT: the liver curves round the gut, which holds its box's
+    centre (the known miss of issue #19)."""
+    from napari_medai.core.io.reading import read_volume
+
+    folder = shared_data / "totalsegmentator"
+    volume = read_volume(folder / "example_ct_sm.nii.gz")
+    truth = read_volume(folder / "example_seg.nii.gz").array == 5
+    spacing = np.asarray(volume.geometry.spacing)
+    session = engine_named().start(volume)
+    prompts = Prompts((box_around(truth),))
+    mask = session.update(prompts)
+    for _ in range(4):
+        prompts = prompts.plus(corrective_click(truth, mask, spacing))
+        mask = session.update(prompts)
+    # bench/prompt.py: 0.667 while the box centre seeded the gut after every click and the
+    # working grid was smoothed by a whole voxel, 0.780 now. Deterministic (no randomness in
+    # the engine or the simulated user); 0.75 leaves room for another CPU's rounding only.
+    assert dice(mask, truth) >= 0.75
+
+
 def test_no_prompts_give_the_starting_mask_and_scribbles_seed(scan):
     volume, labels = scan
     kidney = labels.array == 3

@@ -85,3 +85,14 @@ def test_verdict_names_each_reason(accuracy, mmd, says):
         "mmd2_shuffled": 0.06,
     }
     assert says in verdict(report)
+
+
+def test_the_two_sample_test_reports_its_real_against_real_control():
+    """A fair test scores about chance on two real draws while telling a different set apart."""
+    real = blobs(64, 0)
+    report = run_job(
+        quality_job(real, blobs(64, 1, brightness=0.0), steps=40, control=blobs(64, 2))
+    )
+    assert report["two_sample_accuracy"] > 0.9
+    # Chance is 0.5 with a standard deviation of 0.0625 on 64 test patches; 0.75 is four of them.
+    assert report["two_sample_accuracy_real_vs_real"] < 0.75

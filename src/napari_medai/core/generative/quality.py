@@ -14,6 +14,8 @@ All functions take (n, y, x) arrays with intensities normalised to [0, 1].
   histograms (in normalised units, 0 = same histogram).
 - :func:`two_sample_accuracy_job`: held-out accuracy of a small MONAI
   ``Classifier`` trained to tell real from generated; 0.5 = indistinguishable.
+  Its control, the same classifier telling two draws of real patches apart,
+  should score about 0.5: higher would mean the test itself is unfair.
 - :func:`verdict`: one sentence saying whether the generator is useful yet,
   from the two-sample accuracy and the MMD² of two noise baselines (Gaussian
   noise with the real patches' mean and spread, and real patches with their
@@ -186,9 +188,17 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def quality_job(
-    real: np.ndarray, fake: np.ndarray, seed: int = 0, steps: int = 150
+    real: np.ndarray,
+    fake: np.ndarray,
+    seed: int = 0,
+    steps: int = 150,
+    control: np.ndarray | None = None,
 ) -> Job[dict[str, Any]]:
-    """Every measure of ``fake`` against ``real`` (both (n, y, x) in [0, 1]) and its verdict."""
+    """Every measure of ``fake`` against ``real`` (both (n, y, x) in [0, 1]) and its verdict.
+
+    ``control``, a second draw of real patches, gives the two-sample test's
+    real-against-real accuracy (the figure it scores when nothing differs).
+    """
     yield Progress(0.0, "measuring MMD")
     bandwidth = median_bandwidth(real)
     baselines = noise_baselines(real, seed)
@@ -204,7 +214,12 @@ def quality_job(
         "generated_patches": int(len(fake)),
     }
     yield Progress(0.3, "two-sample test")
-    accuracy = yield from scaled(two_sample_accuracy_job(real, fake, steps, seed), 0.3, 1.0)
+    end = 1.0 if control is None else 0.65
+    accuracy = yield from scaled(two_sample_accuracy_job(real, fake, steps, seed), 0.3, end)
     report["two_sample_accuracy"] = accuracy
+    if control is not None:
+        report["two_sample_accuracy_real_vs_real"] = yield from scaled(
+            two_sample_accuracy_job(real, control, steps, seed), end, 1.0
+        )
     report = {k: round(v, 5) if isinstance(v, float) else v for k, v in report.items()}
     return {**report, "verdict": verdict(report)}

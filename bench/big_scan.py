@@ -186,8 +186,13 @@ def gc_collect() -> None:
     gc.collect()
 
 
-def child(path: Path, seconds: float, interval_ms: int, model: Path | None) -> dict:
-    """Open ``path`` in a fresh napari, scroll it, segment it with ``model``; the figures."""
+def child(
+    path: Path, seconds: float, interval_ms: int, model: Path | None, shots: Path | None
+) -> dict:
+    """Open ``path`` in a fresh napari, scroll it, segment it with ``model``; the figures.
+
+    With ``shots``, the window is saved there as ``<file>.png`` at the end, to look at.
+    """
     import napari
 
     viewer = napari.Viewer(title="napari-medai big scan bench")
@@ -216,6 +221,9 @@ def child(path: Path, seconds: float, interval_ms: int, model: Path | None) -> d
         run["sum_of_peaks_x_volume"] = round(run["sum_of_peaks_mb"] * MB / volume_bytes, 2)
         run["sampled_total_x_volume"] = round(run["sampled_total_peak_mb"] * MB / volume_bytes, 2)
         result["segment"] = run
+    if shots is not None:
+        wait(1000)
+        viewer.window._qt_window.grab().save(str(shots / f"{path.stem}.png"))
     viewer.close()
     return result
 
@@ -226,6 +234,8 @@ def run_child(path: Path, args: argparse.Namespace, model: Path | None) -> dict:
     command += ["--interval", str(args.interval)]
     if model is not None:
         command += ["--model", str(model)]
+    if args.screenshots is not None:
+        command += ["--screenshots", str(args.screenshots)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -256,11 +266,13 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=50, help="ms between slice steps")
     parser.add_argument("--no-segment", dest="segment", action="store_false")
     parser.add_argument("--no-4d", dest="four_d", action="store_false")
+    parser.add_argument("--screenshots", type=Path, help="folder for a PNG of each window")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.seconds, args.interval, args.model)))
+        shots = args.screenshots
+        print(json.dumps(child(args.child, args.seconds, args.interval, args.model, shots)))
         return
     with tempfile.TemporaryDirectory(prefix="big_scan_") as temporary:
         folder = Path(temporary)

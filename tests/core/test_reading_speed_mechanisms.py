@@ -10,6 +10,7 @@ files.
 from __future__ import annotations
 
 import gzip
+import os
 
 import nibabel as nib
 import numpy as np
@@ -77,6 +78,29 @@ def test_direct_read_rescales_into_a_type_that_holds_every_value(
     volume = run_job(read_dicom_job(tmp_path))
     np.testing.assert_array_equal(volume.array, np.stack([modality_values(p) for p in paths]))
     assert volume.array.dtype == dtype
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_direct_read_asks_for_every_file_s_pixels_before_copying_any(tmp_path, monkeypatch):
+    """A cold series: the disk is asked for all the pixel ranges up front, not file by file."""
+    _ct_series(tmp_path)
+    events = []
+    original_read = pixels._read_stored
+
+    def advised(handle, offset, length, advice):
+        events.append(("advise", offset, length, advice))
+
+    def read(ref, target):
+        events.append(("read", ref.stored.offset, len(target), None))
+        original_read(ref, target)
+
+    monkeypatch.setattr(pixels.os, "posix_fadvise", advised)
+    monkeypatch.setattr(pixels, "_read_stored", read)
+    run_job(read_dicom_job(tmp_path))
+    kinds = [event[0] for event in events]
+    assert kinds == ["advise"] * 6 + ["read"] * 6
+    assert {event[1:3] for event in events[:6]} == {event[1:3] for event in events[6:]}
+    assert {event[3] for event in events[:6]} == {os.POSIX_FADV_WILLNEED}
 
 
 def test_big_endian_files_are_read_directly(tmp_path, monkeypatch):

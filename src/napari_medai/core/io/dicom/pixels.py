@@ -231,6 +231,7 @@ def _direct_read_job(slices: Sequence[SliceRef]) -> Job[np.ndarray | None]:
     first = slices[0]
     dtype, bits = first.stored.dtype, first.stored.bits
     plane = first.rows * first.columns * dtype.itemsize
+    _prefetch(slices, plane)
     memory = fresh_memory(plane * len(slices))
     target = memoryview(memory)
     reported = time.perf_counter()
@@ -251,6 +252,25 @@ def _direct_read_job(slices: Sequence[SliceRef]) -> Job[np.ndarray | None]:
         return None
     yield Progress(1.0, "decoding DICOM pixels")
     return _rescaled_in_place(stored, first, low, high)[np.newaxis]
+
+
+def _prefetch(slices: Sequence[SliceRef], nbytes: int) -> None:
+    """Ask the system to start reading every file's ``nbytes`` of pixels now, where it can.
+
+    The disk then works while memory is mapped and earlier files are copied,
+    instead of one file at a time: a series not yet in the page cache opens sooner.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for ref in slices:
+        try:
+            handle = os.open(ref.path, os.O_RDONLY)
+        except OSError:
+            continue  # _read_stored says what is wrong with it
+        try:
+            os.posix_fadvise(handle, ref.stored.offset, nbytes, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(handle)
 
 
 def _read_stored(ref: SliceRef, target: memoryview) -> None:

@@ -9,11 +9,15 @@ on the whole scan with the same prompts as seeds, after the box and after the la
 ``liver_512`` is the CT resampled (linear; labels nearest) to 512x512x300 over the same extent,
 to time an organ-sized object on a full-size scan; the baselines are not run there (the issue
 measured 87 s to 280 s per run for them at that size).
-Prints one JSON object. Needs ../shared/data. Usage: python bench/prompt.py
+``held_out`` runs the engine alone on structures the engine was not tuned on (other organs of
+the same CT, the example MR's abdomen) with the same simulated user, so a change that only
+fits the six cases above shows there.
+Prints one JSON object. Needs ../shared/data. Usage: python bench/prompt.py [--margin 0.1]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -44,6 +48,19 @@ CASES = {
     "breast1_lesion": ("pyradiomics/breast1_image.nrrd", "pyradiomics/breast1_label.nrrd", 1),
     "liver_512": (*CT, 5, True),
 }
+MR = ("totalsegmentator/example_mr_sm.nii.gz", "totalsegmentator/example_seg_mr.nii.gz")
+HELD_OUT = {
+    "ct_gallbladder": (*CT, 4),
+    "ct_stomach": (*CT, 6),
+    "ct_pancreas": (*CT, 7),
+    "ct_aorta": (*CT, 52),
+    "ct_vena_cava": (*CT, 63),
+    "ct_back_muscle": (*CT, 86),
+    "mr_liver": (*MR, 5),
+    "mr_spleen": (*MR, 1),
+    "mr_kidney_2": (*MR, 2),
+    "mr_kidney_3": (*MR, 3),
+}
 CLICKS = 4
 
 
@@ -53,10 +70,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
-def box_around(truth: np.ndarray) -> Box:
+def box_around(truth: np.ndarray, margin: float = 0.1) -> Box:
     inside = np.argwhere(truth)
     low, high = inside.min(axis=0), inside.max(axis=0)
-    pad = np.round((high - low + 1) * 0.1).astype(int)
+    pad = np.round((high - low + 1) * margin).astype(int)
     start, stop = np.maximum(low - pad, 0), np.minimum(high + pad, np.asarray(truth.shape) - 1)
     return Box(tuple(start.tolist()), tuple(stop.tolist()))
 
@@ -156,14 +173,21 @@ def timed(function, *args):
     return result, round(time.perf_counter() - began, 3)
 
 
-def run_case(image_path: str, label_path: str, value: int, enlarge: bool = False) -> dict:
+def run_case(
+    image_path: str,
+    label_path: str,
+    value: int,
+    enlarge: bool = False,
+    margin: float = 0.1,
+    baselines_too: bool = True,
+) -> dict:
     volume = read_volume(DATA / image_path)
     truth = read_volume(DATA / label_path).array == value
     if enlarge:
         volume, truth = large(volume, truth)
     spacing = np.asarray(volume.geometry.spacing)
     session, start_s = timed(engine_named(DEFAULT_ENGINE).start, volume)
-    prompts = Prompts((box_around(truth),))
+    prompts = Prompts((box_around(truth, margin),))
     history, mask, box_prompts = [], np.zeros(truth.shape, bool), prompts
     for step in range(CLICKS + 1):
         if step:
@@ -173,7 +197,7 @@ def run_case(image_path: str, label_path: str, value: int, enlarge: bool = False
         if step == 0:
             box_prompts = prompts
     baselines = {}
-    for name, method in [] if enlarge else baselines_installed():
+    for name, method in baselines_installed() if baselines_too and not enlarge else []:
         box_mask, box_s = timed(method, volume, box_prompts)
         last_mask, last_s = timed(method, volume, prompts)
         baselines[name] = {
@@ -191,12 +215,37 @@ def run_case(image_path: str, label_path: str, value: int, enlarge: bool = False
     }
 
 
+def last_dice(cases: dict) -> float:
+    """Mean Dice after the last click over ``cases``."""
+    return round(
+        float(np.mean([c["engine"]["per_interaction"][-1]["dice"] for c in cases.values()])), 3
+    )
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--margin", type=float, default=0.1, help="box margin, of the extent")
+    margin = parser.parse_args().margin
     if not DATA.is_dir():
         print(json.dumps({"skipped": f"no shared data at {DATA}"}))
         return 0
-    cases = {name: run_case(*spec) for name, spec in CASES.items()}
-    print(json.dumps({"engine": DEFAULT_ENGINE, "clicks": CLICKS, "cases": cases}, indent=1))
+    cases = {name: run_case(*spec, margin=margin) for name, spec in CASES.items()}
+    held_out = {
+        name: run_case(*spec, margin=margin, baselines_too=False) for name, spec in HELD_OUT.items()
+    }
+    print(
+        json.dumps(
+            {
+                "engine": DEFAULT_ENGINE,
+                "clicks": CLICKS,
+                "margin": margin,
+                "cases": cases,
+                "held_out": held_out,
+                "mean_last_dice": {"cases": last_dice(cases), "held_out": last_dice(held_out)},
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -219,3 +219,26 @@ def test_a_classifier_is_refused_where_a_label_map_is_needed(tmp_path, phantom):
     classifier = load_model(save_tiny_classifier(tmp_path / "cls"))
     with pytest.raises(ModelLoadError, match="classification model .* cannot segment"):
         segment_job(phantom[0], classifier, SegmentConfig(device="cpu"))
+
+
+def test_the_saved_generator_is_the_weight_average_and_the_critic_is_spectral(phantom, tmp_path):
+    """Samples come from the generator's exponential moving average, not its last step."""
+    torch = pytest.importorskip("torch")
+    from napari_medai.core.generative.patches import PatchSource
+    from napari_medai.core.generative.train import _Gan
+
+    config = tiny(tmp_path / "gan")
+    source = PatchSource(phantom[0], None, 32, config.holdout_every, np.random.default_rng(0))
+    gan = _Gan(phantom[0], source, config, torch.device("cpu"))
+    for _ in range(3):
+        gan.step(0.0)
+    gan.history.append({"loss_g": 0.0, "loss_d": 0.0})
+    gan.finish(True)
+    saved = load_generator(tmp_path / "gan").network.state_dict()
+    averaged = gan.average.module.state_dict()
+    last = gan.generator.state_dict()
+    weights = [k for k in saved if k.endswith("weight")]
+    assert all(torch.equal(saved[k], averaged[k]) for k in weights)
+    assert any(not torch.equal(saved[k], last[k]) for k in weights)
+    convolutions = [m for m in gan.critic.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(hasattr(m, "parametrizations") for m in convolutions)

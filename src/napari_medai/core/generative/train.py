@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from monai.losses import PatchAdversarialLoss
 from monai.utils import set_determinism
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.optim.swa_utils import AveragedModel
 
 from napari_medai.core.devices import choose_device
 from napari_medai.core.files import check_can_write
@@ -35,6 +37,9 @@ from napari_medai.core.volume import LabelMap, Volume
 
 #: Patches shown in a preview grid.
 PREVIEW_COUNT = 8
+#: Decay of the generator's weight average (samples come from the average, which
+#: smooths the step-to-step wander of adversarial training); it ramps up from 0.
+EMA_DECAY = 0.995
 
 
 def train_gan_job(image: Volume, labels: LabelMap | None, config: GanConfig) -> Job[GanResult]:
@@ -100,14 +105,15 @@ class _Gan(Steps):
             intensity=source.intensity,
         )
         self.generator = networks.build_generator(self.card).to(device).train()
+        self.average = AveragedModel(self.generator, avg_fn=_ramped_ema, use_buffers=True)
         critic_channels = 1 + (len(source.values) if self.conditional else 0)
-        self.critic = networks.build_discriminator(critic_channels).to(device).train()
+        self.critic = _spectral(networks.build_discriminator(critic_channels)).to(device).train()
         betas = (0.5, 0.999)
         self.opt_g = torch.optim.Adam(
             self.generator.parameters(), config.learning_rate, betas=betas
         )
         self.opt_d = torch.optim.Adam(self.critic.parameters(), config.learning_rate, betas=betas)
-        self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        self.adversarial = PatchAdversarialLoss(criterion="hinge")
         seed = config.seed if config.seed is not None else int(source.rng.integers(2**31))
         self.noise = torch.Generator().manual_seed(seed)
         self.history: list[dict[str, Any]] = []
@@ -125,8 +131,9 @@ class _Gan(Steps):
             return networks.condition(onehot, self.noise).to(self.device)
         return networks.latent(count, self.config.latent_dim, self.noise).to(self.device)
 
-    def _critic_input(self, image: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
-        return image if onehot is None else torch.cat([image, onehot], dim=1)
+    def _critic(self, image: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        """The critic's scores for an image (with its label map for a conditional GAN)."""
+        return self.critic(image if onehot is None else torch.cat([image, onehot], dim=1))[-1]
 
     def step(self, fraction: float) -> dict[str, Any]:
         """One critic and one generator update; their losses."""
@@ -136,8 +143,8 @@ class _Gan(Steps):
         onehot = z[:, :-1] if self.conditional else None
         fake = self.generator(z)
         self.opt_d.zero_grad(set_to_none=True)
-        score_real = self.critic(self._critic_input(real, onehot))[-1]
-        score_fake = self.critic(self._critic_input(fake.detach(), onehot))[-1]
+        score_real = self._critic(real, onehot)
+        score_fake = self._critic(fake.detach(), onehot)
         loss_d = 0.5 * (
             self.adversarial(score_real, target_is_real=True, for_discriminator=True)
             + self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
@@ -145,13 +152,14 @@ class _Gan(Steps):
         loss_d.backward()
         self.opt_d.step()
         self.opt_g.zero_grad(set_to_none=True)
-        score = self.critic(self._critic_input(fake, onehot))[-1]
+        score = self._critic(fake, onehot)
         loss_g = self.adversarial(score, target_is_real=True, for_discriminator=False)
         if self.conditional:
             # pix2pix: the paired real image anchors the layout the labels imply.
             loss_g = loss_g + self.config.l1_weight * torch.nn.functional.l1_loss(fake, real)
         loss_g.backward()
         self.opt_g.step()
+        self.average.update_parameters(self.generator)
         self.iteration += 1
         return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach())}
 
@@ -177,22 +185,19 @@ class _Gan(Steps):
         if self.iteration:
             self.saved_card = _card(self)
             save_model_package(
-                Path(self.config.out_dir), self.saved_card, self.generator, overwrite=True
+                Path(self.config.out_dir), self.saved_card, self.average.module, overwrite=True
             )
 
     def generate(self, z: torch.Tensor) -> np.ndarray:
-        """Samples for ``z`` as (n, y, x) in [0, 1], in eval mode."""
-        self.generator.eval()
-        try:
-            with torch.no_grad():
-                out = self.generator(z.to(self.device))
-        finally:
-            self.generator.train()
+        """Samples of the averaged generator for ``z`` as (n, y, x) in [0, 1], in eval mode."""
+        generator = self.average.module.eval()
+        with torch.no_grad():
+            out = generator(z.to(self.device))
         return ((out[:, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
     def preview(self) -> np.ndarray:
         """Real held-out patches (top row) above generated ones (bottom row), in [0, 1]."""
-        real = (self.preview_real[:, 0].numpy() + 1.0) / 2.0
+        real = _to_unit(self.preview_real)
         return networks.grid(
             np.concatenate([real, self.generate(self.preview_input)]), PREVIEW_COUNT
         )
@@ -208,12 +213,36 @@ def _measure(gan: _Gan) -> Job[dict[str, Any]]:
         chunks.append(gan.generate(gan.inputs(part, len(real[start : start + 32]))))
         yield Progress(0.3 * start / count, "sampling for the quality measures")
     fake = np.concatenate(chunks)
-    real01 = (real[:, 0].numpy() + 1.0) / 2.0
-    report = yield from scaled(
-        quality_job(real01, fake, gan.config.seed or 0, gan.config.quality_steps), 0.3, 1.0
+    control = gan.source.batch(count, held_out=True)[0]
+    quality = quality_job(
+        _to_unit(real), fake, gan.config.seed or 0, gan.config.quality_steps, _to_unit(control)
     )
+    report = yield from scaled(quality, 0.3, 1.0)
     report["held_out_slices"] = gan.source.held_out
     return report
+
+
+def _to_unit(patches: torch.Tensor) -> np.ndarray:
+    """(B, 1, y, x) patches in [-1, 1] as (B, y, x) in [0, 1]."""
+    return (patches[:, 0].numpy() + 1.0) / 2.0
+
+
+def _ramped_ema(average: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Exponential moving average whose decay ramps up to ``EMA_DECAY``.
+
+    A fixed decay would keep the random initial weights in short runs; the ramp
+    (as in TensorFlow's ExponentialMovingAverage with num_updates) forgets them.
+    """
+    decay = min(EMA_DECAY, (1.0 + float(count)) / (10.0 + float(count)))
+    return decay * average + (1.0 - decay) * current
+
+
+def _spectral(critic: torch.nn.Module) -> torch.nn.Module:
+    """The critic with every convolution spectrally normalised (Lipschitz-bounded scores)."""
+    for module in critic.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            spectral_norm(module)
+    return critic
 
 
 def _card(gan: _Gan) -> ModelCard:
@@ -232,7 +261,7 @@ def _card(gan: _Gan) -> ModelCard:
         "learning_rate": gan.config.learning_rate,
         "seed": gan.config.seed,
         "threads": torch.get_num_threads(),
-        "loss": "least-squares PatchGAN"
+        "loss": f"hinge PatchGAN, spectral-norm critic, generator EMA {EMA_DECAY}"
         + (f" + {gan.config.l1_weight} x L1 to the paired image" if gan.conditional else ""),
         "intensity_range": [source.low, source.high],
         "pixel_spacing_mm": [round(float(s), 4) for s in image.geometry.spacing[1:]],

@@ -108,6 +108,7 @@ def run(budget: float, seed: int, args: argparse.Namespace, case_data, scratch: 
         "iterations": last["iteration"],
         "best_iteration": result.card.training["iterations"],
         "batch_size": result.card.training["batch_size"],
+        "augmentation_strengths": result.card.training["augmentation_strengths"],
         "torch_threads": result.card.training["threads"],
         "load_avg_1min_before": round(load, 2),
     }

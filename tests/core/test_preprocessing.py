@@ -164,3 +164,27 @@ def test_none_passes_values_through():
     data = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     normaliser = Normaliser.from_card({"kind": "none"}, data)
     np.testing.assert_array_equal(run(normaliser, data), data)
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS", "RAI", "ASL"])
+def test_the_reoriented_grid_is_simpleitks_without_a_full_size_image(code):
+    # The model's grid comes from a 2x2x2 probe, not a reoriented scan-sized image (750 MB at
+    # 512x512x1000); it must be the grid SimpleITK's DICOMOrient gives the whole scan.
+    import SimpleITK as sitk
+    from scipy.spatial.transform import Rotation
+
+    from napari_medai.core.resample import reference_image
+    from napari_medai.core.volume import volume_from_sitk
+
+    rng = np.random.default_rng(0)
+    for seed in range(30):
+        rotation = Rotation.random(random_state=seed).as_matrix()
+        if seed % 3 == 0:  # axis-aligned, with flips: the usual scanner grids
+            rotation = np.eye(3)[rng.permutation(3)] * rng.choice([-1, 1], 3)
+        geometry = Geometry(rng.uniform(0.5, 3, 3), rng.uniform(-100, 100, 3), rotation)
+        shape = tuple(int(n) for n in rng.integers(2, 30, 3))
+        card = make_card(orientation=code)
+        space = model_space(Volume(np.zeros(shape, np.int16), geometry), card)
+        whole = volume_from_sitk(sitk.DICOMOrient(reference_image(geometry, shape), code))
+        assert space.shape == whole.spatial_shape
+        assert space.geometry.is_close(whole.geometry, 1e-6)

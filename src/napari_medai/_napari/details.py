@@ -13,6 +13,7 @@ import numpy as np
 from napari.layers import Labels, Layer
 
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
+from napari_medai.core.io.writing import label_counts
 from napari_medai.core.models.card import ModelCard
 from napari_medai.core.training.quality import TrainingQuality
 
@@ -36,13 +37,12 @@ def label_volumes_ml(layer: Labels) -> dict[str, float]:
     """Volume in mL of each foreground label present, by the layer's label names."""
     info = layer.metadata.get(METADATA_KEY, {})
     names = {int(k): str(v) for k, v in info.get("label_names", {}).items()}
-    data = np.asarray(layer.data)
-    counts = np.bincount(data.ravel().astype(np.int64, copy=False)) if data.size else []
+    values, counts = label_counts(np.asarray(layer.data))  # in chunks: no int64 copy
     voxel_ml = layer_geometry(layer).voxel_volume_ml()
     return {
-        names.get(value, f"label {value}"): float(count) * voxel_ml
-        for value, count in enumerate(counts)
-        if value and count
+        names.get(int(value), f"label {value}"): float(count) * voxel_ml
+        for value, count in zip(values, counts, strict=True)
+        if value
     }
 
 

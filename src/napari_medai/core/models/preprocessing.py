@@ -65,15 +65,32 @@ class ModelSpace:
         }
 
 
-def _reoriented_grid(geometry: Geometry, shape: tuple[int, int, int], code: str) -> Volume:
+def _reoriented_grid(
+    geometry: Geometry, shape: tuple[int, int, int], code: str
+) -> tuple[Geometry, tuple[int, int, int]]:
+    """The grid (and its shape) of the scan reoriented to ``code``, without reorienting voxels.
+
+    SimpleITK's DICOMOrient of a 2x2x2 probe gives the new directions; the axis order,
+    flips and origin follow from them (a full-size reference image would cost a scan's
+    worth of memory: 750 MB at 512x512x1000).
+    """
     try:
-        header = sitk.DICOMOrient(reference_image(geometry, shape), code)
+        probe = volume_from_sitk(sitk.DICOMOrient(reference_image(geometry, (2, 2, 2)), code))
     except RuntimeError as error:
         raise MedaiError(
             f"the model card's orientation {code!r} is not an orientation code such as "
             "'LPS' or 'RAS'"
         ) from error
-    return volume_from_sitk(header)
+    direction = probe.geometry.direction
+    dots = geometry.direction.T @ direction  # old axis k . new axis j
+    old = np.abs(dots).argmax(axis=0)
+    flipped = [k for j, k in enumerate(old) if dots[k, j] < 0]
+    origin = geometry.origin + sum(
+        (geometry.direction[:, k] * geometry.spacing[k] * (shape[k] - 1) for k in flipped),
+        np.zeros(3),
+    )
+    new_shape = tuple(int(shape[k]) for k in old)
+    return Geometry(geometry.spacing[old], origin, direction), new_shape
 
 
 def model_space(volume: Volume, card: ModelCard) -> ModelSpace:
@@ -90,8 +107,7 @@ def model_space(volume: Volume, card: ModelCard) -> ModelSpace:
             "(gantry tilt); resample the scan onto a regular grid first"
         )
     if card.orientation is not None:
-        oriented = _reoriented_grid(geometry, shape, card.orientation)
-        geometry, shape = oriented.geometry, oriented.spatial_shape
+        geometry, shape = _reoriented_grid(geometry, shape, card.orientation)
     if card.spacing is not None:
         spacing = np.asarray(card.spacing, dtype=np.float64)
         if spacing.shape != (3,) or np.any(spacing <= 0):

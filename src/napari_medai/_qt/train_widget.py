@@ -56,7 +56,7 @@ class TrainWidget(TrainForm):
     """Train a model on the labels painted so far; predict, correct and train again.
 
     Train snapshots the picked label layers (training never writes into them),
-    runs :func:`train_job` in the worker process with every free core but one,
+    runs :func:`train_job` in the worker process on the free cores (below napari's priority),
     and plots loss and Dice live. Stop ends training within a second;
     the best model so far is kept. A model that validates well joins the
     model list under its name; one that does not is reported plainly and

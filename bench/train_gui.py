@@ -264,6 +264,7 @@ def pair_runs(dock: Dock, files, scratch: Path, setting: Setting, gui_first: boo
             "seed": info["seed"],
             "batch_size": info["batch_size"],
             "learning_rate": info["learning_rate"],
+            "augmentation": info["augmentation_strengths"],
         }
     return {**setting._asdict(), "order": list(runs), **runs}, outs
 

@@ -164,7 +164,8 @@ def test_augmentation_preview_and_strengths_for_train(qtbot, scene, widget):
     on_scan_slices(image, preview, displayed_slice(viewer, image))
     assert slice_axis(viewer) == slider
     widget.use_button.changed.emit(True)
-    chosen = AugmentStrengths(affine=1.0, elastic=2.0, intensity=1.0, noise=0.0)
+    # The other strengths stay at the training defaults the dock started from (affine 0.5).
+    chosen = AugmentStrengths(affine=0.5, elastic=2.0, intensity=1.0, noise=0.0)
     assert augmentation_for(viewer) == chosen
     train = TrainWidget(viewer)
     qtbot.addWidget(train.native)

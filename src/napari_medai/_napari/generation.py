@@ -21,7 +21,7 @@ from napari.types import LayerDataTuple
 
 from napari_medai._napari.layers import METADATA_KEY, world_geometry
 from napari_medai.core.generative.config import SYNTHETIC_PREFIX
-from napari_medai.core.training.strengths import AugmentStrengths
+from napari_medai.core.training.strengths import SEGMENTATION_AUGMENTATION, AugmentStrengths
 
 #: Voxels of the scan's grid left between the scan and the synthetic images beside it.
 GAP_VOXELS = 8
@@ -35,8 +35,8 @@ def set_augmentation(viewer: Any, strengths: AugmentStrengths) -> None:
 
 
 def augmentation_for(viewer: Any) -> AugmentStrengths:
-    """The augmentation strengths chosen in ``viewer`` (defaults when none were)."""
-    return _STRENGTHS.get(viewer, AugmentStrengths())
+    """The augmentation strengths chosen in ``viewer`` (else the CLI's training defaults)."""
+    return _STRENGTHS.get(viewer, SEGMENTATION_AUGMENTATION)
 
 
 def is_synthetic(metadata: dict[str, Any]) -> bool:

@@ -190,6 +190,29 @@ def test_incompressible_nii_gz_is_inflated_once_by_python(tmp_path, monkeypatch)
     assert reads == [path]
 
 
+def test_gzip_is_inflated_and_checksummed_by_isa_l(tmp_path, monkeypatch):
+    """ISA-L, not zlib, inflates a noise .nii.gz and sums a SimpleITK-read one's voxels.
+
+    The trailer's CRC-32 is checked on every file (SimpleITK never checks it); with zlib that
+    check alone cost more than SimpleITK's whole read of a compressible 512x512x400 volume.
+    """
+    noise, smooth = tmp_path / "noise.nii.gz", tmp_path / "smooth.nii.gz"
+    _noise_nii_gz(noise)
+    nib.save(nib.Nifti1Image(np.zeros((64, 48, 20), np.int16), np.eye(4)), smooth)
+    opened, summed = [], []
+    real_open, real_crc = validate.igzip.open, validate.isal_zlib.crc32
+    monkeypatch.setattr(validate.igzip, "open", lambda *a: opened.append(a[0]) or real_open(*a))
+    monkeypatch.setattr(
+        validate.isal_zlib,
+        "crc32",
+        lambda *a: summed.append(np.asarray(a[0]).nbytes) or real_crc(*a),
+    )
+    read_volume(noise)
+    read_volume(smooth)
+    assert opened == [noise]
+    assert summed == [64 * 48 * 20 * 2]  # the smooth file's voxels, summed once
+
+
 def _flip_a_voxel_byte(path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x10  # inside the stored voxels: inflates, but to other values

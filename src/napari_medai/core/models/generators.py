@@ -15,13 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers import Act, Norm
 from monai.networks.nets import Generator, PatchDiscriminator, SPADENet
 
 from napari_medai.core.errors import ModelLoadError
 from napari_medai.core.models.card import ModelCard
 
-UNCONDITIONAL = "DCGANGenerator"
+UNCONDITIONAL = "UpsampleGenerator"
+#: Packages trained before the upsampling generator (transposed convolutions) still load.
+TRANSPOSED = "DCGANGenerator"
 CONDITIONAL = "SPADEGenerator"
 #: Channel widths from the coarsest (1/16 of the patch) to the finest layer.
 DCGAN_CHANNELS = [128, 64, 32, 16]
@@ -47,6 +50,41 @@ class _TanhGenerator(torch.nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(z))
+
+
+class _UpsampleGenerator(torch.nn.Module):
+    """Latent vector -> image by nearest-neighbour upsampling and 3x3 convolutions (MONAI blocks).
+
+    MONAI's ``Generator`` upsamples with stride-2 transposed 3x3 convolutions, whose
+    uneven kernel overlap prints a grid on every sample (peaks at multiples of 1/16
+    of the patch in the spectrum) that a two-sample classifier spots at once
+    (Odena et al. 2016, "Deconvolution and checkerboard artifacts").
+    """
+
+    def __init__(self, latent_dim: int, patch: int, channels: list[int]) -> None:
+        super().__init__()
+        self.start = (channels[0], patch // 2 ** len(channels), patch // 2 ** len(channels))
+        self.project = torch.nn.Linear(latent_dim, int(np.prod(self.start)))
+        widths = [*channels, channels[-1]]
+        layers: list[torch.nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers.append(
+                UpSample(
+                    2,
+                    scale_factor=2,
+                    mode="nontrainable",
+                    interp_mode="nearest",
+                    align_corners=None,
+                )
+            )
+            layers.append(
+                Convolution(2, width_in, width_out, kernel_size=3, act=Act.RELU, norm=Norm.BATCH)
+            )
+        layers.append(Convolution(2, widths[-1], 1, kernel_size=3, conv_only=True))
+        self.body = torch.nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.body(self.project(z).view(len(z), *self.start)))
 
 
 class _SpadeGenerator(torch.nn.Module):
@@ -83,13 +121,16 @@ def build_generator(card: ModelCard) -> torch.nn.Module:
     patch = int(card.patch_size[-1])
     try:
         if card.architecture == UNCONDITIONAL:
+            return _UpsampleGenerator(int(args["latent_dim"]), patch, list(args["channels"]))
+        if card.architecture == TRANSPOSED:
             return _TanhGenerator(int(args["latent_dim"]), patch, list(args["channels"]))
         if card.architecture == CONDITIONAL:
             return _SpadeGenerator(len(card.label_names), patch, list(args["channels"]))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelLoadError(f"cannot build {card.architecture} with {args}: {error}") from error
     raise ModelLoadError(
-        f"unknown generator {card.architecture!r}; known: {UNCONDITIONAL}, {CONDITIONAL}"
+        f"unknown generator {card.architecture!r}; known: {UNCONDITIONAL}, {TRANSPOSED}, "
+        f"{CONDITIONAL}"
     )
 
 

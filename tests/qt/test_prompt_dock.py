@@ -243,13 +243,6 @@ def test_train_takes_a_prompted_layer_with_every_slice_of_the_object(dock, phant
     assert layer.metadata["napari_medai"]["prompted"]["1"]["slices"] == [first, last]
 
 
-@pytest.mark.xfail(
-    reason="not met (issue 19): the geodesic engine runs in a thread of napari's process and "
-    "SimpleITK's FastMarching holds the GIL for 45-65 ms a call; each time the GUI thread lets "
-    "the GIL go inside Qt, the engine's next call takes it, and stalls of 160-260 ms follow on "
-    "a quiet machine. The fix is the engine in a kept worker process, as nnInteractive's is.",
-    strict=False,
-)
 def test_updates_never_stall_the_gui(dock, phantom, qtbot):
     _, _, widget = dock
     _, labels = phantom

@@ -25,8 +25,16 @@ from skimage.draw import polygon as polygon_inside
 from napari_medai._napari.label_edits import LabelEdit, Overwrite, write_result
 from napari_medai._napari.layers import METADATA_KEY, layer_geometry
 from napari_medai.core.jobs import Job, Progress
-from napari_medai.core.prompt.engine import PromptResult, PromptSession, engine_named, update_job
+from napari_medai.core.prompt.engine import (
+    DEFAULT_ENGINE,
+    PromptEngine,
+    PromptResult,
+    PromptSession,
+    engine_named,
+    update_job,
+)
 from napari_medai.core.prompt.interpolate import fill_between_slices
+from napari_medai.core.prompt.kept import KeptEngine
 from napari_medai.core.prompt.prompts import Box, Point, Prompt, PromptError, Prompts, Scribble
 from napari_medai.core.volume import Volume
 
@@ -199,11 +207,24 @@ class PromptObject:
     mask: np.ndarray | None = field(default=None, repr=False)
 
 
+#: The weight-free engine's worker, kept for every object of the session (see core.prompt.kept).
+_kept: dict[str, KeptEngine] = {}
+
+
+def dock_engine(name: str) -> PromptEngine:
+    """The engine ``name`` as a dock runs it: the weight-free one in a worker kept for napari."""
+    if name != DEFAULT_ENGINE:
+        return engine_named(name)
+    if name not in _kept:
+        _kept[name] = KeptEngine(name)
+    return _kept[name]
+
+
 def prompt_update_job(target: PromptObject, prompts: Prompts) -> Job[PromptResult]:
-    """Start the object's session the first time (in the job's thread), then update it."""
+    """Start the object's session the first time, then update it (in the engine's worker)."""
     if target.session is None:
         yield Progress(None, "preparing the scan for prompting")
-        target.session = engine_named(target.engine).start(target.volume, target.initial)
+        target.session = dock_engine(target.engine).start(target.volume, target.initial)
     return (yield from update_job(target.session, target.volume, prompts, target.engine))
 
 

@@ -1,10 +1,11 @@
 """Dock widget "Prompt": click, box, scribble or lasso one object and get its 3D mask.
 
 Prompts are drawn in a Points and a Shapes layer on the scan's grid; every change updates
-the object's mask in a thread through the JobRunner, shown in a preview layer. The default
-engine imports no torch; nnInteractive, offered once the user picks the folder of its
-weights (and its package is installed), runs in a worker process of its own, which the
-update's job talks to. Prompts that arrive while an update runs are coalesced: only the
+the object's mask through the JobRunner, shown in a preview layer. Both engines run in a
+worker process kept for them, which the update's job talks to: the default one (no torch)
+so that its SimpleITK calls never hold napari's GIL (core/prompt/kept.py), nnInteractive,
+offered once the user picks the folder of its weights (and its package is installed), in
+one of its own. Prompts that arrive while an update runs are coalesced: only the
 latest set is computed next. Commit writes the object into the user's Labels layer as
 label k, one undoable step. One column that scrolls inside the dock; the status wraps.
 """

@@ -77,3 +77,7 @@ WORKER_JOBS += (EVALUATE_SEGMENTATION, RUN_COHORT)
 START_NNINTERACTIVE = WorkerJob("napari_medai.core.prompt.nninteractive_model:start_object_job")
 UPDATE_NNINTERACTIVE = WorkerJob("napari_medai.core.prompt.nninteractive_model:update_object_job")
 WORKER_JOBS += (START_NNINTERACTIVE, UPDATE_NNINTERACTIVE)
+#: A weight-free prompt engine's session lives in a kept worker, off napari's GIL.
+START_KEPT_PROMPT = WorkerJob("napari_medai.core.prompt.kept:start_session_job")
+UPDATE_KEPT_PROMPT = WorkerJob("napari_medai.core.prompt.kept:update_session_job")
+WORKER_JOBS += (START_KEPT_PROMPT, UPDATE_KEPT_PROMPT)
